@@ -1,0 +1,387 @@
+//! Accounts and authentication: registration, login, refresh-token rotation with reuse detection,
+//! logout, password change, and the access-token check every authenticated request goes through.
+
+mod passwords;
+mod revoked;
+mod tokens;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use flashmart_domain::{DisplayName, Email, NewPassword, Role, SessionId, User, UserId};
+use time::{Duration, OffsetDateTime};
+
+pub use passwords::{HashCost, HashError, PasswordHasher};
+pub use revoked::RevokedSessions;
+pub use tokens::{AccessTokens, Principal, TokenError};
+
+use crate::clock::Clock;
+use crate::error::{FieldError, StoreError};
+use crate::page::{Page, PageRequest};
+use crate::ports::{AccountStore, NewSession, RefreshTokenRecord, RevokeReason, Rotation};
+use crate::rate_limit::{KeyedLimiter, RetryAfter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("invalid email or password")]
+    BadCredentials,
+    #[error("token missing, invalid or expired")]
+    InvalidToken,
+    #[error("refresh token reused or session revoked")]
+    SessionRevoked,
+    #[error("password too weak")]
+    WeakPassword(Vec<FieldError>),
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    #[error("too many attempts")]
+    RateLimited(RetryAfter),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error("token signing failed: {0}")]
+    Signing(String),
+}
+
+/// A registration whose fields all passed validation.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub email: Email,
+    pub password: NewPassword,
+    pub name: DisplayName,
+}
+
+impl Registration {
+    /// Checks every field and reports all that fail. When only the password fails, the error is
+    /// `WeakPassword` (the API's 10005); otherwise `Invalid` with every field's message.
+    pub fn parse(email: &str, password: String, name: &str) -> Result<Self, AuthError> {
+        let mut errors = Vec::new();
+        let email = Email::parse(email)
+            .map_err(|e| errors.push(FieldError::new("email", e)))
+            .ok();
+        let name = DisplayName::parse(name)
+            .map_err(|e| errors.push(FieldError::new("name", e)))
+            .ok();
+        let password = email.as_ref().and_then(|email| {
+            NewPassword::parse(password, email)
+                .map_err(|e| errors.push(FieldError::new("password", e)))
+                .ok()
+        });
+        match (email, password, name) {
+            (Some(email), Some(password), Some(name)) => Ok(Self {
+                email,
+                password,
+                name,
+            }),
+            _ if errors.iter().all(|e| e.field == "password") => {
+                Err(AuthError::WeakPassword(errors))
+            }
+            _ => Err(AuthError::Invalid(errors)),
+        }
+    }
+}
+
+/// What login and refresh hand back.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub jwt_secret: Vec<u8>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub hash_cost: HashCost,
+    pub max_parallel_hashes: usize,
+    pub rate_limits_enabled: bool,
+    pub login_per_ip_per_minute: u32,
+    pub login_per_email_per_minute: u32,
+}
+
+#[derive(Debug)]
+pub struct AuthService {
+    store: Arc<dyn AccountStore>,
+    clock: Arc<dyn Clock>,
+    tokens: AccessTokens,
+    hasher: PasswordHasher,
+    revoked: RevokedSessions,
+    refresh_ttl: Duration,
+    login_by_ip: KeyedLimiter<IpAddr>,
+    login_by_email: KeyedLimiter<String>,
+}
+
+impl AuthService {
+    /// Builds the service and loads the sessions revoked recently enough that their access tokens
+    /// might still be presented.
+    pub async fn start(
+        store: Arc<dyn AccountStore>,
+        clock: Arc<dyn Clock>,
+        settings: AuthSettings,
+    ) -> Result<Self, AuthError> {
+        let cost = settings.hash_cost;
+        let parallel = settings.max_parallel_hashes;
+        let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(cost, parallel))
+            .await
+            .map_err(|e| HashError::Task(e.to_string()))??;
+        let service = Self {
+            tokens: AccessTokens::new(&settings.jwt_secret, settings.access_ttl),
+            hasher,
+            revoked: RevokedSessions::default(),
+            refresh_ttl: settings.refresh_ttl,
+            login_by_ip: KeyedLimiter::per_minute(
+                settings.login_per_ip_per_minute,
+                settings.rate_limits_enabled,
+            ),
+            login_by_email: KeyedLimiter::per_minute(
+                settings.login_per_email_per_minute,
+                settings.rate_limits_enabled,
+            ),
+            store,
+            clock,
+        };
+        let now = service.clock.now();
+        for (session, revoked_at) in service
+            .store
+            .sessions_revoked_since(now - service.tokens.ttl())
+            .await?
+        {
+            service.forget_after(session, revoked_at);
+        }
+        Ok(service)
+    }
+
+    pub async fn register(
+        &self,
+        registration: Registration,
+        role: Role,
+    ) -> Result<User, AuthError> {
+        let password_hash = self.hasher.hash(registration.password.expose()).await?;
+        let user = User {
+            id: UserId::new(),
+            email: registration.email,
+            name: registration.name,
+            role,
+            created_at: self.clock.now(),
+        };
+        match self.store.insert_user(&user, &password_hash).await {
+            Ok(()) => Ok(user),
+            Err(StoreError::Conflict { .. }) => Err(AuthError::EmailTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks the password and opens a new session. Limited per client address and per email
+    /// before any hashing happens, so guessing costs the guesser, not the server.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<TokenPair, AuthError> {
+        if let Some(ip) = client {
+            self.login_by_ip
+                .check(&ip)
+                .map_err(AuthError::RateLimited)?;
+        }
+        let key = email.trim().to_lowercase();
+        self.login_by_email
+            .check(&key)
+            .map_err(AuthError::RateLimited)?;
+
+        let credentials = match Email::parse(email) {
+            Ok(email) => self.store.credentials_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let Some(credentials) = credentials else {
+            self.hasher.verify_dummy(password).await?;
+            return Err(AuthError::BadCredentials);
+        };
+        if !self
+            .hasher
+            .verify(password, &credentials.password_hash)
+            .await?
+        {
+            return Err(AuthError::BadCredentials);
+        }
+
+        let now = self.clock.now();
+        let (refresh_token, refresh) = self.new_refresh(now);
+        let session = NewSession {
+            id: SessionId::new(),
+            user_id: credentials.user.id,
+            created_at: now,
+            refresh,
+        };
+        self.store.start_session(&session).await?;
+        self.token_pair(&credentials.user, session.id, refresh_token, now)
+    }
+
+    /// Rotates a refresh token. Presenting one that was already used revokes its whole session,
+    /// including the newest refresh token and every access token of it.
+    pub async fn refresh(&self, presented: &str) -> Result<TokenPair, AuthError> {
+        let now = self.clock.now();
+        let (refresh_token, next) = self.new_refresh(now);
+        let presented = tokens::hash_refresh_token(presented.trim());
+        match self
+            .store
+            .rotate_refresh_token(&presented, &next, now)
+            .await?
+        {
+            Rotation::Rotated { session, user } => {
+                self.token_pair(&user, session, refresh_token, now)
+            }
+            Rotation::Unknown | Rotation::Expired => Err(AuthError::InvalidToken),
+            Rotation::Revoked { session } => {
+                // Already on the list unless it was revoked before this process started and
+                // long ago; adding it again is harmless.
+                self.forget_after(session, now);
+                Err(AuthError::SessionRevoked)
+            }
+            Rotation::Reused { session } => {
+                tracing::warn!(%session, "refresh token reused; session revoked");
+                self.forget_after(session, now);
+                Err(AuthError::SessionRevoked)
+            }
+        }
+    }
+
+    /// Ends the caller's session; its access token is refused from now on.
+    pub async fn logout(&self, principal: &Principal) -> Result<(), AuthError> {
+        let now = self.clock.now();
+        self.store
+            .revoke_session(principal.session_id, RevokeReason::Logout, now)
+            .await?;
+        self.forget_after(principal.session_id, now);
+        Ok(())
+    }
+
+    /// Needs the current password; ends every session of the user, this one included.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        old_password: &str,
+        new_password: String,
+    ) -> Result<(), AuthError> {
+        let credentials = self
+            .store
+            .credentials_by_id(principal.user_id)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        if !self
+            .hasher
+            .verify(old_password, &credentials.password_hash)
+            .await?
+        {
+            return Err(AuthError::BadCredentials);
+        }
+        let new_password = NewPassword::parse(new_password, &credentials.user.email)
+            .map_err(|e| AuthError::WeakPassword(vec![FieldError::new("new_password", e)]))?;
+        let hash = self.hasher.hash(new_password.expose()).await?;
+        let now = self.clock.now();
+        let revoked = self
+            .store
+            .change_password(principal.user_id, &hash, now)
+            .await?;
+        for session in revoked {
+            self.forget_after(session, now);
+        }
+        // The caller's own session is on that list, but revoke it here too in case the store
+        // saw it as revoked already.
+        self.forget_after(principal.session_id, now);
+        Ok(())
+    }
+
+    /// The access-token check: signature, expiry, and the in-memory revocation list. Reads no
+    /// database row.
+    pub fn authenticate(&self, access_token: &str) -> Result<Principal, AuthError> {
+        let principal = self
+            .tokens
+            .verify(access_token, self.clock.now())
+            .map_err(|_| AuthError::InvalidToken)?;
+        if self.revoked.is_revoked(&principal.session_id) {
+            return Err(AuthError::InvalidToken);
+        }
+        Ok(principal)
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<Option<User>, AuthError> {
+        Ok(self.store.user_by_id(id).await?)
+    }
+
+    pub async fn list_users(&self, page: PageRequest) -> Result<Page<User>, AuthError> {
+        Ok(self.store.list_users(page).await?)
+    }
+
+    /// Periodic upkeep: forgets revocations whose tokens have expired and idle rate-limit keys.
+    pub fn housekeeping(&self) {
+        self.revoked.prune(self.clock.now());
+        self.login_by_ip.retain_recent();
+        self.login_by_email.retain_recent();
+    }
+
+    pub fn access_ttl(&self) -> Duration {
+        self.tokens.ttl()
+    }
+
+    fn forget_after(&self, session: SessionId, revoked_at: OffsetDateTime) {
+        self.revoked.revoke(session, revoked_at + self.tokens.ttl());
+    }
+
+    fn new_refresh(&self, now: OffsetDateTime) -> (String, RefreshTokenRecord) {
+        let (token, hash) = tokens::new_refresh_token();
+        let record = RefreshTokenRecord {
+            hash,
+            issued_at: now,
+            expires_at: now + self.refresh_ttl,
+        };
+        (token, record)
+    }
+
+    fn token_pair(
+        &self,
+        user: &User,
+        session: SessionId,
+        refresh_token: String,
+        now: OffsetDateTime,
+    ) -> Result<TokenPair, AuthError> {
+        let access_token = self
+            .tokens
+            .issue(user, session, now)
+            .map_err(|e| AuthError::Signing(e.to_string()))?;
+        Ok(TokenPair {
+            access_token,
+            refresh_token,
+            expires_in: self.tokens.ttl(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_reports_every_bad_field() {
+        let Err(AuthError::Invalid(errors)) = Registration::parse("nope", "short".into(), " ")
+        else {
+            panic!("expected Invalid");
+        };
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_ref()).collect();
+        assert_eq!(fields, ["email", "name"]);
+    }
+
+    #[test]
+    fn a_weak_password_alone_is_its_own_error() {
+        let err = Registration::parse("a@example.com", "a@example.com".into(), "A").unwrap_err();
+        let AuthError::WeakPassword(errors) = err else {
+            panic!("expected WeakPassword, got {err:?}");
+        };
+        assert_eq!(errors[0].field, "password");
+        assert!(Registration::parse("a@example.com", "long enough".into(), "A").is_ok());
+    }
+}

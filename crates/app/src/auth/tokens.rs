@@ -1,0 +1,210 @@
+//! Access tokens (HS256 JWTs carrying user, role and session) and opaque refresh tokens. An access
+//! token is checked by signature and expiry alone, with no database read; the session it names is
+//! checked against the in-memory revocation list by the caller.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use flashmart_domain::{Role, SessionId, User, UserId};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::ports::TokenHash;
+
+const ISSUER: &str = "flashmart";
+const REFRESH_TOKEN_BYTES: usize = 32;
+
+/// Who is calling, as proven by a valid access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub role: Role,
+    pub session_id: SessionId,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: Uuid,
+    sid: Uuid,
+    role: Role,
+    iat: i64,
+    exp: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token malformed or signature invalid")]
+    Invalid,
+    #[error("token expired")]
+    Expired,
+}
+
+pub struct AccessTokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for AccessTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessTokens")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccessTokens {
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Expiry is checked against the injected clock below, not the system's.
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        validation.set_issuer(&[ISSUER]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl,
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn issue(
+        &self,
+        user: &User,
+        session: SessionId,
+        now: OffsetDateTime,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let claims = Claims {
+            iss: ISSUER.to_owned(),
+            sub: *user.id.as_uuid(),
+            sid: *session.as_uuid(),
+            role: user.role,
+            iat: now.unix_timestamp(),
+            exp: (now + self.ttl).unix_timestamp(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Principal, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| TokenError::Invalid)?;
+        let claims = data.claims;
+        if claims.exp <= now.unix_timestamp() {
+            return Err(TokenError::Expired);
+        }
+        Ok(Principal {
+            user_id: UserId::from_uuid(claims.sub),
+            role: claims.role,
+            session_id: SessionId::from_uuid(claims.sid),
+        })
+    }
+}
+
+/// A new opaque refresh token and the hash under which it is stored.
+pub fn new_refresh_token() -> (String, TokenHash) {
+    let mut bytes = [0u8; REFRESH_TOKEN_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = URL_SAFE_NO_PAD.encode(bytes);
+    let hash = hash_refresh_token(&token);
+    (token, hash)
+}
+
+pub fn hash_refresh_token(token: &str) -> TokenHash {
+    TokenHash(Sha256::digest(token.as_bytes()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashmart_domain::{DisplayName, Email};
+
+    fn user(role: Role) -> User {
+        User {
+            id: UserId::new(),
+            email: Email::parse("t@example.com").unwrap(),
+            name: DisplayName::parse("T").unwrap(),
+            role,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn tokens() -> AccessTokens {
+        AccessTokens::new(b"0123456789abcdef0123456789abcdef", Duration::minutes(15))
+    }
+
+    #[test]
+    fn a_token_round_trips_until_it_expires() {
+        let t = tokens();
+        let u = user(Role::Operator);
+        let sid = SessionId::new();
+        let now = OffsetDateTime::now_utc();
+        let jwt = t.issue(&u, sid, now).unwrap();
+        let p = t.verify(&jwt, now + Duration::minutes(14)).unwrap();
+        assert_eq!(
+            p,
+            Principal {
+                user_id: u.id,
+                role: Role::Operator,
+                session_id: sid
+            }
+        );
+        assert_eq!(
+            t.verify(&jwt, now + Duration::minutes(15)),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn another_key_or_a_tampered_payload_is_refused() {
+        let now = OffsetDateTime::now_utc();
+        let jwt = tokens()
+            .issue(&user(Role::Customer), SessionId::new(), now)
+            .unwrap();
+        let other = AccessTokens::new(b"another-secret-another-secret-xx", Duration::minutes(15));
+        assert_eq!(other.verify(&jwt, now), Err(TokenError::Invalid));
+
+        let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+        let payload = URL_SAFE_NO_PAD.decode(&parts[1]).unwrap();
+        let forged = String::from_utf8(payload)
+            .unwrap()
+            .replace("\"customer\"", "\"admin\"");
+        parts[1] = URL_SAFE_NO_PAD.encode(forged);
+        assert_eq!(
+            tokens().verify(&parts.join("."), now),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let now = OffsetDateTime::now_utc();
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        let claims = serde_json::json!({
+            "iss": "flashmart", "sub": Uuid::now_v7(), "sid": Uuid::now_v7(),
+            "role": "admin", "iat": now.unix_timestamp(), "exp": now.unix_timestamp() + 600,
+        });
+        let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+        for token in [format!("{header}.{body}."), format!("{header}.{body}")] {
+            assert_eq!(tokens().verify(&token, now), Err(TokenError::Invalid));
+        }
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_hashed() {
+        let (a, ha) = new_refresh_token();
+        let (b, hb) = new_refresh_token();
+        assert_ne!(a, b);
+        assert_ne!(ha, hb);
+        assert_eq!(a.len(), 43);
+        assert_eq!(hash_refresh_token(&a), ha);
+    }
+}

@@ -1,0 +1,16 @@
+//! flashmart's use cases, one module per business area, and the ports (small traits) they need
+//! from storage and the outside world. Adapters implement the ports; the HTTP layer calls the use
+//! cases. Nothing here knows about HTTP or SQL.
+
+pub mod auth;
+pub mod clock;
+pub mod error;
+pub mod page;
+pub mod ports;
+pub mod rate_limit;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{FieldError, StoreError};
+pub use page::{Page, PageRequest};
