@@ -1,0 +1,154 @@
+//! The response envelope every API answer carries (`{code, message, data, trace_id}`), and the
+//! per-request trace id it reports. The trace id lives in a task-local set by the request
+//! middleware, so handlers and error conversions never have to thread it through.
+
+use std::fmt;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rand::RngCore as _;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// 32 lower-case hex digits (the W3C trace-id form), or an id a trusted front end sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TraceId(Box<str>);
+
+impl TraceId {
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        let mut hex = String::with_capacity(32);
+        for b in bytes {
+            hex.push(char::from(HEX[usize::from(b >> 4)]));
+            hex.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        Self(hex.into_boxed_str())
+    }
+
+    /// Accepts an incoming `x-request-id` only if it is short and plain, so that a client cannot
+    /// smuggle anything into logs or headers through it.
+    pub fn from_header(value: &HeaderValue) -> Option<Self> {
+        let s = value.to_str().ok()?;
+        let plain = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        plain.then(|| Self(s.into()))
+    }
+
+    /// The trace id of the request being served, or a fresh one outside of any request.
+    pub fn current() -> Self {
+        CURRENT_TRACE_ID
+            .try_with(Clone::clone)
+            .unwrap_or_else(|_| Self::random())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.0).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({})", self.0)
+    }
+}
+
+tokio::task_local! {
+    pub(crate) static CURRENT_TRACE_ID: TraceId;
+}
+
+/// A successful answer: the envelope's schema in the OpenAPI document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Envelope<T> {
+    /// 0 on success.
+    pub code: u32,
+    pub message: String,
+    pub data: T,
+    pub trace_id: String,
+}
+
+/// One field that failed validation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldIssue {
+    pub field: String,
+    pub message: String,
+}
+
+/// A failed answer: the same envelope with a non-zero code and no `data`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    /// A stable error code (see the API conventions), or the HTTP status for generic errors.
+    pub code: u32,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Vec<FieldIssue>>,
+    pub trace_id: String,
+}
+
+/// A handler's successful result: data and the status to send it with.
+#[derive(Debug)]
+pub struct Reply<T> {
+    status: StatusCode,
+    data: T,
+}
+
+pub fn ok<T: Serialize>(data: T) -> Reply<T> {
+    Reply {
+        status: StatusCode::OK,
+        data,
+    }
+}
+
+pub fn created<T: Serialize>(data: T) -> Reply<T> {
+    Reply {
+        status: StatusCode::CREATED,
+        data,
+    }
+}
+
+#[derive(Serialize)]
+struct EnvelopeRef<'a, T> {
+    code: u32,
+    message: &'a str,
+    data: &'a T,
+    trace_id: &'a str,
+}
+
+impl<T: Serialize> IntoResponse for Reply<T> {
+    fn into_response(self) -> Response {
+        let trace_id = TraceId::current();
+        let body = EnvelopeRef {
+            code: 0,
+            message: "ok",
+            data: &self.data,
+            trace_id: trace_id.as_str(),
+        };
+        match serde_json::to_vec(&body) {
+            Ok(bytes) => json_response(self.status, bytes),
+            Err(err) => crate::error::ApiError::internal(err).into_response(),
+        }
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,197 @@
+//! `ApiError`: every failure a handler or extractor can produce, mapped to an HTTP status and a
+//! stable numeric code (DESIGN.md section 7). Server-side failures are opaque to the client; their
+//! cause travels to the request middleware in a response extension and is logged there, once,
+//! with the trace id.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flashmart_app::auth::AuthError;
+use flashmart_app::{FieldError, StoreError};
+
+use crate::envelope::{ErrorEnvelope, FieldIssue, TraceId, json_response};
+
+/// The stable codes of the API contract.
+pub mod codes {
+    pub const EMAIL_TAKEN: u32 = 10001;
+    pub const BAD_CREDENTIALS: u32 = 10002;
+    pub const TOKEN_INVALID: u32 = 10003;
+    pub const SESSION_REVOKED: u32 = 10004;
+    pub const WEAK_PASSWORD: u32 = 10005;
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: u32,
+    message: Cow<'static, str>,
+    details: Vec<FieldError>,
+    retry_after_secs: Option<u64>,
+    /// What went wrong inside, for the log; never sent to the client.
+    cause: Option<String>,
+}
+
+/// The cause of a server error, handed from `IntoResponse` to the middleware that logs it.
+#[derive(Debug, Clone)]
+pub struct ErrorCause(pub Arc<str>);
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: u32, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            retry_after_secs: None,
+            cause: None,
+        }
+    }
+
+    /// A generic error whose code is its HTTP status.
+    pub fn status(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(status, u32::from(status.as_u16()), message)
+    }
+
+    pub fn with_details(mut self, details: Vec<FieldError>) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::status(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found() -> Self {
+        Self::status(StatusCode::NOT_FOUND, "not found")
+    }
+
+    pub fn forbidden() -> Self {
+        Self::status(StatusCode::FORBIDDEN, "forbidden")
+    }
+
+    pub fn validation(details: Vec<FieldError>) -> Self {
+        Self::status(StatusCode::UNPROCESSABLE_ENTITY, "validation failed").with_details(details)
+    }
+
+    pub fn token_invalid() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            codes::TOKEN_INVALID,
+            "token missing, invalid or expired",
+        )
+    }
+
+    pub fn payload_too_large() -> Self {
+        Self::status(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+    }
+
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs.max(1)),
+            ..Self::status(StatusCode::TOO_MANY_REQUESTS, "too many requests")
+        }
+    }
+
+    /// A failure on our side: the client sees only "internal error" and the trace id.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self {
+            cause: Some(cause.to_string()),
+            ..Self::status(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+
+    pub fn unavailable(cause: impl std::fmt::Display) -> Self {
+        Self {
+            cause: Some(cause.to_string()),
+            ..Self::status(StatusCode::SERVICE_UNAVAILABLE, "service unavailable")
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> u32 {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let trace_id = TraceId::current();
+        let details = (!self.details.is_empty()).then(|| {
+            self.details
+                .into_iter()
+                .map(|d| FieldIssue {
+                    field: d.field.into_owned(),
+                    message: d.message,
+                })
+                .collect()
+        });
+        let body = ErrorEnvelope {
+            code: self.code,
+            message: self.message.into_owned(),
+            details,
+            trace_id: trace_id.as_str().to_owned(),
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
+            br#"{"code":500,"message":"internal error","trace_id":""}"#.to_vec()
+        });
+        let mut response = json_response(self.status, bytes);
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(ErrorCause(cause.into()));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::not_found(),
+            StoreError::Unavailable(_) => Self::unavailable(err),
+            StoreError::Conflict { .. } | StoreError::Other(_) => Self::internal(err),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::EmailTaken => Self::new(
+                StatusCode::CONFLICT,
+                codes::EMAIL_TAKEN,
+                "email already registered",
+            ),
+            AuthError::BadCredentials => Self::new(
+                StatusCode::UNAUTHORIZED,
+                codes::BAD_CREDENTIALS,
+                "invalid email or password",
+            ),
+            AuthError::InvalidToken => Self::token_invalid(),
+            AuthError::SessionRevoked => Self::new(
+                StatusCode::UNAUTHORIZED,
+                codes::SESSION_REVOKED,
+                "refresh token reused or session revoked",
+            ),
+            AuthError::WeakPassword(details) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                codes::WEAK_PASSWORD,
+                "password too weak",
+            )
+            .with_details(details),
+            AuthError::Invalid(details) => Self::validation(details),
+            AuthError::RateLimited(retry) => Self::too_many_requests(retry.as_secs_ceil()),
+            AuthError::Store(e) => e.into(),
+            AuthError::Hash(e) => Self::internal(e),
+            AuthError::Signing(e) => Self::internal(e),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! flashmart's HTTP layer: the axum routers of the public, admin and ops APIs, the envelope and
+//! `ApiError` every answer goes through, the extractors, and the OpenAPI document generated from
+//! the handlers themselves.
+
+pub mod envelope;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+mod observe;
+pub mod routes;
+pub mod state;
+pub mod views;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
+
+pub use error::ApiError;
+pub use state::{AppState, HttpSettings, Probes};
+
+/// Base path of the versioned API.
+pub const API_BASE: &str = "/api/v1";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "flashmart",
+        description = "E-commerce backend with a flash-sale engine. Every answer carries the \
+                       envelope `{code, message, data, trace_id}`; errors have a non-zero code."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "ops", description = "Health, readiness and metrics"),
+        (name = "auth", description = "Registration, login and sessions"),
+        (name = "users", description = "The caller's account"),
+        (name = "admin", description = "Administration (admin or operator role)"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+fn documented_routes() -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::new()
+        .merge(routes::auth::routes())
+        .merge(routes::users::routes());
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::ops::routes())
+        .nest(API_BASE, api)
+}
+
+/// The OpenAPI document of every route `router` serves.
+pub fn openapi() -> OpenApiDoc {
+    documented_routes().split_for_parts().1
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    router_with(state, settings, Router::new())
+}
+
+/// The application with `extra` routes mounted under the same middleware; tests use it to mount
+/// routes that misbehave on purpose (a handler that panics).
+pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppState>) -> Router {
+    let (routes, doc) = documented_routes().split_for_parts();
+    routes
+        .merge(extra)
+        .merge(
+            SwaggerUi::new("/docs")
+                .url("/openapi.json", doc)
+                // The validator badge would call validator.swagger.io from the reader's browser.
+                .config(SwaggerConfig::new(["/openapi.json"]).validator_url("none")),
+        )
+        .fallback(observe::no_route)
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            settings.request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(observe::panic_response))
+        .layer(axum::middleware::from_fn(observe::observe))
+        .with_state(state)
+}

@@ -1,0 +1,159 @@
+//! Registration, login, token refresh, logout and password change.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use flashmart_app::auth::{AuthService, Registration, TokenPair};
+use flashmart_domain::Role;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::envelope::{Envelope, ErrorEnvelope, Reply, created, ok};
+use crate::error::ApiError;
+use crate::extract::{Auth, ClientIp, Json};
+use crate::state::AppState;
+use crate::views::{Empty, UserView};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register_user))
+        .routes(routes!(login))
+        .routes(routes!(refresh_tokens))
+        .routes(routes!(logout))
+        .routes(routes!(change_password))
+}
+
+/// Fields other than these (a `role`, an `id`) are ignored: a new account is always a customer.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    pub email: String,
+    /// At least 8 characters, and not the email address.
+    pub password: String,
+    pub name: String,
+}
+
+/// Creates a customer account.
+#[utoipa::path(post, path = "/auth/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Account created", body = Envelope<UserView>),
+        (status = 409, description = "10001: email already registered", body = ErrorEnvelope),
+        (status = 422, description = "Invalid field, or 10005: password too weak", body = ErrorEnvelope),
+    ))]
+pub async fn register_user(
+    State(auth): State<Arc<AuthService>>,
+    Json(body): Json<RegisterRequest>,
+) -> Result<Reply<UserView>, ApiError> {
+    let registration = Registration::parse(&body.email, body.password, &body.name)?;
+    let user = auth.register(registration, Role::Customer).await?;
+    Ok(created(user.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    /// A JWT for `Authorization: Bearer …`.
+    pub access_token: String,
+    /// Opaque; exchange it at `/auth/refresh`. Each one works once.
+    pub refresh_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+impl From<TokenPair> for TokenView {
+    fn from(pair: TokenPair) -> Self {
+        Self {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: "Bearer",
+            expires_in: pair.expires_in.whole_seconds(),
+        }
+    }
+}
+
+/// Opens a session. Limited per client address and per email (429 with `Retry-After`).
+#[utoipa::path(post, path = "/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = Envelope<TokenView>),
+        (status = 401, description = "10002: invalid email or password", body = ErrorEnvelope),
+        (status = 429, description = "Too many attempts", body = ErrorEnvelope),
+    ))]
+pub async fn login(
+    State(auth): State<Arc<AuthService>>,
+    ClientIp(ip): ClientIp,
+    Json(body): Json<LoginRequest>,
+) -> Result<Reply<TokenView>, ApiError> {
+    let pair = auth.login(&body.email, &body.password, ip).await?;
+    Ok(ok(pair.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Exchanges a refresh token for a new pair. A token works once: presenting a used one again
+/// revokes its whole session (10004).
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "Rotated", body = Envelope<TokenView>),
+        (status = 401, description = "10003: unknown or expired token; 10004: reused token or revoked session", body = ErrorEnvelope),
+    ))]
+pub async fn refresh_tokens(
+    State(auth): State<Arc<AuthService>>,
+    Json(body): Json<RefreshRequest>,
+) -> Result<Reply<TokenView>, ApiError> {
+    let pair = auth.refresh(&body.refresh_token).await?;
+    Ok(ok(pair.into()))
+}
+
+/// Ends the caller's session: its access token and refresh tokens stop working at once.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Logged out", body = Envelope<Empty>),
+        (status = 401, description = "10003: token missing, invalid or expired", body = ErrorEnvelope),
+    ))]
+pub async fn logout(
+    State(auth): State<Arc<AuthService>>,
+    Auth(principal): Auth,
+) -> Result<Reply<Empty>, ApiError> {
+    auth.logout(&principal).await?;
+    Ok(ok(Empty {}))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    pub old_password: String,
+    pub new_password: String,
+}
+
+/// Changes the password. Every session of the user ends, this one included: log in again.
+#[utoipa::path(put, path = "/auth/password", tag = "auth",
+    security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 200, description = "Changed; all sessions ended", body = Envelope<Empty>),
+        (status = 401, description = "10002: old password wrong; 10003: token invalid", body = ErrorEnvelope),
+        (status = 422, description = "10005: new password too weak", body = ErrorEnvelope),
+    ))]
+pub async fn change_password(
+    State(auth): State<Arc<AuthService>>,
+    Auth(principal): Auth,
+    Json(body): Json<ChangePasswordRequest>,
+) -> Result<Reply<Empty>, ApiError> {
+    auth.change_password(&principal, &body.old_password, body.new_password)
+        .await?;
+    Ok(ok(Empty {}))
+}

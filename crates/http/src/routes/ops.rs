@@ -1,0 +1,99 @@
+//! Liveness, readiness and metrics: what load balancers, orchestrators and Prometheus ask.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flashmart_app::FieldError;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::envelope::{Envelope, ErrorEnvelope, Reply, ok};
+use crate::error::ApiError;
+use crate::state::{AppState, Probes};
+
+/// How long one dependency may take to answer a readiness check.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_healthz))
+        .routes(routes!(get_readyz))
+        .routes(routes!(get_metrics))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`: the process is up and serving.
+    pub status: &'static str,
+}
+
+/// Liveness: answers while the process can serve HTTP; checks no dependency.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "The process is alive", body = Envelope<Health>)))]
+pub async fn get_healthz() -> Reply<Health> {
+    ok(Health { status: "ok" })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` when every dependency answered.
+    pub status: &'static str,
+    /// Each dependency and its state.
+    pub checks: BTreeMap<&'static str, &'static str>,
+}
+
+/// Readiness: each dependency's state; 503 (details naming the failing ones) when one is down.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Every dependency is up", body = Envelope<Readiness>),
+        (status = 503, description = "A dependency is down", body = ErrorEnvelope),
+    ))]
+pub async fn get_readyz(State(probes): State<Probes>) -> Result<Reply<Readiness>, ApiError> {
+    let mut checks = BTreeMap::new();
+    let mut failures = Vec::new();
+    for probe in probes.0.iter() {
+        let result = tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await;
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+        };
+        match failure {
+            None => {
+                checks.insert(probe.name(), "ok");
+            }
+            Some(message) => {
+                tracing::warn!(dependency = probe.name(), %message, "readiness check failed");
+                failures.push(FieldError::new(probe.name(), message));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(ok(Readiness {
+            status: "ready",
+            checks,
+        }))
+    } else {
+        Err(ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "not ready").with_details(failures))
+    }
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn get_metrics(State(handle): State<PrometheusHandle>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response()
+}

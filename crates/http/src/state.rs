@@ -1,0 +1,37 @@
+//! The state every handler can reach: built once by the server, cloned cheaply per request
+//! (everything inside is an `Arc`), and split into sub-states with `FromRef`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use flashmart_app::auth::AuthService;
+use flashmart_app::ports::Probe;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+#[derive(Clone, Debug, FromRef)]
+pub struct AppState {
+    pub auth: Arc<AuthService>,
+    pub probes: Probes,
+    pub metrics: PrometheusHandle,
+}
+
+/// The dependencies `/readyz` checks.
+#[derive(Clone, Debug, Default)]
+pub struct Probes(pub Arc<[Arc<dyn Probe>]>);
+
+/// HTTP settings the router needs (the listener's address is the server's business).
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
