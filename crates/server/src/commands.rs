@@ -1,0 +1,100 @@
+//! The subcommands other than `serve`: migrate, admin create-user, demo seeding.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use flashmart_app::SystemClock;
+use flashmart_app::auth::{AuthError, Registration};
+use flashmart_domain::{Role, User};
+
+use crate::config::Config;
+use crate::wiring;
+
+/// Brings the database schema up to date and exits.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = wiring::open_store(config).await?;
+    tracing::info!(path = %store.path().display(), "database schema is up to date");
+    store.close().await;
+    Ok(())
+}
+
+/// Creates an account with any role; how the first admin comes to exist.
+pub async fn create_user(
+    config: &Config,
+    email: &str,
+    password: String,
+    name: Option<&str>,
+    role: Role,
+) -> anyhow::Result<User> {
+    let services = wiring::build(config, Arc::new(SystemClock)).await?;
+    let name = name.map_or_else(
+        || email.split('@').next().unwrap_or(email).to_owned(),
+        str::to_owned,
+    );
+    let result = async {
+        let registration = Registration::parse(email, password, &name).map_err(describe)?;
+        services
+            .state
+            .auth
+            .register(registration, role)
+            .await
+            .map_err(describe)
+    }
+    .await;
+    services.store.close().await;
+    result
+}
+
+/// The demo accounts `flashmart demo` creates; documented in the README.
+pub const DEMO_ACCOUNTS: &[(&str, &str, &str, Role)] = &[
+    (
+        "admin@demo.flashmart.dev",
+        "demo-admin-pass",
+        "Demo Admin",
+        Role::Admin,
+    ),
+    (
+        "operator@demo.flashmart.dev",
+        "demo-operator-pass",
+        "Demo Operator",
+        Role::Operator,
+    ),
+    (
+        "shopper@demo.flashmart.dev",
+        "demo-shopper-pass",
+        "Demo Shopper",
+        Role::Customer,
+    ),
+];
+
+/// Seeds demo data; what already exists is left alone, so seeding twice is harmless.
+pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
+    let services = wiring::build(config, Arc::new(SystemClock)).await?;
+    for (email, password, name, role) in DEMO_ACCOUNTS {
+        let registration = Registration::parse(email, (*password).to_owned(), name)
+            .map_err(describe)
+            .context("demo account")?;
+        match services.state.auth.register(registration, *role).await {
+            Ok(_) => tracing::info!(email, role = %role, password, "demo account created"),
+            Err(AuthError::EmailTaken) => tracing::info!(email, "demo account already there"),
+            Err(e) => return Err(describe(e)),
+        }
+    }
+    services.store.close().await;
+    Ok(())
+}
+
+fn describe(err: AuthError) -> anyhow::Error {
+    match err {
+        AuthError::Invalid(fields) | AuthError::WeakPassword(fields) => anyhow::anyhow!(
+            "{}",
+            fields
+                .iter()
+                .map(|f| format!("{}: {}", f.field, f.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        AuthError::EmailTaken => anyhow::anyhow!("that email is already registered"),
+        other => anyhow::Error::new(other),
+    }
+}

@@ -1,0 +1,371 @@
+//! Typed, layered configuration: built-in defaults, then `flashmart.toml` (or `--config FILE`),
+//! then `FLASHMART__SECTION__KEY` environment variables. Unknown keys and bad values fail at
+//! start with a message naming the key; secrets print as `***`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The file read from the working directory when `--config` is not given; optional.
+pub const DEFAULT_FILE: &str = "flashmart.toml";
+pub const ENV_PREFIX: &str = "FLASHMART__";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded database, generated secrets and uploads live.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `flashmart_http=debug,info`, ….
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable in a terminal.
+    Pretty,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HMAC key for access tokens, at least 32 bytes. When unset in embedded mode, one is
+    /// generated and kept in `<data_dir>/jwt_secret`.
+    pub jwt_secret: Option<Secret>,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// `false` switches every rate limit off (load tests from one machine).
+    pub enabled: bool,
+    pub login_per_ip_per_minute: u32,
+    pub login_per_email_per_minute: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `normal`: a commit survives a killed process. `full`: it also survives power loss, at the
+    /// price of an fsync per commit.
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Normal,
+    Full,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            database: DatabaseConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            access_ttl_secs: 15 * 60,
+            refresh_ttl_secs: 30 * 24 * 60 * 60,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            login_per_ip_per_minute: 30,
+            login_per_email_per_minute: 10,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+        }
+    }
+}
+
+/// A configuration value that must never be printed or logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{}", describe_figment(.0))]
+    Figment(Box<figment::Error>),
+    #[error("invalid config: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// One line per problem, each naming the key as a config file spells it and where it came from.
+fn describe_figment(err: &figment::Error) -> String {
+    err.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(source) => format!(" (in {source})"),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            format!("invalid config: {key}: {}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `PREFIX_SECTION__KEY` -> `section.key`, lower case so that errors name keys as files spell them.
+fn env_provider(prefix: &str) -> Env {
+    Env::prefixed(prefix).map(|key| key.as_str().to_ascii_lowercase().replace("__", ".").into())
+}
+
+impl Config {
+    /// Defaults, then the file (`explicit`, which must exist, or `flashmart.toml` in the working
+    /// directory if present), then the environment.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(explicit, env_provider(ENV_PREFIX))
+    }
+
+    fn load_from(explicit: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let file = match explicit {
+            Some(path) if !path.is_file() => return Err(ConfigError::Missing(path.to_owned())),
+            Some(path) => Some(path.to_owned()),
+            None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.is_file()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.http.body_limit_bytes < 1024 {
+            return invalid("http.body_limit_bytes", "must be at least 1024");
+        }
+        if self.http.request_timeout_secs == 0 {
+            return invalid("http.request_timeout_secs", "must be at least 1");
+        }
+        if self.auth.access_ttl_secs == 0 {
+            return invalid("auth.access_ttl_secs", "must be at least 1");
+        }
+        if self.auth.refresh_ttl_secs < self.auth.access_ttl_secs {
+            return invalid(
+                "auth.refresh_ttl_secs",
+                "must be at least auth.access_ttl_secs",
+            );
+        }
+        if self
+            .auth
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 32)
+        {
+            return invalid("auth.jwt_secret", "must be at least 32 bytes");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::Invalid {
+                key: "log.level",
+                message: e.to_string(),
+            });
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets shown as `***`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    pub fn database_file(&self) -> PathBuf {
+        self.data_dir.join("flashmart.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn no_env() -> Env {
+        env_provider("FLASHMART_TEST_UNUSED_PREFIX__")
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent.toml");
+        // No explicit file and no flashmart.toml in a fresh directory: the defaults.
+        let config = Config::load_from(None, no_env());
+        // The test's working directory is the crate, which has no flashmart.toml.
+        assert_eq!(config.unwrap(), Config::default());
+        assert!(matches!(
+            Config::load_from(Some(&missing), no_env()),
+            Err(ConfigError::Missing(_))
+        ));
+    }
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_file_overrides_defaults() {
+        let f = file(
+            "data_dir = \"/tmp/x\"\n[http]\naddr = \"0.0.0.0:9000\"\n[log]\nformat = \"json\"\n",
+        );
+        let config = Config::load_from(Some(f.path()), no_env()).unwrap();
+        assert_eq!(config.http.addr.port(), 9000);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(
+            config.auth.access_ttl_secs, 900,
+            "untouched keys keep defaults"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[http]\naddr = \"nowhere\"\n", "http.addr"),
+            (
+                "[auth]\naccess_ttl_secs = \"soon\"\n",
+                "auth.access_ttl_secs",
+            ),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[http]\nadr = \"127.0.0.1:1\"\n", "adr"),
+            ("[auth]\njwt_secret = \"short\"\n", "auth.jwt_secret"),
+            ("[rate_limit]\nenabled = \"maybe\"\n", "rate_limit.enabled"),
+            (
+                "[database]\nsynchronous = \"sometimes\"\n",
+                "database.synchronous",
+            ),
+        ];
+        for (contents, key) in cases {
+            let f = file(contents);
+            let err = Config::load_from(Some(f.path()), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{contents:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut config = Config::default();
+        config.auth.jwt_secret = Some(Secret::new("super-secret-value-that-is-long-enough"));
+        assert!(!config.to_toml().contains("super-secret"));
+        assert!(config.to_toml().contains("jwt_secret = \"***\""));
+        assert!(!format!("{config:?}").contains("super-secret"));
+    }
+}

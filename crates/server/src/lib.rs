@@ -1,0 +1,12 @@
+//! The `flashmart` binary's library half: configuration, logging, wiring of the chosen adapters
+//! into the HTTP application, and the commands. Kept as a library so that integration tests
+//! build exactly what the binary builds.
+
+pub mod commands;
+pub mod config;
+pub mod logging;
+mod secrets;
+pub mod wiring;
+
+pub use config::Config;
+pub use wiring::{Services, build};

@@ -1,0 +1,145 @@
+//! `flashmart`: one binary for every role and tool.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use flashmart_domain::Role;
+use flashmart_server::config::Config;
+use flashmart_server::{commands, logging, wiring};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flashmart",
+    version,
+    about = "E-commerce backend with a flash-sale engine"
+)]
+struct Cli {
+    /// Configuration file (default: ./flashmart.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every role in this process on embedded storage (the default).
+    Serve,
+    /// Seed demo accounts, then serve.
+    Demo {
+        /// Seed and exit without serving.
+        #[arg(long)]
+        seed_only: bool,
+    },
+    /// Bring the database schema up to date and exit.
+    Migrate,
+    /// Administrative tasks.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an account with any role.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Display name (default: the part of the email before @).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration as TOML, secrets shown as ***.
+    Print,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+        .map_err(|e: flashmart_domain::RoleError| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("flashmart: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Config {
+        command: ConfigCommand::Print,
+    } = command
+    {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(err) = logging::init(&config.log) {
+        eprintln!("flashmart: {err:#}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("flashmart: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(command, &config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("flashmart: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => wiring::serve(config).await,
+        Command::Demo { seed_only } => {
+            commands::seed_demo(config).await?;
+            if seed_only {
+                Ok(())
+            } else {
+                wiring::serve(config).await
+            }
+        }
+        Command::Migrate => commands::migrate(config).await,
+        Command::Admin {
+            command:
+                AdminCommand::CreateUser {
+                    email,
+                    password,
+                    role,
+                    name,
+                },
+        } => {
+            let user =
+                commands::create_user(config, &email, password, name.as_deref(), role).await?;
+            println!("created {} {} ({})", user.role, user.email, user.id);
+            Ok(())
+        }
+        Command::Config { .. } => Ok(()),
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests of the whole application, built exactly as the binary builds it, each with
+//! its own temporary data directory and a clock the test controls.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod ci;
+mod envelope;
+mod ops;
+mod process;
+mod roles;
+mod support;
+mod tokens;

@@ -1,0 +1,177 @@
+//! The ops routes: readiness, metrics, the OpenAPI document and the offline API reference.
+
+use axum::http::{Method, StatusCode, header};
+use serde_json::Value;
+
+use crate::support::TestApp;
+
+#[tokio::test]
+async fn readyz_reports_sqlite() {
+    let app = TestApp::start().await;
+    let data = app.get("/readyz").send().await.data();
+    assert_eq!(data["status"], "ready");
+    assert_eq!(data["checks"]["sqlite"], "ok");
+
+    app.services.store.close().await;
+    let body = app
+        .get("/readyz")
+        .send()
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
+    assert_eq!(body["details"][0]["field"], "sqlite");
+    // Liveness does not depend on storage.
+    assert_eq!(app.get("/healthz").send().await.status, StatusCode::OK);
+}
+
+/// Every route the API has, as the OpenAPI document must list it.
+const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("post", "/api/v1/auth/register"),
+    ("post", "/api/v1/auth/login"),
+    ("post", "/api/v1/auth/refresh"),
+    ("post", "/api/v1/auth/logout"),
+    ("put", "/api/v1/auth/password"),
+    ("get", "/api/v1/users/me"),
+    ("get", "/api/v1/admin/users"),
+    ("get", "/api/v1/admin/users/{id}"),
+];
+
+#[tokio::test]
+async fn openapi_lists_every_route_and_every_listed_route_exists() {
+    let app = TestApp::start().await;
+    let res = app.get("/openapi.json").send().await;
+    assert_eq!(res.status, StatusCode::OK);
+    let doc: Value = res.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            documented.push((method.clone(), path.clone()));
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path} documents its responses"
+            );
+            if matches!(method.as_str(), "post" | "put" | "patch") && !path.ends_with("/logout") {
+                assert!(
+                    op.get("requestBody").is_some(),
+                    "{method} {path} documents its body"
+                );
+            }
+        }
+    }
+    for (method, path) in ROUTES {
+        assert!(
+            documented.contains(&((*method).to_owned(), (*path).to_owned())),
+            "{method} {path} missing from the OpenAPI document"
+        );
+    }
+    assert_eq!(documented.len(), ROUTES.len(), "documented: {documented:?}");
+
+    // Each documented operation is served by a route (the router's fallback says "no such
+    // route"; a wrong method would be a 405).
+    for (method, path) in &documented {
+        let concrete = path.replace("{id}", "01930000-0000-7000-8000-000000000000");
+        let res = app
+            .req(
+                Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
+                &concrete,
+            )
+            .send()
+            .await;
+        assert_ne!(
+            res.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        if res.status == StatusCode::NOT_FOUND {
+            assert_ne!(res.json()["message"], "no such route", "{method} {path}");
+        }
+    }
+
+    // The envelope and the bearer scheme are part of the document.
+    assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+#[tokio::test]
+async fn docs_render_with_no_network() {
+    let app = TestApp::start().await;
+    let res = app.get("/docs").send().await;
+    assert!(res.status.is_redirection());
+    let res = app.get("/docs/").send().await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(
+        res.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = res.text();
+    assert!(html.contains("swagger-ui"));
+
+    // Every script and stylesheet the page loads is served here, none from elsewhere.
+    let mut assets = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for chunk in html.split(attr).skip(1) {
+            assets.push(chunk.split('"').next().unwrap().to_owned());
+        }
+    }
+    assert!(assets.iter().any(|a| a.ends_with("swagger-ui-bundle.js")));
+    for asset in &assets {
+        assert!(
+            !asset.starts_with("http:") && !asset.starts_with("https:") && !asset.starts_with("//"),
+            "{asset} would need the network"
+        );
+        let path = format!("/docs/{}", asset.trim_start_matches("./"));
+        let res = app.get(&path).send().await;
+        assert_eq!(res.status, StatusCode::OK, "{path}");
+        assert!(!res.body.is_empty(), "{path}");
+    }
+    let init = app.get("/docs/swagger-initializer.js").send().await.text();
+    assert!(init.contains("/openapi.json"));
+    assert!(
+        !init.contains("http://") && !init.contains("https://"),
+        "{init}"
+    );
+    assert!(init.contains("\"validatorUrl\": \"none\""), "{init}");
+}
+
+#[tokio::test]
+async fn metrics_label_requests_by_route_template() {
+    let app = TestApp::start().await;
+    let id = "01930000-0000-7000-8000-00000000abcd";
+    app.get(&format!("/api/v1/admin/users/{id}")).send().await;
+    app.get("/api/v1/some/random/path/12345").send().await;
+    let res = app.get("/metrics").send().await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(
+        res.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = res.text();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("http_requests_total{")
+                && l.contains("route=\"/api/v1/admin/users/{id}\"")
+                && l.contains("status=\"401\"")
+        })
+        .unwrap_or_else(|| panic!("no templated series in:\n{text}"));
+    assert!(line.contains("method=\"GET\""), "{line}");
+    assert!(!text.contains(id), "raw ids never become labels");
+    assert!(
+        !text.contains("12345"),
+        "unmatched paths never become labels"
+    );
+    assert!(text.contains("route=\"unmatched\""));
+    assert!(text.contains("http_request_duration_seconds_bucket{"));
+}

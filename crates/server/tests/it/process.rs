@@ -1,0 +1,206 @@
+//! The binary as a user runs it: over a real socket, from a fresh directory with no config file,
+//! stopped by SIGTERM.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// A running `flashmart` child with JSON logs, whose stderr lines arrive on a channel.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    base: String,
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+            .args(args)
+            .current_dir(dir)
+            .env("FLASHMART__HTTP__ADDR", "127.0.0.1:0")
+            .env("FLASHMART__LOG__FORMAT", "json")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            base: String::new(),
+        };
+        let listening = server.wait_for(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("flashmart listening"))
+        });
+        server.base = format!("http://{}", listening["addr"].as_str().unwrap());
+        server
+    }
+
+    /// Waits (bounded) for a log line matching `pred`; returns it.
+    fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|e| {
+                    panic!("no such log line ({e}); seen:\n{}", self.seen.join("\n"))
+                });
+            self.seen.push(line.clone());
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && pred(&value)
+            {
+                return value;
+            }
+        }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait_for(|v| v["message"] == "flashmart stopped");
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_readme_run_command_serves_healthz_from_a_fresh_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!dir.path().join("flashmart.toml").exists());
+    let mut server = Server::start(dir.path(), &["demo"], &[("FLASHMART__LOG__LEVEL", "debug")]);
+    let client = reqwest::Client::new();
+
+    let res = client
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let trace_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], 0);
+    assert_eq!(body["data"]["status"], "ok");
+    assert_eq!(body["trace_id"], trace_id.as_str());
+
+    // The request's log line carries its trace id.
+    server.wait_for(|v| v["span"]["trace_id"] == trace_id.as_str());
+
+    // Demo data is there: the demo admin can log in over a real socket (where per-IP limits
+    // see the client's address).
+    let login: Value = client
+        .post(format!("{}/api/v1/auth/login", server.base))
+        .json(&json!({"email": "admin@demo.flashmart.dev", "password": "demo-admin-pass"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(login["code"], 0, "{login}");
+
+    // Storage went to ./data.
+    assert!(dir.path().join("data/flashmart.db").exists());
+    assert!(dir.path().join("data/jwt_secret").exists());
+
+    assert!(server.terminate().success(), "SIGTERM is a clean exit");
+}
+
+#[test]
+fn bad_config_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("FLASHMART__AUTH__ACCESS_TTL_SECS", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("auth.access_ttl_secs"), "{stderr}");
+
+    std::fs::write(dir.path().join("flashmart.toml"), "[http]\nadr = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("adr"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["--config", "missing.toml", "serve"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn config_print_shows_layers_and_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("custom.toml"),
+        "[http]\naddr = \"127.0.0.1:9999\"\n[log]\nlevel = \"debug\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["--config", "custom.toml", "config", "print"])
+        .current_dir(dir.path())
+        .env("FLASHMART__LOG__LEVEL", "warn")
+        .env(
+            "FLASHMART__AUTH__JWT_SECRET",
+            "a-very-secret-signing-key-of-40-bytes!!!",
+        )
+        .env("FLASHMART__RATE_LIMIT__ENABLED", "false")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let parsed: toml::Value = toml::from_str(&printed).unwrap();
+    assert_eq!(
+        parsed["http"]["addr"].as_str(),
+        Some("127.0.0.1:9999"),
+        "file over default"
+    );
+    assert_eq!(
+        parsed["log"]["level"].as_str(),
+        Some("warn"),
+        "environment over file"
+    );
+    assert_eq!(parsed["rate_limit"]["enabled"].as_bool(), Some(false));
+    assert_eq!(parsed["auth"]["jwt_secret"].as_str(), Some("***"));
+    assert!(!printed.contains("a-very-secret"));
+    assert_eq!(parsed["data_dir"].as_str(), Some("./data"));
+}

@@ -1,0 +1,203 @@
+//! A test application (router driven in process) and a small request builder.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use flashmart_app::ManualClock;
+use flashmart_server::{Config, Services, build};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt as _;
+
+pub struct TestApp {
+    pub router: Router,
+    pub clock: ManualClock,
+    pub config: Config,
+    pub services: Services,
+    _dir: TempDir,
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::with_config(|_| {}).await
+    }
+
+    pub async fn with_config(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        Self::on(dir, config).await
+    }
+
+    /// An application over an existing data directory (to see what another process left there).
+    pub async fn on(dir: TempDir, config: Config) -> Self {
+        let clock = ManualClock::starting_now();
+        let services = build(&config, Arc::new(clock.clone())).await.unwrap();
+        Self::from_services(dir, config, clock, services, Router::new())
+    }
+
+    pub fn from_services(
+        dir: TempDir,
+        config: Config,
+        clock: ManualClock,
+        services: Services,
+        extra: Router<flashmart_http::AppState>,
+    ) -> Self {
+        let router = flashmart_http::router_with(services.state.clone(), &services.http, extra)
+            .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        Self {
+            router,
+            clock,
+            config,
+            services,
+            _dir: dir,
+        }
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> Req<'_> {
+        Req {
+            app: self,
+            builder: Request::builder().method(method).uri(path),
+            body: Body::empty(),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Req<'_> {
+        self.req(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> Req<'_> {
+        self.req(Method::POST, path)
+    }
+
+    /// Registers a customer and logs in; returns (access, refresh) tokens.
+    pub async fn customer(&self, email: &str, password: &str) -> (String, String) {
+        let res = self
+            .post("/api/v1/auth/register")
+            .json(&json!({"email": email, "password": password, "name": "Test Customer"}))
+            .send()
+            .await;
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+        self.login(email, password).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> (String, String) {
+        let res = self
+            .post("/api/v1/auth/login")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+        let data = res.data();
+        (
+            data["access_token"].as_str().unwrap().to_owned(),
+            data["refresh_token"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+pub struct Req<'a> {
+    app: &'a TestApp,
+    builder: axum::http::request::Builder,
+    body: Body,
+}
+
+impl Req<'_> {
+    pub fn json(mut self, value: &Value) -> Self {
+        self.builder = self
+            .builder
+            .header(header::CONTENT_TYPE, "application/json");
+        self.body = Body::from(value.to_string());
+        self
+    }
+
+    pub fn raw(mut self, content_type: &str, body: impl Into<Body>) -> Self {
+        self.builder = self.builder.header(header::CONTENT_TYPE, content_type);
+        self.body = body.into();
+        self
+    }
+
+    pub fn bearer(mut self, token: &str) -> Self {
+        self.builder = self
+            .builder
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    pub async fn send(self) -> TestResponse {
+        let request = self.builder.body(self.body).unwrap();
+        let response = self.app.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `data` of a successful envelope, after checking the envelope itself.
+    pub fn data(&self) -> Value {
+        let body = self.json();
+        assert_eq!(body["code"], 0, "{body}");
+        assert_eq!(body["message"], "ok");
+        self.assert_trace_id(&body);
+        body["data"].clone()
+    }
+
+    /// Checks an error envelope: status, code, no data, trace id in body and header.
+    pub fn assert_error(&self, status: StatusCode, code: u32) -> Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(
+            self.headers[header::CONTENT_TYPE],
+            "application/json",
+            "{}",
+            self.text()
+        );
+        let body = self.json();
+        assert_eq!(body["code"], code, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(body.get("data").is_none(), "errors carry no data: {body}");
+        self.assert_trace_id(&body);
+        body
+    }
+
+    fn assert_trace_id(&self, body: &Value) {
+        let trace_id = body["trace_id"].as_str().expect("trace_id in body");
+        assert_eq!(trace_id.len(), 32, "{trace_id}");
+        assert!(trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(self.headers["x-request-id"], trace_id);
+    }
+}
