@@ -204,3 +204,22 @@ fn config_print_shows_layers_and_hides_secrets() {
     assert!(!printed.contains("a-very-secret"));
     assert_eq!(parsed["data_dir"].as_str(), Some("./data"));
 }
+
+#[test]
+fn migrate_creates_the_schema_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+            .arg("migrate")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("schema is up to date"));
+    }
+    assert!(dir.path().join("data/flashmart.db").is_file());
+}
