@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod clock;
 pub mod error;
+pub mod flash_sale;
 pub mod page;
 pub mod ports;
 pub mod rate_limit;

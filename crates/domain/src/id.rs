@@ -58,6 +58,22 @@ uuid_id!(
     /// One login: the access tokens and the family of refresh tokens it hands out.
     SessionId
 );
+uuid_id!(
+    /// A flash sale.
+    SaleId
+);
+uuid_id!(
+    /// Stock held for a buyer in a flash sale.
+    ReservationId
+);
+uuid_id!(
+    /// An order, from a cart or from a flash-sale reservation.
+    OrderId
+);
+uuid_id!(
+    /// A recurring flash-sale schedule.
+    ScheduleId
+);
 
 #[cfg(test)]
 mod tests {

@@ -5,5 +5,7 @@
 
 mod accounts;
 mod db;
+mod flash_sale;
+mod journal;
 
 pub use db::{Durability, SqliteStore};

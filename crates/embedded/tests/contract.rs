@@ -39,6 +39,16 @@ contract!(
     revoking_twice_keeps_the_first_time,
 );
 
+contract!(
+    sales_round_trip,
+    one_sale_per_schedule_slot,
+    sales_list_by_phase,
+    journal_makes_reservations_durable,
+    a_failed_batch_leaves_nothing,
+    purchases_by_code,
+    expiry_releases_stock,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_rotations_rotate_once() {
     let (_dir, store) = store().await;

@@ -1,15 +1,10 @@
-//! The ports the use cases need from storage. Each method is one use-case-shaped step and one
-//! transaction inside the adapter; no transaction handle ever crosses a trait.
-//!
-//! Record stores are called through `Arc<dyn …>`: every call is a round-trip to a database, next to
-//! which the boxed future `async_trait` costs is noise. The reservation hot path has a port of its
-//! own that is not called this way.
+//! Users, credentials and sessions.
 
 use async_trait::async_trait;
 use flashmart_domain::{Email, SessionId, User, UserId};
 use time::OffsetDateTime;
 
-pub use crate::error::StoreError;
+use crate::error::StoreError;
 use crate::page::{Page, PageRequest};
 
 /// A user as stored, with the password hash the login check needs.
@@ -125,11 +120,4 @@ pub trait AccountStore: Send + Sync + std::fmt::Debug + 'static {
         &self,
         since: OffsetDateTime,
     ) -> Result<Vec<(SessionId, OffsetDateTime)>, StoreError>;
-}
-
-/// A dependency whose health `/readyz` reports.
-#[async_trait]
-pub trait Probe: Send + Sync + std::fmt::Debug + 'static {
-    fn name(&self) -> &'static str;
-    async fn check(&self) -> Result<(), StoreError>;
 }

@@ -1,0 +1,232 @@
+//! Flash sales: creating sales and recurring schedules, the reservation hot path on the in-memory
+//! ledger with its group commit, expiry, live events, and the contest compatibility API.
+
+mod admin;
+pub mod commit;
+mod compat;
+pub mod idempotency;
+pub mod ledger;
+pub mod model;
+mod reserve;
+
+use std::sync::Arc;
+
+use flashmart_domain::flash_sale::FlashSaleError;
+use flashmart_domain::{SaleId, ScheduleId};
+use time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use admin::{ItemDraft, ItemsDraft, SaleDraft, SaleStats, SaleView, ScheduleDraft};
+pub use compat::CONTEST_SCHEDULE;
+
+use crate::clock::Clock;
+use crate::error::{FieldError, StoreError};
+use crate::flash_sale::commit::GroupCommit;
+use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
+use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
+use crate::ports::{FlashSaleStore, ReservationJournal};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SaleError {
+    #[error("flash sale not found")]
+    SaleNotFound,
+    #[error("the sale has not started")]
+    NotStarted,
+    #[error("the sale has ended")]
+    Ended,
+    #[error("sold out")]
+    SoldOut,
+    #[error("per-user limit reached")]
+    LimitReached,
+    #[error("idempotency key reused with another request")]
+    KeyReused,
+    #[error("a request with this idempotency key is still in progress")]
+    KeyInProgress,
+    #[error("item not found")]
+    ItemNotFound,
+    #[error("reservation not found")]
+    ReservationNotFound,
+    #[error("reservation expired")]
+    ReservationExpired,
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    /// The reservation could not be made durable; nothing was reserved.
+    #[error("storage unavailable: {0}")]
+    Unavailable(Arc<str>),
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+}
+
+impl From<StoreError> for SaleError {
+    fn from(err: StoreError) -> Self {
+        Self::Store(Arc::new(err))
+    }
+}
+
+impl From<Refusal> for SaleError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::SaleNotFound => Self::SaleNotFound,
+            Refusal::ItemNotFound => Self::ItemNotFound,
+            Refusal::NotStarted => Self::NotStarted,
+            Refusal::Ended => Self::Ended,
+            Refusal::SoldOut => Self::SoldOut,
+            Refusal::LimitReached => Self::LimitReached,
+        }
+    }
+}
+
+impl From<HoldError> for Refusal {
+    fn from(e: HoldError) -> Self {
+        match e {
+            HoldError::NoSuchItem => Self::ItemNotFound,
+            HoldError::Rule(FlashSaleError::NotStarted) => Self::NotStarted,
+            HoldError::Rule(FlashSaleError::Ended) => Self::Ended,
+            HoldError::Rule(FlashSaleError::SoldOut) => Self::SoldOut,
+            HoldError::Rule(FlashSaleError::LimitReached) => Self::LimitReached,
+        }
+    }
+}
+
+impl Refusal {
+    /// The `result` label of `flash_sale_reservations_total`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::SaleNotFound => "no_sale",
+            Self::ItemNotFound => "no_item",
+            Self::NotStarted => "not_started",
+            Self::Ended => "ended",
+            Self::SoldOut => "sold_out",
+            Self::LimitReached => "limit_reached",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FlashSaleSettings {
+    /// Writes that may wait for the group commit before new reservations wait for room.
+    pub commit_queue: usize,
+    /// How long after its end a sale stays in memory.
+    pub keep_ended_for: Duration,
+    /// Make the contest schedule (compatibility API) if it is missing.
+    pub contest: bool,
+}
+
+impl Default for FlashSaleSettings {
+    fn default() -> Self {
+        Self {
+            commit_queue: 65_536,
+            keep_ended_for: Duration::HOUR,
+            contest: false,
+        }
+    }
+}
+
+/// The flash-sale use cases over the embedded engine.
+#[derive(Debug)]
+pub struct FlashSales {
+    store: Arc<dyn FlashSaleStore>,
+    clock: Arc<dyn Clock>,
+    ledger: Ledger,
+    commit: GroupCommit,
+    keys: Arc<IdempotencyTable>,
+    settings: FlashSaleSettings,
+    contest: Option<ScheduleId>,
+}
+
+impl FlashSales {
+    /// Rebuilds the in-memory ledger and the idempotency keys from storage, starts the group
+    /// commit, and (with `contest`) makes sure the contest schedule exists. Returns the service
+    /// and the commit task, which ends once the service is dropped.
+    pub async fn start(
+        store: Arc<dyn FlashSaleStore>,
+        journal: Arc<dyn ReservationJournal>,
+        clock: Arc<dyn Clock>,
+        settings: FlashSaleSettings,
+    ) -> Result<(Self, JoinHandle<()>), StoreError> {
+        let now = clock.now();
+        let ledger = Ledger::default();
+        for state in store.live_sales(now - settings.keep_ended_for).await? {
+            ledger.install(state, now);
+        }
+        let keys = Arc::new(IdempotencyTable::default());
+        for stored in store.idempotency_since(now - KEY_LIFETIME).await? {
+            keys.restore(stored.buyer, &stored.record, stored.reservation);
+        }
+        let contest = if settings.contest {
+            Some(compat::ensure_contest_schedule(store.as_ref(), now).await?)
+        } else {
+            None
+        };
+        let (commit, task) = GroupCommit::start(journal, settings.commit_queue);
+        tracing::info!(
+            sales = ledger.len(),
+            idempotency_keys = keys.len(),
+            "flash-sale ledger rebuilt from storage"
+        );
+        Ok((
+            Self {
+                store,
+                clock,
+                ledger,
+                commit,
+                keys,
+                settings,
+                contest,
+            },
+            task,
+        ))
+    }
+
+    /// Live numbers of a sale, pushed at most once per `publish_all` call.
+    pub fn subscribe(&self, sale: SaleId) -> Option<watch::Receiver<SaleSnapshot>> {
+        self.ledger.get(&sale).map(|s| s.subscribe())
+    }
+
+    /// Pushes each sale's current numbers to its subscribers, where they changed.
+    pub fn publish_all(&self) {
+        let now = self.clock.now();
+        for sale in self.ledger.all() {
+            sale.publish(now);
+        }
+    }
+
+    /// Expires reservations whose time ran out and puts their stock back on sale. Returns how
+    /// many expired.
+    pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
+        const BATCH: u32 = 1000;
+        let mut total = 0;
+        loop {
+            let released = self.store.expire_due(self.clock.now(), BATCH).await?;
+            for r in &released {
+                self.ledger.release(r);
+            }
+            total += released.len();
+            if released.len() < BATCH as usize {
+                break;
+            }
+        }
+        if total > 0 {
+            metrics::counter!("flash_sale_reservations_expired_total").increment(total as u64);
+            tracing::info!(expired = total, "expired reservations released their stock");
+        }
+        Ok(total)
+    }
+
+    /// Forgets old idempotency keys and sales long ended.
+    pub fn housekeeping(&self) {
+        let now = self.clock.now();
+        self.keys.prune(now);
+        self.ledger.drop_ended(now - self.settings.keep_ended_for);
+    }
+
+    /// Waits until every write queued so far is durable (shutdown).
+    pub async fn flush(&self) {
+        self.commit.flush().await;
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}

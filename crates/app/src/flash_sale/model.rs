@@ -1,0 +1,205 @@
+//! The records the flash-sale use cases and their storage ports exchange.
+
+use flashmart_domain::flash_sale::{Recurrence, ReservationStatus, SaleRules};
+use flashmart_domain::{Currency, OrderId, ReservationId, SaleId, ScheduleId, UserId};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Who holds a reservation: a user's id, or (compatibility API) a stable id derived from the
+/// caller-named user. Limits are counted per buyer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BuyerId(pub Uuid);
+
+/// Namespace of buyer ids derived from compatibility-API user names (UUID v5).
+const EXTERNAL_BUYERS: Uuid = Uuid::from_u128(0x6c1f_4f3e_9b1d_4c1e_a0f4_5a7d_2b8e_91c3);
+
+impl BuyerId {
+    pub fn user(user: UserId) -> Self {
+        Self(*user.as_uuid())
+    }
+
+    /// The same caller-named user always maps to the same buyer, and never to a real user's id.
+    pub fn external(name: &str) -> Self {
+        Self(Uuid::new_v5(&EXTERNAL_BUYERS, name.as_bytes()))
+    }
+}
+
+/// A sale as stored (its items apart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaleRecord {
+    pub id: SaleId,
+    pub name: String,
+    pub rules: SaleRules,
+    pub currency: Currency,
+    /// The schedule and slot that made it, for a recurring sale.
+    pub slot: Option<(ScheduleId, OffsetDateTime)>,
+    pub item_count: u32,
+    pub total_stock: u64,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewItem {
+    pub name: String,
+    pub image_url: Option<String>,
+    pub product_id: Option<Uuid>,
+    pub price_cents: i64,
+    pub stock: u32,
+}
+
+/// An item of a sale. Items are numbered from 1 within their sale; the number is the item's id in
+/// the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRecord {
+    pub sale_id: SaleId,
+    pub no: u32,
+    pub name: String,
+    pub image_url: Option<String>,
+    pub product_id: Option<Uuid>,
+    pub price_cents: i64,
+    pub stock: u32,
+}
+
+/// What an accepted reservation is, as stored and as answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReservationRecord {
+    pub id: ReservationId,
+    pub code: String,
+    pub sale_id: SaleId,
+    pub item_no: u32,
+    pub buyer: BuyerId,
+    /// The caller-named user of the compatibility API.
+    pub buyer_ref: Option<String>,
+    pub quantity: u32,
+    pub status: ReservationStatus,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    /// The `pending_payment` order made with it (reservations through the compatibility API
+    /// have none: they are confirmed by `/purchase`).
+    pub order_id: Option<OrderId>,
+    pub purchased_at: Option<OffsetDateTime>,
+}
+
+/// A reservation to make durable, with what its order needs.
+#[derive(Debug, Clone)]
+pub struct NewReservation {
+    pub record: std::sync::Arc<ReservationRecord>,
+    pub user_id: Option<UserId>,
+    pub unit_price_cents: i64,
+    pub currency: Currency,
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// An `Idempotency-Key` and the fingerprint of the request that first used it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub fingerprint: [u8; 16],
+}
+
+/// One checkout attempt through the compatibility API, whatever its outcome.
+#[derive(Debug, Clone)]
+pub struct CheckoutAttempt {
+    pub sale_id: Option<SaleId>,
+    pub item_no: i64,
+    pub buyer_ref: String,
+    pub at: OffsetDateTime,
+    /// `reserved`, or the refusal (`sold_out`, `limit_reached`, ...).
+    pub outcome: &'static str,
+    pub code: Option<String>,
+}
+
+/// A write for the group commit: many are gathered into one transaction.
+#[derive(Debug, Clone)]
+pub enum JournalOp {
+    Reserve(Box<NewReservation>),
+    /// Marks the reservation with this code purchased (compatibility API), unless it expired.
+    Purchase {
+        code: String,
+        at: OffsetDateTime,
+    },
+    Attempt(Box<CheckoutAttempt>),
+}
+
+#[derive(Debug, Clone)]
+pub enum JournalOutcome {
+    Done,
+    Purchase(PurchaseOutcome),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PurchaseOutcome {
+    /// Purchased now or before; the same answer every time.
+    Purchased {
+        reservation: Box<ReservationRecord>,
+        item_name: String,
+        unit_price_cents: i64,
+        currency: Currency,
+    },
+    NotFound,
+    Expired,
+}
+
+/// What the in-memory ledger needs of a sale at start: its items' stock and what is held.
+#[derive(Debug, Clone)]
+pub struct LiveSaleState {
+    pub sale: SaleRecord,
+    /// `(item no, stock, price, held by reserved or purchased reservations)`, in item order.
+    pub items: Vec<LiveItemState>,
+    /// What each buyer holds in this sale.
+    pub buyers: Vec<(BuyerId, u32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveItemState {
+    pub no: u32,
+    pub stock: u32,
+    pub price_cents: i64,
+    pub held: u32,
+}
+
+/// Stock that went back on sale (an expired or cancelled reservation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub sale_id: SaleId,
+    pub item_no: u32,
+    pub buyer: BuyerId,
+    pub quantity: u32,
+}
+
+/// A sale's numbers as storage knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoredStats {
+    pub stock: u64,
+    pub reserved: u64,
+    pub sold: u64,
+    pub released: u64,
+    pub buyers: u64,
+    /// Checkout attempts recorded through the compatibility API.
+    pub attempts: u64,
+}
+
+/// A recurring sale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub id: ScheduleId,
+    pub name: String,
+    pub recurrence: Recurrence,
+    pub item_count: u32,
+    pub price_cents: i64,
+    pub currency: Currency,
+    pub per_user_limit: u32,
+    pub reservation_ttl_secs: i64,
+    /// How long each sale lasts from its slot's start (at most the period).
+    pub duration_secs: i64,
+    pub active: bool,
+    pub created_at: OffsetDateTime,
+}
+
+/// One idempotency key as restored at start.
+#[derive(Debug, Clone)]
+pub struct StoredIdempotency {
+    pub buyer: BuyerId,
+    pub record: IdempotencyRecord,
+    pub reservation: ReservationRecord,
+}

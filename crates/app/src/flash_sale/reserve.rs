@@ -1,0 +1,215 @@
+//! The reservation hot path: memory first (window, limit and stock in the ledger), then one queued
+//! write that the group commit makes durable before the answer. No database read, no global lock.
+
+use std::sync::Arc;
+
+use flashmart_domain::flash_sale::{MAX_PER_USER_LIMIT, ReservationStatus, SalePhase};
+use flashmart_domain::{OrderId, ReservationId, SaleId, UserId};
+use rand::Rng as _;
+
+use super::{FlashSales, SaleError};
+use crate::error::FieldError;
+use crate::flash_sale::commit::Pledge;
+use crate::flash_sale::idempotency::{self, Answer, Begin, Claim, Refusal};
+use crate::flash_sale::ledger::LiveSale;
+use crate::flash_sale::model::{BuyerId, JournalOp, NewReservation, ReservationRecord};
+
+/// Unambiguous when read aloud or typed: no I, L, O or U.
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const CODE_LEN: usize = 12;
+
+fn new_code() -> String {
+    let mut rng = rand::rng();
+    (0..CODE_LEN)
+        .map(|_| char::from(CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())]))
+        .collect()
+}
+
+/// Who is reserving, as the ledger and the journal need it.
+#[derive(Debug, Clone)]
+pub(super) struct Reserver {
+    pub buyer: BuyerId,
+    /// Set for reservations through the API: they get an order.
+    pub user: Option<UserId>,
+    /// Set for the compatibility API's caller-named users.
+    pub buyer_ref: Option<String>,
+}
+
+impl FlashSales {
+    /// Reserves `quantity` of item `item_no` of `sale` for `user`, honouring an optional
+    /// `Idempotency-Key`. The answer comes after the reservation and its `pending_payment` order
+    /// are durable.
+    pub async fn reserve(
+        &self,
+        user: UserId,
+        sale: SaleId,
+        item_no: i64,
+        quantity: i64,
+        idempotency_key: Option<&str>,
+    ) -> Result<Arc<ReservationRecord>, SaleError> {
+        let quantity = u32::try_from(quantity)
+            .ok()
+            .filter(|q| (1..=MAX_PER_USER_LIMIT).contains(q))
+            .ok_or_else(|| {
+                SaleError::Invalid(vec![FieldError::new(
+                    "quantity",
+                    format!("must be between 1 and {MAX_PER_USER_LIMIT}"),
+                )])
+            })?;
+        let item_no = u32::try_from(item_no).map_err(|_| SaleError::ItemNotFound)?;
+        let buyer = BuyerId::user(user);
+        let claim = match idempotency_key {
+            None => None,
+            Some(key) => {
+                validate_key(key)?;
+                let fingerprint = idempotency::fingerprint(sale, item_no, quantity);
+                match self.keys.begin(buyer, key, fingerprint, self.clock.now()) {
+                    Begin::Fresh(claim) => Some(claim),
+                    Begin::Replay(answer) => {
+                        metrics::counter!("flash_sale_reservations_total", "result" => "replayed")
+                            .increment(1);
+                        return match answer {
+                            Answer::Reserved(record) => Ok(record),
+                            Answer::Refused(refusal) => Err(refusal.into()),
+                        };
+                    }
+                    Begin::Mismatch => return Err(SaleError::KeyReused),
+                    Begin::InProgress => return Err(SaleError::KeyInProgress),
+                }
+            }
+        };
+        let reserver = Reserver {
+            buyer,
+            user: Some(user),
+            buyer_ref: None,
+        };
+        self.reserve_as(reserver, sale, item_no, quantity, claim)
+            .await
+    }
+
+    pub(super) async fn reserve_as(
+        &self,
+        who: Reserver,
+        sale_id: SaleId,
+        item_no: u32,
+        quantity: u32,
+        claim: Option<Claim>,
+    ) -> Result<Arc<ReservationRecord>, SaleError> {
+        let sale = match self.ledger.get(&sale_id) {
+            Some(sale) => sale,
+            None => match self.load_sale(sale_id).await {
+                Ok(sale) => sale,
+                Err(refusal) => return Err(refuse(claim, refusal)),
+            },
+        };
+        // Room in the commit queue first: between taking stock and queueing its write there is
+        // no await, so no way for the request to be dropped with stock held.
+        let slot = self
+            .commit
+            .slot()
+            .await
+            .map_err(|e| SaleError::Unavailable(e.0))?;
+        let now = self.clock.now();
+        let hold = match sale.try_hold(item_no, who.buyer, quantity, now) {
+            Ok(hold) => hold,
+            Err(err) => return Err(refuse(claim, err.into())),
+        };
+        let record = Arc::new(ReservationRecord {
+            id: ReservationId::new(),
+            code: new_code(),
+            sale_id,
+            item_no,
+            buyer: who.buyer,
+            buyer_ref: who.buyer_ref,
+            quantity,
+            status: ReservationStatus::Reserved,
+            created_at: now,
+            expires_at: sale.record.rules.expires_at(now),
+            order_id: who.user.map(|_| OrderId::new()),
+            purchased_at: None,
+        });
+        let op = JournalOp::Reserve(Box::new(NewReservation {
+            record: Arc::clone(&record),
+            user_id: who.user,
+            unit_price_cents: hold.price_cents(),
+            currency: sale.record.currency,
+            idempotency: claim.as_ref().map(Claim::record),
+        }));
+        let pledge = Pledge {
+            hold,
+            key: claim.map(|c| (c, Arc::clone(&record))),
+        };
+        let committed = slot.send(op, Some(pledge)).await;
+        match committed {
+            Ok(Ok(_)) => {
+                metrics::counter!("flash_sale_reservations_total", "result" => "reserved")
+                    .increment(1);
+                Ok(record)
+            }
+            Ok(Err(failed)) => {
+                metrics::counter!("flash_sale_reservations_total", "result" => "unavailable")
+                    .increment(1);
+                Err(SaleError::Unavailable(failed.0))
+            }
+            Err(_) => Err(SaleError::Unavailable("the commit task has stopped".into())),
+        }
+    }
+
+    /// A sale missing from memory: unknown, ended long ago, or made since start by another
+    /// process; only the last is loaded.
+    async fn load_sale(&self, id: SaleId) -> Result<Arc<LiveSale>, Refusal> {
+        let now = self.clock.now();
+        match self.store.live_sale(id).await {
+            Ok(Some(state)) => {
+                if state.sale.rules.window().phase(now) == SalePhase::Ended {
+                    Err(Refusal::Ended)
+                } else {
+                    Ok(self.ledger.install(state, now))
+                }
+            }
+            Ok(None) => Err(Refusal::SaleNotFound),
+            Err(err) => {
+                tracing::error!(%err, sale = %id, "cannot look up a sale missing from memory");
+                Err(Refusal::SaleNotFound)
+            }
+        }
+    }
+
+    /// The reservation, to its owner only: anyone else is told it does not exist.
+    pub async fn reservation_for(
+        &self,
+        user: UserId,
+        id: ReservationId,
+    ) -> Result<ReservationRecord, SaleError> {
+        match self.store.reservation(id).await? {
+            Some(r) if r.buyer == BuyerId::user(user) => Ok(r),
+            _ => Err(SaleError::ReservationNotFound),
+        }
+    }
+}
+
+/// Settles the idempotency claim with a refusal and counts it.
+fn refuse(claim: Option<Claim>, refusal: Refusal) -> SaleError {
+    metrics::counter!("flash_sale_reservations_total", "result" => refusal.label()).increment(1);
+    if let Some(claim) = claim {
+        claim.answer(Answer::Refused(refusal));
+    }
+    refusal.into()
+}
+
+fn validate_key(key: &str) -> Result<(), SaleError> {
+    let ok = !key.is_empty()
+        && key.len() <= idempotency::MAX_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(SaleError::Invalid(vec![FieldError::new(
+            "Idempotency-Key",
+            format!(
+                "must be 1 to {} printable ASCII characters",
+                idempotency::MAX_KEY_LEN
+            ),
+        )]))
+    }
+}

@@ -1,0 +1,74 @@
+//! Flash sales: the record store for sales, items, schedules and reservations, and the journal the
+//! group commit writes accepted reservations to.
+
+use async_trait::async_trait;
+use flashmart_domain::flash_sale::SalePhase;
+use flashmart_domain::{ReservationId, SaleId, ScheduleId};
+use time::OffsetDateTime;
+
+use crate::error::StoreError;
+use crate::flash_sale::model::{
+    ItemRecord, JournalOp, JournalOutcome, LiveSaleState, NewItem, Released, ReservationRecord,
+    SaleRecord, Schedule, StoredIdempotency, StoredStats,
+};
+use crate::page::{Page, PageRequest};
+
+#[async_trait]
+pub trait FlashSaleStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores a sale and its items in one transaction. A sale for a schedule slot that already
+    /// has one is not stored: `Ok(false)`.
+    async fn insert_sale(&self, sale: &SaleRecord, items: &[NewItem]) -> Result<bool, StoreError>;
+    async fn sale(&self, id: SaleId) -> Result<Option<SaleRecord>, StoreError>;
+    /// The sale a schedule made for a slot, if any.
+    async fn sale_for_slot(
+        &self,
+        schedule: ScheduleId,
+        slot: OffsetDateTime,
+    ) -> Result<Option<SaleRecord>, StoreError>;
+    /// Sales in the given phase at `now` (all when `None`), soonest-starting first.
+    async fn list_sales(
+        &self,
+        phase: Option<SalePhase>,
+        now: OffsetDateTime,
+        page: PageRequest,
+    ) -> Result<Page<SaleRecord>, StoreError>;
+    async fn items(&self, sale: SaleId, page: PageRequest) -> Result<Page<ItemRecord>, StoreError>;
+    /// Every sale ending after `since`, with its stock and what is held: what the in-memory
+    /// ledger is rebuilt from at start.
+    async fn live_sales(&self, since: OffsetDateTime) -> Result<Vec<LiveSaleState>, StoreError>;
+    /// One sale's state, as `live_sales` gives it.
+    async fn live_sale(&self, id: SaleId) -> Result<Option<LiveSaleState>, StoreError>;
+
+    async fn reservation(&self, id: ReservationId)
+    -> Result<Option<ReservationRecord>, StoreError>;
+    /// A sale's reservations in the order they were made.
+    async fn reservations(
+        &self,
+        sale: SaleId,
+        page: PageRequest,
+    ) -> Result<Page<ReservationRecord>, StoreError>;
+    async fn stats(&self, sale: SaleId) -> Result<StoredStats, StoreError>;
+    /// Idempotency keys used since `since`, with the reservations they made.
+    async fn idempotency_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<StoredIdempotency>, StoreError>;
+    /// Marks up to `limit` reservations whose time ran out as expired (and their orders), in one
+    /// transaction, and says what stock they held.
+    async fn expire_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Released>, StoreError>;
+
+    async fn insert_schedule(&self, schedule: &Schedule) -> Result<(), StoreError>;
+    async fn schedules(&self, page: PageRequest) -> Result<Page<Schedule>, StoreError>;
+    async fn schedule_by_name(&self, name: &str) -> Result<Option<Schedule>, StoreError>;
+}
+
+/// Where the group commit makes reservations durable.
+#[async_trait]
+pub trait ReservationJournal: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies every op in one transaction: all or nothing. One outcome per op, in order.
+    async fn commit(&self, ops: &[JournalOp]) -> Result<Vec<JournalOutcome>, StoreError>;
+}

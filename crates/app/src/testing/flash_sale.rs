@@ -1,0 +1,433 @@
+//! The `FlashSaleStore` and `ReservationJournal` contract.
+
+use std::sync::Arc;
+
+use flashmart_domain::flash_sale::{
+    Recurrence, ReservationStatus, SalePhase, SaleRules, SaleWindow,
+};
+use flashmart_domain::{Currency, OrderId, ReservationId, SaleId, ScheduleId, UserId};
+use time::{Duration, OffsetDateTime};
+
+use super::accounts::{t0, user};
+use crate::StoreError;
+use crate::flash_sale::model::{
+    BuyerId, CheckoutAttempt, IdempotencyRecord, JournalOp, JournalOutcome, NewItem,
+    NewReservation, PurchaseOutcome, Released, ReservationRecord, SaleRecord, Schedule,
+};
+use crate::page::PageRequest;
+use crate::ports::{AccountStore, FlashSaleStore, ReservationJournal};
+
+/// What the flash-sale contract needs of one adapter.
+pub trait FlashSaleAdapter: FlashSaleStore + ReservationJournal + AccountStore {}
+impl<T: FlashSaleStore + ReservationJournal + AccountStore> FlashSaleAdapter for T {}
+
+fn sale(starts: OffsetDateTime, ends: OffsetDateTime, items: &[u32]) -> SaleRecord {
+    SaleRecord {
+        id: SaleId::new(),
+        name: "Contract sale".into(),
+        rules: SaleRules::new(SaleWindow::new(starts, ends).unwrap(), 5, 600).unwrap(),
+        currency: Currency::EUR,
+        slot: None,
+        item_count: u32::try_from(items.len()).unwrap(),
+        total_stock: items.iter().map(|s| u64::from(*s)).sum(),
+        created_at: t0(),
+    }
+}
+
+fn items(stock: &[u32]) -> Vec<NewItem> {
+    stock
+        .iter()
+        .enumerate()
+        .map(|(i, s)| NewItem {
+            name: format!("Item {}", i + 1),
+            image_url: Some(format!("/img/{}.svg", i + 1)),
+            product_id: None,
+            price_cents: 250 * (i64::try_from(i).unwrap() + 1),
+            stock: *s,
+        })
+        .collect()
+}
+
+fn reservation(
+    sale: &SaleRecord,
+    item_no: u32,
+    buyer: BuyerId,
+    quantity: u32,
+    at: OffsetDateTime,
+    with_order: bool,
+) -> ReservationRecord {
+    ReservationRecord {
+        id: ReservationId::new(),
+        code: format!("C{}", ReservationId::new().as_uuid().simple()),
+        sale_id: sale.id,
+        item_no,
+        buyer,
+        buyer_ref: (!with_order).then(|| "ext-user".to_owned()),
+        quantity,
+        status: ReservationStatus::Reserved,
+        created_at: at,
+        expires_at: sale.rules.expires_at(at),
+        order_id: with_order.then(OrderId::new),
+        purchased_at: None,
+    }
+}
+
+fn reserve_op(record: &ReservationRecord, user: Option<UserId>, key: Option<&str>) -> JournalOp {
+    JournalOp::Reserve(Box::new(NewReservation {
+        record: Arc::new(record.clone()),
+        user_id: user,
+        unit_price_cents: 250,
+        currency: Currency::EUR,
+        idempotency: key.map(|k| IdempotencyRecord {
+            key: k.to_owned(),
+            fingerprint: [7; 16],
+        }),
+    }))
+}
+
+async fn customer<S: FlashSaleAdapter + ?Sized>(store: &S, email: &str) -> UserId {
+    let u = user(email, t0());
+    store.insert_user(&u, "h").await.unwrap();
+    u.id
+}
+
+pub async fn sales_round_trip<S: FlashSaleAdapter + ?Sized>(store: &S) {
+    let s = sale(t0(), t0() + Duration::hours(1), &[3, 1, 2]);
+    assert!(store.insert_sale(&s, &items(&[3, 1, 2])).await.unwrap());
+    assert_eq!(store.sale(s.id).await.unwrap(), Some(s.clone()));
+    assert!(store.sale(SaleId::new()).await.unwrap().is_none());
+
+    let page = store
+        .items(s.id, PageRequest::new(Some(1), Some(2)))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 3);
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.items[0].no, 1);
+    assert_eq!(page.items[1].name, "Item 2");
+    assert_eq!(page.items[1].price_cents, 500);
+    assert_eq!(page.items[0].image_url.as_deref(), Some("/img/1.svg"));
+
+    let live = store.live_sale(s.id).await.unwrap().unwrap();
+    assert_eq!(live.sale, s);
+    let stock: Vec<(u32, u32, u32)> = live.items.iter().map(|i| (i.no, i.stock, i.held)).collect();
+    assert_eq!(stock, [(1, 3, 0), (2, 1, 0), (3, 2, 0)]);
+    assert!(live.buyers.is_empty());
+}
+
+pub async fn one_sale_per_schedule_slot<S: FlashSaleAdapter + ?Sized>(store: &S) {
+    let schedule = Schedule {
+        id: ScheduleId::new(),
+        name: "hourly drop".into(),
+        recurrence: Recurrence::Hourly,
+        item_count: 2,
+        price_cents: 100,
+        currency: Currency::USD,
+        per_user_limit: 1,
+        reservation_ttl_secs: 60,
+        duration_secs: 3600,
+        active: true,
+        created_at: t0(),
+    };
+    store.insert_schedule(&schedule).await.unwrap();
+    let dup = Schedule {
+        id: ScheduleId::new(),
+        ..schedule.clone()
+    };
+    assert!(matches!(
+        store.insert_schedule(&dup).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        store.schedule_by_name("hourly drop").await.unwrap(),
+        Some(schedule.clone())
+    );
+    assert_eq!(
+        store.schedules(PageRequest::default()).await.unwrap().total,
+        1
+    );
+
+    let slot = Recurrence::Hourly.slot_start(t0());
+    let mut first = sale(slot, slot + Duration::hours(1), &[1, 1]);
+    first.slot = Some((schedule.id, slot));
+    let mut second = sale(slot, slot + Duration::hours(1), &[1, 1]);
+    second.slot = Some((schedule.id, slot));
+    assert!(store.insert_sale(&first, &items(&[1, 1])).await.unwrap());
+    assert!(!store.insert_sale(&second, &items(&[1, 1])).await.unwrap());
+    assert_eq!(
+        store.sale_for_slot(schedule.id, slot).await.unwrap(),
+        Some(first.clone())
+    );
+    assert!(store.sale(second.id).await.unwrap().is_none());
+    // The next slot is another sale.
+    let next = slot + Duration::hours(1);
+    let mut third = sale(next, next + Duration::hours(1), &[1]);
+    third.slot = Some((schedule.id, next));
+    assert!(store.insert_sale(&third, &items(&[1])).await.unwrap());
+}
+
+pub async fn sales_list_by_phase<S: FlashSaleAdapter + ?Sized>(store: &S) {
+    let now = t0();
+    let ended = sale(now - Duration::hours(2), now - Duration::hours(1), &[1]);
+    let live = sale(now - Duration::minutes(5), now + Duration::hours(1), &[1]);
+    let soon = sale(now + Duration::hours(1), now + Duration::hours(2), &[1]);
+    let later = sale(now + Duration::hours(3), now + Duration::hours(4), &[1]);
+    for s in [&ended, &live, &soon, &later] {
+        store.insert_sale(s, &items(&[1])).await.unwrap();
+    }
+    let ids = |p: crate::Page<SaleRecord>| p.items.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let page = PageRequest::default();
+    assert_eq!(
+        ids(store
+            .list_sales(Some(SalePhase::Upcoming), now, page)
+            .await
+            .unwrap()),
+        [soon.id, later.id]
+    );
+    assert_eq!(
+        ids(store
+            .list_sales(Some(SalePhase::Live), now, page)
+            .await
+            .unwrap()),
+        [live.id]
+    );
+    assert_eq!(
+        ids(store
+            .list_sales(Some(SalePhase::Ended), now, page)
+            .await
+            .unwrap()),
+        [ended.id]
+    );
+    let all = store.list_sales(None, now, page).await.unwrap();
+    assert_eq!(all.total, 4);
+    assert_eq!(ids(all), [later.id, soon.id, live.id, ended.id]);
+}
+
+pub async fn journal_makes_reservations_durable<S: FlashSaleAdapter + ?Sized>(store: &S) {
+    let s = sale(t0(), t0() + Duration::hours(1), &[5, 5]);
+    store.insert_sale(&s, &items(&[5, 5])).await.unwrap();
+    let alice = customer(store, "alice@example.com").await;
+    let bob = customer(store, "bob@example.com").await;
+    let at = t0() + Duration::minutes(1);
+    let r1 = reservation(&s, 1, BuyerId::user(alice), 2, at, true);
+    let r2 = reservation(&s, 2, BuyerId::user(alice), 1, at, true);
+    let r3 = reservation(&s, 1, BuyerId::user(bob), 1, at, true);
+    let ext = reservation(&s, 2, BuyerId::external("ext-user"), 1, at, false);
+    let attempt = JournalOp::Attempt(Box::new(CheckoutAttempt {
+        sale_id: Some(s.id),
+        item_no: 2,
+        buyer_ref: "ext-user".into(),
+        at,
+        outcome: "reserved",
+        code: Some(ext.code.clone()),
+    }));
+    let ops = vec![
+        reserve_op(&r1, Some(alice), Some("key-1")),
+        reserve_op(&r2, Some(alice), None),
+        attempt,
+        reserve_op(&r3, Some(bob), None),
+        reserve_op(&ext, None, None),
+    ];
+    let outcomes = store.commit(&ops).await.unwrap();
+    assert_eq!(outcomes.len(), ops.len());
+    assert!(outcomes.iter().all(|o| matches!(o, JournalOutcome::Done)));
+
+    assert_eq!(store.reservation(r1.id).await.unwrap(), Some(r1.clone()));
+    assert_eq!(store.reservation(ext.id).await.unwrap(), Some(ext.clone()));
+    let listed = store
+        .reservations(s.id, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 4);
+
+    let live = store.live_sale(s.id).await.unwrap().unwrap();
+    let held: Vec<u32> = live.items.iter().map(|i| i.held).collect();
+    assert_eq!(held, [3, 2]);
+    let mut buyers = live.buyers.clone();
+    buyers.sort();
+    let mut want = vec![
+        (BuyerId::user(alice), 3),
+        (BuyerId::user(bob), 1),
+        (BuyerId::external("ext-user"), 1),
+    ];
+    want.sort();
+    assert_eq!(buyers, want);
+
+    let stats = store.stats(s.id).await.unwrap();
+    assert_eq!(
+        (
+            stats.stock,
+            stats.reserved,
+            stats.sold,
+            stats.released,
+            stats.buyers
+        ),
+        (10, 5, 0, 0, 3)
+    );
+
+    let keys = store.idempotency_since(t0()).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].record.key, "key-1");
+    assert_eq!(keys[0].record.fingerprint, [7; 16]);
+    assert_eq!(keys[0].reservation, r1);
+    assert!(
+        store
+            .idempotency_since(at + Duration::seconds(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let all_live = store.live_sales(t0()).await.unwrap();
+    assert_eq!(all_live.len(), 1);
+}
+
+pub async fn a_failed_batch_leaves_nothing<S: FlashSaleAdapter + ?Sized>(store: &S) {
+    let s = sale(t0(), t0() + Duration::hours(1), &[5]);
+    store.insert_sale(&s, &items(&[5])).await.unwrap();
+    let alice = customer(store, "alice@example.com").await;
+    let at = t0() + Duration::minutes(1);
+    let good = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
+    let mut clash = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
+    clash.code = good.code.clone(); // codes are unique: the whole batch must fail
+    let err = store
+        .commit(&[
+            reserve_op(&good, Some(alice), None),
+            reserve_op(&clash, Some(alice), None),
+        ])
+        .await;
+    assert!(err.is_err());
+    assert!(store.reservation(good.id).await.unwrap().is_none());
+    assert_eq!(store.stats(s.id).await.unwrap().reserved, 0);
+}
+
+pub async fn purchases_by_code<S: FlashSaleAdapter + ?Sized>(store: &S) {
+    let s = sale(t0(), t0() + Duration::hours(1), &[2]);
+    store.insert_sale(&s, &items(&[2])).await.unwrap();
+    let at = t0() + Duration::minutes(1);
+    let live = reservation(&s, 1, BuyerId::external("a"), 1, at, false);
+    let stale = reservation(&s, 1, BuyerId::external("b"), 1, at, false);
+    store
+        .commit(&[
+            reserve_op(&live, None, None),
+            reserve_op(&stale, None, None),
+        ])
+        .await
+        .unwrap();
+
+    let purchase = |code: &str, at| JournalOp::Purchase {
+        code: code.to_owned(),
+        at,
+    };
+    let paid_at = at + Duration::minutes(1);
+    let late = stale.expires_at;
+    let outcomes = store
+        .commit(&[
+            purchase(&live.code, paid_at),
+            purchase("NO-SUCH-CODE", paid_at),
+            purchase(&stale.code, late),
+        ])
+        .await
+        .unwrap();
+    let JournalOutcome::Purchase(PurchaseOutcome::Purchased {
+        reservation,
+        item_name,
+        unit_price_cents,
+        currency,
+    }) = &outcomes[0]
+    else {
+        panic!("expected a purchase, got {:?}", outcomes[0]);
+    };
+    assert_eq!(reservation.status, ReservationStatus::Purchased);
+    assert_eq!(reservation.purchased_at, Some(paid_at));
+    assert_eq!(item_name, "Item 1");
+    assert_eq!(*unit_price_cents, 250);
+    assert_eq!(*currency, Currency::EUR);
+    assert!(matches!(
+        outcomes[1],
+        JournalOutcome::Purchase(PurchaseOutcome::NotFound)
+    ));
+    assert!(matches!(
+        outcomes[2],
+        JournalOutcome::Purchase(PurchaseOutcome::Expired)
+    ));
+
+    // Repeated, later: the same answer (first purchase time kept).
+    let again = store
+        .commit(&[purchase(&live.code, paid_at + Duration::minutes(5))])
+        .await
+        .unwrap();
+    let JournalOutcome::Purchase(PurchaseOutcome::Purchased {
+        reservation: r2, ..
+    }) = &again[0]
+    else {
+        panic!("expected a purchase");
+    };
+    assert_eq!(r2, reservation);
+    let stats = store.stats(s.id).await.unwrap();
+    assert_eq!((stats.reserved, stats.sold), (1, 1));
+}
+
+pub async fn expiry_releases_stock<S: FlashSaleAdapter + ?Sized>(store: &S) {
+    let s = sale(t0(), t0() + Duration::hours(1), &[4]);
+    store.insert_sale(&s, &items(&[4])).await.unwrap();
+    let alice = customer(store, "alice@example.com").await;
+    let early = reservation(&s, 1, BuyerId::user(alice), 2, t0(), true);
+    let late = reservation(
+        &s,
+        1,
+        BuyerId::user(alice),
+        1,
+        t0() + Duration::minutes(5),
+        true,
+    );
+    store
+        .commit(&[
+            reserve_op(&early, Some(alice), None),
+            reserve_op(&late, Some(alice), None),
+        ])
+        .await
+        .unwrap();
+
+    assert!(
+        store
+            .expire_due(early.expires_at - Duration::seconds(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let released = store.expire_due(early.expires_at, 10).await.unwrap();
+    assert_eq!(
+        released,
+        vec![Released {
+            sale_id: s.id,
+            item_no: 1,
+            buyer: BuyerId::user(alice),
+            quantity: 2
+        }]
+    );
+    assert_eq!(
+        store.reservation(early.id).await.unwrap().unwrap().status,
+        ReservationStatus::Expired
+    );
+    // Expiring again changes nothing.
+    assert!(
+        store
+            .expire_due(early.expires_at, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stats = store.stats(s.id).await.unwrap();
+    assert_eq!((stats.reserved, stats.released, stats.buyers), (1, 2, 1));
+    let live = store.live_sale(s.id).await.unwrap().unwrap();
+    assert_eq!(live.items[0].held, 1);
+    assert_eq!(live.buyers, vec![(BuyerId::user(alice), 1)]);
+
+    // The limit bounds one call.
+    let released = store
+        .expire_due(late.expires_at + Duration::hours(1), 0)
+        .await
+        .unwrap();
+    assert!(released.is_empty());
+}

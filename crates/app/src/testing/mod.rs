@@ -1,0 +1,11 @@
+//! The contracts every storage adapter must meet, as plain async functions over a fresh, empty
+//! store. Each adapter's test suite calls every one of them (see `flashmart_embedded`'s
+//! `tests/contract.rs`), so the SQLite and PostgreSQL adapters cannot drift apart in behaviour.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod accounts;
+mod flash_sale;
+
+pub use accounts::*;
+pub use flash_sale::*;
