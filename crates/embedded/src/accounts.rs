@@ -239,6 +239,39 @@ impl AccountStore for SqliteStore {
         Ok(revoked.into_iter().map(SessionId::from_uuid).collect())
     }
 
+    async fn insert_buyers(
+        &self,
+        buyers: &[(User, SessionId)],
+        unusable_password_hash: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        for chunk in crate::flash_sale::chunks(buyers) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO users (id, email, name, password_hash, role, created_at, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, (user, _)| {
+                b.push_bind(user.id.as_uuid())
+                    .push_bind(user.email.as_str())
+                    .push_bind(user.name.as_str())
+                    .push_bind(unusable_password_hash)
+                    .push_bind(user.role.as_str())
+                    .push_bind(micros(user.created_at))
+                    .push_bind(micros(user.created_at));
+            });
+            qb.build().execute(&mut *tx).await.map_err(map_err)?;
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO sessions (id, user_id, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, (user, session)| {
+                b.push_bind(session.as_uuid())
+                    .push_bind(user.id.as_uuid())
+                    .push_bind(micros(user.created_at));
+            });
+            qb.build().execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
     async fn sessions_revoked_since(
         &self,
         since: OffsetDateTime,

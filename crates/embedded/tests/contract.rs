@@ -37,6 +37,7 @@ contract!(
     an_expired_refresh_token_changes_nothing,
     password_change_revokes_every_session,
     revoking_twice_keeps_the_first_time,
+    buyers_are_inserted_with_sessions,
 );
 
 contract!(

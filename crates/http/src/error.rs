@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashmart_app::auth::AuthError;
+use flashmart_app::flash_sale::SaleError;
 use flashmart_app::{FieldError, StoreError};
 
 use crate::envelope::{ErrorEnvelope, FieldIssue, TraceId, json_response};
@@ -20,6 +21,15 @@ pub mod codes {
     pub const TOKEN_INVALID: u32 = 10003;
     pub const SESSION_REVOKED: u32 = 10004;
     pub const WEAK_PASSWORD: u32 = 10005;
+    pub const SALE_NOT_FOUND: u32 = 60001;
+    pub const SALE_NOT_STARTED: u32 = 60002;
+    pub const SALE_ENDED: u32 = 60003;
+    pub const SOLD_OUT: u32 = 60004;
+    pub const LIMIT_REACHED: u32 = 60005;
+    pub const IDEMPOTENCY_KEY_REUSED: u32 = 60006;
+    pub const ITEM_NOT_FOUND: u32 = 60007;
+    pub const RESERVATION_NOT_FOUND: u32 = 60008;
+    pub const RESERVATION_EXPIRED: u32 = 60009;
 }
 
 #[derive(Debug)]
@@ -192,6 +202,56 @@ impl From<AuthError> for ApiError {
             AuthError::Store(e) => e.into(),
             AuthError::Hash(e) => Self::internal(e),
             AuthError::Signing(e) => Self::internal(e),
+        }
+    }
+}
+
+impl From<SaleError> for ApiError {
+    fn from(err: SaleError) -> Self {
+        use StatusCode as S;
+        match err {
+            SaleError::SaleNotFound => {
+                Self::new(S::NOT_FOUND, codes::SALE_NOT_FOUND, "flash sale not found")
+            }
+            SaleError::NotStarted => Self::new(
+                S::CONFLICT,
+                codes::SALE_NOT_STARTED,
+                "the sale has not started",
+            ),
+            SaleError::Ended => Self::new(S::CONFLICT, codes::SALE_ENDED, "the sale has ended"),
+            SaleError::SoldOut => Self::new(S::CONFLICT, codes::SOLD_OUT, "sold out"),
+            SaleError::LimitReached => {
+                Self::new(S::CONFLICT, codes::LIMIT_REACHED, "per-user limit reached")
+            }
+            SaleError::KeyReused => Self::new(
+                S::UNPROCESSABLE_ENTITY,
+                codes::IDEMPOTENCY_KEY_REUSED,
+                "idempotency key reused with another request",
+            ),
+            SaleError::KeyInProgress => Self::status(
+                S::CONFLICT,
+                "a request with this Idempotency-Key is still in progress; retry shortly",
+            ),
+            SaleError::ItemNotFound => {
+                Self::new(S::NOT_FOUND, codes::ITEM_NOT_FOUND, "item not found")
+            }
+            SaleError::ReservationNotFound => Self::new(
+                S::NOT_FOUND,
+                codes::RESERVATION_NOT_FOUND,
+                "reservation not found",
+            ),
+            SaleError::ReservationExpired => Self::new(
+                S::CONFLICT,
+                codes::RESERVATION_EXPIRED,
+                "reservation expired",
+            ),
+            SaleError::Invalid(details) => Self::validation(details),
+            SaleError::Unavailable(cause) => Self::unavailable(cause),
+            SaleError::Store(e) => match e.as_ref() {
+                StoreError::NotFound => Self::not_found(),
+                StoreError::Unavailable(_) => Self::unavailable(e),
+                _ => Self::internal(e),
+            },
         }
     }
 }

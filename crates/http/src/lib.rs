@@ -40,7 +40,9 @@ pub const API_BASE: &str = "/api/v1";
         (name = "ops", description = "Health, readiness and metrics"),
         (name = "auth", description = "Registration, login and sessions"),
         (name = "users", description = "The caller's account"),
+        (name = "flash-sales", description = "Flash sales and reservations"),
         (name = "admin", description = "Administration (admin or operator role)"),
+        (name = "compat", description = "Contest compatibility API (only with compat.contest = true; trusts the caller's user id: private networks only)"),
     )
 )]
 struct ApiDoc;
@@ -62,18 +64,27 @@ impl Modify for BearerAuth {
     }
 }
 
-fn documented_routes() -> OpenApiRouter<AppState> {
+/// Every route, with the compatibility API's when `contest` is on.
+fn documented_routes(contest: bool) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::new()
         .merge(routes::auth::routes())
-        .merge(routes::users::routes());
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::users::routes())
+        .merge(routes::flash_sales::routes())
+        .merge(routes::admin_flash_sales::routes());
+    let root = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::ops::routes())
-        .nest(API_BASE, api)
+        .merge(routes::images::routes())
+        .nest(API_BASE, api);
+    if contest {
+        root.merge(routes::compat::routes())
+    } else {
+        root
+    }
 }
 
 /// The OpenAPI document of every route `router` serves.
-pub fn openapi() -> OpenApiDoc {
-    documented_routes().split_for_parts().1
+pub fn openapi(contest: bool) -> OpenApiDoc {
+    documented_routes(contest).split_for_parts().1
 }
 
 /// The whole HTTP application.
@@ -84,7 +95,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 /// The application with `extra` routes mounted under the same middleware; tests use it to mount
 /// routes that misbehave on purpose (a handler that panics).
 pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppState>) -> Router {
-    let (routes, doc) = documented_routes().split_for_parts();
+    let (routes, doc) = documented_routes(state.flash_sales.contest_enabled()).split_for_parts();
     routes
         .merge(extra)
         .merge(

@@ -6,14 +6,24 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use flashmart_app::auth::AuthService;
+use flashmart_app::flash_sale::FlashSales;
 use flashmart_app::ports::Probe;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 #[derive(Clone, Debug, FromRef)]
 pub struct AppState {
     pub auth: Arc<AuthService>,
+    pub flash_sales: Arc<FlashSales>,
+    pub loadtest: LoadTest,
     pub probes: Probes,
     pub metrics: PrometheusHandle,
+}
+
+/// Whether `POST /admin/loadtest/buyers` may mint buyer accounts with tokens
+/// (`loadtest.enabled`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadTest {
+    pub enabled: bool,
 }
 
 /// The dependencies `/readyz` checks.

@@ -1,5 +1,7 @@
 //! Shapes shared by several routers' answers and queries.
 
+use flashmart_app::flash_sale::SaleView;
+use flashmart_app::flash_sale::model::{ItemRecord, ReservationRecord};
 use flashmart_app::{Page, PageRequest};
 use flashmart_domain::User;
 use serde::{Deserialize, Serialize};
@@ -70,6 +72,119 @@ impl From<User> for UserView {
             name: user.name.into(),
             role: user.role.as_str(),
             created_at: user.created_at,
+        }
+    }
+}
+
+/// A flash sale.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SaleOut {
+    pub id: Uuid,
+    pub name: String,
+    /// `upcoming`, `live` or `ended`.
+    #[schema(example = "live")]
+    pub status: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub starts_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub ends_at: OffsetDateTime,
+    pub per_user_limit: u32,
+    /// How long a reservation holds stock unpaid.
+    pub reservation_ttl_secs: i64,
+    pub currency: String,
+    pub item_count: u32,
+    /// Units across all items.
+    pub stock: u64,
+    /// Units not held by any reservation now.
+    pub remaining: u64,
+    /// The schedule that made this sale, for a recurring one.
+    pub schedule_id: Option<Uuid>,
+}
+
+impl From<SaleView> for SaleOut {
+    fn from(view: SaleView) -> Self {
+        let r = view.record;
+        Self {
+            id: *r.id.as_uuid(),
+            name: r.name,
+            status: view.phase.as_str(),
+            starts_at: r.rules.window().starts_at(),
+            ends_at: r.rules.window().ends_at(),
+            per_user_limit: r.rules.per_user_limit(),
+            reservation_ttl_secs: r.rules.reservation_ttl().whole_seconds(),
+            currency: r.currency.as_str().to_owned(),
+            item_count: r.item_count,
+            stock: r.total_stock,
+            remaining: view.remaining,
+            schedule_id: r.slot.map(|(s, _)| *s.as_uuid()),
+        }
+    }
+}
+
+/// An item of a sale.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemOut {
+    /// The item's number in its sale (1, 2, ...): the `item_id` to reserve.
+    pub id: u32,
+    pub name: String,
+    pub image_url: Option<String>,
+    pub product_id: Option<Uuid>,
+    pub price_cents: i64,
+    pub stock: u32,
+    pub remaining: u32,
+}
+
+impl ItemOut {
+    pub fn new(item: ItemRecord, remaining: u32) -> Self {
+        Self {
+            id: item.no,
+            name: item.name,
+            image_url: item.image_url,
+            product_id: item.product_id,
+            price_cents: item.price_cents,
+            stock: item.stock,
+            remaining,
+        }
+    }
+}
+
+/// A reservation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReservationOut {
+    pub id: Uuid,
+    /// Short code identifying the reservation (what the compatibility API's purchase takes).
+    pub code: String,
+    pub sale_id: Uuid,
+    pub item_id: u32,
+    pub quantity: u32,
+    /// `reserved`, `purchased`, `expired` or `cancelled`.
+    #[schema(example = "reserved")]
+    pub status: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// When the reservation lapses unless its order is paid.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+    /// The `pending_payment` order made with the reservation.
+    pub order_id: Option<Uuid>,
+}
+
+impl From<&ReservationRecord> for ReservationOut {
+    fn from(r: &ReservationRecord) -> Self {
+        Self {
+            id: *r.id.as_uuid(),
+            code: r.code.clone(),
+            sale_id: *r.sale_id.as_uuid(),
+            item_id: r.item_no,
+            quantity: r.quantity,
+            status: r.status.as_str(),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            order_id: r.order_id.map(|o| *o.as_uuid()),
         }
     }
 }

@@ -24,6 +24,49 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
     pub database: DatabaseConfig,
+    pub flash_sale: FlashSaleConfig,
+    pub compat: CompatConfig,
+    pub loadtest: LoadTestConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlashSaleConfig {
+    /// Reservations that may wait for the group commit before new ones wait for room.
+    pub commit_queue: usize,
+    /// How often expired reservations are swept and their stock returned.
+    pub sweep_interval_ms: u64,
+    /// How often live numbers are pushed to event subscribers (at most).
+    pub events_interval_ms: u64,
+    /// How often schedules are checked for a slot without its sale.
+    pub schedule_interval_ms: u64,
+}
+
+impl Default for FlashSaleConfig {
+    fn default() -> Self {
+        Self {
+            commit_queue: 65_536,
+            sweep_interval_ms: 1_000,
+            events_interval_ms: 250,
+            schedule_interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompatConfig {
+    /// Serve the contest compatibility API (`/checkout`, `/purchase`, `/health`) and its hourly
+    /// 10,000-item sale. It trusts the caller's user id: private networks only.
+    pub contest: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadTestConfig {
+    /// Let admins mint buyer accounts with tokens (`POST /api/v1/admin/loadtest/buyers`) for
+    /// `flashmart stampede`. Never on in production.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +138,9 @@ impl Default for Config {
             auth: AuthConfig::default(),
             rate_limit: RateLimitConfig::default(),
             database: DatabaseConfig::default(),
+            flash_sale: FlashSaleConfig::default(),
+            compat: CompatConfig::default(),
+            loadtest: LoadTestConfig::default(),
         }
     }
 }
@@ -273,6 +319,27 @@ impl Config {
                 key: "log.level",
                 message: e.to_string(),
             });
+        }
+        if self.flash_sale.commit_queue == 0 {
+            return invalid("flash_sale.commit_queue", "must be at least 1");
+        }
+        for (key, ms) in [
+            (
+                "flash_sale.sweep_interval_ms",
+                self.flash_sale.sweep_interval_ms,
+            ),
+            (
+                "flash_sale.events_interval_ms",
+                self.flash_sale.events_interval_ms,
+            ),
+            (
+                "flash_sale.schedule_interval_ms",
+                self.flash_sale.schedule_interval_ms,
+            ),
+        ] {
+            if ms < 10 {
+                return invalid(key, "must be at least 10");
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");

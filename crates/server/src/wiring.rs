@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use flashmart_app::auth::{AuthService, AuthSettings, HashCost};
+use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales};
 use flashmart_app::ports::Probe;
 use flashmart_app::{Clock, SystemClock};
 use flashmart_embedded::{Durability, SqliteStore};
+use flashmart_http::state::LoadTest;
 use flashmart_http::{AppState, HttpSettings, Probes};
 use tokio::net::TcpListener;
 
@@ -49,10 +51,32 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
     )
     .await
     .context("starting the auth service")?;
+    let (flash_sales, _commit_task) = FlashSales::start(
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+        Arc::clone(&clock),
+        FlashSaleSettings {
+            commit_queue: config.flash_sale.commit_queue,
+            contest: config.compat.contest,
+            ..FlashSaleSettings::default()
+        },
+    )
+    .await
+    .context("starting the flash-sale engine")?;
+    let flash_sales = Arc::new(flash_sales);
+    // The current slot's sale of every schedule exists before the first request.
+    flash_sales
+        .run_schedules()
+        .await
+        .context("creating scheduled sales")?;
     let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store.clone())];
     Ok(Services {
         state: AppState {
             auth: Arc::new(auth),
+            flash_sales,
+            loadtest: LoadTest {
+                enabled: config.loadtest.enabled,
+            },
             probes: Probes(probes.into()),
             metrics: flashmart_http::metrics::prometheus(),
         },
@@ -92,7 +116,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "flashmart listening on http://{addr}");
 
-    let upkeep = tokio::spawn(upkeep(services.state.clone()));
+    let workers = spawn_workers(&services.state, config);
     axum::serve(
         listener,
         services
@@ -102,22 +126,71 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .context("serving HTTP")?;
-    upkeep.abort();
+    for worker in workers {
+        worker.abort();
+    }
+    // Whatever reached the group commit (checkout attempts included) is made durable first.
+    services.state.flash_sales.flush().await;
     services.store.close().await;
     tracing::info!("flashmart stopped");
     Ok(())
 }
 
-/// Periodic housekeeping: metric histograms, revocation list, idle rate-limit keys.
-async fn upkeep(state: AppState) {
-    let mut metrics = tokio::time::interval(Duration::from_secs(5));
-    let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = metrics.tick() => state.metrics.run_upkeep(),
-            _ = housekeeping.tick() => state.auth.housekeeping(),
+/// The background work of a single-process deployment: expiry, live events, schedules, and
+/// housekeeping.
+fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHandle<()>> {
+    let ms = Duration::from_millis;
+    let sales = Arc::clone(&state.flash_sales);
+    let sweeper = every(ms(config.flash_sale.sweep_interval_ms), move || {
+        let sales = Arc::clone(&sales);
+        async move {
+            if let Err(err) = sales.sweep_expired().await {
+                tracing::error!(%err, "expiring reservations failed; will retry");
+            }
         }
-    }
+    });
+    let sales = Arc::clone(&state.flash_sales);
+    let publisher = every(ms(config.flash_sale.events_interval_ms), move || {
+        sales.publish_all();
+        async {}
+    });
+    let sales = Arc::clone(&state.flash_sales);
+    let scheduler = every(ms(config.flash_sale.schedule_interval_ms), move || {
+        let sales = Arc::clone(&sales);
+        async move {
+            if let Err(err) = sales.run_schedules().await {
+                tracing::error!(%err, "running schedules failed; will retry");
+            }
+        }
+    });
+    let metrics = state.metrics.clone();
+    let upkeep = every(Duration::from_secs(5), move || {
+        metrics.run_upkeep();
+        async {}
+    });
+    let (auth, sales) = (Arc::clone(&state.auth), Arc::clone(&state.flash_sales));
+    let housekeeping = every(Duration::from_secs(60), move || {
+        auth.housekeeping();
+        sales.housekeeping();
+        async {}
+    });
+    vec![sweeper, publisher, scheduler, upkeep, housekeeping]
+}
+
+/// Runs `job` every `period`, one run at a time (a slow run delays the next, never overlaps it).
+fn every<F, Fut>(period: Duration, mut job: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            job().await;
+        }
+    })
 }
 
 async fn shutdown_signal() {

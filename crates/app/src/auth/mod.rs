@@ -313,6 +313,42 @@ impl AuthService {
         Ok(self.store.user_by_id(id).await?)
     }
 
+    /// Makes `count` customer accounts that cannot log in, each with a session and an access
+    /// token: buyers for load tests, without paying for `count` password hashes.
+    pub async fn mint_buyers(&self, count: usize) -> Result<Vec<(UserId, String)>, AuthError> {
+        let now = self.clock.now();
+        let buyers: Vec<(User, SessionId)> = (0..count)
+            .map(|_| {
+                let id = UserId::new();
+                let user = User {
+                    id,
+                    email: Email::parse(&format!(
+                        "buyer-{}@loadtest.invalid",
+                        id.as_uuid().simple()
+                    ))
+                    .map_err(|e| AuthError::Signing(e.to_string()))?,
+                    name: DisplayName::parse("Load-test buyer")
+                        .map_err(|e| AuthError::Signing(e.to_string()))?,
+                    role: Role::Customer,
+                    created_at: now,
+                };
+                Ok((user, SessionId::new()))
+            })
+            .collect::<Result<_, AuthError>>()?;
+        // "!" is no PHC string: verification always fails, so these accounts cannot log in.
+        self.store.insert_buyers(&buyers, "!").await?;
+        buyers
+            .iter()
+            .map(|(user, session)| {
+                let token = self
+                    .tokens
+                    .issue(user, *session, now)
+                    .map_err(|e| AuthError::Signing(e.to_string()))?;
+                Ok((user.id, token))
+            })
+            .collect()
+    }
+
     pub async fn list_users(&self, page: PageRequest) -> Result<Page<User>, AuthError> {
         Ok(self.store.list_users(page).await?)
     }

@@ -115,6 +115,13 @@ pub trait AccountStore: Send + Sync + std::fmt::Debug + 'static {
         new_hash: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<SessionId>, StoreError>;
+    /// Stores accounts that cannot log in (the password hash given is no valid hash), each with
+    /// one session: load-test buyers. One transaction.
+    async fn insert_buyers(
+        &self,
+        buyers: &[(User, SessionId)],
+        unusable_password_hash: &str,
+    ) -> Result<(), StoreError>;
     /// Sessions revoked at or after `since`: what the in-memory revocation list must know at start.
     async fn sessions_revoked_since(
         &self,

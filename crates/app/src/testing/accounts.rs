@@ -241,3 +241,38 @@ pub async fn revoking_twice_keeps_the_first_time(store: &dyn AccountStore) {
         vec![(s, first)]
     );
 }
+
+pub async fn buyers_are_inserted_with_sessions(store: &dyn AccountStore) {
+    let buyers: Vec<(User, SessionId)> = (0..300)
+        .map(|i| {
+            (
+                user(&format!("b{i}@loadtest.invalid"), t0()),
+                SessionId::new(),
+            )
+        })
+        .collect();
+    store.insert_buyers(&buyers, "!").await.unwrap();
+    assert_eq!(
+        store
+            .list_users(PageRequest::default())
+            .await
+            .unwrap()
+            .total,
+        300
+    );
+    let creds = store
+        .credentials_by_id(buyers[7].0.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(creds.password_hash, "!");
+    // Their sessions exist: revoking one is recorded.
+    store
+        .revoke_session(buyers[7].1, RevokeReason::Logout, t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sessions_revoked_since(t0()).await.unwrap(),
+        vec![(buyers[7].1, t0())]
+    );
+}

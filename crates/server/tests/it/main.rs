@@ -6,6 +6,7 @@
 mod auth;
 mod ci;
 mod envelope;
+mod flash_sales;
 mod ops;
 mod process;
 mod roles;

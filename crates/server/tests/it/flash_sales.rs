@@ -1,0 +1,575 @@
+//! The flash-sale API over HTTP: creating sales, reserving with the codes of the contract,
+//! idempotency, owner-only reads, live events, schedules, load-test buyers and the contest API.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
+use tower::ServiceExt as _;
+
+use crate::support::TestApp;
+
+fn at(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap()
+}
+
+/// An operator's token.
+async fn operator(app: &TestApp) -> String {
+    flashmart_server::commands::create_user(
+        &app.config,
+        "ops@example.com",
+        "operator password".into(),
+        None,
+        flashmart_domain::Role::Operator,
+    )
+    .await
+    .unwrap();
+    app.login("ops@example.com", "operator password").await.0
+}
+
+/// Creates a sale live now; returns its id.
+async fn live_sale(app: &TestApp, token: &str, stock: &[i64], limit: i64) -> String {
+    let now = flashmart_app::Clock::now(&app.clock);
+    let items: Vec<Value> = stock
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"name": format!("Sneaker {i}"), "price_cents": 12900, "stock": s}))
+        .collect();
+    let res = app
+        .post("/api/v1/admin/flash-sales")
+        .bearer(token)
+        .json(&json!({
+            "name": "Midnight drop",
+            "starts_at": at(now - Duration::minutes(1)),
+            "ends_at": at(now + Duration::hours(1)),
+            "per_user_limit": limit,
+            "reservation_ttl_secs": 600,
+            "items": items,
+        }))
+        .send()
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    res.data()["id"].as_str().unwrap().to_owned()
+}
+
+async fn reserve(
+    app: &TestApp,
+    token: &str,
+    sale: &str,
+    item: i64,
+    qty: i64,
+) -> crate::support::TestResponse {
+    app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
+        .bearer(token)
+        .json(&json!({"item_id": item, "quantity": qty}))
+        .send()
+        .await
+}
+
+#[tokio::test]
+async fn creating_sales_is_for_operators_and_validated() {
+    let app = TestApp::start().await;
+    let (customer, _) = app.customer("c@example.com", "customer password").await;
+    let now = flashmart_app::Clock::now(&app.clock);
+    let body = json!({
+        "name": "x", "starts_at": at(now), "ends_at": at(now + Duration::hours(1)),
+        "per_user_limit": 1, "generate_items": {"count": 3, "price_cents": 100}
+    });
+    app.post("/api/v1/admin/flash-sales")
+        .bearer(&customer)
+        .json(&body)
+        .send()
+        .await
+        .assert_error(StatusCode::FORBIDDEN, 403);
+
+    let op = operator(&app).await;
+    let sale = app
+        .post("/api/v1/admin/flash-sales")
+        .bearer(&op)
+        .json(&body)
+        .send()
+        .await;
+    assert_eq!(sale.status, StatusCode::CREATED);
+    let sale = sale.data();
+    assert_eq!(sale["item_count"], 3);
+    assert_eq!(sale["stock"], 3);
+    assert_eq!(sale["remaining"], 3);
+    assert_eq!(sale["status"], "live");
+    assert_eq!(sale["currency"], "USD");
+
+    let bad = app
+        .post("/api/v1/admin/flash-sales")
+        .bearer(&op)
+        .json(&json!({
+            "name": " ", "starts_at": at(now), "ends_at": at(now - Duration::hours(1)),
+            "per_user_limit": 0, "items": [{"name": "", "price_cents": -1, "stock": 0}]
+        }))
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+    let fields: Vec<&str> = bad["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "name",
+        "ends_at",
+        "items[0].name",
+        "items[0].price_cents",
+        "items[0].stock",
+    ] {
+        assert!(fields.contains(&f), "{f} in {fields:?}");
+    }
+    app.post("/api/v1/admin/flash-sales")
+        .bearer(&op)
+        .json(&json!({
+            "name": "both", "starts_at": at(now), "ends_at": at(now + Duration::hours(1)),
+            "per_user_limit": 1, "items": [], "generate_items": {"count": 1, "price_cents": 1}
+        }))
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+}
+
+#[tokio::test]
+async fn reservations_answer_with_the_contract_codes() {
+    let app = TestApp::start().await;
+    let op = operator(&app).await;
+    let (alice, _) = app.customer("alice@example.com", "alice password").await;
+    let (bob, _) = app.customer("bob@example.com", "bob password!").await;
+    let sale = live_sale(&app, &op, &[2, 5], 2).await;
+
+    let res = reserve(&app, &alice, &sale, 1, 2).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    let r = res.data();
+    assert_eq!(r["sale_id"], sale.as_str());
+    assert_eq!(
+        (r["item_id"].as_i64(), r["quantity"].as_i64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(r["status"], "reserved");
+    assert_eq!(r["code"].as_str().unwrap().len(), 12);
+    assert!(r["order_id"].is_string());
+    assert!(r["expires_at"].is_string());
+
+    // 60004 sold out, 60005 limit, 60007 no item, 60001 no sale.
+    reserve(&app, &bob, &sale, 1, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60004);
+    reserve(&app, &alice, &sale, 2, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60005);
+    reserve(&app, &bob, &sale, 3, 1)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 60007);
+    reserve(&app, &bob, "01930000-0000-7000-8000-000000000000", 1, 1)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 60001);
+    reserve(&app, &bob, &sale, 2, 0)
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+    app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
+        .json(&json!({"item_id": 2}))
+        .send()
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, 10003);
+
+    // The sale and its items show what remains.
+    let view = app
+        .get(&format!("/api/v1/flash-sales/{sale}"))
+        .send()
+        .await
+        .data();
+    assert_eq!(
+        (view["stock"].as_i64(), view["remaining"].as_i64()),
+        (Some(7), Some(5))
+    );
+    let items = app
+        .get(&format!("/api/v1/flash-sales/{sale}/items"))
+        .send()
+        .await
+        .data();
+    assert_eq!(items["total"], 2);
+    assert_eq!(items["items"][0]["remaining"], 0);
+    assert_eq!(items["items"][1]["remaining"], 5);
+
+    // 60003 once the sale has ended (a fresh token: the old one expired meanwhile).
+    app.clock.advance(Duration::hours(2));
+    let (bob, _) = app.login("bob@example.com", "bob password!").await;
+    reserve(&app, &bob, &sale, 2, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60003);
+}
+
+#[tokio::test]
+async fn a_sale_not_started_answers_60002() {
+    let app = TestApp::start().await;
+    let op = operator(&app).await;
+    let (alice, _) = app.customer("alice@example.com", "alice password").await;
+    let now = flashmart_app::Clock::now(&app.clock);
+    let sale = app
+        .post("/api/v1/admin/flash-sales")
+        .bearer(&op)
+        .json(&json!({
+            "name": "Tomorrow", "starts_at": at(now + Duration::days(1)),
+            "ends_at": at(now + Duration::days(1) + Duration::hours(1)),
+            "per_user_limit": 1, "generate_items": {"count": 2, "price_cents": 100}
+        }))
+        .send()
+        .await
+        .data();
+    assert_eq!(sale["status"], "upcoming");
+    let id = sale["id"].as_str().unwrap();
+    reserve(&app, &alice, id, 1, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60002);
+    let upcoming = app
+        .get("/api/v1/flash-sales?status=upcoming")
+        .send()
+        .await
+        .data();
+    assert_eq!(upcoming["total"], 1);
+    let live = app
+        .get("/api/v1/flash-sales?status=live")
+        .send()
+        .await
+        .data();
+    assert_eq!(live["total"], 0);
+    app.get("/api/v1/flash-sales?status=someday")
+        .send()
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, 400);
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_the_first_answer() {
+    let app = TestApp::start().await;
+    let op = operator(&app).await;
+    let (alice, _) = app.customer("alice@example.com", "alice password").await;
+    let sale = live_sale(&app, &op, &[10], 5).await;
+    let path = format!("/api/v1/flash-sales/{sale}/reservations");
+    let send = |qty: i64| {
+        app.post(&path)
+            .bearer(&alice)
+            .header("idempotency-key", "checkout-7f3a")
+            .json(&json!({"item_id": 1, "quantity": qty}))
+            .send()
+    };
+    let first = send(2).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let second = send(2).await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    assert_eq!(first.data(), second.data(), "the same answer");
+    send(3)
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 60006);
+    let view = app
+        .get(&format!("/api/v1/flash-sales/{sale}"))
+        .send()
+        .await
+        .data();
+    assert_eq!(view["remaining"], 8, "reserved once");
+}
+
+#[tokio::test]
+async fn a_reservation_is_visible_to_its_owner_only() {
+    let app = TestApp::start().await;
+    let op = operator(&app).await;
+    let (alice, _) = app.customer("alice@example.com", "alice password").await;
+    let (bob, _) = app.customer("bob@example.com", "bob password!").await;
+    let sale = live_sale(&app, &op, &[3], 3).await;
+    let id = reserve(&app, &alice, &sale, 1, 1).await.data()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/v1/flash-sales/reservations/{id}");
+    let mine = app.get(&path).bearer(&alice).send().await.data();
+    assert_eq!(mine["id"], id.as_str());
+    app.get(&path)
+        .bearer(&bob)
+        .send()
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 60008);
+
+    // It expires unpaid; its stock comes back.
+    app.clock.advance(Duration::minutes(10));
+    app.services
+        .state
+        .flash_sales
+        .sweep_expired()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get(&path).bearer(&alice).send().await.data()["status"],
+        "expired"
+    );
+    let stats = app
+        .get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
+        .bearer(&op)
+        .send()
+        .await
+        .data();
+    assert_eq!(
+        stats,
+        json!({"stock": 3, "reserved": 0, "sold": 0, "remaining": 3, "released": 1, "buyers": 0, "attempts": 0})
+    );
+    let list = app
+        .get(&format!("/api/v1/admin/flash-sales/{sale}/reservations"))
+        .bearer(&op)
+        .send()
+        .await
+        .data();
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["items"][0]["status"], "expired");
+    assert!(list["items"][0]["buyer_id"].is_string());
+}
+
+/// Reads server-sent events from a response body until `n` events are seen.
+async fn next_events(body: &mut Body, n: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut buf = String::new();
+    while events.len() < n {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Some(data) = frame.data_ref() {
+            buf.push_str(std::str::from_utf8(data).unwrap());
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if let Some(line) = block.lines().find(|l| l.starts_with("data:")) {
+                events.push(serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap());
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn events_stream_remaining_stock() {
+    let app = TestApp::start().await;
+    let op = operator(&app).await;
+    let (alice, _) = app.customer("alice@example.com", "alice password").await;
+    let sale = live_sale(&app, &op, &[4], 4).await;
+    let res = app
+        .router
+        .clone()
+        .oneshot(
+            Request::get(format!("/api/v1/flash-sales/{sale}/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = res.into_body();
+    let first = next_events(&mut body, 1).await;
+    assert_eq!(first[0]["remaining"], 4);
+    assert_eq!(first[0]["status"], "live");
+
+    // Three reservations between two pushes make one event, not three.
+    for _ in 0..3 {
+        assert_eq!(
+            reserve(&app, &alice, &sale, 1, 1).await.status,
+            StatusCode::CREATED
+        );
+    }
+    app.services.state.flash_sales.publish_all();
+    let next = next_events(&mut body, 1).await;
+    assert_eq!(next[0]["remaining"], 1);
+
+    // The stream ends after the sale has ended.
+    app.clock.advance(Duration::hours(2));
+    app.services.state.flash_sales.publish_all();
+    let last = next_events(&mut body, 1).await;
+    assert_eq!(last[0]["status"], "ended");
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+        .await
+        .unwrap();
+    assert!(end.is_none(), "stream closed");
+}
+
+#[tokio::test]
+async fn a_schedule_makes_the_current_hours_sale() {
+    let app = TestApp::start().await;
+    let op = operator(&app).await;
+    let res = app
+        .post("/api/v1/admin/flash-sale-schedules")
+        .bearer(&op)
+        .json(&json!({
+            "name": "hourly deals", "recurrence": "hourly", "item_count": 25,
+            "price_cents": 499, "per_user_limit": 2
+        }))
+        .send()
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    let schedule = res.data();
+    let live = app
+        .get("/api/v1/flash-sales?status=live")
+        .send()
+        .await
+        .data();
+    assert_eq!(live["total"], 1);
+    let sale = &live["items"][0];
+    assert_eq!(sale["schedule_id"], schedule["id"]);
+    assert_eq!(sale["item_count"], 25);
+    assert_eq!(sale["per_user_limit"], 2);
+    let items = app
+        .get(&format!(
+            "/api/v1/flash-sales/{}/items?per_page=1",
+            sale["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .data();
+    let image = items["items"][0]["image_url"].as_str().unwrap().to_owned();
+    let svg = app.get(&image).send().await;
+    assert_eq!(svg.status, StatusCode::OK);
+    assert_eq!(svg.headers[header::CONTENT_TYPE], "image/svg+xml");
+    assert!(svg.text().starts_with("<svg"));
+
+    // The next hour's sale is made when the hour turns.
+    app.clock.advance(Duration::hours(1));
+    let made = app
+        .services
+        .state
+        .flash_sales
+        .run_schedules()
+        .await
+        .unwrap();
+    assert_eq!(made.len(), 1);
+    assert!(
+        app.services
+            .state
+            .flash_sales
+            .run_schedules()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (op, _) = app.login("ops@example.com", "operator password").await;
+
+    app.post("/api/v1/admin/flash-sale-schedules")
+        .bearer(&op)
+        .json(&json!({
+            "name": "hourly deals", "recurrence": "hourly", "item_count": 1,
+            "price_cents": 1, "per_user_limit": 1
+        }))
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+    let listed = app
+        .get("/api/v1/admin/flash-sale-schedules")
+        .bearer(&op)
+        .send()
+        .await
+        .data();
+    assert_eq!(listed["total"], 1);
+}
+
+#[tokio::test]
+async fn load_test_buyers_need_the_setting_and_an_admin() {
+    let off = TestApp::start().await;
+    flashmart_server::commands::create_user(
+        &off.config,
+        "root@example.com",
+        "root password".into(),
+        None,
+        flashmart_domain::Role::Admin,
+    )
+    .await
+    .unwrap();
+    let (admin, _) = off.login("root@example.com", "root password").await;
+    off.post("/api/v1/admin/loadtest/buyers")
+        .bearer(&admin)
+        .json(&json!({"count": 2}))
+        .send()
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 404);
+
+    let app = TestApp::with_config(|c| c.loadtest.enabled = true).await;
+    flashmart_server::commands::create_user(
+        &app.config,
+        "root@example.com",
+        "root password".into(),
+        None,
+        flashmart_domain::Role::Admin,
+    )
+    .await
+    .unwrap();
+    let (admin, _) = app.login("root@example.com", "root password").await;
+    let (customer, _) = app.customer("c@example.com", "customer password").await;
+    app.post("/api/v1/admin/loadtest/buyers")
+        .bearer(&customer)
+        .json(&json!({"count": 2}))
+        .send()
+        .await
+        .assert_error(StatusCode::FORBIDDEN, 403);
+    let minted = app
+        .post("/api/v1/admin/loadtest/buyers")
+        .bearer(&admin)
+        .json(&json!({"count": 3}))
+        .send()
+        .await
+        .data();
+    let buyers = minted["buyers"].as_array().unwrap();
+    assert_eq!(buyers.len(), 3);
+    let token = buyers[0]["access_token"].as_str().unwrap();
+    let me = app
+        .get("/api/v1/users/me")
+        .bearer(token)
+        .send()
+        .await
+        .data();
+    assert_eq!(me["id"], buyers[0]["user_id"]);
+    assert_eq!(me["role"], "customer");
+    app.post("/api/v1/admin/loadtest/buyers")
+        .bearer(&admin)
+        .json(&json!({"count": 0}))
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+}
+
+#[tokio::test]
+async fn the_contest_api_over_http() {
+    let app = TestApp::with_config(|c| c.compat.contest = true).await;
+    let health = app.get("/health").send().await;
+    assert_eq!(health.json(), json!({"status": "ok"}));
+
+    let res = app.post("/checkout?user_id=u1&id=17").send().await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let code = res.json()["code"].as_str().unwrap().to_owned();
+    app.post("/checkout?user_id=u2&id=17")
+        .send()
+        .await
+        .assert_error(StatusCode::CONFLICT, 60004);
+    app.post("/checkout?user_id=u2&id=0")
+        .send()
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 60007);
+    app.post("/checkout?id=1")
+        .send()
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, 400);
+
+    let first = app.post(&format!("/purchase?code={code}")).send().await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let again = app.post(&format!("/purchase?code={code}")).send().await;
+    assert_eq!(first.json(), again.json());
+    let body = first.json();
+    assert_eq!(body["user_id"], "u1");
+    assert_eq!(body["item"]["id"], 17);
+    assert_eq!(body["item"]["name"], "Flash deal #00017");
+    app.post("/purchase?code=NOSUCHCODE")
+        .send()
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 60008);
+}
