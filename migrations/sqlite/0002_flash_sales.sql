@@ -51,9 +51,12 @@ CREATE TABLE flash_sale_items (
 
 -- buyer_id is the user's id, or for the compatibility API an id derived from the caller-named
 -- user (buyer_ref), which is why it has no foreign key.
+--
+-- Written for the hot path: ids are UUID v7, so rows append to the primary key; the other
+-- indexes grow at the end of one sale's range or of time. There is no code column: a
+-- reservation's code is its id in base 32, so a code finds its row by primary key.
 CREATE TABLE reservations (
     id                      BLOB PRIMARY KEY NOT NULL,
-    code                    TEXT NOT NULL UNIQUE,
     sale_id                 BLOB NOT NULL REFERENCES flash_sales (id),
     item_no                 INTEGER NOT NULL,
     buyer_id                BLOB NOT NULL,
@@ -68,12 +71,14 @@ CREATE TABLE reservations (
     order_id                BLOB,
     idempotency_key         TEXT,
     idempotency_fingerprint BLOB
-) STRICT;
+) STRICT, WITHOUT ROWID;
 
-CREATE INDEX reservations_sale ON reservations (sale_id, status);
+CREATE INDEX reservations_sale ON reservations (sale_id, id);
 CREATE INDEX reservations_due ON reservations (expires_at) WHERE status = 'reserved';
 CREATE INDEX reservations_keyed ON reservations (created_at) WHERE idempotency_key IS NOT NULL;
 
+-- reservation_id points back to the reservation an order was made from; it is reached from the
+-- reservation (order_id), so it needs no index.
 CREATE TABLE orders (
     id             BLOB PRIMARY KEY NOT NULL,
     user_id        BLOB NOT NULL REFERENCES users (id),
@@ -83,14 +88,14 @@ CREATE TABLE orders (
     subtotal_cents INTEGER NOT NULL CHECK (subtotal_cents >= 0),
     discount_cents INTEGER NOT NULL DEFAULT 0 CHECK (discount_cents >= 0),
     total_cents    INTEGER NOT NULL CHECK (total_cents >= 0),
-    reservation_id BLOB UNIQUE REFERENCES reservations (id),
+    reservation_id BLOB,
     created_at     INTEGER NOT NULL,
     updated_at     INTEGER NOT NULL,
     expires_at     INTEGER NOT NULL,
     paid_at        INTEGER
-) STRICT;
+) STRICT, WITHOUT ROWID;
 
-CREATE INDEX orders_user ON orders (user_id, created_at DESC);
+CREATE INDEX orders_user ON orders (user_id, created_at);
 
 CREATE TABLE order_items (
     order_id         BLOB NOT NULL REFERENCES orders (id) ON DELETE CASCADE,

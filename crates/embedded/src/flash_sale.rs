@@ -31,7 +31,7 @@ macro_rules! select_sales {
 macro_rules! select_reservations {
     ($rest:literal) => {
         concat!(
-            "SELECT r.id, r.code, r.sale_id, r.item_no, r.buyer_id, r.buyer_ref, r.quantity, \
+            "SELECT r.id, r.sale_id, r.item_no, r.buyer_id, r.buyer_ref, r.quantity, \
              r.status, r.created_at, r.expires_at, r.order_id, r.purchased_at, \
              r.idempotency_key, r.idempotency_fingerprint FROM reservations r ",
             $rest
@@ -98,7 +98,6 @@ pub(crate) fn reservation_from_row(row: &SqliteRow) -> Result<ReservationRecord,
     let purchased_at: Option<i64> = get(row, "purchased_at")?;
     Ok(ReservationRecord {
         id: ReservationId::from_uuid(get(row, "id")?),
-        code: get(row, "code")?,
         sale_id: SaleId::from_uuid(get(row, "sale_id")?),
         item_no: count(get(row, "item_no")?, "reservations.item_no")?,
         buyer: BuyerId(get(row, "buyer_id")?),
@@ -431,20 +430,35 @@ impl FlashSaleStore for SqliteStore {
         &self,
         sale: SaleId,
         page: PageRequest,
+        after: Option<ReservationId>,
     ) -> Result<Page<ReservationRecord>, StoreError> {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reservations WHERE sale_id = ?")
             .bind(sale.as_uuid())
             .fetch_one(&self.reader)
             .await
             .map_err(map_err)?;
-        let rows = sqlx::query(select_reservations!(
-            "WHERE r.sale_id = ? ORDER BY r.created_at, r.id LIMIT ? OFFSET ?"
-        ))
-        .bind(sale.as_uuid())
-        .bind(i64::from(page.per_page()))
-        .bind(offset(page))
-        .fetch_all(&self.reader)
-        .await
+        let rows = match after {
+            Some(after) => {
+                sqlx::query(select_reservations!(
+                    "WHERE r.sale_id = ? AND r.id > ? ORDER BY r.id LIMIT ?"
+                ))
+                .bind(sale.as_uuid())
+                .bind(after.as_uuid())
+                .bind(i64::from(page.per_page()))
+                .fetch_all(&self.reader)
+                .await
+            }
+            None => {
+                sqlx::query(select_reservations!(
+                    "WHERE r.sale_id = ? ORDER BY r.id LIMIT ? OFFSET ?"
+                ))
+                .bind(sale.as_uuid())
+                .bind(i64::from(page.per_page()))
+                .bind(offset(page))
+                .fetch_all(&self.reader)
+                .await
+            }
+        }
         .map_err(map_err)?;
         let list = rows
             .iter()
@@ -520,24 +534,24 @@ impl FlashSaleStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Released>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let rows: Vec<(Uuid, Uuid, i64, Uuid, i64)> = sqlx::query_as(
+        let rows: Vec<(Option<Uuid>, Uuid, i64, Uuid, i64)> = sqlx::query_as(
             "UPDATE reservations SET status = 'expired', released_at = ?1 \
              WHERE id IN (SELECT id FROM reservations \
                           WHERE status = 'reserved' AND expires_at <= ?1 \
                           ORDER BY expires_at LIMIT ?2) \
-             RETURNING id, sale_id, item_no, buyer_id, quantity",
+             RETURNING order_id, sale_id, item_no, buyer_id, quantity",
         )
         .bind(micros(now))
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-        for chunk in chunks(&ids) {
+        let orders: Vec<Uuid> = rows.iter().filter_map(|r| r.0).collect();
+        for chunk in chunks(&orders) {
             let mut qb =
                 QueryBuilder::<Sqlite>::new("UPDATE orders SET status = 'expired', updated_at = ");
             qb.push_bind(micros(now))
-                .push(" WHERE status = 'pending_payment' AND reservation_id IN (");
+                .push(" WHERE status = 'pending_payment' AND id IN (");
             let mut list = qb.separated(", ");
             for id in chunk {
                 list.push_bind(id);

@@ -167,7 +167,7 @@ async fn racing_buyers_never_oversell_one_item() {
     assert_eq!(stats.buyers, per_user.len() as u64);
 
     let stored = engine
-        .reservations(sale_id, PageRequest::new(Some(1), Some(100)))
+        .reservations(sale_id, PageRequest::new(Some(1), Some(100)), None)
         .await
         .unwrap();
     assert_eq!(stored.total, accepted.len() as u64);
@@ -179,7 +179,7 @@ async fn racing_buyers_never_oversell_one_item() {
     let mut page = 2;
     while (stored_ids.len() as u64) < stored.total {
         let more = engine
-            .reservations(sale_id, PageRequest::new(Some(page), Some(100)))
+            .reservations(sale_id, PageRequest::new(Some(page), Some(100)), None)
             .await
             .unwrap();
         stored_ids.extend(more.items.iter().map(|r| r.id));

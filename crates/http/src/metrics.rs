@@ -33,7 +33,33 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// The process's resident set size, from `/proc/self/status` (Linux); `None` elsewhere.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Sets the gauges read from the process itself; called on every scrape.
+pub fn record_process() {
+    if let Some(rss) = resident_memory_bytes() {
+        metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
+    }
+}
+
 fn describe() {
+    metrics::describe_gauge!(
+        "process_resident_memory_bytes",
+        metrics::Unit::Bytes,
+        "Resident memory of the server process"
+    );
     metrics::describe_counter!(
         "http_requests_total",
         "HTTP requests by method, route and status"

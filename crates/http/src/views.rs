@@ -154,7 +154,8 @@ impl ItemOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReservationOut {
     pub id: Uuid,
-    /// Short code identifying the reservation (what the compatibility API's purchase takes).
+    /// The reservation's id in base 32 (26 characters): what the compatibility API's purchase
+    /// takes.
     pub code: String,
     pub sale_id: Uuid,
     pub item_id: u32,
@@ -177,7 +178,7 @@ impl From<&ReservationRecord> for ReservationOut {
     fn from(r: &ReservationRecord) -> Self {
         Self {
             id: *r.id.as_uuid(),
-            code: r.code.clone(),
+            code: r.code(),
             sale_id: *r.sale_id.as_uuid(),
             item_id: r.item_no,
             quantity: r.quantity,

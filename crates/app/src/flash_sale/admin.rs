@@ -1,7 +1,7 @@
 //! Creating and inspecting sales, and the recurring schedules that make them.
 
 use flashmart_domain::flash_sale::{Recurrence, SalePhase, SaleRules, SaleWindow};
-use flashmart_domain::{Currency, SaleId, ScheduleId};
+use flashmart_domain::{Currency, ReservationId, SaleId, ScheduleId};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -317,12 +317,13 @@ impl FlashSales {
         &self,
         sale: SaleId,
         page: PageRequest,
+        after: Option<ReservationId>,
     ) -> Result<Page<ReservationRecord>, SaleError> {
         self.store
             .sale(sale)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
-        Ok(self.store.reservations(sale, page).await?)
+        Ok(self.store.reservations(sale, page, after).await?)
     }
 
     pub async fn create_schedule(&self, draft: ScheduleDraft) -> Result<Schedule, SaleError> {

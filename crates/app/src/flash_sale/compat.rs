@@ -13,7 +13,7 @@ use super::{FlashSales, SaleError};
 use crate::error::StoreError;
 use crate::flash_sale::model::{
     BuyerId, CheckoutAttempt, JournalOp, JournalOutcome, PurchaseOutcome, ReservationRecord,
-    Schedule,
+    Schedule, parse_reservation_code,
 };
 use crate::ports::FlashSaleStore;
 
@@ -70,7 +70,7 @@ impl FlashSales {
             Err(e) => Err(e.clone()),
         };
         let (outcome, code) = match &result {
-            Ok(record) => ("reserved", Some(record.code.clone())),
+            Ok(record) => ("reserved", Some(record.code())),
             Err(e) => (attempt_label(e), None),
         };
         self.commit
@@ -82,7 +82,7 @@ impl FlashSales {
                 outcome,
                 code,
             })));
-        result.map(|record| record.code.clone())
+        result.map(|record| record.code())
     }
 
     /// The current hour's contest sale, made now if the scheduler has not made it yet (the hour
@@ -126,13 +126,11 @@ impl FlashSales {
 
     /// Confirms the reservation with this code; the same answer however often it is repeated.
     pub async fn contest_purchase(&self, code: &str) -> Result<PurchaseOutcome, SaleError> {
-        if code.is_empty() || code.len() > 64 {
-            return Err(SaleError::ReservationNotFound);
-        }
+        let id = parse_reservation_code(code).ok_or(SaleError::ReservationNotFound)?;
         let outcome = self
             .commit
             .submit(JournalOp::Purchase {
-                code: code.to_owned(),
+                id,
                 at: self.clock.now(),
             })
             .await

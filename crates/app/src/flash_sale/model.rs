@@ -64,7 +64,6 @@ pub struct ItemRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReservationRecord {
     pub id: ReservationId,
-    pub code: String,
     pub sale_id: SaleId,
     pub item_no: u32,
     pub buyer: BuyerId,
@@ -78,6 +77,46 @@ pub struct ReservationRecord {
     /// have none: they are confirmed by `/purchase`).
     pub order_id: Option<OrderId>,
     pub purchased_at: Option<OffsetDateTime>,
+}
+
+impl ReservationRecord {
+    /// The code the buyer is given (the compatibility API's purchase takes it).
+    pub fn code(&self) -> String {
+        reservation_code(self.id)
+    }
+}
+
+/// Crockford's base-32 alphabet: no I, L, O or U, so a code read aloud or typed is unambiguous.
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const CODE_LEN: usize = 26;
+
+/// A reservation's code: its id in base 32 (26 characters). Deriving the code from the id means
+/// storage needs no second unique index, and a code finds its reservation by primary key.
+pub fn reservation_code(id: ReservationId) -> String {
+    let n = id.as_uuid().as_u128();
+    (0..CODE_LEN)
+        .rev()
+        .map(|i| char::from(CODE_ALPHABET[((n >> (i * 5)) & 31) as usize]))
+        .collect()
+}
+
+/// The reservation a code names; `None` for anything that is not a code. Lower case is accepted.
+pub fn parse_reservation_code(code: &str) -> Option<ReservationId> {
+    if code.len() != CODE_LEN {
+        return None;
+    }
+    let mut n: u128 = 0;
+    for (i, c) in code.bytes().enumerate() {
+        let v = CODE_ALPHABET
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())? as u128;
+        // The first digit carries only the top 3 of 130 bits' worth of room.
+        if i == 0 && v > 7 {
+            return None;
+        }
+        n = (n << 5) | v;
+    }
+    Some(ReservationId::from_uuid(Uuid::from_u128(n)))
 }
 
 /// A reservation to make durable, with what its order needs.
@@ -113,9 +152,9 @@ pub struct CheckoutAttempt {
 #[derive(Debug, Clone)]
 pub enum JournalOp {
     Reserve(Box<NewReservation>),
-    /// Marks the reservation with this code purchased (compatibility API), unless it expired.
+    /// Marks the reservation purchased (compatibility API), unless it expired.
     Purchase {
-        code: String,
+        id: ReservationId,
         at: OffsetDateTime,
     },
     Attempt(Box<CheckoutAttempt>),
@@ -202,4 +241,31 @@ pub struct StoredIdempotency {
     pub buyer: BuyerId,
     pub record: IdempotencyRecord,
     pub reservation: ReservationRecord,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_reject_garbage() {
+        for _ in 0..1000 {
+            let id = ReservationId::new();
+            let code = reservation_code(id);
+            assert_eq!(code.len(), 26);
+            assert_eq!(parse_reservation_code(&code), Some(id));
+            assert_eq!(parse_reservation_code(&code.to_lowercase()), Some(id));
+        }
+        let max = ReservationId::from_uuid(Uuid::from_u128(u128::MAX));
+        assert_eq!(parse_reservation_code(&reservation_code(max)), Some(max));
+        for bad in [
+            "",
+            "short",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "0000000000000000000000000U",
+            "ÄÄÄÄÄÄÄÄÄÄÄÄÄ",
+        ] {
+            assert_eq!(parse_reservation_code(bad), None, "{bad}");
+        }
+    }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use flashmart_domain::flash_sale::{MAX_PER_USER_LIMIT, ReservationStatus, SalePhase};
 use flashmart_domain::{OrderId, ReservationId, SaleId, UserId};
-use rand::Rng as _;
 
 use super::{FlashSales, SaleError};
 use crate::error::FieldError;
@@ -13,17 +12,6 @@ use crate::flash_sale::commit::Pledge;
 use crate::flash_sale::idempotency::{self, Answer, Begin, Claim, Refusal};
 use crate::flash_sale::ledger::LiveSale;
 use crate::flash_sale::model::{BuyerId, JournalOp, NewReservation, ReservationRecord};
-
-/// Unambiguous when read aloud or typed: no I, L, O or U.
-const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-const CODE_LEN: usize = 12;
-
-fn new_code() -> String {
-    let mut rng = rand::rng();
-    (0..CODE_LEN)
-        .map(|_| char::from(CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())]))
-        .collect()
-}
 
 /// Who is reserving, as the ledger and the journal need it.
 #[derive(Debug, Clone)]
@@ -116,7 +104,6 @@ impl FlashSales {
         };
         let record = Arc::new(ReservationRecord {
             id: ReservationId::new(),
-            code: new_code(),
             sale_id,
             item_no,
             buyer: who.buyer,

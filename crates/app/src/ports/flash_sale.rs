@@ -41,11 +41,13 @@ pub trait FlashSaleStore: Send + Sync + std::fmt::Debug + 'static {
 
     async fn reservation(&self, id: ReservationId)
     -> Result<Option<ReservationRecord>, StoreError>;
-    /// A sale's reservations in the order they were made.
+    /// A sale's reservations in the order they were made. With `after`, the page starts after
+    /// that reservation (keyset paging, for walking a large sale) and `page` only sets its size.
     async fn reservations(
         &self,
         sale: SaleId,
         page: PageRequest,
+        after: Option<ReservationId>,
     ) -> Result<Page<ReservationRecord>, StoreError>;
     async fn stats(&self, sale: SaleId) -> Result<StoredStats, StoreError>;
     /// Idempotency keys used since `since`, with the reservations they made.

@@ -58,7 +58,6 @@ fn reservation(
 ) -> ReservationRecord {
     ReservationRecord {
         id: ReservationId::new(),
-        code: format!("C{}", ReservationId::new().as_uuid().simple()),
         sale_id: sale.id,
         item_no,
         buyer,
@@ -219,7 +218,7 @@ pub async fn journal_makes_reservations_durable<S: FlashSaleAdapter + ?Sized>(st
         buyer_ref: "ext-user".into(),
         at,
         outcome: "reserved",
-        code: Some(ext.code.clone()),
+        code: Some(ext.code()),
     }));
     let ops = vec![
         reserve_op(&r1, Some(alice), Some("key-1")),
@@ -235,10 +234,31 @@ pub async fn journal_makes_reservations_durable<S: FlashSaleAdapter + ?Sized>(st
     assert_eq!(store.reservation(r1.id).await.unwrap(), Some(r1.clone()));
     assert_eq!(store.reservation(ext.id).await.unwrap(), Some(ext.clone()));
     let listed = store
-        .reservations(s.id, PageRequest::default())
+        .reservations(s.id, PageRequest::default(), None)
         .await
         .unwrap();
     assert_eq!(listed.total, 4);
+    // Keyset paging walks the same list in the same order.
+    let first = store
+        .reservations(s.id, PageRequest::new(Some(1), Some(3)), None)
+        .await
+        .unwrap();
+    let rest = store
+        .reservations(
+            s.id,
+            PageRequest::new(Some(1), Some(3)),
+            Some(first.items[2].id),
+        )
+        .await
+        .unwrap();
+    let walked: Vec<_> = first
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|r| r.id)
+        .collect();
+    let listed_ids: Vec<_> = listed.items.iter().map(|r| r.id).collect();
+    assert_eq!(walked, listed_ids);
 
     let live = store.live_sale(s.id).await.unwrap().unwrap();
     let held: Vec<u32> = live.items.iter().map(|i| i.held).collect();
@@ -289,7 +309,7 @@ pub async fn a_failed_batch_leaves_nothing<S: FlashSaleAdapter + ?Sized>(store: 
     let at = t0() + Duration::minutes(1);
     let good = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
     let mut clash = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
-    clash.code = good.code.clone(); // codes are unique: the whole batch must fail
+    clash.id = good.id; // ids are unique: the whole batch must fail
     let err = store
         .commit(&[
             reserve_op(&good, Some(alice), None),
@@ -315,20 +335,23 @@ pub async fn purchases_by_code<S: FlashSaleAdapter + ?Sized>(store: &S) {
         .await
         .unwrap();
 
-    let purchase = |code: &str, at| JournalOp::Purchase {
-        code: code.to_owned(),
-        at,
-    };
+    let purchase = |id: ReservationId, at| JournalOp::Purchase { id, at };
     let paid_at = at + Duration::minutes(1);
     let late = stale.expires_at;
     let outcomes = store
         .commit(&[
-            purchase(&live.code, paid_at),
-            purchase("NO-SUCH-CODE", paid_at),
-            purchase(&stale.code, late),
+            purchase(live.id, paid_at),
+            purchase(ReservationId::new(), paid_at),
+            purchase(stale.id, late),
+            purchase(live.id, paid_at),
         ])
         .await
         .unwrap();
+    assert_eq!(
+        format!("{:?}", outcomes[0]),
+        format!("{:?}", outcomes[3]),
+        "one code twice in a batch: the same answer"
+    );
     let JournalOutcome::Purchase(PurchaseOutcome::Purchased {
         reservation,
         item_name,
@@ -354,7 +377,7 @@ pub async fn purchases_by_code<S: FlashSaleAdapter + ?Sized>(store: &S) {
 
     // Repeated, later: the same answer (first purchase time kept).
     let again = store
-        .commit(&[purchase(&live.code, paid_at + Duration::minutes(5))])
+        .commit(&[purchase(live.id, paid_at + Duration::minutes(5))])
         .await
         .unwrap();
     let JournalOutcome::Purchase(PurchaseOutcome::Purchased {

@@ -10,7 +10,7 @@ use flashmart_app::flash_sale::model::{ReservationRecord, Schedule};
 use flashmart_app::flash_sale::{
     FlashSales, ItemDraft, ItemsDraft, SaleDraft, SaleStats, ScheduleDraft,
 };
-use flashmart_domain::SaleId;
+use flashmart_domain::{ReservationId, SaleId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -248,10 +248,20 @@ impl From<ReservationRecord> for AdminReservationOut {
     }
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReservationListParams {
+    pub page: Option<u32>,
+    pub per_page: Option<u32>,
+    /// Start after this reservation id (keyset paging through a large sale; `page` is then
+    /// ignored).
+    pub after: Option<Uuid>,
+}
+
 /// Every reservation of a sale, oldest first. Operators and admins.
 #[utoipa::path(get, path = "/admin/flash-sales/{id}/reservations", tag = "admin",
     security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Sale id"), PageParams),
+    params(("id" = Uuid, Path, description = "Sale id"), ReservationListParams),
     responses(
         (status = 200, description = "A page of reservations", body = Envelope<PageOf<AdminReservationOut>>),
         (status = 404, description = "60001: sale not found", body = ErrorEnvelope),
@@ -260,10 +270,18 @@ pub async fn list_reservations(
     State(sales): State<Arc<FlashSales>>,
     _operator: OperatorAuth,
     Path(id): Path<Uuid>,
-    Query(page): Query<PageParams>,
+    Query(params): Query<ReservationListParams>,
 ) -> Result<Reply<PageOf<AdminReservationOut>>, ApiError> {
+    let page = PageParams {
+        page: params.page,
+        per_page: params.per_page,
+    };
     let list = sales
-        .reservations(SaleId::from_uuid(id), page.into())
+        .reservations(
+            SaleId::from_uuid(id),
+            page.into(),
+            params.after.map(ReservationId::from_uuid),
+        )
         .await?;
     Ok(ok(PageOf::from_page(list, AdminReservationOut::from)))
 }

@@ -103,7 +103,7 @@ pub async fn purchase(
             unit_price_cents,
             currency,
         } => Ok(axum::Json(PurchaseOut {
-            code: reservation.code,
+            code: reservation.code(),
             user_id: reservation.buyer_ref,
             sale_id: *reservation.sale_id.as_uuid(),
             item: PurchasedItem {

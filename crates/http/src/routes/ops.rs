@@ -88,6 +88,7 @@ pub async fn get_readyz(State(probes): State<Probes>) -> Result<Reply<Readiness>
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn get_metrics(State(handle): State<PrometheusHandle>) -> Response {
+    crate::metrics::record_process();
     (
         [(
             header::CONTENT_TYPE,

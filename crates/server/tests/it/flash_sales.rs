@@ -152,7 +152,7 @@ async fn reservations_answer_with_the_contract_codes() {
         (Some(1), Some(2))
     );
     assert_eq!(r["status"], "reserved");
-    assert_eq!(r["code"].as_str().unwrap().len(), 12);
+    assert_eq!(r["code"].as_str().unwrap().len(), 26);
     assert!(r["order_id"].is_string());
     assert!(r["expires_at"].is_string());
 

@@ -1,0 +1,181 @@
+//! The admin calls a run needs besides its load: logging in, minting buyers, creating sales,
+//! reading stats, reservations and the server's memory.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, bail};
+use hyper::header::HeaderValue;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::{Conn, Target, bearer};
+
+#[derive(Debug)]
+pub struct Admin {
+    pub conn: Conn,
+    pub token: HeaderValue,
+}
+
+/// A buyer with a real access token.
+#[derive(Debug, Clone)]
+pub struct Buyer {
+    pub user_id: String,
+    pub token: HeaderValue,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub stock: u64,
+    pub reserved: u64,
+    pub sold: u64,
+    pub remaining: u64,
+    pub released: u64,
+    pub buyers: u64,
+    pub attempts: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoredReservation {
+    pub id: String,
+    pub item_id: u32,
+    pub quantity: u32,
+    pub status: String,
+    pub buyer_id: String,
+    pub buyer_ref: Option<String>,
+}
+
+impl Admin {
+    pub async fn login(target: &Target, email: &str, password: &str) -> anyhow::Result<Self> {
+        let mut conn = Conn::open(target).await?;
+        let answer = conn
+            .post_json(
+                "/api/v1/auth/login",
+                None,
+                &json!({"email": email, "password": password}),
+            )
+            .await?;
+        let data = answer
+            .data()
+            .with_context(|| format!("logging in as {email} (see --admin-email)"))?;
+        let token = data["access_token"]
+            .as_str()
+            .context("login answered no access token")?;
+        Ok(Self {
+            conn,
+            token: bearer(token)?,
+        })
+    }
+
+    /// `n` buyers with access tokens, made by the server (`loadtest.enabled = true`).
+    pub async fn mint_buyers(&mut self, n: usize) -> anyhow::Result<Vec<Buyer>> {
+        const PER_CALL: usize = 10_000;
+        let mut buyers = Vec::with_capacity(n);
+        while buyers.len() < n {
+            let count = (n - buyers.len()).min(PER_CALL);
+            let answer = self
+                .conn
+                .post_json(
+                    "/api/v1/admin/loadtest/buyers",
+                    Some(&self.token),
+                    &json!({"count": count}),
+                )
+                .await?;
+            if answer.status == hyper::StatusCode::NOT_FOUND {
+                bail!(
+                    "the server does not mint load-test buyers: start it with \
+                     FLASHMART__LOADTEST__ENABLED=true"
+                );
+            }
+            let data = answer.data()?;
+            for b in data["buyers"].as_array().context("no buyers in answer")? {
+                buyers.push(Buyer {
+                    user_id: b["user_id"]
+                        .as_str()
+                        .context("buyer without id")?
+                        .to_owned(),
+                    token: bearer(b["access_token"].as_str().context("buyer without token")?)?,
+                });
+            }
+        }
+        Ok(buyers)
+    }
+
+    pub async fn create_sale(&mut self, body: &Value) -> anyhow::Result<Value> {
+        self.conn
+            .post_json("/api/v1/admin/flash-sales", Some(&self.token), body)
+            .await?
+            .data()
+            .context("creating the sale")
+    }
+
+    pub async fn stats(&mut self, sale: &str) -> anyhow::Result<Stats> {
+        let data = self
+            .conn
+            .get(
+                &format!("/api/v1/admin/flash-sales/{sale}/stats"),
+                Some(&self.token),
+            )
+            .await?
+            .data()?;
+        Ok(serde_json::from_value(data)?)
+    }
+
+    pub async fn live_sales(&mut self) -> anyhow::Result<Vec<Value>> {
+        let data = self
+            .conn
+            .get(
+                "/api/v1/admin/flash-sales?status=live&per_page=100",
+                Some(&self.token),
+            )
+            .await?
+            .data()?;
+        Ok(data["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Every reservation of a sale, as the server stores them (keyset paging).
+    pub async fn reservations(&mut self, sale: &str) -> anyhow::Result<Vec<StoredReservation>> {
+        let mut all: Vec<StoredReservation> = Vec::new();
+        loop {
+            let after = all
+                .last()
+                .map(|r| format!("&after={}", r.id))
+                .unwrap_or_default();
+            let data = self
+                .conn
+                .get(
+                    &format!("/api/v1/admin/flash-sales/{sale}/reservations?per_page=100{after}"),
+                    Some(&self.token),
+                )
+                .await?
+                .data()?;
+            let items: Vec<StoredReservation> = serde_json::from_value(data["items"].clone())?;
+            if items.is_empty() {
+                return Ok(all);
+            }
+            all.extend(items);
+        }
+    }
+
+    /// The server's resident memory, from its own `/metrics`.
+    pub async fn resident_memory(&mut self) -> anyhow::Result<Option<u64>> {
+        let answer = self.conn.get("/metrics", None).await?;
+        let text = String::from_utf8_lossy(&answer.body);
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with("process_resident_memory_bytes"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64))
+    }
+}
+
+/// Sums quantities per key.
+pub fn totals<K: std::hash::Hash + Eq>(
+    pairs: impl IntoIterator<Item = (K, u32)>,
+) -> HashMap<K, u64> {
+    let mut map = HashMap::new();
+    for (k, q) in pairs {
+        *map.entry(k).or_default() += u64::from(q);
+    }
+    map
+}
