@@ -5,6 +5,7 @@
 
 mod auth;
 mod ci;
+mod crash;
 mod envelope;
 mod flash_sales;
 mod ops;

@@ -1,93 +1,11 @@
 //! The binary as a user runs it: over a real socket, from a fresh directory with no config file,
 //! stopped by SIGTERM.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use serde_json::{Value, json};
 
-/// A running `flashmart` child with JSON logs, whose stderr lines arrive on a channel.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    base: String,
-}
-
-impl Server {
-    fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashmart"))
-            .args(args)
-            .current_dir(dir)
-            .env("FLASHMART__HTTP__ADDR", "127.0.0.1:0")
-            .env("FLASHMART__LOG__FORMAT", "json")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            base: String::new(),
-        };
-        let listening = server.wait_for(|v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("flashmart listening"))
-        });
-        server.base = format!("http://{}", listening["addr"].as_str().unwrap());
-        server
-    }
-
-    /// Waits (bounded) for a log line matching `pred`; returns it.
-    fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|e| {
-                    panic!("no such log line ({e}); seen:\n{}", self.seen.join("\n"))
-                });
-            self.seen.push(line.clone());
-            if let Ok(value) = serde_json::from_str::<Value>(&line)
-                && pred(&value)
-            {
-                return value;
-            }
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.wait_for(|v| v["message"] == "flashmart stopped");
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::Server;
 
 #[tokio::test]
 async fn the_readme_run_command_serves_healthz_from_a_fresh_directory() {

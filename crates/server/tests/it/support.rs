@@ -1,7 +1,11 @@
 //! A test application (router driven in process) and a small request builder.
 
+use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -199,5 +203,93 @@ impl TestResponse {
         assert_eq!(trace_id.len(), 32, "{trace_id}");
         assert!(trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(self.headers["x-request-id"], trace_id);
+    }
+}
+
+/// A running `flashmart` child with JSON logs, whose stderr lines arrive on a channel.
+pub struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    pub base: String,
+}
+
+impl Server {
+    pub fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+            .args(args)
+            .current_dir(dir)
+            .env("FLASHMART__HTTP__ADDR", "127.0.0.1:0")
+            .env("FLASHMART__LOG__FORMAT", "json")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            base: String::new(),
+        };
+        let listening = server.wait_for(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("flashmart listening"))
+        });
+        server.base = format!("http://{}", listening["addr"].as_str().unwrap());
+        server
+    }
+
+    /// Waits (bounded) for a log line matching `pred`; returns it.
+    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|e| {
+                    panic!("no such log line ({e}); seen:\n{}", self.seen.join("\n"))
+                });
+            self.seen.push(line.clone());
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && pred(&value)
+            {
+                return value;
+            }
+        }
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait_for(|v| v["message"] == "flashmart stopped");
+        self.child.wait().unwrap()
+    }
+}
+
+impl Server {
+    /// SIGKILL: no shutdown, no flush, as a crash.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
