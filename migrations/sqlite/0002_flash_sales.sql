@@ -54,10 +54,12 @@ CREATE TABLE flash_sale_items (
 --
 -- Written for the hot path: ids are UUID v7, so rows append to the primary key; the other
 -- indexes grow at the end of one sale's range or of time. There is no code column: a
--- reservation's code is its id in base 32, so a code finds its row by primary key.
+-- reservation's code is its id in base 32, so a code finds its row by primary key. sale_id has
+-- no foreign key: only the engine writes here, and only for sales it holds in memory; a lookup
+-- per reservation would buy nothing.
 CREATE TABLE reservations (
     id                      BLOB PRIMARY KEY NOT NULL,
-    sale_id                 BLOB NOT NULL REFERENCES flash_sales (id),
+    sale_id                 BLOB NOT NULL,
     item_no                 INTEGER NOT NULL,
     buyer_id                BLOB NOT NULL,
     buyer_ref               TEXT,
@@ -97,8 +99,9 @@ CREATE TABLE orders (
 
 CREATE INDEX orders_user ON orders (user_id, created_at);
 
+-- Lines are written in the transaction that writes their order; no foreign key lookup per line.
 CREATE TABLE order_items (
-    order_id         BLOB NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
+    order_id         BLOB NOT NULL,
     line             INTEGER NOT NULL,
     product_id       BLOB,
     sale_id          BLOB,

@@ -179,8 +179,8 @@ async fn live_state(
     conn: &mut SqliteConnection,
     sale: SaleRecord,
 ) -> Result<LiveSaleState, StoreError> {
-    let items: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT no, stock, price_cents FROM flash_sale_items WHERE sale_id = ? ORDER BY no",
+    let items: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "SELECT no, stock, price_cents, name FROM flash_sale_items WHERE sale_id = ? ORDER BY no",
     )
     .bind(sale.id.as_uuid())
     .fetch_all(&mut *conn)
@@ -205,11 +205,12 @@ async fn live_state(
 
     let mut items: Vec<LiveItemState> = items
         .into_iter()
-        .map(|(no, stock, price_cents)| {
+        .map(|(no, stock, price_cents, name)| {
             Ok(LiveItemState {
                 no: count(no, "flash_sale_items.no")?,
                 stock: count(stock, "flash_sale_items.stock")?,
                 price_cents,
+                name: name.into(),
                 held: 0,
             })
         })

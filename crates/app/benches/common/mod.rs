@@ -36,6 +36,7 @@ pub fn sale(now: OffsetDateTime, items: u32, stock: u32, holders: u64) -> LiveSa
                 no,
                 stock,
                 price_cents: 100,
+                name: "bench item".into(),
                 held: 0,
             })
             .collect(),

@@ -33,6 +33,8 @@ pub struct SaleSnapshot {
 struct LiveItem {
     remaining: AtomicU32,
     price_cents: i64,
+    /// For the order line's name snapshot, so the journal needs no lookup per reservation.
+    name: Arc<str>,
 }
 
 /// One sale as the ledger holds it.
@@ -64,6 +66,10 @@ impl Hold {
     pub fn price_cents(&self) -> i64 {
         self.sale.items[self.index].price_cents
     }
+
+    pub fn item_name(&self) -> Arc<str> {
+        Arc::clone(&self.sale.items[self.index].name)
+    }
 }
 
 /// Why `try_hold` refused.
@@ -85,6 +91,7 @@ impl LiveSale {
                 LiveItem {
                     remaining: AtomicU32::new(remaining),
                     price_cents: item.price_cents,
+                    name: Arc::clone(&item.name),
                 }
             })
             .collect();
@@ -346,6 +353,7 @@ mod tests {
                     no: u32::try_from(i + 1).unwrap(),
                     stock: *s,
                     price_cents: 100,
+                    name: "item".into(),
                     held: 0,
                 })
                 .collect(),

@@ -125,6 +125,8 @@ pub struct NewReservation {
     pub record: std::sync::Arc<ReservationRecord>,
     pub user_id: Option<UserId>,
     pub unit_price_cents: i64,
+    /// The item's name, for the order line.
+    pub item_name: std::sync::Arc<str>,
     pub currency: Currency,
     pub idempotency: Option<IdempotencyRecord>,
 }
@@ -183,17 +185,19 @@ pub enum PurchaseOutcome {
 #[derive(Debug, Clone)]
 pub struct LiveSaleState {
     pub sale: SaleRecord,
-    /// `(item no, stock, price, held by reserved or purchased reservations)`, in item order.
+    /// Each item's stock, price, name and what reserved or purchased reservations hold, in item
+    /// order.
     pub items: Vec<LiveItemState>,
     /// What each buyer holds in this sale.
     pub buyers: Vec<(BuyerId, u32)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveItemState {
     pub no: u32,
     pub stock: u32,
     pub price_cents: i64,
+    pub name: std::sync::Arc<str>,
     pub held: u32,
 }
 

@@ -119,6 +119,7 @@ impl FlashSales {
             record: Arc::clone(&record),
             user_id: who.user,
             unit_price_cents: hold.price_cents(),
+            item_name: hold.item_name(),
             currency: sale.record.currency,
             idempotency: claim.as_ref().map(Claim::record),
         }));

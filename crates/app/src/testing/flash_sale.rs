@@ -76,6 +76,7 @@ fn reserve_op(record: &ReservationRecord, user: Option<UserId>, key: Option<&str
         record: Arc::new(record.clone()),
         user_id: user,
         unit_price_cents: 250,
+        item_name: "Item 1".into(),
         currency: Currency::EUR,
         idempotency: key.map(|k| IdempotencyRecord {
             key: k.to_owned(),
@@ -110,6 +111,7 @@ pub async fn sales_round_trip<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let live = store.live_sale(s.id).await.unwrap().unwrap();
     assert_eq!(live.sale, s);
     let stock: Vec<(u32, u32, u32)> = live.items.iter().map(|i| (i.no, i.stock, i.held)).collect();
+    assert_eq!(&*live.items[1].name, "Item 2");
     assert_eq!(stock, [(1, 3, 0), (2, 1, 0), (3, 2, 0)]);
     assert!(live.buyers.is_empty());
 }
