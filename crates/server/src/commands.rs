@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use flashmart_app::SystemClock;
 use flashmart_app::auth::{AuthError, Registration};
+use flashmart_app::flash_sale::ScheduleDraft;
 use flashmart_domain::{Role, User};
 
 use crate::config::Config;
@@ -80,9 +81,35 @@ pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
             Err(e) => return Err(describe(e)),
         }
     }
+    // A recurring sale, so that a sale is live whenever the demo runs: the scheduler makes each
+    // hour's at the top of the hour (and this hour's at start).
+    let sales = &services.state.flash_sales;
+    if sales.schedule_named(DEMO_SCHEDULE).await?.is_none() {
+        sales
+            .create_schedule(ScheduleDraft {
+                name: DEMO_SCHEDULE.to_owned(),
+                recurrence: "hourly".to_owned(),
+                item_count: 100,
+                price_cents: 999,
+                currency: None,
+                per_user_limit: 2,
+                reservation_ttl_secs: 900,
+                duration_secs: None,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("demo schedule: {e:?}"))?;
+        tracing::info!(
+            schedule = DEMO_SCHEDULE,
+            "demo schedule created: 100 items every hour"
+        );
+    }
+    services.state.flash_sales.flush().await;
     services.store.close().await;
     Ok(())
 }
+
+/// The recurring sale `flashmart demo` creates.
+pub const DEMO_SCHEDULE: &str = "Demo hourly deals";
 
 fn describe(err: AuthError) -> anyhow::Error {
     match err {

@@ -392,6 +392,10 @@ impl FlashSales {
         Ok(schedule)
     }
 
+    pub async fn schedule_named(&self, name: &str) -> Result<Option<Schedule>, SaleError> {
+        Ok(self.store.schedule_by_name(name).await?)
+    }
+
     pub async fn schedules(&self, page: PageRequest) -> Result<Page<Schedule>, SaleError> {
         Ok(self.store.schedules(page).await?)
     }

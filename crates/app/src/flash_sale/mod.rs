@@ -179,9 +179,13 @@ impl FlashSales {
         ))
     }
 
-    /// Live numbers of a sale, pushed at most once per `publish_all` call.
-    pub fn subscribe(&self, sale: SaleId) -> Option<watch::Receiver<SaleSnapshot>> {
-        self.ledger.get(&sale).map(|s| s.subscribe())
+    /// A sale's numbers now, and a receiver of the numbers `publish_all` pushes from then on.
+    pub fn subscribe(&self, sale: SaleId) -> Option<(SaleSnapshot, watch::Receiver<SaleSnapshot>)> {
+        self.ledger.get(&sale).map(|s| {
+            let mut rx = s.subscribe();
+            rx.mark_unchanged();
+            (s.snapshot(self.clock.now()), rx)
+        })
     }
 
     /// Pushes each sale's current numbers to its subscribers, where they changed.

@@ -141,8 +141,8 @@ pub async fn sale_events(
     Path(id): Path<Uuid>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = SaleId::from_uuid(id);
-    let (rx, last) = match sales.subscribe(id) {
-        Some(rx) => (Some(rx), None),
+    let (first, rx) = match sales.subscribe(id) {
+        Some((now, rx)) => (now, Some(rx)),
         // Ended long ago and out of memory: one final snapshot.
         None => {
             let view = sales.sale(id).await?;
@@ -150,29 +150,32 @@ pub async fn sale_events(
                 remaining: view.remaining,
                 phase: view.phase,
             };
-            (None, Some(snapshot))
+            (snapshot, None)
         }
     };
+    // State: the receiver, the last snapshot sent (None before the first), and whether the
+    // stream is over.
     let stream = futures_util::stream::unfold(
-        (rx, last, true, false),
-        move |(mut rx, last, first, done)| async move {
+        (rx, None::<SaleSnapshot>, false),
+        move |(mut rx, sent, done)| async move {
             if done {
                 return None;
             }
-            let snapshot = match (&mut rx, last) {
-                (_, Some(last)) => {
-                    return Some((Ok(event(id, last)), (None, None, false, true)));
-                }
-                (Some(rx), None) => {
-                    if !first && rx.changed().await.is_err() {
+            let snapshot = match (sent, &mut rx) {
+                (None, _) => first,
+                (Some(_), None) => return None,
+                (Some(sent), Some(receiver)) => loop {
+                    if receiver.changed().await.is_err() {
                         return None;
                     }
-                    *rx.borrow_and_update()
-                }
-                (None, None) => return None,
+                    let next = *receiver.borrow_and_update();
+                    if next != sent {
+                        break next;
+                    }
+                },
             };
-            let ended = snapshot.phase == SalePhase::Ended;
-            Some((Ok(event(id, snapshot)), (rx, None, false, ended)))
+            let over = snapshot.phase == SalePhase::Ended || rx.is_none();
+            Some((Ok(event(id, snapshot)), (rx, Some(snapshot), over)))
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

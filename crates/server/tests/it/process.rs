@@ -42,6 +42,18 @@ async fn the_readme_run_command_serves_healthz_from_a_fresh_directory() {
         .unwrap();
     assert_eq!(login["code"], 0, "{login}");
 
+    // And a live sale, made by the demo schedule.
+    let live: Value = client
+        .get(format!("{}/api/v1/flash-sales?status=live", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["data"]["total"], 1, "{live}");
+    assert_eq!(live["data"]["items"][0]["item_count"], 100);
+
     // Storage went to ./data.
     assert!(dir.path().join("data/flashmart.db").exists());
     assert!(dir.path().join("data/jwt_secret").exists());
