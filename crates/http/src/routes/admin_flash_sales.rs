@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::envelope::{Envelope, ErrorEnvelope, Reply, created, ok};
 use crate::error::ApiError;
 use crate::extract::{AdminAuth, Json, OperatorAuth, Path, Query};
-use crate::routes::flash_sales::{SaleListParams, parse_phase};
+use crate::routes::flash_sales::{SaleListParams, sales_page};
 use crate::state::{AppState, LoadTest};
 use crate::views::{PageOf, PageParams, ReservationOut, SaleOut};
 
@@ -150,13 +150,7 @@ pub async fn admin_list_sales(
     _operator: OperatorAuth,
     Query(params): Query<SaleListParams>,
 ) -> Result<Reply<PageOf<SaleOut>>, ApiError> {
-    let phase = parse_phase(params.status.as_deref())?;
-    let page = PageParams {
-        page: params.page,
-        per_page: params.per_page,
-    };
-    let list = sales.list_sales(phase, page.into()).await?;
-    Ok(ok(PageOf::from_page(list, SaleOut::from)))
+    sales_page(&sales, params).await
 }
 
 /// One sale. Operators and admins.

@@ -45,11 +45,23 @@ pub struct SaleListParams {
     pub per_page: Option<u32>,
 }
 
-pub(crate) fn parse_phase(status: Option<&str>) -> Result<Option<SalePhase>, ApiError> {
-    status
+/// A page of sales filtered by status: what the public and the admin list both answer.
+pub(crate) async fn sales_page(
+    sales: &FlashSales,
+    params: SaleListParams,
+) -> Result<Reply<PageOf<SaleOut>>, ApiError> {
+    let phase = params
+        .status
+        .as_deref()
         .map(str::parse::<SalePhase>)
         .transpose()
-        .map_err(ApiError::bad_request)
+        .map_err(ApiError::bad_request)?;
+    let page = PageParams {
+        page: params.page,
+        per_page: params.per_page,
+    };
+    let list = sales.list_sales(phase, page.into()).await?;
+    Ok(ok(PageOf::from_page(list, SaleOut::from)))
 }
 
 /// Sales by status: upcoming and live ones soonest first, ended ones latest first.
@@ -63,13 +75,7 @@ pub async fn list_sales(
     State(sales): State<Arc<FlashSales>>,
     Query(params): Query<SaleListParams>,
 ) -> Result<Reply<PageOf<SaleOut>>, ApiError> {
-    let phase = parse_phase(params.status.as_deref())?;
-    let page = PageParams {
-        page: params.page,
-        per_page: params.per_page,
-    };
-    let list = sales.list_sales(phase, page.into()).await?;
-    Ok(ok(PageOf::from_page(list, SaleOut::from)))
+    sales_page(&sales, params).await
 }
 
 /// One sale, with its live remaining stock.

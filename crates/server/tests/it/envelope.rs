@@ -166,16 +166,13 @@ async fn an_incoming_request_id_is_kept_when_plain() {
 #[tokio::test]
 async fn a_bad_path_parameter_is_404() {
     let app = TestApp::start().await;
-    flashmart_server::commands::create_user(
-        &app.config,
-        "root@example.com",
-        "root password".into(),
-        None,
-        flashmart_domain::Role::Admin,
-    )
-    .await
-    .unwrap();
-    let (token, _) = app.login("root@example.com", "root password").await;
+    let token = app
+        .staff(
+            "root@example.com",
+            "root password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
     app.get("/api/v1/admin/users/not-a-uuid")
         .bearer(&token)
         .send()

@@ -17,16 +17,12 @@ fn at(t: OffsetDateTime) -> String {
 
 /// An operator's token.
 async fn operator(app: &TestApp) -> String {
-    flashmart_server::commands::create_user(
-        &app.config,
+    app.staff(
         "ops@example.com",
-        "operator password".into(),
-        None,
+        "operator password",
         flashmart_domain::Role::Operator,
     )
     .await
-    .unwrap();
-    app.login("ops@example.com", "operator password").await.0
 }
 
 /// Creates a sale live now; returns its id.
@@ -482,16 +478,13 @@ async fn a_schedule_makes_the_current_hours_sale() {
 #[tokio::test]
 async fn load_test_buyers_need_the_setting_and_an_admin() {
     let off = TestApp::start().await;
-    flashmart_server::commands::create_user(
-        &off.config,
-        "root@example.com",
-        "root password".into(),
-        None,
-        flashmart_domain::Role::Admin,
-    )
-    .await
-    .unwrap();
-    let (admin, _) = off.login("root@example.com", "root password").await;
+    let admin = off
+        .staff(
+            "root@example.com",
+            "root password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
     off.post("/api/v1/admin/loadtest/buyers")
         .bearer(&admin)
         .json(&json!({"count": 2}))
@@ -500,16 +493,13 @@ async fn load_test_buyers_need_the_setting_and_an_admin() {
         .assert_error(StatusCode::NOT_FOUND, 404);
 
     let app = TestApp::with_config(|c| c.loadtest.enabled = true).await;
-    flashmart_server::commands::create_user(
-        &app.config,
-        "root@example.com",
-        "root password".into(),
-        None,
-        flashmart_domain::Role::Admin,
-    )
-    .await
-    .unwrap();
-    let (admin, _) = app.login("root@example.com", "root password").await;
+    let admin = app
+        .staff(
+            "root@example.com",
+            "root password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
     let (customer, _) = app.customer("c@example.com", "customer password").await;
     app.post("/api/v1/admin/loadtest/buyers")
         .bearer(&customer)

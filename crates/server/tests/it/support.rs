@@ -93,6 +93,15 @@ impl TestApp {
         self.login(email, password).await
     }
 
+    /// Creates an account with `role` as `flashmart admin create-user` does, and logs it in;
+    /// returns its access token.
+    pub async fn staff(&self, email: &str, password: &str, role: flashmart_domain::Role) -> String {
+        flashmart_server::commands::create_user(&self.config, email, password.into(), None, role)
+            .await
+            .unwrap();
+        self.login(email, password).await.0
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> (String, String) {
         let res = self
             .post("/api/v1/auth/login")
