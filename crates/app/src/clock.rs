@@ -33,6 +33,14 @@ impl ManualClock {
         Self::new(now.replace_nanosecond(0).unwrap_or(now))
     }
 
+    /// Starts at twenty past the current hour (UTC): far from an hour's edge, so that hourly
+    /// schedules behave the same whenever a test runs.
+    pub fn starting_mid_hour() -> Self {
+        let now = OffsetDateTime::now_utc();
+        let hour = now.unix_timestamp() - now.unix_timestamp().rem_euclid(3600);
+        Self::new(OffsetDateTime::from_unix_timestamp(hour + 20 * 60).unwrap_or(now))
+    }
+
     pub fn advance(&self, by: Duration) {
         let mut now = lock(&self.0);
         *now += by;

@@ -36,7 +36,7 @@ impl World {
         Self {
             dir,
             store,
-            clock: ManualClock::starting_now(),
+            clock: ManualClock::starting_mid_hour(),
         }
     }
 

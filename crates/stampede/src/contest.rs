@@ -69,17 +69,7 @@ pub async fn run(args: &ContestArgs) -> anyhow::Result<Outcome> {
         &args.common.admin_password,
     )
     .await?;
-    let sale = admin
-        .live_sales()
-        .await?
-        .into_iter()
-        .find(|s| {
-            s["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("contest "))
-        })
-        .context("no live contest sale: is compat.contest on?")?;
-    let sale_id = sale["id"].as_str().unwrap_or_default().to_owned();
+    let sale_id = current_sale(&mut admin).await?;
     let before = admin.stats(&sale_id).await?;
     if before.remaining != u64::from(ITEMS) || before.reserved + before.sold != 0 {
         bail!(
@@ -208,6 +198,42 @@ pub async fn run(args: &ContestArgs) -> anyhow::Result<Outcome> {
         checks,
         report,
     })
+}
+
+/// The live contest sale, with at least a minute to run: near the end of the hour, wait for the
+/// next hour's sale rather than race across two sales.
+async fn current_sale(admin: &mut Admin) -> anyhow::Result<String> {
+    const MARGIN: time::Duration = time::Duration::MINUTE;
+    for _ in 0..3 {
+        let sale = admin
+            .live_sales()
+            .await?
+            .into_iter()
+            .find(|s| {
+                s["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("contest "))
+            })
+            .context("no live contest sale: is compat.contest on?")?;
+        let ends_at = sale["ends_at"]
+            .as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .context("contest sale without ends_at")?;
+        let left = ends_at - time::OffsetDateTime::now_utc();
+        if left >= MARGIN {
+            return Ok(sale["id"].as_str().unwrap_or_default().to_owned());
+        }
+        let wait = (left + time::Duration::seconds(6)).max(time::Duration::ZERO);
+        eprintln!(
+            "the current contest sale ends in {:.0} s: waiting {:.0} s for the next hour's",
+            left.as_seconds_f64(),
+            wait.as_seconds_f64()
+        );
+        tokio::time::sleep(wait.unsigned_abs()).await;
+    }
+    bail!("no contest sale with a minute left to run")
 }
 
 async fn check(

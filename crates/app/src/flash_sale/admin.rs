@@ -10,6 +10,9 @@ use crate::error::FieldError;
 use crate::flash_sale::model::{ItemRecord, NewItem, ReservationRecord, SaleRecord, Schedule};
 use crate::page::{Page, PageRequest};
 
+/// How long before its slot starts a scheduled sale is made.
+pub const SCHEDULE_LEAD: Duration = Duration::minutes(5);
+
 /// Most items one sale may have.
 pub const MAX_ITEMS: i64 = 100_000;
 /// Most units of one item.
@@ -400,9 +403,10 @@ impl FlashSales {
         Ok(self.store.schedules(page).await?)
     }
 
-    /// Makes sure every active schedule has its sale for the current slot, creating what is
-    /// missing. Safe to run from several schedulers at once: storage keeps one sale per slot.
-    /// Returns the sales this call created.
+    /// Makes sure every active schedule has its sale for the current slot (and, in the last
+    /// `SCHEDULE_LEAD` before the next slot, for that one too), creating what is missing. Safe to
+    /// run from several schedulers at once: storage keeps one sale per slot. Returns the sales
+    /// this call created.
     pub async fn run_schedules(&self) -> Result<Vec<SaleRecord>, SaleError> {
         let now = self.clock.now();
         let mut created = Vec::new();
@@ -410,7 +414,16 @@ impl FlashSales {
         loop {
             let schedules = self.store.schedules(page).await?;
             for schedule in schedules.items.iter().filter(|s| s.active) {
-                if let Some(record) = self.ensure_slot(schedule, now).await? {
+                let current = schedule.recurrence.slot_start(now);
+                let next = current + schedule.recurrence.period();
+                if let Some(record) = self.ensure_slot(schedule, current, now).await? {
+                    created.push(record);
+                }
+                // The next slot's sale appears (as upcoming) a little before it starts, so
+                // that when one hour's sale ends the next one is already there.
+                if next - now <= SCHEDULE_LEAD
+                    && let Some(record) = self.ensure_slot(schedule, next, now).await?
+                {
                     created.push(record);
                 }
             }
@@ -425,9 +438,9 @@ impl FlashSales {
     async fn ensure_slot(
         &self,
         schedule: &Schedule,
+        slot: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Option<SaleRecord>, SaleError> {
-        let slot = schedule.recurrence.slot_start(now);
         if self.ledger.for_slot(schedule.id, slot).is_some() {
             return Ok(None);
         }

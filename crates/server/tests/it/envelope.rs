@@ -119,7 +119,7 @@ async fn a_panicking_handler_is_a_500_and_the_server_lives_on() {
         data_dir: dir.path().join("data"),
         ..Config::default()
     };
-    let clock = ManualClock::starting_now();
+    let clock = ManualClock::starting_mid_hour();
     let services = build(&config, Arc::new(clock.clone())).await.unwrap();
     let boom = Router::new().route(
         "/boom/{n}",

@@ -436,25 +436,33 @@ async fn a_schedule_makes_the_current_hours_sale() {
     assert_eq!(svg.headers[header::CONTENT_TYPE], "image/svg+xml");
     assert!(svg.text().starts_with("<svg"));
 
-    // The next hour's sale is made when the hour turns.
-    app.clock.advance(Duration::hours(1));
-    let made = app
-        .services
-        .state
-        .flash_sales
-        .run_schedules()
-        .await
-        .unwrap();
-    assert_eq!(made.len(), 1);
+    // The test clock starts at twenty past. Five minutes before the hour turns, the next hour's
+    // sale is made, as upcoming; when the hour turns there is nothing left to make.
+    let sales = &app.services.state.flash_sales;
+    app.clock.advance(Duration::minutes(34));
     assert!(
-        app.services
-            .state
-            .flash_sales
-            .run_schedules()
-            .await
-            .unwrap()
-            .is_empty()
+        sales.run_schedules().await.unwrap().is_empty(),
+        "6 minutes to go"
     );
+    app.clock.advance(Duration::minutes(2));
+    let made = sales.run_schedules().await.unwrap();
+    assert_eq!(made.len(), 1, "4 minutes to go");
+    let upcoming = app
+        .get("/api/v1/flash-sales?status=upcoming")
+        .send()
+        .await
+        .data();
+    assert_eq!(upcoming["total"], 1);
+    assert!(sales.run_schedules().await.unwrap().is_empty());
+    app.clock.advance(Duration::minutes(5));
+    assert!(sales.run_schedules().await.unwrap().is_empty());
+    let live = app
+        .get("/api/v1/flash-sales?status=live")
+        .send()
+        .await
+        .data();
+    assert_eq!(live["total"], 1);
+    assert_eq!(live["items"][0]["id"], upcoming["items"][0]["id"]);
     let (op, _) = app.login("ops@example.com", "operator password").await;
 
     app.post("/api/v1/admin/flash-sale-schedules")

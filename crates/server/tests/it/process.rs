@@ -153,3 +153,101 @@ fn migrate_creates_the_schema_and_is_idempotent() {
     }
     assert!(dir.path().join("data/flashmart.db").is_file());
 }
+
+/// `flashmart stampede` against a running server, as the README runs it (small numbers): it must
+/// pass its own invariant checks and exit 0.
+#[test]
+fn stampede_reserve_passes_its_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["demo"],
+        &[
+            ("FLASHMART__LOADTEST__ENABLED", "true"),
+            ("FLASHMART__RATE_LIMIT__ENABLED", "false"),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args([
+            "stampede",
+            "reserve",
+            &server.base,
+            "--buyers",
+            "300",
+            "--stock",
+            "200",
+            "--limit",
+            "2",
+            "--attempts",
+            "3",
+            "-c",
+            "16",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("result: all invariants hold"), "{stdout}");
+    assert!(stdout.contains("[PASS] exact sell-out"), "{stdout}");
+    assert!(stdout.contains("reservation throughput / healthz throughput"));
+}
+
+/// The contest scenario sells exactly the 10,000 items of a fresh hourly sale.
+#[test]
+fn stampede_contest_sells_exactly_10000() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["demo"],
+        &[
+            ("FLASHMART__COMPAT__CONTEST", "true"),
+            ("FLASHMART__RATE_LIMIT__ENABLED", "false"),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args([
+            "stampede",
+            "contest",
+            &server.base,
+            "--users",
+            "1100",
+            "-c",
+            "32",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[PASS] exactly the 10,000 items sold"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("all 10000 items checked out and purchased"),
+        "{stdout}"
+    );
+}
+
+/// A failed invariant, or a server that cannot be reached, is a non-zero exit.
+#[test]
+fn stampede_fails_loudly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["stampede", "reserve", "http://127.0.0.1:9", "--buyers", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["stampede", "reserve", "http://10.1.2.3:80"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}

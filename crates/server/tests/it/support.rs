@@ -43,7 +43,7 @@ impl TestApp {
 
     /// An application over an existing data directory (to see what another process left there).
     pub async fn on(dir: TempDir, config: Config) -> Self {
-        let clock = ManualClock::starting_now();
+        let clock = ManualClock::starting_mid_hour();
         let services = build(&config, Arc::new(clock.clone())).await.unwrap();
         Self::from_services(dir, config, clock, services, Router::new())
     }
