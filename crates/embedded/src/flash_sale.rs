@@ -291,11 +291,10 @@ impl FlashSaleStore for SqliteStore {
         schedule: ScheduleId,
         slot: OffsetDateTime,
     ) -> Result<Option<SaleRecord>, StoreError> {
-        // The writer: a slot's sale may have been made an instant ago by a racing scheduler.
         sqlx::query(select_sales!("WHERE schedule_id = ? AND slot = ?"))
             .bind(schedule.as_uuid())
             .bind(micros(slot))
-            .fetch_optional(&self.writer)
+            .fetch_optional(&self.reader)
             .await
             .map_err(map_err)?
             .as_ref()
@@ -383,10 +382,11 @@ impl FlashSaleStore for SqliteStore {
     }
 
     async fn live_sales(&self, since: OffsetDateTime) -> Result<Vec<LiveSaleState>, StoreError> {
-        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        // One read transaction: every sale's stock and holdings from the same snapshot.
+        let mut tx = self.reader.begin().await.map_err(map_err)?;
         let sales = sqlx::query(select_sales!("WHERE ends_at > ? ORDER BY starts_at"))
             .bind(micros(since))
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?
             .iter()
@@ -394,23 +394,27 @@ impl FlashSaleStore for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         let mut states = Vec::with_capacity(sales.len());
         for sale in sales {
-            states.push(live_state(&mut conn, sale).await?);
+            states.push(live_state(&mut tx, sale).await?);
         }
+        tx.commit().await.map_err(map_err)?;
         Ok(states)
     }
 
     async fn live_sale(&self, id: SaleId) -> Result<Option<LiveSaleState>, StoreError> {
-        // The writer, so that a sale committed an instant ago is seen with what it holds.
-        let mut conn = self.writer.acquire().await.map_err(map_err)?;
+        // A reader: each read transaction sees every commit made before it began, and the
+        // writer stays free for the group commit.
+        let mut tx = self.reader.begin().await.map_err(map_err)?;
         let Some(row) = sqlx::query(select_sales!("WHERE id = ?"))
             .bind(id.as_uuid())
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?
         else {
             return Ok(None);
         };
-        Ok(Some(live_state(&mut conn, sale_from_row(&row)?).await?))
+        let state = live_state(&mut tx, sale_from_row(&row)?).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(state))
     }
 
     async fn reservation(

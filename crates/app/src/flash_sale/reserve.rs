@@ -86,8 +86,11 @@ impl FlashSales {
         let sale = match self.ledger.get(&sale_id) {
             Some(sale) => sale,
             None => match self.load_sale(sale_id).await {
-                Ok(sale) => sale,
-                Err(refusal) => return Err(refuse(claim, refusal)),
+                Ok(Ok(sale)) => sale,
+                Ok(Err(refusal)) => return Err(refuse(claim, refusal)),
+                // Storage could not say: nothing is answered for the key (the claim is dropped
+                // and the key freed), the client may retry.
+                Err(err) => return Err(err),
             },
         };
         // Room in the commit queue first: between taking stock and queueing its write there is
@@ -145,22 +148,15 @@ impl FlashSales {
 
     /// A sale missing from memory: unknown, ended long ago, or made since start by another
     /// process; only the last is loaded.
-    async fn load_sale(&self, id: SaleId) -> Result<Arc<LiveSale>, Refusal> {
+    async fn load_sale(&self, id: SaleId) -> Result<Result<Arc<LiveSale>, Refusal>, SaleError> {
         let now = self.clock.now();
-        match self.store.live_sale(id).await {
-            Ok(Some(state)) => {
-                if state.sale.rules.window().phase(now) == SalePhase::Ended {
-                    Err(Refusal::Ended)
-                } else {
-                    Ok(self.ledger.install(state, now))
-                }
+        Ok(match self.store.live_sale(id).await? {
+            Some(state) if state.sale.rules.window().phase(now) == SalePhase::Ended => {
+                Err(Refusal::Ended)
             }
-            Ok(None) => Err(Refusal::SaleNotFound),
-            Err(err) => {
-                tracing::error!(%err, sale = %id, "cannot look up a sale missing from memory");
-                Err(Refusal::SaleNotFound)
-            }
-        }
+            Some(state) => Ok(self.ledger.install(state, now)),
+            None => Err(Refusal::SaleNotFound),
+        })
     }
 
     /// The reservation, to its owner only: anyone else is told it does not exist.
