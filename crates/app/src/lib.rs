@@ -3,6 +3,7 @@
 //! cases. Nothing here knows about HTTP or SQL.
 
 pub mod auth;
+pub mod catalog;
 pub mod clock;
 pub mod error;
 pub mod flash_sale;
@@ -11,6 +12,7 @@ pub mod ports;
 pub mod rate_limit;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod uploads;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FieldError, StoreError};

@@ -74,6 +74,22 @@ uuid_id!(
     /// A recurring flash-sale schedule.
     ScheduleId
 );
+uuid_id!(
+    /// A catalog product.
+    ProductId
+);
+uuid_id!(
+    /// A user's saved address.
+    AddressId
+);
+uuid_id!(
+    /// A coupon.
+    CouponId
+);
+uuid_id!(
+    /// A payment attempt for an order.
+    PaymentId
+);
 
 #[cfg(test)]
 mod tests {

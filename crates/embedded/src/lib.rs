@@ -4,6 +4,7 @@
 //! read-only connections that WAL lets run beside the writer.
 
 mod accounts;
+mod catalog;
 mod db;
 mod flash_sale;
 mod journal;

@@ -38,6 +38,8 @@ contract!(
     password_change_revokes_every_session,
     revoking_twice_keeps_the_first_time,
     buyers_are_inserted_with_sessions,
+    products_round_trip,
+    products_search_filter_and_page,
 );
 
 contract!(

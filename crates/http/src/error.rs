@@ -9,7 +9,9 @@ use std::sync::Arc;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashmart_app::auth::AuthError;
+use flashmart_app::catalog::CatalogError;
 use flashmart_app::flash_sale::SaleError;
+use flashmart_app::uploads::UploadError;
 use flashmart_app::{FieldError, StoreError};
 
 use crate::envelope::{ErrorEnvelope, FieldIssue, TraceId, json_response};
@@ -21,6 +23,10 @@ pub mod codes {
     pub const TOKEN_INVALID: u32 = 10003;
     pub const SESSION_REVOKED: u32 = 10004;
     pub const WEAK_PASSWORD: u32 = 10005;
+    pub const PRODUCT_NOT_FOUND: u32 = 20001;
+    pub const UPLOAD_TOO_LARGE: u32 = 70001;
+    pub const UPLOAD_TYPE: u32 = 70002;
+    pub const UPLOAD_MISSING: u32 = 70003;
     pub const SALE_NOT_FOUND: u32 = 60001;
     pub const SALE_NOT_STARTED: u32 = 60002;
     pub const SALE_ENDED: u32 = 60003;
@@ -252,6 +258,47 @@ impl From<SaleError> for ApiError {
                 StoreError::Unavailable(_) => Self::unavailable(e),
                 _ => Self::internal(e),
             },
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(err: CatalogError) -> Self {
+        match err {
+            CatalogError::NotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                codes::PRODUCT_NOT_FOUND,
+                "product not found",
+            ),
+            CatalogError::Invalid(details) => Self::validation(details),
+            CatalogError::Busy => Self::status(
+                StatusCode::CONFLICT,
+                "the product kept changing while it was edited; try again",
+            ),
+            CatalogError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(err: UploadError) -> Self {
+        match err {
+            UploadError::TooLarge(max) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::UPLOAD_TOO_LARGE,
+                format!("the file is larger than {max} bytes"),
+            ),
+            UploadError::UnsupportedType => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                codes::UPLOAD_TYPE,
+                "not a JPEG, PNG, GIF or WebP image",
+            ),
+            UploadError::Empty => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                codes::UPLOAD_MISSING,
+                "the file is empty",
+            ),
+            UploadError::Io(e) => Self::internal(e),
         }
     }
 }

@@ -40,6 +40,7 @@ pub const API_BASE: &str = "/api/v1";
         (name = "ops", description = "Health, readiness and metrics"),
         (name = "auth", description = "Registration, login and sessions"),
         (name = "users", description = "The caller's account"),
+        (name = "catalog", description = "Products and their pictures"),
         (name = "flash-sales", description = "Flash sales and reservations"),
         (name = "admin", description = "Administration (admin or operator role)"),
         (name = "compat", description = "Contest compatibility API (only with compat.contest = true; trusts the caller's user id: private networks only)"),
@@ -64,17 +65,28 @@ impl Modify for BearerAuth {
     }
 }
 
+/// What changes the route table: the contest API, and the uploads' own body limit.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteOptions {
+    pub contest: bool,
+    pub upload_max_bytes: usize,
+}
+
 /// Every route, with the compatibility API's when `contest` is on.
-fn documented_routes(contest: bool) -> OpenApiRouter<AppState> {
+fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::new()
         .merge(routes::auth::routes())
         .merge(routes::users::routes())
+        .merge(routes::catalog::routes())
+        .merge(routes::uploads::routes(options.upload_max_bytes))
         .merge(routes::flash_sales::routes())
         .merge(routes::admin_flash_sales::routes());
     let root = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::ops::routes())
         .merge(routes::images::routes())
+        .merge(routes::uploads::serving())
         .nest(API_BASE, api);
+    let contest = options.contest;
     if contest {
         root.merge(routes::compat::routes())
     } else {
@@ -83,8 +95,8 @@ fn documented_routes(contest: bool) -> OpenApiRouter<AppState> {
 }
 
 /// The OpenAPI document of every route `router` serves.
-pub fn openapi(contest: bool) -> OpenApiDoc {
-    documented_routes(contest).split_for_parts().1
+pub fn openapi(options: RouteOptions) -> OpenApiDoc {
+    documented_routes(options).split_for_parts().1
 }
 
 /// The whole HTTP application.
@@ -95,7 +107,11 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 /// The application with `extra` routes mounted under the same middleware; tests use it to mount
 /// routes that misbehave on purpose (a handler that panics).
 pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppState>) -> Router {
-    let (routes, doc) = documented_routes(state.flash_sales.contest_enabled()).split_for_parts();
+    let options = RouteOptions {
+        contest: state.flash_sales.contest_enabled(),
+        upload_max_bytes: state.uploads.max_bytes(),
+    };
+    let (routes, doc) = documented_routes(options).split_for_parts();
     routes
         .merge(extra)
         .merge(

@@ -6,14 +6,18 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use flashmart_app::auth::AuthService;
+use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::FlashSales;
 use flashmart_app::ports::Probe;
+use flashmart_app::uploads::Uploads;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 #[derive(Clone, Debug, FromRef)]
 pub struct AppState {
     pub auth: Arc<AuthService>,
     pub flash_sales: Arc<FlashSales>,
+    pub catalog: Arc<Catalog>,
+    pub uploads: Arc<Uploads>,
     pub loadtest: LoadTest,
     pub probes: Probes,
     pub metrics: PrometheusHandle,

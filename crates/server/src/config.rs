@@ -27,6 +27,22 @@ pub struct Config {
     pub flash_sale: FlashSaleConfig,
     pub compat: CompatConfig,
     pub loadtest: LoadTestConfig,
+    pub uploads: UploadsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsConfig {
+    /// Largest image accepted.
+    pub max_bytes: usize,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 5 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +157,7 @@ impl Default for Config {
             flash_sale: FlashSaleConfig::default(),
             compat: CompatConfig::default(),
             loadtest: LoadTestConfig::default(),
+            uploads: UploadsConfig::default(),
         }
     }
 }
@@ -319,6 +336,9 @@ impl Config {
                 key: "log.level",
                 message: e.to_string(),
             });
+        }
+        if self.uploads.max_bytes == 0 || self.uploads.max_bytes > 256 * 1024 * 1024 {
+            return invalid("uploads.max_bytes", "must be between 1 and 268435456");
         }
         if self.flash_sale.commit_queue == 0 {
             return invalid("flash_sale.commit_queue", "must be at least 1");

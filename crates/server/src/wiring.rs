@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use flashmart_app::auth::{AuthService, AuthSettings, HashCost};
+use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales};
 use flashmart_app::ports::Probe;
+use flashmart_app::uploads::Uploads;
 use flashmart_app::{Clock, SystemClock};
 use flashmart_embedded::{Durability, SqliteStore};
 use flashmart_http::state::LoadTest;
@@ -74,6 +76,11 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         state: AppState {
             auth: Arc::new(auth),
             flash_sales,
+            catalog: Arc::new(Catalog::new(Arc::new(store.clone()), Arc::clone(&clock))),
+            uploads: Arc::new(Uploads::new(
+                config.data_dir.join("uploads"),
+                config.uploads.max_bytes,
+            )),
             loadtest: LoadTest {
                 enabled: config.loadtest.enabled,
             },

@@ -6,12 +6,14 @@
 //! through them: it runs on the in-memory ledger and reaches storage once per group commit.
 
 mod accounts;
+mod catalog;
 mod flash_sale;
 
 use async_trait::async_trait;
 
 pub use crate::error::StoreError;
 pub use accounts::*;
+pub use catalog::*;
 pub use flash_sale::*;
 
 /// A dependency whose health `/readyz` reports.

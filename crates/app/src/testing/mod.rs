@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod accounts;
+mod catalog;
 mod flash_sale;
 
 pub use accounts::*;
+pub use catalog::*;
 pub use flash_sale::*;

@@ -3,8 +3,10 @@
 
 pub mod admin_flash_sales;
 pub mod auth;
+pub mod catalog;
 pub mod compat;
 pub mod flash_sales;
 pub mod images;
 pub mod ops;
+pub mod uploads;
 pub mod users;
