@@ -8,8 +8,10 @@ pub mod clock;
 pub mod error;
 pub mod flash_sale;
 pub mod page;
+pub mod payments;
 pub mod ports;
 pub mod rate_limit;
+pub mod shop;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod uploads;

@@ -8,5 +8,7 @@ mod catalog;
 mod db;
 mod flash_sale;
 mod journal;
+mod payments;
+mod shop;
 
 pub use db::{Durability, SqliteStore};

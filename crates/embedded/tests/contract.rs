@@ -40,6 +40,10 @@ contract!(
     buyers_are_inserted_with_sessions,
     products_round_trip,
     products_search_filter_and_page,
+    addresses_keep_one_default,
+    checkout_takes_all_or_nothing,
+    unpaid_orders_expire_and_restock,
+    coupons_are_counted_once_per_use,
 );
 
 contract!(
@@ -72,4 +76,10 @@ async fn reopening_keeps_the_data_and_migrations_are_idempotent() {
         .unwrap();
     assert_eq!(page.total, 1);
     second.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_for_the_last_unit() {
+    let (_dir, store) = store().await;
+    testing::racing_for_the_last_unit(store).await;
 }

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use flashmart_app::auth::AuthError;
 use flashmart_app::catalog::CatalogError;
 use flashmart_app::flash_sale::SaleError;
+use flashmart_app::payments::{PaymentError, ProviderError};
+use flashmart_app::shop::ShopError;
 use flashmart_app::uploads::UploadError;
 use flashmart_app::{FieldError, StoreError};
 
@@ -23,7 +25,23 @@ pub mod codes {
     pub const TOKEN_INVALID: u32 = 10003;
     pub const SESSION_REVOKED: u32 = 10004;
     pub const WEAK_PASSWORD: u32 = 10005;
+    pub const ADDRESS_NOT_FOUND: u32 = 10010;
     pub const PRODUCT_NOT_FOUND: u32 = 20001;
+    pub const ORDER_NOT_FOUND: u32 = 30001;
+    pub const ORDER_NOT_CANCELLABLE: u32 = 30002;
+    pub const COUPON_NOT_FOUND: u32 = 30010;
+    pub const COUPON_REFUSED: u32 = 30011;
+    pub const PAYMENT_NOT_FOUND: u32 = 40001;
+    pub const NOTIFICATION_REFUSED: u32 = 40002;
+    pub const AMOUNT_MISMATCH: u32 = 40003;
+    pub const NOT_PAYABLE: u32 = 40004;
+    pub const REFUND_REFUSED: u32 = 40005;
+    pub const PROVIDER_REFUSED: u32 = 40006;
+    pub const CART_LINE_NOT_FOUND: u32 = 50001;
+    pub const CART_EMPTY: u32 = 50002;
+    pub const OUT_OF_STOCK: u32 = 50003;
+    pub const PRODUCT_UNAVAILABLE: u32 = 50004;
+    pub const MIXED_CURRENCIES: u32 = 50005;
     pub const UPLOAD_TOO_LARGE: u32 = 70001;
     pub const UPLOAD_TYPE: u32 = 70002;
     pub const UPLOAD_MISSING: u32 = 70003;
@@ -299,6 +317,78 @@ impl From<UploadError> for ApiError {
                 "the file is empty",
             ),
             UploadError::Io(e) => Self::internal(e),
+        }
+    }
+}
+
+impl From<ShopError> for ApiError {
+    fn from(err: ShopError) -> Self {
+        use StatusCode as S;
+        let message = err.to_string();
+        match err {
+            ShopError::AddressNotFound => {
+                Self::new(S::NOT_FOUND, codes::ADDRESS_NOT_FOUND, message)
+            }
+            ShopError::ProductNotFound => {
+                Self::new(S::NOT_FOUND, codes::PRODUCT_NOT_FOUND, message)
+            }
+            ShopError::CartLineNotFound => {
+                Self::new(S::NOT_FOUND, codes::CART_LINE_NOT_FOUND, message)
+            }
+            ShopError::EmptyCart => Self::new(S::UNPROCESSABLE_ENTITY, codes::CART_EMPTY, message),
+            ShopError::Unavailable { product_id, .. } => {
+                Self::new(S::CONFLICT, codes::PRODUCT_UNAVAILABLE, message.clone()).with_details(
+                    vec![FieldError::new(format!("items.{product_id}"), message)],
+                )
+            }
+            ShopError::OutOfStock { product_id, .. } => {
+                Self::new(S::CONFLICT, codes::OUT_OF_STOCK, message.clone()).with_details(vec![
+                    FieldError::new(format!("items.{product_id}"), message),
+                ])
+            }
+            ShopError::MixedCurrencies => {
+                Self::new(S::UNPROCESSABLE_ENTITY, codes::MIXED_CURRENCIES, message)
+            }
+            ShopError::CouponNotFound => Self::new(S::NOT_FOUND, codes::COUPON_NOT_FOUND, message),
+            ShopError::Coupon(_) => {
+                Self::new(S::UNPROCESSABLE_ENTITY, codes::COUPON_REFUSED, message)
+            }
+            ShopError::OrderNotFound => Self::new(S::NOT_FOUND, codes::ORDER_NOT_FOUND, message),
+            ShopError::NotCancellable(_) => {
+                Self::new(S::CONFLICT, codes::ORDER_NOT_CANCELLABLE, message)
+            }
+            ShopError::Invalid(details) => Self::validation(details),
+            ShopError::Conflict(m) => Self::status(S::CONFLICT, m),
+            ShopError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<PaymentError> for ApiError {
+    fn from(err: PaymentError) -> Self {
+        use StatusCode as S;
+        let message = err.to_string();
+        match err {
+            PaymentError::OrderNotFound => Self::new(S::NOT_FOUND, codes::ORDER_NOT_FOUND, message),
+            PaymentError::PaymentNotFound => {
+                Self::new(S::NOT_FOUND, codes::PAYMENT_NOT_FOUND, message)
+            }
+            PaymentError::NotPayable(_) => Self::new(S::CONFLICT, codes::NOT_PAYABLE, message),
+            PaymentError::Notify(_) => {
+                Self::new(S::BAD_REQUEST, codes::NOTIFICATION_REFUSED, message)
+            }
+            PaymentError::AmountMismatch => {
+                Self::new(S::BAD_REQUEST, codes::AMOUNT_MISMATCH, message)
+            }
+            PaymentError::Refund(_) => {
+                Self::new(S::UNPROCESSABLE_ENTITY, codes::REFUND_REFUSED, message)
+            }
+            PaymentError::RefundRace => Self::status(S::CONFLICT, message),
+            PaymentError::Provider(ProviderError::Refused(_)) => {
+                Self::new(S::CONFLICT, codes::PROVIDER_REFUSED, message)
+            }
+            PaymentError::Provider(e @ ProviderError::Unavailable(_)) => Self::unavailable(e),
+            PaymentError::Store(e) => e.into(),
         }
     }
 }

@@ -41,6 +41,8 @@ pub const API_BASE: &str = "/api/v1";
         (name = "auth", description = "Registration, login and sessions"),
         (name = "users", description = "The caller's account"),
         (name = "catalog", description = "Products and their pictures"),
+        (name = "shop", description = "Addresses, cart, checkout and orders"),
+        (name = "payments", description = "Payments, the provider's notifications, the sandbox pay page"),
         (name = "flash-sales", description = "Flash sales and reservations"),
         (name = "admin", description = "Administration (admin or operator role)"),
         (name = "compat", description = "Contest compatibility API (only with compat.contest = true; trusts the caller's user id: private networks only)"),
@@ -78,6 +80,8 @@ fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
         .merge(routes::auth::routes())
         .merge(routes::users::routes())
         .merge(routes::catalog::routes())
+        .merge(routes::shop::routes())
+        .merge(routes::payments::routes())
         .merge(routes::uploads::routes(options.upload_max_bytes))
         .merge(routes::flash_sales::routes())
         .merge(routes::admin_flash_sales::routes());
@@ -85,6 +89,7 @@ fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
         .merge(routes::ops::routes())
         .merge(routes::images::routes())
         .merge(routes::uploads::serving())
+        .merge(routes::payments::sandbox_pages())
         .nest(API_BASE, api);
     let contest = options.contest;
     if contest {

@@ -78,11 +78,15 @@ pub async fn observe(req: Request, next: Next) -> Response {
 /// `Allow` header, 413, 408): give it the envelope, keeping its status and headers.
 fn into_envelope(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    // A JSON body is already an envelope; an HTML one is a page (the sandbox's) meant for a
+    // person. Only the bodies frameworks make on their own (empty or plain text) are replaced.
+    let has_own_body = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || has_own_body {
         return response;
     }
     let (mut parts, _) = response.into_parts();

@@ -8,8 +8,11 @@ use axum::extract::FromRef;
 use flashmart_app::auth::AuthService;
 use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::FlashSales;
+use flashmart_app::payments::Payments;
 use flashmart_app::ports::Probe;
+use flashmart_app::shop::Shop;
 use flashmart_app::uploads::Uploads;
+use flashmart_sandbox::Sandbox;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 #[derive(Clone, Debug, FromRef)]
@@ -17,6 +20,10 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     pub flash_sales: Arc<FlashSales>,
     pub catalog: Arc<Catalog>,
+    pub shop: Arc<Shop>,
+    pub payments: Arc<Payments>,
+    /// The built-in sandbox provider, whose pay pages this server serves.
+    pub sandbox: Arc<Sandbox>,
     pub uploads: Arc<Uploads>,
     pub loadtest: LoadTest,
     pub probes: Probes,

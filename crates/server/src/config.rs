@@ -28,6 +28,37 @@ pub struct Config {
     pub compat: CompatConfig,
     pub loadtest: LoadTestConfig,
     pub uploads: UploadsConfig,
+    pub orders: OrdersConfig,
+    pub payments: PaymentsConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// Key the sandbox provider signs its notifications with (at least 32 bytes); generated and
+    /// kept in the data directory when unset.
+    pub sandbox_secret: Option<Secret>,
+    /// Where the sandbox sends notifications; by default this server's own
+    /// `/api/v1/payments/notify` at the address it listens on.
+    pub notify_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// How long a cart order waits for payment before it expires and its stock goes back.
+    pub payment_window_secs: u64,
+    /// How often unpaid orders past their window are expired.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            payment_window_secs: 900,
+            sweep_interval_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +189,8 @@ impl Default for Config {
             compat: CompatConfig::default(),
             loadtest: LoadTestConfig::default(),
             uploads: UploadsConfig::default(),
+            orders: OrdersConfig::default(),
+            payments: PaymentsConfig::default(),
         }
     }
 }
@@ -339,6 +372,31 @@ impl Config {
         }
         if self.uploads.max_bytes == 0 || self.uploads.max_bytes > 256 * 1024 * 1024 {
             return invalid("uploads.max_bytes", "must be between 1 and 268435456");
+        }
+        if self
+            .payments
+            .sandbox_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 32)
+        {
+            return invalid("payments.sandbox_secret", "must be at least 32 bytes");
+        }
+        if self
+            .payments
+            .notify_url
+            .as_deref()
+            .is_some_and(|u| !u.starts_with("http://"))
+        {
+            return invalid("payments.notify_url", "must be an http:// URL");
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.orders.payment_window_secs) {
+            return invalid(
+                "orders.payment_window_secs",
+                "must be between 60 and 604800",
+            );
+        }
+        if self.orders.sweep_interval_ms < 10 {
+            return invalid("orders.sweep_interval_ms", "must be at least 10");
         }
         if self.flash_sale.commit_queue == 0 {
             return invalid("flash_sale.commit_queue", "must be at least 1");

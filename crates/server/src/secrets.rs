@@ -1,6 +1,7 @@
-//! The access-token signing key. An explicit `auth.jwt_secret` wins; in embedded mode without one,
-//! a random key is generated on first start and kept in the data directory (readable by the
-//! owner only), so tokens survive restarts.
+//! Keys the server signs with: the access-token key and the sandbox payment provider's
+//! notification key. An explicit setting wins; in embedded mode without one, a random key is
+//! generated on first start and kept in the data directory (readable by the owner only), so it
+//! survives restarts.
 
 use std::fs;
 use std::io::Write as _;
@@ -11,18 +12,35 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore as _;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 
 const FILE: &str = "jwt_secret";
+const SANDBOX_FILE: &str = "sandbox_secret";
 
 pub fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
-    if let Some(secret) = &config.auth.jwt_secret {
+    secret(
+        config.auth.jwt_secret.as_ref(),
+        &config.data_dir.join(FILE),
+        "auth.jwt_secret is not set: generated one and stored it in the data directory; \
+         set it explicitly when more than one instance must accept the same tokens",
+    )
+}
+
+pub fn sandbox_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    secret(
+        config.payments.sandbox_secret.as_ref(),
+        &config.data_dir.join(SANDBOX_FILE),
+        "payments.sandbox_secret is not set: generated one and stored it in the data directory",
+    )
+}
+
+fn secret(explicit: Option<&Secret>, path: &Path, warning: &str) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = explicit {
         return Ok(secret.expose().as_bytes().to_vec());
     }
-    let path = config.data_dir.join(FILE);
     if path.exists() {
         let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let key = STANDARD
             .decode(text.trim())
             .with_context(|| format!("{} is not base64", path.display()))?;
@@ -35,12 +53,8 @@ pub fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     }
     let mut key = vec![0u8; 32];
     rand::rng().fill_bytes(&mut key);
-    write_private(&path, STANDARD.encode(&key).as_bytes())?;
-    tracing::warn!(
-        path = %path.display(),
-        "auth.jwt_secret is not set: generated one and stored it in the data directory; \
-         set it explicitly when more than one instance must accept the same tokens"
-    );
+    write_private(path, STANDARD.encode(&key).as_bytes())?;
+    tracing::warn!(path = %path.display(), "{warning}");
     Ok(key)
 }
 
@@ -60,7 +74,6 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
 
     #[test]
     fn generated_once_then_reused() {

@@ -9,12 +9,15 @@ use anyhow::Context as _;
 use flashmart_app::auth::{AuthService, AuthSettings, HashCost};
 use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales};
+use flashmart_app::payments::Payments;
 use flashmart_app::ports::Probe;
+use flashmart_app::shop::{Shop, ShopStores};
 use flashmart_app::uploads::Uploads;
 use flashmart_app::{Clock, SystemClock};
 use flashmart_embedded::{Durability, SqliteStore};
 use flashmart_http::state::LoadTest;
 use flashmart_http::{AppState, HttpSettings, Probes};
+use flashmart_sandbox::Sandbox;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, Synchronous};
@@ -71,12 +74,46 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         .run_schedules()
         .await
         .context("creating scheduled sales")?;
+    let shared = Arc::new(store.clone());
+    let shop = Shop::new(
+        ShopStores {
+            addresses: shared.clone(),
+            carts: shared.clone(),
+            coupons: shared.clone(),
+            orders: shared.clone(),
+            catalog: shared.clone(),
+        },
+        Arc::clone(&flash_sales),
+        Arc::clone(&clock),
+        secs(config.orders.payment_window_secs),
+    );
+    let sandbox = Arc::new(
+        Sandbox::open(
+            &config.data_dir.join("sandbox.db"),
+            secrets::sandbox_secret(config)?,
+            Arc::clone(&clock),
+        )
+        .await
+        .context("opening the sandbox payment provider")?,
+    );
+    if let Some(url) = &config.payments.notify_url {
+        sandbox.set_notify_url(url.clone());
+    }
+    let payments = Payments::new(
+        shared.clone(),
+        shared.clone(),
+        Arc::clone(&sandbox) as Arc<dyn flashmart_app::payments::PaymentProvider>,
+        Arc::clone(&clock),
+    );
     let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store.clone())];
     Ok(Services {
         state: AppState {
             auth: Arc::new(auth),
             flash_sales,
-            catalog: Arc::new(Catalog::new(Arc::new(store.clone()), Arc::clone(&clock))),
+            catalog: Arc::new(Catalog::new(shared, Arc::clone(&clock))),
+            shop: Arc::new(shop),
+            payments: Arc::new(payments),
+            sandbox,
             uploads: Arc::new(Uploads::new(
                 config.data_dir.join("uploads"),
                 config.uploads.max_bytes,
@@ -121,6 +158,17 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding http.addr {}", config.http.addr))?;
     let addr = listener.local_addr()?;
+    if config.payments.notify_url.is_none() {
+        // The sandbox notifies this very server; an unspecified address is reached on loopback.
+        let mut reach = addr;
+        if reach.ip().is_unspecified() {
+            reach.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        services
+            .state
+            .sandbox
+            .set_notify_url(format!("http://{reach}/api/v1/payments/notify"));
+    }
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "flashmart listening on http://{addr}");
 
     let workers = spawn_workers(&services.state, config);
@@ -170,6 +218,24 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
             }
         }
     });
+    let shop = Arc::clone(&state.shop);
+    let orders = every(ms(config.orders.sweep_interval_ms), move || {
+        let shop = Arc::clone(&shop);
+        async move {
+            if let Err(err) = shop.sweep_expired().await {
+                tracing::error!(%err, "expiring unpaid orders failed; will retry");
+            }
+        }
+    });
+    let payments = Arc::clone(&state.payments);
+    let stale_payments = every(Duration::from_secs(5), move || {
+        let payments = Arc::clone(&payments);
+        async move {
+            if let Err(err) = payments.close_stale().await {
+                tracing::warn!(%err, "closing payments of ended orders failed; will retry");
+            }
+        }
+    });
     let metrics = state.metrics.clone();
     let upkeep = every(Duration::from_secs(5), move || {
         metrics.run_upkeep();
@@ -181,7 +247,15 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
         sales.housekeeping();
         async {}
     });
-    vec![sweeper, publisher, scheduler, upkeep, housekeeping]
+    vec![
+        sweeper,
+        orders,
+        stale_payments,
+        publisher,
+        scheduler,
+        upkeep,
+        housekeeping,
+    ]
 }
 
 /// Runs `job` every `period`, one run at a time (a slow run delays the next, never overlaps it).

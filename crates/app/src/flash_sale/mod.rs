@@ -218,6 +218,11 @@ impl FlashSales {
         Ok(total)
     }
 
+    /// Puts back what a cancelled reservation held (the store has already marked it cancelled).
+    pub fn release(&self, released: &crate::flash_sale::model::Released) {
+        self.ledger.release(released);
+    }
+
     /// Forgets old idempotency keys and sales long ended.
     pub fn housekeeping(&self) {
         let now = self.clock.now();

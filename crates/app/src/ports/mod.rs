@@ -8,6 +8,8 @@
 mod accounts;
 mod catalog;
 mod flash_sale;
+mod payments;
+mod shop;
 
 use async_trait::async_trait;
 
@@ -15,6 +17,8 @@ pub use crate::error::StoreError;
 pub use accounts::*;
 pub use catalog::*;
 pub use flash_sale::*;
+pub use payments::*;
+pub use shop::*;
 
 /// A dependency whose health `/readyz` reports.
 #[async_trait]

@@ -7,7 +7,9 @@
 mod accounts;
 mod catalog;
 mod flash_sale;
+mod shop;
 
 pub use accounts::*;
 pub use catalog::*;
 pub use flash_sale::*;
+pub use shop::*;

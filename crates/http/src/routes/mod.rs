@@ -8,5 +8,7 @@ pub mod compat;
 pub mod flash_sales;
 pub mod images;
 pub mod ops;
+pub mod payments;
+pub mod shop;
 pub mod uploads;
 pub mod users;

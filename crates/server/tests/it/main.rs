@@ -6,6 +6,7 @@
 mod auth;
 mod catalog;
 mod ci;
+mod commerce;
 mod crash;
 mod envelope;
 mod flash_sales;

@@ -20,6 +20,8 @@ use tower::ServiceExt as _;
 
 pub struct TestApp {
     pub router: Router,
+    /// What the sandbox sent, as (signature, body).
+    pub notifications: Arc<RouterTransport>,
     pub clock: ManualClock,
     pub config: Config,
     pub services: Services,
@@ -57,13 +59,33 @@ impl TestApp {
     ) -> Self {
         let router = flashmart_http::router_with(services.state.clone(), &services.http, extra)
             .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        // The sandbox provider notifies this application in process.
+        let transport = Arc::new(RouterTransport {
+            router: router.clone(),
+            sent: Default::default(),
+        });
+        services.state.sandbox.set_transport(transport.clone());
+        services
+            .state
+            .sandbox
+            .set_notify_url("http://flashmart.test/api/v1/payments/notify".into());
         Self {
             router,
             clock,
             config,
             services,
+            notifications: transport,
             _dir: dir,
         }
+    }
+
+    /// Waits until the sandbox has delivered `n` notifications in all.
+    pub async fn notifications_delivered(&self, n: u64) {
+        let mut rx = self.services.state.sandbox.delivered();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|d| *d >= n))
+            .await
+            .expect("the sandbox delivers within 10 s")
+            .unwrap();
     }
 
     pub fn req(&self, method: Method, path: &str) -> Req<'_> {
@@ -300,5 +322,33 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Delivers the sandbox's notifications to the application in process, and keeps a copy.
+#[derive(Debug)]
+pub struct RouterTransport {
+    router: Router,
+    pub sent: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+#[async_trait::async_trait]
+impl flashmart_sandbox::Transport for RouterTransport {
+    async fn post(&self, url: &str, signature: &str, body: Vec<u8>) -> Result<u16, String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .push((signature.to_owned(), body.clone()));
+        let path = url
+            .split_once("//")
+            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
+            .unwrap_or_default();
+        let request = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(flashmart_sandbox::SIGNATURE_HEADER, signature)
+            .body(Body::from(body))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        Ok(response.status().as_u16())
     }
 }

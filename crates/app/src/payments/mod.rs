@@ -1,0 +1,415 @@
+//! Payments behind a provider port: start a payment for an order, take the provider's signed
+//! notifications (verified, idempotent, amount and currency checked), close what an order no
+//! longer needs, refund in full or in part. Paying a flash-sale order marks its reservation
+//! purchased.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use flashmart_domain::{Currency, Money, OrderId, OrderStatus, PaymentId, UserId};
+use time::OffsetDateTime;
+
+use crate::clock::Clock;
+use crate::error::StoreError;
+use crate::ports::{OrderStore, PaymentStore};
+use crate::shop::model::OrderRecord;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// Created; the buyer has not paid yet.
+    Pending,
+    Succeeded,
+    Failed,
+    /// No longer payable (its order was cancelled or expired, or another payment replaced it).
+    Closed,
+}
+
+impl PaymentStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for PaymentStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "pending" => Self::Pending,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "closed" => Self::Closed,
+            other => return Err(format!("unknown payment status {other:?}")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub id: PaymentId,
+    pub order_id: OrderId,
+    pub provider: String,
+    pub provider_ref: String,
+    pub status: PaymentStatus,
+    pub amount: Money,
+    pub refunded: Money,
+    pub pay_url: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+// ---- the provider port ------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct CreatePayment {
+    pub merchant_ref: PaymentId,
+    pub amount: Money,
+    pub description: String,
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderPayment {
+    pub provider_ref: String,
+    /// Where the buyer pays.
+    pub pay_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationKind {
+    Succeeded,
+    Failed,
+}
+
+/// A verified notification from the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// Unique per event: a repeat is recognised by it.
+    pub event_id: String,
+    pub provider_ref: String,
+    pub kind: NotificationKind,
+    pub amount: Money,
+    pub occurred_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    #[error("signature missing or invalid")]
+    BadSignature,
+    #[error("timestamp outside the tolerance")]
+    Stale,
+    #[error("malformed notification: {0}")]
+    Malformed(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    #[error("the provider refused: {0}")]
+    Refused(String),
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a provider knows of a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderState {
+    Open,
+    Paid { refunded_cents: i64 },
+    Failed,
+    Closed,
+}
+
+/// A payment service. Called through `Arc<dyn …>`: each call is (or stands for) a request to a
+/// remote service.
+#[async_trait]
+pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
+    fn name(&self) -> &'static str;
+    /// The HTTP header its notifications carry their signature in.
+    fn signature_header(&self) -> &'static str;
+    async fn create(&self, request: &CreatePayment) -> Result<ProviderPayment, ProviderError>;
+    async fn query(&self, provider_ref: &str) -> Result<ProviderState, ProviderError>;
+    /// Makes an open payment unpayable; a payment already paid cannot be closed.
+    async fn close(&self, provider_ref: &str) -> Result<(), ProviderError>;
+    async fn refund(
+        &self,
+        provider_ref: &str,
+        amount: Money,
+        refund_id: &str,
+    ) -> Result<(), ProviderError>;
+    /// Checks a notification's signature (constant time) and age, and parses it.
+    fn verify(
+        &self,
+        signature: &str,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Notification, NotifyError>;
+}
+
+// ---- what storage decides --------------------------------------------------------------------
+
+/// What applying a verified notification did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Seen before (same event id): nothing changed.
+    Duplicate,
+    /// The payment succeeded and its order is paid.
+    Paid(Box<OrderRecord>),
+    /// The payment failed; the order still awaits payment.
+    Failed,
+    /// The payment succeeded but its order had been cancelled or expired meanwhile: the money
+    /// must go back.
+    PaidTooLate(Box<PaymentRecord>),
+    /// The payment was already settled; an event for it changes nothing.
+    AlreadySettled,
+}
+
+// ---- the use cases ---------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error("order not found")]
+    OrderNotFound,
+    #[error("payment not found")]
+    PaymentNotFound,
+    #[error("only an order awaiting payment can be paid (this one is {0})")]
+    NotPayable(OrderStatus),
+    #[error("{0}")]
+    Notify(NotifyError),
+    #[error("the notification's amount or currency differs from the payment's")]
+    AmountMismatch,
+    #[error("refund refused: {0}")]
+    Refund(#[from] flashmart_domain::order::RefundError),
+    #[error("the refund could not be recorded: the order changed meanwhile; try again")]
+    RefundRace,
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+pub struct Payments {
+    store: Arc<dyn PaymentStore>,
+    orders: Arc<dyn OrderStore>,
+    provider: Arc<dyn PaymentProvider>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Payments {
+    pub fn new(
+        store: Arc<dyn PaymentStore>,
+        orders: Arc<dyn OrderStore>,
+        provider: Arc<dyn PaymentProvider>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            orders,
+            provider,
+            clock,
+        }
+    }
+
+    async fn own_order(&self, user: UserId, order: OrderId) -> Result<OrderRecord, PaymentError> {
+        match self.orders.order(order).await? {
+            Some(o) if o.user_id == user => Ok(o),
+            _ => Err(PaymentError::OrderNotFound),
+        }
+    }
+
+    /// Starts paying an order: the open payment if there is one, a new one otherwise.
+    pub async fn start(&self, user: UserId, order: OrderId) -> Result<PaymentRecord, PaymentError> {
+        let order = self.own_order(user, order).await?;
+        let now = self.clock.now();
+        if order.status != OrderStatus::PendingPayment || order.expires_at <= now {
+            return Err(PaymentError::NotPayable(if order.expires_at <= now {
+                OrderStatus::Expired
+            } else {
+                order.status
+            }));
+        }
+        if let Some(open) = self.store.open_payment_for_order(order.id).await? {
+            return Ok(open);
+        }
+        let id = PaymentId::new();
+        let created = self
+            .provider
+            .create(&CreatePayment {
+                merchant_ref: id,
+                amount: order.total,
+                description: format!("flashmart order {}", order.id),
+                expires_at: order.expires_at,
+            })
+            .await?;
+        let record = PaymentRecord {
+            id,
+            order_id: order.id,
+            provider: self.provider.name().to_owned(),
+            provider_ref: created.provider_ref,
+            status: PaymentStatus::Pending,
+            amount: order.total,
+            refunded: Money::zero(order.total.currency()),
+            pay_url: created.pay_url,
+            created_at: now,
+            updated_at: now,
+            expires_at: order.expires_at,
+        };
+        self.store.insert_payment(&record).await?;
+        Ok(record)
+    }
+
+    pub fn signature_header(&self) -> &'static str {
+        self.provider.signature_header()
+    }
+
+    /// A payment, to the owner of its order only.
+    pub async fn payment_of(
+        &self,
+        user: UserId,
+        id: PaymentId,
+    ) -> Result<PaymentRecord, PaymentError> {
+        let payment = self
+            .store
+            .payment(id)
+            .await?
+            .ok_or(PaymentError::PaymentNotFound)?;
+        match self.orders.order(payment.order_id).await? {
+            Some(o) if o.user_id == user => Ok(payment),
+            _ => Err(PaymentError::PaymentNotFound),
+        }
+    }
+
+    /// The provider's notification: verified, matched to its payment (amount and currency
+    /// included), applied once. Anything that does not check out changes nothing.
+    pub async fn notify(&self, signature: &str, body: &[u8]) -> Result<Applied, PaymentError> {
+        let now = self.clock.now();
+        let notification = self
+            .provider
+            .verify(signature, body, now)
+            .map_err(PaymentError::Notify)?;
+        let payment = self
+            .store
+            .payment_by_ref(self.provider.name(), &notification.provider_ref)
+            .await?
+            .ok_or(PaymentError::PaymentNotFound)?;
+        if notification.amount != payment.amount {
+            tracing::warn!(payment = %payment.id, "notification amount or currency mismatch");
+            return Err(PaymentError::AmountMismatch);
+        }
+        let applied = self
+            .store
+            .apply_notification(self.provider.name(), &notification, &payment, now)
+            .await?;
+        if let Applied::PaidTooLate(late) = &applied {
+            // The buyer paid an order that is gone: give the money back.
+            tracing::warn!(payment = %late.id, order = %late.order_id, "paid after the order ended; refunding");
+            let refund_id = PaymentId::new().to_string();
+            self.provider
+                .refund(&late.provider_ref, late.amount, &refund_id)
+                .await?;
+            self.store
+                .record_refund(
+                    late.id,
+                    late.amount,
+                    None,
+                    "paid after the order ended",
+                    now,
+                )
+                .await?;
+        }
+        metrics::counter!("payments_notifications_total", "applied" => applied_label(&applied))
+            .increment(1);
+        Ok(applied)
+    }
+
+    /// Refunds `amount` (all that is left when `None`) of a paid order through the provider.
+    pub async fn refund(
+        &self,
+        order: OrderId,
+        amount_cents: Option<i64>,
+        reason: Option<&str>,
+    ) -> Result<OrderRecord, PaymentError> {
+        let order = self
+            .orders
+            .order(order)
+            .await?
+            .ok_or(PaymentError::OrderNotFound)?;
+        let payment = self
+            .store
+            .payments_for_order(order.id)
+            .await?
+            .into_iter()
+            .find(|p| p.status == PaymentStatus::Succeeded)
+            .ok_or(PaymentError::NotPayable(order.status))?;
+        let currency: Currency = order.total.currency();
+        let left = order.total.cents() - order.refunded.cents();
+        let amount = Money::new(amount_cents.unwrap_or(left), currency)
+            .map_err(|_| flashmart_domain::order::RefundError::Zero)?;
+        let next = order
+            .status
+            .after_refund(order.total, order.refunded, amount)?;
+        let refund_id = PaymentId::new().to_string();
+        self.provider
+            .refund(&payment.provider_ref, amount, &refund_id)
+            .await?;
+        let now = self.clock.now();
+        if !self
+            .store
+            .record_refund(
+                payment.id,
+                amount,
+                Some((order.id, order.refunded, next)),
+                reason.unwrap_or(""),
+                now,
+            )
+            .await?
+        {
+            return Err(PaymentError::RefundRace);
+        }
+        self.orders
+            .order(order.id)
+            .await?
+            .ok_or(PaymentError::OrderNotFound)
+    }
+
+    /// Closes, at the provider and here, open payments whose order no longer awaits payment
+    /// (cancelled, expired). Returns how many.
+    pub async fn close_stale(&self) -> Result<usize, PaymentError> {
+        let stale = self.store.open_payments_of_ended_orders(100).await?;
+        let now = self.clock.now();
+        let mut closed = 0;
+        for payment in stale {
+            match self.provider.close(&payment.provider_ref).await {
+                Ok(()) => {
+                    self.store.close_payment(payment.id, now).await?;
+                    closed += 1;
+                }
+                // Paid at the provider meanwhile: its notification will settle it (and refund).
+                Err(ProviderError::Refused(reason)) => {
+                    tracing::info!(payment = %payment.id, %reason, "provider would not close the payment");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(closed)
+    }
+}
+
+fn applied_label(a: &Applied) -> &'static str {
+    match a {
+        Applied::Duplicate => "duplicate",
+        Applied::Paid(_) => "paid",
+        Applied::Failed => "failed",
+        Applied::PaidTooLate(_) => "paid_too_late",
+        Applied::AlreadySettled => "already_settled",
+    }
+}
+
+/// The order part of a refund: the order, its refunded total as read, and its next status.
+pub type OrderRefund = (OrderId, Money, OrderStatus);

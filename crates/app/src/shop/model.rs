@@ -1,0 +1,116 @@
+//! Records of carts, addresses, coupons and orders, as the shop's use cases and their storage
+//! ports exchange them.
+
+use flashmart_domain::address::Address;
+use flashmart_domain::coupon::{CouponError, CouponRules};
+use flashmart_domain::{
+    AddressId, CouponId, Money, OrderId, OrderStatus, ProductId, ReservationId, SaleId, UserId,
+};
+use time::OffsetDateTime;
+
+use crate::catalog::Product;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressRecord {
+    pub id: AddressId,
+    pub user_id: UserId,
+    pub address: Address,
+    pub is_default: bool,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A line of a cart with the product as it is now (price and stock from the catalog, never from
+/// the client). `product` is `None` when it was deleted since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartLine {
+    pub product_id: ProductId,
+    pub quantity: u32,
+    pub product: Option<Product>,
+    pub added_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coupon {
+    pub id: CouponId,
+    /// Upper case.
+    pub code: String,
+    pub rules: CouponRules,
+    pub uses: u32,
+    pub active: bool,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLine {
+    pub line: u32,
+    pub product_id: Option<ProductId>,
+    pub sale_id: Option<SaleId>,
+    pub item_no: Option<u32>,
+    /// As it was when ordered.
+    pub name: String,
+    pub unit_price_cents: i64,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub id: OrderId,
+    pub user_id: UserId,
+    pub status: OrderStatus,
+    pub subtotal: Money,
+    pub discount: Money,
+    pub total: Money,
+    pub refunded: Money,
+    pub lines: Vec<OrderLine>,
+    /// Where a cart order ships (flash-sale orders have none).
+    pub shipping: Option<Address>,
+    pub coupon_code: Option<String>,
+    /// Set for an order made from a flash-sale reservation.
+    pub reservation_id: Option<ReservationId>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    /// Unpaid by then, the order expires.
+    pub expires_at: OffsetDateTime,
+    pub paid_at: Option<OffsetDateTime>,
+}
+
+/// What placing an order from a cart needs.
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub shipping: Address,
+    pub coupon_code: Option<String>,
+    pub now: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckoutOutcome {
+    Placed(Box<OrderRecord>),
+    EmptyCart,
+    /// Deleted or deactivated since it was put in the cart.
+    Unavailable {
+        product_id: ProductId,
+        name: Option<String>,
+    },
+    /// Fewer left than the cart asks for; nothing was taken.
+    OutOfStock {
+        product_id: ProductId,
+        name: String,
+        available: u32,
+    },
+    MixedCurrencies,
+    CouponNotFound,
+    Coupon(CouponError),
+}
+
+/// What cancelling an order led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled(Box<OrderRecord>),
+    NotFound,
+    /// Only an order awaiting payment can be cancelled.
+    NotPending(OrderStatus),
+}

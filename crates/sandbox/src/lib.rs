@@ -1,0 +1,402 @@
+//! The built-in sandbox payment provider. It behaves like a remote payment service: it keeps its
+//! own books in its own database file, serves a pay page (with Pay and Fail buttons) where the
+//! buyer completes the payment, and tells the merchant by an asynchronous notification over
+//! HTTP, signed with HMAC-SHA256 over a timestamp and the body, retried until acknowledged. The
+//! merchant side knows it only through the `PaymentProvider` port.
+
+mod signature;
+mod transport;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flashmart_app::Clock;
+use flashmart_app::payments::{
+    CreatePayment, Notification, NotificationKind, NotifyError, PaymentProvider, ProviderError,
+    ProviderPayment, ProviderState,
+};
+use flashmart_domain::{Currency, Money};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+pub use signature::{TOLERANCE_SECS, sign};
+pub use transport::{HttpTransport, Transport};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sandbox");
+
+/// The header carrying the signature.
+pub const SIGNATURE_HEADER: &str = "sandbox-signature";
+/// Delivery attempts before the sandbox gives up on a notification.
+const MAX_ATTEMPTS: u32 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("no such payment")]
+    NotFound,
+    #[error("this payment is {0}")]
+    NotOpen(String),
+    #[error("this payment has expired")]
+    Expired,
+    #[error("sandbox storage: {0}")]
+    Storage(#[from] sqlx::Error),
+}
+
+/// A payment as the sandbox shows it on its page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPayment {
+    pub reference: String,
+    pub amount: Money,
+    pub description: String,
+    /// `open`, `paid`, `failed` or `closed`.
+    pub status: String,
+    pub expires_at: OffsetDateTime,
+}
+
+/// The body of a notification.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NotificationBody {
+    pub id: String,
+    /// `payment.succeeded` or `payment.failed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub payment_ref: String,
+    pub merchant_ref: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub occurred_at: i64,
+}
+
+#[derive(Debug)]
+pub struct Sandbox {
+    pool: SqlitePool,
+    secret: Vec<u8>,
+    notify_url: RwLock<Option<String>>,
+    transport: RwLock<Arc<dyn Transport>>,
+    clock: Arc<dyn Clock>,
+    delivered: watch::Sender<u64>,
+    retry_base: Duration,
+}
+
+fn storage(e: sqlx::Error) -> ProviderError {
+    ProviderError::Unavailable(e.to_string())
+}
+
+impl Sandbox {
+    /// Opens (creating) the sandbox's database.
+    pub async fn open(
+        path: &std::path::Path,
+        secret: Vec<u8>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, SandboxError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(5)),
+            )
+            .await?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| SandboxError::Storage(e.into()))?;
+        let (delivered, _) = watch::channel(0);
+        Ok(Self {
+            pool,
+            secret,
+            notify_url: RwLock::new(None),
+            transport: RwLock::new(Arc::new(HttpTransport)),
+            clock,
+            delivered,
+            retry_base: Duration::from_secs(1),
+        })
+    }
+
+    /// Where notifications go (the merchant's `/api/v1/payments/notify`).
+    pub fn set_notify_url(&self, url: String) {
+        *self.notify_url.write().unwrap_or_else(|e| e.into_inner()) = Some(url);
+    }
+
+    /// How notifications travel (HTTP by default; tests deliver in process).
+    pub fn set_transport(&self, transport: Arc<dyn Transport>) {
+        *self.transport.write().unwrap_or_else(|e| e.into_inner()) = transport;
+    }
+
+    /// Counts notifications delivered (acknowledged with a 2xx), for whoever must wait for one.
+    pub fn delivered(&self) -> watch::Receiver<u64> {
+        self.delivered.subscribe()
+    }
+
+    pub async fn close_pool(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn payment(&self, reference: &str) -> Result<SandboxPayment, SandboxError> {
+        let row: Option<(String, i64, String, String, String, i64)> = sqlx::query_as(
+            "SELECT ref, amount_cents, currency, description, status, expires_at \
+             FROM sandbox_payments WHERE ref = ?",
+        )
+        .bind(reference)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (reference, cents, currency, description, status, expires_at) =
+            row.ok_or(SandboxError::NotFound)?;
+        let currency = Currency::parse(&currency).map_err(|_| SandboxError::NotFound)?;
+        Ok(SandboxPayment {
+            reference,
+            amount: Money::new(cents, currency).map_err(|_| SandboxError::NotFound)?,
+            description,
+            status,
+            expires_at: OffsetDateTime::from_unix_timestamp(expires_at)
+                .map_err(|_| SandboxError::NotFound)?,
+        })
+    }
+
+    /// The buyer pressed Pay (`paid`) or Fail: the payment is settled here and the merchant is
+    /// told, asynchronously, until it acknowledges.
+    pub async fn complete(
+        self: &Arc<Self>,
+        reference: &str,
+        paid: bool,
+    ) -> Result<(), SandboxError> {
+        let now = self.clock.now();
+        let payment = self.payment(reference).await?;
+        if payment.status != "open" {
+            return Err(SandboxError::NotOpen(payment.status));
+        }
+        if payment.expires_at <= now {
+            return Err(SandboxError::Expired);
+        }
+        let status = if paid { "paid" } else { "failed" };
+        let merchant_ref: Option<String> = sqlx::query_scalar(
+            "UPDATE sandbox_payments SET status = ?, completed_at = ? \
+             WHERE ref = ? AND status = 'open' RETURNING merchant_ref",
+        )
+        .bind(status)
+        .bind(now.unix_timestamp())
+        .bind(reference)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(merchant_ref) = merchant_ref else {
+            return Err(SandboxError::NotOpen("no longer open".into()));
+        };
+        let body = NotificationBody {
+            id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
+            kind: if paid {
+                "payment.succeeded"
+            } else {
+                "payment.failed"
+            }
+            .into(),
+            payment_ref: reference.to_owned(),
+            merchant_ref,
+            amount_cents: payment.amount.cents(),
+            currency: payment.amount.currency().as_str().to_owned(),
+            occurred_at: now.unix_timestamp(),
+        };
+        let json = serde_json::to_string(&body).unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO sandbox_events (event_id, ref, body, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&body.id)
+        .bind(reference)
+        .bind(&json)
+        .bind(now.unix_timestamp())
+        .execute(&self.pool)
+        .await?;
+        let sandbox = Arc::clone(self);
+        tokio::spawn(async move { sandbox.deliver(body.id, json).await });
+        Ok(())
+    }
+
+    /// Sends one notification until the merchant answers 2xx, backing off between attempts.
+    async fn deliver(self: Arc<Self>, event_id: String, body: String) {
+        let url = self
+            .notify_url
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(url) = url else {
+            tracing::error!(event = %event_id, "sandbox has no notify URL; notification not sent");
+            return;
+        };
+        let transport = Arc::clone(&self.transport.read().unwrap_or_else(|e| e.into_inner()));
+        for attempt in 0..MAX_ATTEMPTS {
+            // Signed at each attempt, so a retry is not refused as stale.
+            let header = sign(
+                &self.secret,
+                self.clock.now().unix_timestamp(),
+                body.as_bytes(),
+            );
+            let result = transport
+                .post(&url, &header, body.as_bytes().to_vec())
+                .await;
+            let _ =
+                sqlx::query("UPDATE sandbox_events SET attempts = attempts + 1 WHERE event_id = ?")
+                    .bind(&event_id)
+                    .execute(&self.pool)
+                    .await;
+            match result {
+                Ok(status) if (200..300).contains(&status) => {
+                    let _ = sqlx::query(
+                        "UPDATE sandbox_events SET delivered_at = ? WHERE event_id = ?",
+                    )
+                    .bind(self.clock.now().unix_timestamp())
+                    .bind(&event_id)
+                    .execute(&self.pool)
+                    .await;
+                    self.delivered.send_modify(|n| *n += 1);
+                    return;
+                }
+                Ok(status) => {
+                    tracing::warn!(event = %event_id, status, attempt, "merchant refused a notification")
+                }
+                Err(err) => {
+                    tracing::warn!(event = %event_id, %err, attempt, "notification not delivered")
+                }
+            }
+            tokio::time::sleep(self.retry_base * 2u32.pow(attempt)).await;
+        }
+        tracing::error!(event = %event_id, "sandbox gave up delivering a notification");
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for Sandbox {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+
+    fn signature_header(&self) -> &'static str {
+        SIGNATURE_HEADER
+    }
+
+    async fn create(&self, request: &CreatePayment) -> Result<ProviderPayment, ProviderError> {
+        let reference = format!("sbx_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(
+            "INSERT INTO sandbox_payments (ref, merchant_ref, amount_cents, currency, \
+             description, status, created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
+        )
+        .bind(&reference)
+        .bind(request.merchant_ref.to_string())
+        .bind(request.amount.cents())
+        .bind(request.amount.currency().as_str())
+        .bind(&request.description)
+        .bind(self.clock.now().unix_timestamp())
+        .bind(request.expires_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(storage)?;
+        Ok(ProviderPayment {
+            pay_url: format!("/sandbox/pay/{reference}"),
+            provider_ref: reference,
+        })
+    }
+
+    async fn query(&self, provider_ref: &str) -> Result<ProviderState, ProviderError> {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT status, refunded_cents FROM sandbox_payments WHERE ref = ?")
+                .bind(provider_ref)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(storage)?;
+        match row {
+            None => Err(ProviderError::Refused("no such payment".into())),
+            Some((status, refunded_cents)) => Ok(match status.as_str() {
+                "paid" => ProviderState::Paid { refunded_cents },
+                "failed" => ProviderState::Failed,
+                "closed" => ProviderState::Closed,
+                _ => ProviderState::Open,
+            }),
+        }
+    }
+
+    async fn close(&self, provider_ref: &str) -> Result<(), ProviderError> {
+        let done = sqlx::query(
+            "UPDATE sandbox_payments SET status = 'closed' WHERE ref = ? AND status IN ('open', 'failed')",
+        )
+        .bind(provider_ref)
+        .execute(&self.pool)
+        .await
+        .map_err(storage)?;
+        if done.rows_affected() == 1 || self.query(provider_ref).await? == ProviderState::Closed {
+            Ok(())
+        } else {
+            Err(ProviderError::Refused(
+                "the payment is paid, or unknown".into(),
+            ))
+        }
+    }
+
+    async fn refund(
+        &self,
+        provider_ref: &str,
+        amount: Money,
+        refund_id: &str,
+    ) -> Result<(), ProviderError> {
+        let mut tx = self.pool.begin().await.map_err(storage)?;
+        let fresh = sqlx::query(
+            "INSERT INTO sandbox_refunds (refund_id, ref, amount_cents, at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (refund_id) DO NOTHING",
+        )
+        .bind(refund_id)
+        .bind(provider_ref)
+        .bind(amount.cents())
+        .bind(self.clock.now().unix_timestamp())
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+        if fresh.rows_affected() == 0 {
+            return Ok(()); // the same refund asked twice
+        }
+        let done = sqlx::query(
+            "UPDATE sandbox_payments SET refunded_cents = refunded_cents + ?1 \
+             WHERE ref = ?2 AND status = 'paid' AND currency = ?3 \
+               AND refunded_cents + ?1 <= amount_cents",
+        )
+        .bind(amount.cents())
+        .bind(provider_ref)
+        .bind(amount.currency().as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+        if done.rows_affected() == 0 {
+            return Err(ProviderError::Refused(
+                "not paid, or the refunds would exceed the payment".into(),
+            ));
+        }
+        tx.commit().await.map_err(storage)
+    }
+
+    fn verify(
+        &self,
+        signature: &str,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Notification, NotifyError> {
+        signature::verify(&self.secret, signature, body, now)?;
+        let n: NotificationBody =
+            serde_json::from_slice(body).map_err(|e| NotifyError::Malformed(e.to_string()))?;
+        let kind = match n.kind.as_str() {
+            "payment.succeeded" => NotificationKind::Succeeded,
+            "payment.failed" => NotificationKind::Failed,
+            other => return Err(NotifyError::Malformed(format!("unknown type {other:?}"))),
+        };
+        let currency =
+            Currency::parse(&n.currency).map_err(|e| NotifyError::Malformed(e.to_string()))?;
+        Ok(Notification {
+            event_id: n.id,
+            provider_ref: n.payment_ref,
+            kind,
+            amount: Money::new(n.amount_cents, currency)
+                .map_err(|e| NotifyError::Malformed(e.to_string()))?,
+            occurred_at: OffsetDateTime::from_unix_timestamp(n.occurred_at)
+                .map_err(|e| NotifyError::Malformed(e.to_string()))?,
+        })
+    }
+}
