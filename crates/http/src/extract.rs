@@ -125,6 +125,12 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header value.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// The authenticated caller, proven by a bearer access token. Reads no database row.
 #[derive(Debug, Clone, Copy)]
 pub struct Auth(pub Principal);
@@ -137,14 +143,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Verified already by the rate-limit middleware: no second check.
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(Auth(*principal));
+        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
+            .and_then(bearer_token)
             .ok_or_else(ApiError::token_invalid)?;
         let auth = Arc::<AuthService>::from_ref(state);
         Ok(Auth(auth.authenticate(token)?))
@@ -191,8 +198,8 @@ role_gate!(
     Role::Operator
 );
 
-/// The address of the client, for per-IP limits; absent when the server was not given the
-/// connection info (in-process tests).
+/// The address of the client, for per-IP limits: behind a trusted proxy, the one it forwarded
+/// for; absent when the server was not given the connection info.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 
@@ -200,6 +207,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Resolved through the trusted proxies by the rate-limit middleware.
+        if let Some(crate::limits::ResolvedClient(ip)) = parts.extensions.get() {
+            return Ok(ClientIp(Some(*ip)));
+        }
         Ok(ClientIp(
             ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
                 .await

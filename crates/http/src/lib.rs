@@ -2,14 +2,18 @@
 //! `ApiError` every answer goes through, the extractors, and the OpenAPI document generated from
 //! the handlers themselves.
 
+pub mod client_ip;
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod metrics;
 mod observe;
 pub mod routes;
 pub mod state;
 pub mod views;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -117,6 +121,11 @@ pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppSt
         upload_max_bytes: state.uploads.max_bytes(),
     };
     let (routes, doc) = documented_routes(options).split_for_parts();
+    let limiter = limits::Limiter {
+        limits: Arc::clone(&state.limits),
+        auth: Arc::clone(&state.auth),
+        proxies: state.proxies.clone(),
+    };
     routes
         .merge(extra)
         .merge(
@@ -132,6 +141,7 @@ pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppSt
             settings.request_timeout,
         ))
         .layer(CatchPanicLayer::custom(observe::panic_response))
+        .layer(axum::middleware::from_fn_with_state(limiter, limits::limit))
         .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }

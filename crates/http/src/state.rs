@@ -26,6 +26,8 @@ pub struct AppState {
     pub sandbox: Arc<Sandbox>,
     pub uploads: Arc<Uploads>,
     pub loadtest: LoadTest,
+    pub limits: Arc<crate::limits::RateLimits>,
+    pub proxies: crate::client_ip::TrustedProxies,
     pub probes: Probes,
     pub metrics: PrometheusHandle,
 }

@@ -122,6 +122,9 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     pub body_limit_bytes: usize,
     pub request_timeout_secs: u64,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client. Empty:
+    /// the connection's own address is the client, whatever the header says.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,8 +159,42 @@ pub struct AuthConfig {
 pub struct RateLimitConfig {
     /// `false` switches every rate limit off (load tests from one machine).
     pub enabled: bool,
+    /// Failed-login budget, on top of the `auth` group's limit.
     pub login_per_ip_per_minute: u32,
     pub login_per_email_per_minute: u32,
+    /// Browsing and the shopper's own account, cart, orders and payments.
+    pub public: GroupLimitConfig,
+    /// Registration, login, refresh, logout.
+    pub auth: GroupLimitConfig,
+    /// `POST /api/v1/flash-sales/{id}/reservations`.
+    pub reserve: GroupLimitConfig,
+    /// Everything under `/api/v1/admin/`.
+    pub admin: GroupLimitConfig,
+    /// The contest compatibility API (its load test comes from one address).
+    pub compat: GroupLimitConfig,
+}
+
+/// Requests a minute per client address and per signed-in user; 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupLimitConfig {
+    pub per_ip_per_minute: u32,
+    pub per_user_per_minute: u32,
+}
+
+impl GroupLimitConfig {
+    const fn new(per_ip_per_minute: u32, per_user_per_minute: u32) -> Self {
+        Self {
+            per_ip_per_minute,
+            per_user_per_minute,
+        }
+    }
+}
+
+impl Default for GroupLimitConfig {
+    fn default() -> Self {
+        Self::new(0, 0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,6 +238,7 @@ impl Default for HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -230,6 +268,12 @@ impl Default for RateLimitConfig {
             enabled: true,
             login_per_ip_per_minute: 30,
             login_per_email_per_minute: 10,
+            // Generous per address: shoppers behind one carrier NAT share it.
+            public: GroupLimitConfig::new(1_200, 600),
+            auth: GroupLimitConfig::new(120, 0),
+            reserve: GroupLimitConfig::new(2_400, 60),
+            admin: GroupLimitConfig::new(0, 1_200),
+            compat: GroupLimitConfig::new(0, 0),
         }
     }
 }
@@ -419,6 +463,12 @@ impl Config {
                 return invalid(key, "must be at least 10");
             }
         }
+        if let Err(message) = self.trusted_proxies() {
+            return Err(ConfigError::Invalid {
+                key: "http.trusted_proxies",
+                message,
+            });
+        }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
         }
@@ -428,6 +478,21 @@ impl Config {
     /// The effective configuration as TOML, secrets shown as `***`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// `http.trusted_proxies` parsed; a bare address is a one-address range.
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.http
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{entry:?} is not an IP address or CIDR range"))
+            })
+            .collect()
     }
 
     pub fn database_file(&self) -> PathBuf {
@@ -491,6 +556,14 @@ mod tests {
             ("[http]\nadr = \"127.0.0.1:1\"\n", "adr"),
             ("[auth]\njwt_secret = \"short\"\n", "auth.jwt_secret"),
             ("[rate_limit]\nenabled = \"maybe\"\n", "rate_limit.enabled"),
+            (
+                "[rate_limit.reserve]\nper_user_per_minute = -1\n",
+                "rate_limit.reserve.per_user_per_minute",
+            ),
+            (
+                "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.local\"]\n",
+                "http.trusted_proxies",
+            ),
             (
                 "[database]\nsynchronous = \"sometimes\"\n",
                 "database.synchronous",

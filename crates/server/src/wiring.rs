@@ -15,12 +15,14 @@ use flashmart_app::shop::{Shop, ShopStores};
 use flashmart_app::uploads::Uploads;
 use flashmart_app::{Clock, SystemClock};
 use flashmart_embedded::{Durability, SqliteStore};
+use flashmart_http::client_ip::TrustedProxies;
+use flashmart_http::limits::{GroupLimit, LimitSettings, RateLimits};
 use flashmart_http::state::LoadTest;
 use flashmart_http::{AppState, HttpSettings, Probes};
 use flashmart_sandbox::Sandbox;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, Synchronous};
+use crate::config::{Config, GroupLimitConfig, Synchronous};
 use crate::secrets;
 
 /// Everything `serve` runs, built from one configuration.
@@ -121,6 +123,13 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             loadtest: LoadTest {
                 enabled: config.loadtest.enabled,
             },
+            limits: Arc::new(RateLimits::new(&limit_settings(config))),
+            proxies: TrustedProxies(
+                config
+                    .trusted_proxies()
+                    .map_err(|e| anyhow::anyhow!("http.trusted_proxies: {e}"))?
+                    .into(),
+            ),
             probes: Probes(probes.into()),
             metrics: flashmart_http::metrics::prometheus(),
         },
@@ -130,6 +139,22 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         },
         store,
     })
+}
+
+fn limit_settings(config: &Config) -> LimitSettings {
+    let group = |g: GroupLimitConfig| GroupLimit {
+        per_ip_per_minute: g.per_ip_per_minute,
+        per_user_per_minute: g.per_user_per_minute,
+    };
+    let r = &config.rate_limit;
+    LimitSettings {
+        enabled: r.enabled,
+        public: group(r.public),
+        auth: group(r.auth),
+        reserve: group(r.reserve),
+        admin: group(r.admin),
+        compat: group(r.compat),
+    }
 }
 
 /// Opens the embedded database under the data directory, creating both if needed.
@@ -242,9 +267,11 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
         async {}
     });
     let (auth, sales) = (Arc::clone(&state.auth), Arc::clone(&state.flash_sales));
+    let limits = Arc::clone(&state.limits);
     let housekeeping = every(Duration::from_secs(60), move || {
         auth.housekeeping();
         sales.housekeeping();
+        limits.retain_recent();
         async {}
     });
     vec![

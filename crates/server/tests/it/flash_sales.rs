@@ -16,7 +16,7 @@ fn at(t: OffsetDateTime) -> String {
 }
 
 /// An operator's token.
-async fn operator(app: &TestApp) -> String {
+pub async fn operator(app: &TestApp) -> String {
     app.staff(
         "ops@example.com",
         "operator password",
@@ -26,7 +26,7 @@ async fn operator(app: &TestApp) -> String {
 }
 
 /// Creates a sale live now; returns its id.
-async fn live_sale(app: &TestApp, token: &str, stock: &[i64], limit: i64) -> String {
+pub async fn live_sale(app: &TestApp, token: &str, stock: &[i64], limit: i64) -> String {
     let now = flashmart_app::Clock::now(&app.clock);
     let items: Vec<Value> = stock
         .iter()
@@ -50,7 +50,7 @@ async fn live_sale(app: &TestApp, token: &str, stock: &[i64], limit: i64) -> Str
     res.data()["id"].as_str().unwrap().to_owned()
 }
 
-async fn reserve(
+pub async fn reserve(
     app: &TestApp,
     token: &str,
     sale: &str,

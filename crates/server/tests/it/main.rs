@@ -10,6 +10,7 @@ mod commerce;
 mod crash;
 mod envelope;
 mod flash_sales;
+mod limits;
 mod ops;
 mod process;
 mod roles;

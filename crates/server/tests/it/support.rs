@@ -167,6 +167,13 @@ impl Req<'_> {
         self
     }
 
+    /// Sends the request as if its connection came from `ip`.
+    pub fn peer(mut self, ip: &str) -> Self {
+        let addr = SocketAddr::new(ip.parse().unwrap(), 40001);
+        self.builder = self.builder.extension(axum::extract::ConnectInfo(addr));
+        self
+    }
+
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.builder = self.builder.header(name, value);
         self

@@ -1,0 +1,262 @@
+//! Rate limits for every route, by route group: per client address and, for callers with a valid
+//! token, per user. Checked after routing (the group comes from the route template) and before the
+//! handler; over the limit is a 429 with `Retry-After`. The token verified here is handed on to
+//! the `Auth` extractor, so a request's token is checked once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flashmart_app::auth::{AuthService, Principal};
+use flashmart_app::rate_limit::{KeyedLimiter, RetryAfter};
+use flashmart_domain::UserId;
+
+use crate::client_ip::TrustedProxies;
+use crate::error::ApiError;
+
+/// Routes that share one set of limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// Browsing and the shopper's own account, cart and orders.
+    Public,
+    /// Registration, login, refresh.
+    Auth,
+    /// Placing flash-sale reservations.
+    Reserve,
+    /// Operator and admin routes.
+    Admin,
+    /// The contest compatibility API.
+    Compat,
+    /// Health, readiness, metrics, docs, the payment provider's callback.
+    Unlimited,
+}
+
+impl Group {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Auth => "auth",
+            Self::Reserve => "reserve",
+            Self::Admin => "admin",
+            Self::Compat => "compat",
+            Self::Unlimited => "unlimited",
+        }
+    }
+
+    pub fn of(method: &Method, route: &str) -> Self {
+        match route {
+            "/healthz" | "/readyz" | "/metrics" | "/api/v1/payments/notify" => Self::Unlimited,
+            "/checkout" | "/purchase" | "/health" => Self::Compat,
+            "/api/v1/flash-sales/{id}/reservations" if method == Method::POST => Self::Reserve,
+            r if r.starts_with("/api/v1/auth/") => Self::Auth,
+            r if r.starts_with("/api/v1/admin/") => Self::Admin,
+            r if r.starts_with("/docs") || r == "/openapi.json" => Self::Unlimited,
+            _ => Self::Public,
+        }
+    }
+}
+
+/// One group's limits; 0 means none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupLimit {
+    pub per_ip_per_minute: u32,
+    pub per_user_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LimitSettings {
+    pub enabled: bool,
+    pub public: GroupLimit,
+    pub auth: GroupLimit,
+    pub reserve: GroupLimit,
+    pub admin: GroupLimit,
+    pub compat: GroupLimit,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    by_ip: KeyedLimiter<IpAddr>,
+    by_user: KeyedLimiter<UserId>,
+}
+
+impl Buckets {
+    fn new(limit: GroupLimit, enabled: bool) -> Self {
+        Self {
+            by_ip: KeyedLimiter::per_minute(limit.per_ip_per_minute, enabled),
+            by_user: KeyedLimiter::per_minute(limit.per_user_per_minute, enabled),
+        }
+    }
+}
+
+/// Every group's buckets.
+#[derive(Debug)]
+pub struct RateLimits {
+    public: Buckets,
+    auth: Buckets,
+    reserve: Buckets,
+    admin: Buckets,
+    compat: Buckets,
+}
+
+impl RateLimits {
+    pub fn new(settings: &LimitSettings) -> Self {
+        let on = settings.enabled;
+        Self {
+            public: Buckets::new(settings.public, on),
+            auth: Buckets::new(settings.auth, on),
+            reserve: Buckets::new(settings.reserve, on),
+            admin: Buckets::new(settings.admin, on),
+            compat: Buckets::new(settings.compat, on),
+        }
+    }
+
+    fn buckets(&self, group: Group) -> Option<&Buckets> {
+        match group {
+            Group::Public => Some(&self.public),
+            Group::Auth => Some(&self.auth),
+            Group::Reserve => Some(&self.reserve),
+            Group::Admin => Some(&self.admin),
+            Group::Compat => Some(&self.compat),
+            Group::Unlimited => None,
+        }
+    }
+
+    pub fn check(
+        &self,
+        group: Group,
+        ip: Option<IpAddr>,
+        user: Option<UserId>,
+    ) -> Result<(), RetryAfter> {
+        let Some(b) = self.buckets(group) else {
+            return Ok(());
+        };
+        if let Some(ip) = ip {
+            b.by_ip.check(&ip)?;
+        }
+        if let Some(user) = user {
+            b.by_user.check(&user)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets idle keys; called now and then.
+    pub fn retain_recent(&self) {
+        for b in [
+            &self.public,
+            &self.auth,
+            &self.reserve,
+            &self.admin,
+            &self.compat,
+        ] {
+            b.by_ip.retain_recent();
+            b.by_user.retain_recent();
+        }
+    }
+}
+
+/// What the limiter middleware needs.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    pub limits: Arc<RateLimits>,
+    pub auth: Arc<AuthService>,
+    pub proxies: TrustedProxies,
+}
+
+/// The client address as the limits and the login limit see it.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolvedClient(pub IpAddr);
+
+pub async fn limit(State(limiter): State<Limiter>, mut req: Request, next: Next) -> Response {
+    let group = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(Group::Public, |p| Group::of(req.method(), p.as_str()));
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+        .or_else(|| {
+            req.extensions()
+                .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+                .map(|m| m.0.ip())
+        });
+    let ip = peer.map(|p| limiter.proxies.client(p, req.headers()));
+    if let Some(ip) = ip {
+        req.extensions_mut().insert(ResolvedClient(ip));
+    }
+    let principal: Option<Principal> = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::extract::bearer_token)
+        .and_then(|token| limiter.auth.authenticate(token).ok());
+    if let Some(p) = principal {
+        req.extensions_mut().insert(p);
+    }
+    if let Err(retry) = limiter
+        .limits
+        .check(group, ip, principal.map(|p| p.user_id))
+    {
+        metrics::counter!("rate_limited_total", "group" => group.as_str()).increment(1);
+        return ApiError::too_many_requests(retry.as_secs_ceil()).into_response();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_fall_into_groups() {
+        let cases = [
+            (
+                Method::POST,
+                "/api/v1/flash-sales/{id}/reservations",
+                Group::Reserve,
+            ),
+            (Method::GET, "/api/v1/flash-sales/{id}", Group::Public),
+            (Method::POST, "/api/v1/auth/login", Group::Auth),
+            (Method::GET, "/api/v1/admin/orders", Group::Admin),
+            (Method::POST, "/checkout", Group::Compat),
+            (Method::POST, "/api/v1/payments/notify", Group::Unlimited),
+            (Method::GET, "/healthz", Group::Unlimited),
+            (Method::GET, "/api/v1/cart", Group::Public),
+        ];
+        for (m, route, want) in cases {
+            assert_eq!(Group::of(&m, route), want, "{m} {route}");
+        }
+    }
+
+    #[test]
+    fn per_ip_and_per_user_buckets_are_separate() {
+        let limits = RateLimits::new(&LimitSettings {
+            enabled: true,
+            reserve: GroupLimit {
+                per_ip_per_minute: 100,
+                per_user_per_minute: 2,
+            },
+            ..LimitSettings::default()
+        });
+        let ip: IpAddr = "203.0.113.1".parse().unwrap();
+        let (a, b) = (UserId::new(), UserId::new());
+        assert!(limits.check(Group::Reserve, Some(ip), Some(a)).is_ok());
+        assert!(limits.check(Group::Reserve, Some(ip), Some(a)).is_ok());
+        assert!(limits.check(Group::Reserve, Some(ip), Some(a)).is_err());
+        assert!(
+            limits.check(Group::Reserve, Some(ip), Some(b)).is_ok(),
+            "b has its own bucket"
+        );
+        assert!(
+            limits.check(Group::Public, Some(ip), Some(a)).is_ok(),
+            "other groups unlimited"
+        );
+        let off = RateLimits::new(&LimitSettings::default());
+        for _ in 0..10 {
+            assert!(off.check(Group::Reserve, Some(ip), Some(a)).is_ok());
+        }
+    }
+}
