@@ -3,9 +3,12 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use flashmart_app::SystemClock;
 use flashmart_app::auth::{AuthError, Registration};
+use flashmart_app::catalog::{ProductDraft, ProductFilter};
 use flashmart_app::flash_sale::ScheduleDraft;
+use flashmart_app::page::PageRequest;
+use flashmart_app::shop::CouponDraft;
+use flashmart_app::{Clock as _, SystemClock};
 use flashmart_domain::{Role, User};
 
 use crate::config::Config;
@@ -103,8 +106,87 @@ pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
             "demo schedule created: 100 items every hour"
         );
     }
+    seed_catalog(&services).await?;
     services.state.flash_sales.flush().await;
     services.store.close().await;
+    Ok(())
+}
+
+/// The demo shop's products: (name, category, price in cents, stock).
+const DEMO_PRODUCTS: &[(&str, &str, i64, i64)] = &[
+    ("Runner One", "shoes", 8_900, 40),
+    ("Trail Runner", "shoes", 11_900, 25),
+    ("Court Classic", "shoes", 7_400, 60),
+    ("Limited High-Top", "shoes", 19_900, 3),
+    ("Heavyweight Hoodie", "apparel", 5_900, 80),
+    ("Pocket Tee", "apparel", 2_400, 150),
+    ("Rain Shell", "apparel", 12_900, 20),
+    ("Wool Beanie", "accessories", 1_900, 100),
+    ("Canvas Tote", "accessories", 1_500, 120),
+    ("Daypack 20L", "accessories", 6_900, 30),
+    ("Steel Bottle", "accessories", 2_900, 0),
+    ("Gift Card", "gifts", 5_000, 500),
+];
+
+/// The demo coupon: 10% off orders of $30 or more.
+pub const DEMO_COUPON: &str = "WELCOME10";
+
+/// Products and a coupon, when the shop has none yet (a shop someone has filled is left alone).
+async fn seed_catalog(services: &wiring::Services) -> anyhow::Result<()> {
+    let catalog = &services.state.catalog;
+    let existing = catalog
+        .list(
+            ProductFilter {
+                include_inactive: true,
+                ..ProductFilter::default()
+            },
+            PageRequest::new(None, Some(1)),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("listing products: {e}"))?;
+    if existing.total == 0 {
+        for (name, category, price_cents, stock) in DEMO_PRODUCTS {
+            catalog
+                .create(ProductDraft {
+                    name: (*name).to_owned(),
+                    description: Some(format!("Demo {category}: {name}.")),
+                    price_cents: *price_cents,
+                    currency: None,
+                    stock: *stock,
+                    category: Some((*category).to_owned()),
+                    images: Vec::new(),
+                    active: None,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("demo product {name}: {e:?}"))?;
+        }
+        tracing::info!(products = DEMO_PRODUCTS.len(), "demo catalog created");
+    }
+    let shop = &services.state.shop;
+    let coupons = shop
+        .coupons(PageRequest::new(None, Some(1)))
+        .await
+        .map_err(|e| anyhow::anyhow!("listing coupons: {e}"))?;
+    if coupons.total == 0 {
+        shop.create_coupon(CouponDraft {
+            code: DEMO_COUPON.to_owned(),
+            kind: "percent".to_owned(),
+            percent: Some(10),
+            amount_cents: None,
+            currency: None,
+            min_spend_cents: Some(3_000),
+            starts_at: None,
+            ends_at: SystemClock.now() + time::Duration::days(365),
+            max_uses: None,
+            per_user_limit: Some(1),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("demo coupon: {e:?}"))?;
+        tracing::info!(
+            code = DEMO_COUPON,
+            "demo coupon created: 10% off $30 or more"
+        );
+    }
     Ok(())
 }
 

@@ -292,3 +292,32 @@ async fn uploads_are_checked_by_their_bytes_and_served_back_identical() {
         .await
         .assert_error(StatusCode::NOT_FOUND, 404);
 }
+
+#[tokio::test]
+async fn demo_seeding_twice_leaves_the_shop_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = flashmart_server::Config {
+        data_dir: dir.path().join("data"),
+        ..flashmart_server::Config::default()
+    };
+    flashmart_server::commands::seed_demo(&config)
+        .await
+        .unwrap();
+    flashmart_server::commands::seed_demo(&config)
+        .await
+        .unwrap();
+    let app = TestApp::on(dir, config).await;
+    let products = app.get("/api/v1/products?per_page=100").send().await.data();
+    assert_eq!(products["total"], 12, "{products}");
+    let admin = app
+        .login("admin@demo.flashmart.dev", "demo-admin-pass")
+        .await
+        .0;
+    let coupons = app
+        .get("/api/v1/admin/coupons")
+        .bearer(&admin)
+        .send()
+        .await
+        .data();
+    assert_eq!(coupons["total"], 1, "{coupons}");
+}

@@ -54,6 +54,30 @@ async fn the_readme_run_command_serves_healthz_from_a_fresh_directory() {
     assert_eq!(live["data"]["total"], 1, "{live}");
     assert_eq!(live["data"]["items"][0]["item_count"], 100);
 
+    // And a shop to browse, with a coupon.
+    let products: Value = client
+        .get(format!("{}/api/v1/products?category=shoes", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(products["data"]["total"], 4, "{products}");
+    let coupons: Value = client
+        .get(format!("{}/api/v1/admin/coupons", server.base))
+        .bearer_auth(login["data"]["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        coupons["data"]["items"][0]["code"], "WELCOME10",
+        "{coupons}"
+    );
+
     // Storage went to ./data.
     assert!(dir.path().join("data/flashmart.db").exists());
     assert!(dir.path().join("data/jwt_secret").exists());
