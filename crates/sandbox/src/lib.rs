@@ -214,6 +214,30 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Sends again every notification the merchant never acknowledged (the process stopped
+    /// before it could, or the merchant was down through every attempt); called at start, once
+    /// the notify URL is known. Returns how many are on their way.
+    pub async fn redeliver_pending(self: &Arc<Self>) -> Result<usize, SandboxError> {
+        let pending: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_id, body FROM sandbox_events WHERE delivered_at IS NULL \
+             ORDER BY created_at, event_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let n = pending.len();
+        for (event_id, body) in pending {
+            let sandbox = Arc::clone(self);
+            tokio::spawn(async move { sandbox.deliver(event_id, body).await });
+        }
+        if n > 0 {
+            tracing::info!(
+                pending = n,
+                "sandbox sending notifications not yet acknowledged"
+            );
+        }
+        Ok(n)
+    }
+
     /// Sends one notification until the merchant answers 2xx, backing off between attempts.
     async fn deliver(self: Arc<Self>, event_id: String, body: String) {
         let url = self
@@ -398,5 +422,86 @@ impl PaymentProvider for Sandbox {
             occurred_at: OffsetDateTime::from_unix_timestamp(n.occurred_at)
                 .map_err(|e| NotifyError::Malformed(e.to_string()))?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use flashmart_app::ManualClock;
+    use flashmart_domain::{Currency, Money, PaymentId};
+
+    use super::*;
+
+    /// Records what it is sent and answers 200.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<(String, Vec<u8>)>>);
+
+    #[async_trait]
+    impl Transport for Recorder {
+        async fn post(&self, _url: &str, signature: &str, body: Vec<u8>) -> Result<u16, String> {
+            self.0.lock().unwrap().push((signature.to_owned(), body));
+            Ok(200)
+        }
+    }
+
+    async fn open(path: &std::path::Path, clock: &ManualClock) -> Arc<Sandbox> {
+        Arc::new(
+            Sandbox::open(path, b"k".repeat(32), Arc::new(clock.clone()))
+                .await
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_notification_never_acknowledged_is_sent_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sandbox.db");
+        let clock = ManualClock::starting_mid_hour();
+        let sandbox = open(&path, &clock).await;
+        let payment = sandbox
+            .create(&CreatePayment {
+                merchant_ref: PaymentId::new(),
+                amount: Money::new(1_500, Currency::USD).unwrap(),
+                description: "order".into(),
+                expires_at: clock.now() + time::Duration::minutes(15),
+            })
+            .await
+            .unwrap();
+        // No notify URL yet: the payment is settled, the notification is kept but not sent.
+        sandbox.complete(&payment.provider_ref, true).await.unwrap();
+        sandbox.close_pool().await;
+
+        let restarted = open(&path, &clock).await;
+        let recorder = Arc::new(Recorder::default());
+        restarted.set_transport(recorder.clone());
+        restarted.set_notify_url("http://merchant.test/notify".into());
+        let mut delivered = restarted.delivered();
+        assert_eq!(restarted.redeliver_pending().await.unwrap(), 1);
+        tokio::time::timeout(Duration::from_secs(10), delivered.wait_for(|n| *n == 1))
+            .await
+            .unwrap()
+            .unwrap();
+        let sent = recorder.0.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        let body: NotificationBody = serde_json::from_slice(&sent[0].1).unwrap();
+        assert_eq!(
+            (
+                body.kind.as_str(),
+                body.payment_ref.as_str(),
+                body.amount_cents
+            ),
+            ("payment.succeeded", payment.provider_ref.as_str(), 1_500)
+        );
+        signature::verify(
+            b"k".repeat(32).as_slice(),
+            &sent[0].0,
+            &sent[0].1,
+            clock.now(),
+        )
+        .unwrap();
+        // Acknowledged: nothing is left to send at the next start.
+        assert_eq!(restarted.redeliver_pending().await.unwrap(), 0);
     }
 }

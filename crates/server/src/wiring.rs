@@ -194,6 +194,10 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
             .sandbox
             .set_notify_url(format!("http://{reach}/api/v1/payments/notify"));
     }
+    // Whatever the sandbox settled but could not tell us before the last stop goes out now.
+    if let Err(err) = services.state.sandbox.redeliver_pending().await {
+        tracing::error!(%err, "cannot read the sandbox's unsent notifications");
+    }
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "flashmart listening on http://{addr}");
 
     let workers = spawn_workers(&services.state, config);

@@ -289,16 +289,30 @@ impl Payments {
     /// included), applied once. Anything that does not check out changes nothing.
     pub async fn notify(&self, signature: &str, body: &[u8]) -> Result<Applied, PaymentError> {
         let now = self.clock.now();
-        let notification = self
-            .provider
-            .verify(signature, body, now)
-            .map_err(PaymentError::Notify)?;
-        let payment = self
+        let refused = |reason: &'static str| {
+            // Forged or replayed notifications show here before anywhere else.
+            metrics::counter!("payments_notifications_refused_total", "reason" => reason)
+                .increment(1);
+        };
+        let notification = self.provider.verify(signature, body, now).map_err(|e| {
+            refused(match &e {
+                NotifyError::BadSignature => "signature",
+                NotifyError::Stale => "stale",
+                NotifyError::Malformed(_) => "malformed",
+            });
+            tracing::warn!(%e, "payment notification refused");
+            PaymentError::Notify(e)
+        })?;
+        let Some(payment) = self
             .store
             .payment_by_ref(self.provider.name(), &notification.provider_ref)
             .await?
-            .ok_or(PaymentError::PaymentNotFound)?;
+        else {
+            refused("unknown_payment");
+            return Err(PaymentError::PaymentNotFound);
+        };
         if notification.amount != payment.amount {
+            refused("amount");
             tracing::warn!(payment = %payment.id, "notification amount or currency mismatch");
             return Err(PaymentError::AmountMismatch);
         }

@@ -315,6 +315,12 @@ async fn forged_or_replayed_notifications_change_nothing() {
             .send()
     };
     let secret = SANDBOX_SECRET.as_bytes();
+    let refused =
+        |reason: &str| format!("payments_notifications_refused_total{{reason=\"{reason}\"}}");
+    let mut before = Vec::new();
+    for reason in ["signature", "stale", "amount"] {
+        before.push(app.metric(&refused(reason)).await);
+    }
 
     // A bad signature (another key), a missing one, a stale timestamp, a wrong amount.
     let b = body(2500, "evt_forged");
@@ -343,6 +349,10 @@ async fn forged_or_replayed_notifications_change_nothing() {
         "pending_payment",
         "nothing changed"
     );
+    // Each refusal is counted by its reason, for an alert to see.
+    for (reason, before) in ["signature", "stale", "amount"].into_iter().zip(before) {
+        assert!(app.metric(&refused(reason)).await > before, "{reason}");
+    }
 
     // The genuine notification, from the sandbox itself, pays the order.
     let done = app

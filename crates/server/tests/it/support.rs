@@ -104,6 +104,15 @@ impl TestApp {
         self.req(Method::POST, path)
     }
 
+    /// The value of one series on `/metrics` (0 when absent). The recorder is shared by every
+    /// test in the process, so compare with what was there before, never with a fixed number.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").send().await.text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
     /// Registers a customer and logs in; returns (access, refresh) tokens.
     pub async fn customer(&self, email: &str, password: &str) -> (String, String) {
         let res = self
