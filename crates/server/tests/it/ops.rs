@@ -239,6 +239,9 @@ async fn metrics_label_requests_by_route_template() {
     let app = TestApp::start().await;
     let id = "01930000-0000-7000-8000-00000000abcd";
     app.get(&format!("/api/v1/admin/users/{id}")).send().await;
+    let product = "01930000-0000-7000-8000-00000000beef";
+    let missing = app.get(&format!("/api/v1/products/{product}")).send().await;
+    missing.assert_error(StatusCode::NOT_FOUND, 20001);
     app.get("/api/v1/some/random/path/12345").send().await;
     let res = app.get("/metrics").send().await;
     assert_eq!(res.status, StatusCode::OK);
@@ -258,7 +261,14 @@ async fn metrics_label_requests_by_route_template() {
         })
         .unwrap_or_else(|| panic!("no templated series in:\n{text}"));
     assert!(line.contains("method=\"GET\""), "{line}");
+    assert!(
+        text.lines().any(|l| l.starts_with("http_requests_total{")
+            && l.contains("route=\"/api/v1/products/{id}\"")
+            && l.contains("status=\"404\"")),
+        "no products series in:\n{text}"
+    );
     assert!(!text.contains(id), "raw ids never become labels");
+    assert!(!text.contains(product), "raw ids never become labels");
     assert!(
         !text.contains("12345"),
         "unmatched paths never become labels"
