@@ -159,7 +159,7 @@ pub struct AuthConfig {
 pub struct RateLimitConfig {
     /// `false` switches every rate limit off (load tests from one machine).
     pub enabled: bool,
-    /// Failed-login budget, on top of the `auth` group's limit.
+    /// Login attempts, on top of the `auth` group's limit.
     pub login_per_ip_per_minute: u32,
     pub login_per_email_per_minute: u32,
     /// Browsing and the shopper's own account, cart, orders and payments.
