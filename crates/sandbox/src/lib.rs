@@ -7,7 +7,8 @@
 mod signature;
 mod transport;
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -77,6 +78,8 @@ pub struct Sandbox {
     transport: RwLock<Arc<dyn Transport>>,
     clock: Arc<dyn Clock>,
     delivered: watch::Sender<u64>,
+    /// Events being sent now, so that a resend never runs beside the first sending.
+    in_flight: Mutex<HashSet<String>>,
     retry_base: Duration,
 }
 
@@ -113,6 +116,7 @@ impl Sandbox {
             transport: RwLock::new(Arc::new(HttpTransport)),
             clock,
             delivered,
+            in_flight: Mutex::default(),
             retry_base: Duration::from_secs(1),
         })
     }
@@ -173,6 +177,9 @@ impl Sandbox {
             return Err(SandboxError::Expired);
         }
         let status = if paid { "paid" } else { "failed" };
+        // Settling and the event that tells the merchant are one transaction: a crash cannot
+        // leave a paid payment nobody will hear about.
+        let mut tx = self.pool.begin().await?;
         let merchant_ref: Option<String> = sqlx::query_scalar(
             "UPDATE sandbox_payments SET status = ?, completed_at = ? \
              WHERE ref = ? AND status = 'open' RETURNING merchant_ref",
@@ -180,7 +187,7 @@ impl Sandbox {
         .bind(status)
         .bind(now.unix_timestamp())
         .bind(reference)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         let Some(merchant_ref) = merchant_ref else {
             return Err(SandboxError::NotOpen("no longer open".into()));
@@ -207,16 +214,39 @@ impl Sandbox {
         .bind(reference)
         .bind(&json)
         .bind(now.unix_timestamp())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        let sandbox = Arc::clone(self);
-        tokio::spawn(async move { sandbox.deliver(body.id, json).await });
+        tx.commit().await?;
+        self.send(body.id, json);
         Ok(())
     }
 
+    /// Starts sending one event unless it is being sent already; whether it started.
+    fn send(self: &Arc<Self>, event_id: String, body: String) -> bool {
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(event_id.clone())
+        {
+            return false;
+        }
+        let sandbox = Arc::clone(self);
+        tokio::spawn(async move {
+            sandbox.deliver(&event_id, body).await;
+            sandbox
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&event_id);
+        });
+        true
+    }
+
     /// Sends again every notification the merchant never acknowledged (the process stopped
-    /// before it could, or the merchant was down through every attempt); called at start, once
-    /// the notify URL is known. Returns how many are on their way.
+    /// before it could, or the merchant was down through every attempt) and that is not being
+    /// sent now; called at start, once the notify URL is known, and then every minute. Returns
+    /// how many it started.
     pub async fn redeliver_pending(self: &Arc<Self>) -> Result<usize, SandboxError> {
         let pending: Vec<(String, String)> = sqlx::query_as(
             "SELECT event_id, body FROM sandbox_events WHERE delivered_at IS NULL \
@@ -224,10 +254,9 @@ impl Sandbox {
         )
         .fetch_all(&self.pool)
         .await?;
-        let n = pending.len();
+        let mut n = 0;
         for (event_id, body) in pending {
-            let sandbox = Arc::clone(self);
-            tokio::spawn(async move { sandbox.deliver(event_id, body).await });
+            n += usize::from(self.send(event_id, body));
         }
         if n > 0 {
             tracing::info!(
@@ -239,7 +268,7 @@ impl Sandbox {
     }
 
     /// Sends one notification until the merchant answers 2xx, backing off between attempts.
-    async fn deliver(self: Arc<Self>, event_id: String, body: String) {
+    async fn deliver(&self, event_id: &str, body: String) {
         let url = self
             .notify_url
             .read()
@@ -262,7 +291,7 @@ impl Sandbox {
                 .await;
             let _ =
                 sqlx::query("UPDATE sandbox_events SET attempts = attempts + 1 WHERE event_id = ?")
-                    .bind(&event_id)
+                    .bind(event_id)
                     .execute(&self.pool)
                     .await;
             match result {
@@ -271,7 +300,7 @@ impl Sandbox {
                         "UPDATE sandbox_events SET delivered_at = ? WHERE event_id = ?",
                     )
                     .bind(self.clock.now().unix_timestamp())
-                    .bind(&event_id)
+                    .bind(event_id)
                     .execute(&self.pool)
                     .await;
                     self.delivered.send_modify(|n| *n += 1);
@@ -503,5 +532,61 @@ mod tests {
         .unwrap();
         // Acknowledged: nothing is left to send at the next start.
         assert_eq!(restarted.redeliver_pending().await.unwrap(), 0);
+    }
+
+    /// Answers 200 once let through, counting what it was sent.
+    #[derive(Debug)]
+    struct Gate {
+        open: tokio::sync::Semaphore,
+        sent: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Transport for Gate {
+        async fn post(&self, _url: &str, _sig: &str, _body: Vec<u8>) -> Result<u16, String> {
+            self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.open.acquire().await.unwrap().forget();
+            Ok(200)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resend_never_runs_beside_the_first_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_mid_hour();
+        let sandbox = open(&dir.path().join("sandbox.db"), &clock).await;
+        let gate = Arc::new(Gate {
+            open: tokio::sync::Semaphore::new(0),
+            sent: 0.into(),
+        });
+        sandbox.set_transport(gate.clone());
+        sandbox.set_notify_url("http://merchant.test/notify".into());
+        let payment = sandbox
+            .create(&CreatePayment {
+                merchant_ref: PaymentId::new(),
+                amount: Money::new(900, Currency::USD).unwrap(),
+                description: "order".into(),
+                expires_at: clock.now() + time::Duration::minutes(15),
+            })
+            .await
+            .unwrap();
+        sandbox
+            .complete(&payment.provider_ref, false)
+            .await
+            .unwrap();
+        // The first sending is held at the merchant: the periodic resend leaves it alone.
+        assert_eq!(sandbox.redeliver_pending().await.unwrap(), 0);
+        let mut delivered = sandbox.delivered();
+        gate.open.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(10), delivered.wait_for(|n| *n == 1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gate.sent.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            sandbox.redeliver_pending().await.unwrap(),
+            0,
+            "acknowledged"
+        );
     }
 }

@@ -265,6 +265,15 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
             }
         }
     });
+    let sandbox = Arc::clone(&state.sandbox);
+    let resend = every(Duration::from_secs(60), move || {
+        let sandbox = Arc::clone(&sandbox);
+        async move {
+            if let Err(err) = sandbox.redeliver_pending().await {
+                tracing::warn!(%err, "sandbox cannot read its unsent notifications; will retry");
+            }
+        }
+    });
     let metrics = state.metrics.clone();
     let upkeep = every(Duration::from_secs(5), move || {
         metrics.run_upkeep();
@@ -282,6 +291,7 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
         sweeper,
         orders,
         stale_payments,
+        resend,
         publisher,
         scheduler,
         upkeep,
