@@ -217,8 +217,10 @@ async fn insert_attempts(
     Ok(())
 }
 
-/// Marks every reservation named live and unexpired as purchased (at its request's time), then
-/// reads them all back: purchased now or before, the answer is the same.
+/// Marks every contest reservation named live and unexpired as purchased (at its request's time),
+/// then reads them all back: purchased now or before, the answer is the same. Only contest
+/// reservations (a caller-named buyer, no order) can be bought this way; any other reservation's
+/// code is not found here, and the reservation is left as it is: it is paid through its order.
 async fn purchase(
     conn: &mut SqliteConnection,
     purchases: &[(ReservationId, OffsetDateTime)],
@@ -233,6 +235,7 @@ async fn purchase(
          FROM json_each(?) AS j \
          WHERE reservations.id = unhex(j.value ->> 0) \
            AND reservations.status = 'reserved' \
+           AND reservations.buyer_ref IS NOT NULL AND reservations.order_id IS NULL \
            AND reservations.expires_at > j.value ->> 1",
     )
     .bind(&rows)
@@ -246,7 +249,8 @@ async fn purchase(
          FROM reservations r \
          JOIN flash_sale_items i ON i.sale_id = r.sale_id AND i.no = r.item_no \
          JOIN flash_sales s ON s.id = r.sale_id \
-         WHERE r.id IN (SELECT unhex(value ->> 0) FROM json_each(?))",
+         WHERE r.id IN (SELECT unhex(value ->> 0) FROM json_each(?)) \
+           AND r.buyer_ref IS NOT NULL AND r.order_id IS NULL",
     )
     .bind(&rows)
     .fetch_all(&mut *conn)

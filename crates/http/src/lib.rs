@@ -49,7 +49,6 @@ pub const API_BASE: &str = "/api/v1";
         (name = "payments", description = "Payments, the provider's notifications, the sandbox pay page"),
         (name = "flash-sales", description = "Flash sales and reservations"),
         (name = "admin", description = "Administration (admin or operator role)"),
-        (name = "compat", description = "Contest compatibility API (only with compat.contest = true; trusts the caller's user id: private networks only)"),
     )
 )]
 struct ApiDoc;
@@ -71,14 +70,14 @@ impl Modify for BearerAuth {
     }
 }
 
-/// What changes the route table: the contest API, and the uploads' own body limit.
+/// What changes the route table: the uploads' own body limit.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteOptions {
-    pub contest: bool,
     pub upload_max_bytes: usize,
 }
 
-/// Every route, with the compatibility API's when `contest` is on.
+/// Every route of the public listener. The contest API is never among them: it trusts the
+/// caller-named user, so it has a listener of its own (`compat_router`).
 fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::new()
         .merge(routes::auth::routes())
@@ -89,18 +88,12 @@ fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
         .merge(routes::uploads::routes(options.upload_max_bytes))
         .merge(routes::flash_sales::routes())
         .merge(routes::admin_flash_sales::routes());
-    let root = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::ops::routes())
         .merge(routes::images::routes())
         .merge(routes::uploads::serving())
         .merge(routes::payments::sandbox_pages())
-        .nest(API_BASE, api);
-    let contest = options.contest;
-    if contest {
-        root.merge(routes::compat::routes())
-    } else {
-        root
-    }
+        .nest(API_BASE, api)
 }
 
 /// The OpenAPI document of every route `router` serves.
@@ -117,23 +110,48 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 /// routes that misbehave on purpose (a handler that panics).
 pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppState>) -> Router {
     let options = RouteOptions {
-        contest: state.flash_sales.contest_enabled(),
         upload_max_bytes: state.uploads.max_bytes(),
     };
     let (routes, doc) = documented_routes(options).split_for_parts();
+    let routes = routes.merge(extra).merge(
+        SwaggerUi::new("/docs")
+            .url("/openapi.json", doc)
+            // The validator badge would call validator.swagger.io from the reader's browser.
+            .config(SwaggerConfig::new(["/openapi.json"]).validator_url("none")),
+    );
+    with_middleware(routes, state, settings)
+}
+
+/// The contest compatibility API (`/checkout`, `/purchase`, `/health`, and its own
+/// `/openapi.json`), for the listener at `compat.addr`. It trusts the caller-named user, so it
+/// must never share the public listener.
+pub fn compat_router(state: AppState, settings: &HttpSettings) -> Router {
+    let (routes, doc) = OpenApiRouter::with_openapi(CompatDoc::openapi())
+        .merge(routes::compat::routes())
+        .split_for_parts();
+    let routes = routes.route(
+        "/openapi.json",
+        axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
+    );
+    with_middleware(routes, state, settings)
+}
+
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "flashmart contest compatibility API",
+    description = "The hourly-sale contest interface (compat.contest = true), served on \
+                   compat.addr only. It trusts the caller's user id: private networks only."
+))]
+struct CompatDoc;
+
+/// The layers every listener's routes run inside, outermost last.
+fn with_middleware(routes: Router<AppState>, state: AppState, settings: &HttpSettings) -> Router {
     let limiter = limits::Limiter {
         limits: Arc::clone(&state.limits),
         auth: Arc::clone(&state.auth),
         proxies: state.proxies.clone(),
     };
     routes
-        .merge(extra)
-        .merge(
-            SwaggerUi::new("/docs")
-                .url("/openapi.json", doc)
-                // The validator badge would call validator.swagger.io from the reader's browser.
-                .config(SwaggerConfig::new(["/openapi.json"]).validator_url("none")),
-        )
         .fallback(observe::no_route)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(

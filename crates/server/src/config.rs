@@ -100,12 +100,23 @@ impl Default for FlashSaleConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompatConfig {
     /// Serve the contest compatibility API (`/checkout`, `/purchase`, `/health`) and its hourly
     /// 10,000-item sale. It trusts the caller's user id: private networks only.
     pub contest: bool,
+    /// The contest API's own listener; it is never served on `http.addr`.
+    pub addr: SocketAddr,
+}
+
+impl Default for CompatConfig {
+    fn default() -> Self {
+        Self {
+            contest: false,
+            addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

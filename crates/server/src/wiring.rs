@@ -37,6 +37,11 @@ impl Services {
     pub fn router(&self) -> axum::Router {
         flashmart_http::router(self.state.clone(), &self.http)
     }
+
+    /// The contest API's router, for its own listener (`compat.addr`).
+    pub fn compat_router(&self) -> axum::Router {
+        flashmart_http::compat_router(self.state.clone(), &self.http)
+    }
 }
 
 /// Opens storage (creating the data directory and running migrations) and builds every service.
@@ -198,18 +203,62 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     if let Err(err) = services.state.sandbox.redeliver_pending().await {
         tracing::error!(%err, "cannot read the sandbox's unsent notifications");
     }
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "flashmart listening on http://{addr}");
+    let compat = if config.compat.contest {
+        let listener = TcpListener::bind(config.compat.addr)
+            .await
+            .with_context(|| format!("binding compat.addr {}", config.compat.addr))?;
+        Some(listener)
+    } else {
+        None
+    };
+    let compat_addr = compat
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?
+        .map(|a| a.to_string());
+    tracing::info!(
+        %addr,
+        compat_addr = compat_addr.as_deref(),
+        data_dir = %config.data_dir.display(),
+        "flashmart listening on http://{addr}"
+    );
 
     let workers = spawn_workers(&services.state, config);
-    axum::serve(
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let public = axum::serve(
         listener,
         services
             .router()
             .into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("serving HTTP")?;
+    .with_graceful_shutdown(stopped());
+    let compat = compat.map(|listener| {
+        axum::serve(
+            listener,
+            services
+                .compat_router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped())
+    });
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    match compat {
+        Some(compat) => {
+            let (public, compat) = tokio::join!(public.into_future(), compat.into_future());
+            public.context("serving HTTP")?;
+            compat.context("serving the contest API")?;
+        }
+        None => public.await.context("serving HTTP")?,
+    }
     for worker in workers {
         worker.abort();
     }

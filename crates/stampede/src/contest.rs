@@ -53,22 +53,26 @@ struct WorkerResult {
 }
 
 pub async fn run(args: &ContestArgs) -> anyhow::Result<Outcome> {
-    let target = Target::parse(&args.common.url).await?;
+    let api = Target::parse(&args.common.url).await?;
+    let target = Target::parse(&args.compat).await?;
     let deadline = Instant::now() + Duration::from_secs(args.common.max_seconds);
-    let mut probe = Conn::open(&target).await?;
+    let mut probe = Conn::open(&target).await.with_context(|| {
+        format!(
+            "cannot reach the contest API at {}: start the server with \
+             FLASHMART__COMPAT__CONTEST=true and pass its compat.addr as --compat",
+            args.compat
+        )
+    })?;
     let health = probe.get("/health", None).await?;
     if health.status != StatusCode::OK {
         bail!(
-            "GET /health answered {}: start the server with FLASHMART__COMPAT__CONTEST=true",
+            "GET {}/health answered {}: start the server with FLASHMART__COMPAT__CONTEST=true",
+            args.compat,
             health.status
         );
     }
-    let mut admin = Admin::login(
-        &target,
-        &args.common.admin_email,
-        &args.common.admin_password,
-    )
-    .await?;
+    let mut admin =
+        Admin::login(&api, &args.common.admin_email, &args.common.admin_password).await?;
     let sale_id = current_sale(&mut admin).await?;
     let before = admin.stats(&sale_id).await?;
     if before.remaining != u64::from(ITEMS) || before.reserved + before.sold != 0 {

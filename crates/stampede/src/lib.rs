@@ -67,6 +67,9 @@ pub struct ReserveArgs {
 pub struct ContestArgs {
     #[command(flatten)]
     pub common: Common,
+    /// The server's contest API listener (`compat.addr`), loopback only.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub compat: String,
     /// Users, named u0, u1, ...; at least 1,000 so that demand exceeds the 10,000 items.
     #[arg(long, default_value_t = 1500)]
     pub users: usize,

@@ -324,11 +324,13 @@ pub async fn a_failed_batch_leaves_nothing<S: FlashSaleAdapter + ?Sized>(store: 
 }
 
 pub async fn purchases_by_code<S: FlashSaleAdapter + ?Sized>(store: &S) {
-    let s = sale(t0(), t0() + Duration::hours(1), &[2]);
-    store.insert_sale(&s, &items(&[2])).await.unwrap();
+    let s = sale(t0(), t0() + Duration::hours(1), &[3]);
+    store.insert_sale(&s, &items(&[3])).await.unwrap();
     let at = t0() + Duration::minutes(1);
     let live = reservation(&s, 1, BuyerId::external("a"), 1, at, false);
     let stale = reservation(&s, 1, BuyerId::external("b"), 1, at, false);
+    let alice = customer(store, "alice@example.com").await;
+    let ordinary = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
     store
         .commit(&[
             reserve_op(&live, None, None),
@@ -391,6 +393,27 @@ pub async fn purchases_by_code<S: FlashSaleAdapter + ?Sized>(store: &S) {
     assert_eq!(r2, reservation);
     let stats = store.stats(s.id).await.unwrap();
     assert_eq!((stats.reserved, stats.sold), (1, 1));
+
+    // A shopper's reservation (it has an order) is paid through its order, never by code.
+    store
+        .commit(&[reserve_op(&ordinary, Some(alice), None)])
+        .await
+        .unwrap();
+    let outcome = store
+        .commit(&[purchase(ordinary.id, paid_at)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome[0],
+            JournalOutcome::Purchase(PurchaseOutcome::NotFound)
+        ),
+        "{:?}",
+        outcome[0]
+    );
+    let unchanged = store.reservation(ordinary.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.status, ReservationStatus::Reserved);
+    assert_eq!(unchanged.purchased_at, None);
 }
 
 pub async fn expiry_releases_stock<S: FlashSaleAdapter + ?Sized>(store: &S) {

@@ -1,5 +1,5 @@
 //! The flash-sale API over HTTP: creating sales, reserving with the codes of the contract,
-//! idempotency, owner-only reads, live events, schedules, load-test buyers and the contest API.
+//! idempotency, owner-only reads, live events, schedules and load-test buyers.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -539,40 +539,4 @@ async fn load_test_buyers_need_the_setting_and_an_admin() {
         .send()
         .await
         .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
-}
-
-#[tokio::test]
-async fn the_contest_api_over_http() {
-    let app = TestApp::with_config(|c| c.compat.contest = true).await;
-    let health = app.get("/health").send().await;
-    assert_eq!(health.json(), json!({"status": "ok"}));
-
-    let res = app.post("/checkout?user_id=u1&id=17").send().await;
-    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
-    let code = res.json()["code"].as_str().unwrap().to_owned();
-    app.post("/checkout?user_id=u2&id=17")
-        .send()
-        .await
-        .assert_error(StatusCode::CONFLICT, 60004);
-    app.post("/checkout?user_id=u2&id=0")
-        .send()
-        .await
-        .assert_error(StatusCode::NOT_FOUND, 60007);
-    app.post("/checkout?id=1")
-        .send()
-        .await
-        .assert_error(StatusCode::BAD_REQUEST, 400);
-
-    let first = app.post(&format!("/purchase?code={code}")).send().await;
-    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
-    let again = app.post(&format!("/purchase?code={code}")).send().await;
-    assert_eq!(first.json(), again.json());
-    let body = first.json();
-    assert_eq!(body["user_id"], "u1");
-    assert_eq!(body["item"]["id"], 17);
-    assert_eq!(body["item"]["name"], "Flash deal #00017");
-    app.post("/purchase?code=NOSUCHCODE")
-        .send()
-        .await
-        .assert_error(StatusCode::NOT_FOUND, 60008);
 }

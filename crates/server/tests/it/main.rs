@@ -7,6 +7,7 @@ mod auth;
 mod catalog;
 mod ci;
 mod commerce;
+mod compat;
 mod crash;
 mod envelope;
 mod flash_sales;

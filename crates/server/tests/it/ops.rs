@@ -112,18 +112,33 @@ async fn openapi_lists_every_route_and_every_listed_route_exists() {
     check_routes(&app, ROUTES).await;
 }
 
+/// The contest API is served on its own listener only, and documented there.
 #[tokio::test]
-async fn the_contest_routes_exist_only_when_enabled() {
+async fn the_contest_routes_live_on_their_own_listener() {
     let app = TestApp::with_config(|c| c.compat.contest = true).await;
-    let all: Vec<_> = ROUTES.iter().chain(CONTEST_ROUTES).copied().collect();
-    check_routes(&app, &all).await;
-    let off = TestApp::start().await;
-    let res = off.get("/health").send().await;
+    check_routes(&app, ROUTES).await;
+    check_listener(&app, CONTEST_ROUTES, TestApp::compat).await;
+    let res = app.get("/health").send().await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
 }
 
 async fn check_routes(app: &TestApp, routes: &[(&str, &str)]) {
-    let res = app.get("/openapi.json").send().await;
+    let doc = check_listener(app, routes, TestApp::req).await;
+    // The envelope and the bearer scheme are part of the document.
+    assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+/// Checks that the document `listener` serves lists exactly `routes`, each served; returns it.
+async fn check_listener(
+    app: &TestApp,
+    routes: &[(&str, &str)],
+    listener: fn(&TestApp, Method, &str) -> crate::support::Req,
+) -> Value {
+    let res = listener(app, Method::GET, "/openapi.json").send().await;
     assert_eq!(res.status, StatusCode::OK);
     let doc: Value = res.json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -164,13 +179,13 @@ async fn check_routes(app: &TestApp, routes: &[(&str, &str)]) {
             .replace("{name}", "x.png")
             .replace("{product_id}", "01930000-0000-7000-8000-000000000000")
             .replace("{reference}", "sbx_nothing");
-        let res = app
-            .req(
-                Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
-                &concrete,
-            )
-            .send()
-            .await;
+        let res = listener(
+            app,
+            Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
+            &concrete,
+        )
+        .send()
+        .await;
         assert_ne!(
             res.status,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -182,13 +197,7 @@ async fn check_routes(app: &TestApp, routes: &[(&str, &str)]) {
             assert_ne!(res.json()["message"], "no such route", "{method} {path}");
         }
     }
-
-    // The envelope and the bearer scheme are part of the document.
-    assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
-    assert_eq!(
-        doc["components"]["securitySchemes"]["bearer"]["scheme"],
-        "bearer"
-    );
+    doc
 }
 
 #[tokio::test]

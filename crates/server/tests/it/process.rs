@@ -237,6 +237,8 @@ fn stampede_contest_sells_exactly_10000() {
             "stampede",
             "contest",
             &server.base,
+            "--compat",
+            server.compat_base.as_deref().unwrap(),
             "--users",
             "1100",
             "-c",

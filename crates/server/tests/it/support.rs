@@ -20,6 +20,8 @@ use tower::ServiceExt as _;
 
 pub struct TestApp {
     pub router: Router,
+    /// The contest API's listener (`compat.addr`), apart from the public one.
+    pub compat: Router,
     /// What the sandbox sent, as (signature, body).
     pub notifications: Arc<RouterTransport>,
     pub clock: ManualClock,
@@ -57,8 +59,10 @@ impl TestApp {
         services: Services,
         extra: Router<flashmart_http::AppState>,
     ) -> Self {
-        let router = flashmart_http::router_with(services.state.clone(), &services.http, extra)
-            .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        let peer = MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000)));
+        let router =
+            flashmart_http::router_with(services.state.clone(), &services.http, extra).layer(peer);
+        let compat = services.compat_router().layer(peer);
         // The sandbox provider notifies this application in process.
         let transport = Arc::new(RouterTransport {
             router: router.clone(),
@@ -71,6 +75,7 @@ impl TestApp {
             .set_notify_url("http://flashmart.test/api/v1/payments/notify".into());
         Self {
             router,
+            compat,
             clock,
             config,
             services,
@@ -88,19 +93,27 @@ impl TestApp {
             .unwrap();
     }
 
-    pub fn req(&self, method: Method, path: &str) -> Req<'_> {
+    pub fn req(&self, method: Method, path: &str) -> Req {
         Req {
-            app: self,
+            router: self.router.clone(),
             builder: Request::builder().method(method).uri(path),
             body: Body::empty(),
         }
     }
 
-    pub fn get(&self, path: &str) -> Req<'_> {
+    /// A request to the contest API's own listener.
+    pub fn compat(&self, method: Method, path: &str) -> Req {
+        Req {
+            router: self.compat.clone(),
+            ..self.req(method, path)
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Req {
         self.req(Method::GET, path)
     }
 
-    pub fn post(&self, path: &str) -> Req<'_> {
+    pub fn post(&self, path: &str) -> Req {
         self.req(Method::POST, path)
     }
 
@@ -148,13 +161,13 @@ impl TestApp {
     }
 }
 
-pub struct Req<'a> {
-    app: &'a TestApp,
+pub struct Req {
+    router: Router,
     builder: axum::http::request::Builder,
     body: Body,
 }
 
-impl Req<'_> {
+impl Req {
     pub fn json(mut self, value: &Value) -> Self {
         self.builder = self
             .builder
@@ -190,7 +203,7 @@ impl Req<'_> {
 
     pub async fn send(self) -> TestResponse {
         let request = self.builder.body(self.body).unwrap();
-        let response = self.app.router.clone().oneshot(request).await.unwrap();
+        let response = self.router.oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -259,6 +272,8 @@ pub struct Server {
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     pub base: String,
+    /// The contest API's listener, when `compat.contest` is on.
+    pub compat_base: Option<String>,
 }
 
 impl Server {
@@ -267,6 +282,7 @@ impl Server {
             .args(args)
             .current_dir(dir)
             .env("FLASHMART__HTTP__ADDR", "127.0.0.1:0")
+            .env("FLASHMART__COMPAT__ADDR", "127.0.0.1:0")
             .env("FLASHMART__LOG__FORMAT", "json")
             .envs(envs.iter().copied())
             .stdout(Stdio::null())
@@ -287,6 +303,7 @@ impl Server {
             lines,
             seen: Vec::new(),
             base: String::new(),
+            compat_base: None,
         };
         let listening = server.wait_for(|v| {
             v["message"]
@@ -294,6 +311,9 @@ impl Server {
                 .is_some_and(|m| m.starts_with("flashmart listening"))
         });
         server.base = format!("http://{}", listening["addr"].as_str().unwrap());
+        server.compat_base = listening["compat_addr"]
+            .as_str()
+            .map(|a| format!("http://{a}"));
         server
     }
 
