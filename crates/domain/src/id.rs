@@ -90,6 +90,10 @@ uuid_id!(
     /// A payment attempt for an order.
     PaymentId
 );
+uuid_id!(
+    /// One refund of a payment; also the provider's idempotency key for it.
+    RefundId
+);
 
 #[cfg(test)]
 mod tests {

@@ -14,8 +14,8 @@ pub mod user;
 
 pub use email::{Email, EmailError};
 pub use id::{
-    AddressId, CouponId, OrderId, PaymentId, ProductId, ReservationId, SaleId, ScheduleId,
-    SessionId, UserId,
+    AddressId, CouponId, OrderId, PaymentId, ProductId, RefundId, ReservationId, SaleId,
+    ScheduleId, SessionId, UserId,
 };
 pub use money::{Currency, Money, MoneyError, Quantity, QuantityError};
 pub use order::OrderStatus;

@@ -2,11 +2,13 @@
 
 use async_trait::async_trait;
 use flashmart_app::StoreError;
+use flashmart_app::page::{Page, PageRequest};
 use flashmart_app::payments::{
-    Applied, Notification, NotificationKind, OrderRefund, PaymentRecord, PaymentStatus,
+    Applied, Notification, NotificationKind, PaymentRecord, PaymentStatus, RefundKind,
+    RefundRecord, RefundSettlement, RefundStart, RefundStatus,
 };
 use flashmart_app::ports::PaymentStore;
-use flashmart_domain::{Currency, Money, OrderId, PaymentId};
+use flashmart_domain::{Currency, Money, OrderId, OrderStatus, PaymentId, RefundId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row as _, Sqlite};
 use time::OffsetDateTime;
@@ -21,6 +23,17 @@ macro_rules! select_payments {
             "SELECT p.id, p.order_id, p.provider, p.provider_ref, p.status, p.amount_cents, \
              p.currency, p.refunded_cents, p.pay_url, p.created_at, p.updated_at, p.expires_at \
              FROM payments p ",
+            $rest
+        )
+    };
+}
+
+macro_rules! select_refunds {
+    ($rest:literal) => {
+        concat!(
+            "SELECT r.id, r.payment_id, r.order_id, r.kind, r.amount_cents, p.currency, \
+             r.reason, r.status, r.attempts, r.next_attempt_at, r.last_error, r.created_at, \
+             r.completed_at FROM refunds r JOIN payments p ON p.id = r.payment_id ",
             $rest
         )
     };
@@ -144,6 +157,7 @@ impl PaymentStore for SqliteStore {
         provider: &str,
         n: &Notification,
         payment: &PaymentRecord,
+        late_refund: &RefundRecord,
         now: OffsetDateTime,
     ) -> Result<Applied, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
@@ -196,7 +210,11 @@ impl PaymentStore for SqliteStore {
             None => {
                 let mut late = payment.clone();
                 late.status = PaymentStatus::Succeeded;
-                Applied::PaidTooLate(Box::new(late))
+                insert_refund(&mut tx, late_refund).await?;
+                Applied::PaidTooLate {
+                    payment: Box::new(late),
+                    refund: Box::new(late_refund.clone()),
+                }
             }
             Some(reservation) => {
                 if let Some(reservation) = reservation {
@@ -220,56 +238,173 @@ impl PaymentStore for SqliteStore {
         Ok(applied)
     }
 
-    async fn record_refund(
+    async fn begin_refund(
         &self,
-        payment: PaymentId,
-        amount: Money,
-        order: Option<OrderRefund>,
-        reason: &str,
+        refund: &RefundRecord,
+        order_as_read: Option<(Money, OrderStatus)>,
+    ) -> Result<RefundStart, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let pending: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM refunds WHERE payment_id = ? AND status = 'pending')",
+        )
+        .bind(refund.payment_id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if pending {
+            return Ok(RefundStart::InProgress);
+        }
+        if let Some((refunded, status)) = order_as_read {
+            let same: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM orders WHERE id = ? AND refunded_cents = ? \
+                 AND status = ?)",
+            )
+            .bind(refund.order_id.as_uuid())
+            .bind(refunded.cents())
+            .bind(status.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if !same {
+                return Ok(RefundStart::OrderChanged);
+            }
+        }
+        insert_refund(&mut tx, refund).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(RefundStart::Started)
+    }
+
+    async fn settle_refund(
+        &self,
+        refund: &RefundRecord,
+        settlement: &RefundSettlement,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        if let Some((order, refunded_before, next)) = order {
-            let moved = sqlx::query(
-                "UPDATE orders SET refunded_cents = refunded_cents + ?, status = ?, \
-                 updated_at = ? WHERE id = ? AND refunded_cents = ? \
-                 AND status IN ('paid', 'partially_refunded')",
+        let (status, error) = match settlement {
+            RefundSettlement::Succeeded { .. } => (RefundStatus::Succeeded, None),
+            RefundSettlement::Failed { reason } => (RefundStatus::Failed, Some(reason.as_str())),
+        };
+        let moved = sqlx::query(
+            "UPDATE refunds SET status = ?, completed_at = ?, \
+             last_error = coalesce(?, last_error) WHERE id = ? AND status = 'pending'",
+        )
+        .bind(status.as_str())
+        .bind(micros(now))
+        .bind(error)
+        .bind(refund.id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if moved.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let RefundSettlement::Succeeded { order_status } = settlement {
+            sqlx::query(
+                "UPDATE payments SET refunded_cents = refunded_cents + ?, updated_at = ? \
+                 WHERE id = ?",
             )
-            .bind(amount.cents())
-            .bind(next.as_str())
+            .bind(refund.amount.cents())
             .bind(micros(now))
-            .bind(order.as_uuid())
-            .bind(refunded_before.cents())
+            .bind(refund.payment_id.as_uuid())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-            if moved.rows_affected() == 0 {
-                return Ok(false);
+            if let (RefundKind::Order, Some(next)) = (refund.kind, order_status) {
+                sqlx::query(
+                    "UPDATE orders SET refunded_cents = refunded_cents + ?, status = ?, \
+                     updated_at = ? WHERE id = ?",
+                )
+                .bind(refund.amount.cents())
+                .bind(next.as_str())
+                .bind(micros(now))
+                .bind(refund.order_id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
             }
         }
-        sqlx::query(
-            "UPDATE payments SET refunded_cents = refunded_cents + ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(amount.cents())
-        .bind(micros(now))
-        .bind(payment.as_uuid())
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO refunds (id, payment_id, amount_cents, reason, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(payment.as_uuid())
-        .bind(amount.cents())
-        .bind((!reason.is_empty()).then_some(reason))
-        .bind(micros(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
+    }
+
+    async fn retry_refund_later(
+        &self,
+        id: RefundId,
+        attempts: u32,
+        next_attempt_at: OffsetDateTime,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE refunds SET attempts = ?, next_attempt_at = ?, last_error = ? \
+             WHERE id = ? AND status = 'pending'",
+        )
+        .bind(attempts)
+        .bind(micros(next_attempt_at))
+        .bind(error)
+        .bind(id.as_uuid())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn refund(&self, id: RefundId) -> Result<Option<RefundRecord>, StoreError> {
+        sqlx::query(select_refunds!("WHERE r.id = ?"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(refund_from_row)
+            .transpose()
+    }
+
+    async fn due_refunds(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<RefundRecord>, StoreError> {
+        sqlx::query(select_refunds!(
+            "WHERE r.status = 'pending' AND r.next_attempt_at <= ? \
+             ORDER BY r.next_attempt_at, r.id LIMIT ?"
+        ))
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?
+        .iter()
+        .map(refund_from_row)
+        .collect()
+    }
+
+    async fn refunds(
+        &self,
+        status: Option<RefundStatus>,
+        page: PageRequest,
+    ) -> Result<Page<RefundRecord>, StoreError> {
+        let status = status.map(RefundStatus::as_str);
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM refunds WHERE ?1 IS NULL OR status = ?1")
+                .bind(status)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(map_err)?;
+        let items = sqlx::query(select_refunds!(
+            "WHERE ?1 IS NULL OR r.status = ?1 ORDER BY r.created_at DESC, r.id DESC \
+             LIMIT ?2 OFFSET ?3"
+        ))
+        .bind(status)
+        .bind(i64::from(page.per_page()))
+        .bind(i64::try_from(page.offset()).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?
+        .iter()
+        .map(refund_from_row)
+        .collect::<Result<_, _>>()?;
+        Ok(Page::new(page, items, u64::try_from(total).unwrap_or(0)))
     }
 
     async fn open_payments_of_ended_orders(
@@ -301,4 +436,55 @@ impl PaymentStore for SqliteStore {
         .map_err(map_err)?;
         Ok(())
     }
+}
+
+async fn insert_refund(
+    conn: &mut sqlx::SqliteConnection,
+    r: &RefundRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO refunds (id, payment_id, order_id, kind, amount_cents, reason, status, \
+         attempts, next_attempt_at, last_error, created_at, completed_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(r.id.as_uuid())
+    .bind(r.payment_id.as_uuid())
+    .bind(r.order_id.as_uuid())
+    .bind(r.kind.as_str())
+    .bind(r.amount.cents())
+    .bind((!r.reason.is_empty()).then_some(r.reason.as_str()))
+    .bind(r.status.as_str())
+    .bind(r.attempts)
+    .bind(micros(r.next_attempt_at))
+    .bind(r.last_error.as_deref())
+    .bind(micros(r.created_at))
+    .bind(r.completed_at.map(micros))
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+fn refund_from_row(row: &SqliteRow) -> Result<RefundRecord, StoreError> {
+    let currency: String = get(row, "currency")?;
+    let currency = Currency::parse(&currency).map_err(|e| corrupt("payments.currency", e))?;
+    let kind: String = get(row, "kind")?;
+    let status: String = get(row, "status")?;
+    let reason: Option<String> = get(row, "reason")?;
+    let completed: Option<i64> = get(row, "completed_at")?;
+    Ok(RefundRecord {
+        id: RefundId::from_uuid(get(row, "id")?),
+        payment_id: PaymentId::from_uuid(get(row, "payment_id")?),
+        order_id: OrderId::from_uuid(get(row, "order_id")?),
+        kind: kind.parse().map_err(|e| corrupt("refunds.kind", e))?,
+        amount: Money::new(get(row, "amount_cents")?, currency)
+            .map_err(|e| corrupt("refunds.amount_cents", e))?,
+        reason: reason.unwrap_or_default(),
+        status: status.parse().map_err(|e| corrupt("refunds.status", e))?,
+        attempts: get(row, "attempts")?,
+        next_attempt_at: from_micros(get(row, "next_attempt_at")?)?,
+        last_error: get(row, "last_error")?,
+        created_at: from_micros(get(row, "created_at")?)?,
+        completed_at: completed.map(from_micros).transpose()?,
+    })
 }

@@ -37,6 +37,8 @@ pub mod codes {
     pub const NOT_PAYABLE: u32 = 40004;
     pub const REFUND_REFUSED: u32 = 40005;
     pub const PROVIDER_REFUSED: u32 = 40006;
+    pub const REFUND_IN_PROGRESS: u32 = 40007;
+    pub const REFUND_PENDING: u32 = 40008;
     pub const CART_LINE_NOT_FOUND: u32 = 50001;
     pub const CART_EMPTY: u32 = 50002;
     pub const OUT_OF_STOCK: u32 = 50003;
@@ -384,6 +386,12 @@ impl From<PaymentError> for ApiError {
                 Self::new(S::UNPROCESSABLE_ENTITY, codes::REFUND_REFUSED, message)
             }
             PaymentError::RefundRace => Self::status(S::CONFLICT, message),
+            PaymentError::RefundInProgress => {
+                Self::new(S::CONFLICT, codes::REFUND_IN_PROGRESS, message)
+            }
+            PaymentError::RefundPending => {
+                Self::new(S::SERVICE_UNAVAILABLE, codes::REFUND_PENDING, message)
+            }
             PaymentError::Provider(ProviderError::Refused(_)) => {
                 Self::new(S::CONFLICT, codes::PROVIDER_REFUSED, message)
             }

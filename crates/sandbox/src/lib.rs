@@ -70,6 +70,18 @@ pub struct NotificationBody {
     pub occurred_at: i64,
 }
 
+/// An outage of the sandbox's refund service, to rehearse what a real provider does to a shop
+/// (tests and drills; never set by configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RefundFault {
+    #[default]
+    None,
+    /// Refunds are not made and the call fails as unreachable.
+    Down,
+    /// Refunds are made but the answer is lost: the caller sees it fail as unreachable.
+    LoseAnswers,
+}
+
 #[derive(Debug)]
 pub struct Sandbox {
     pool: SqlitePool,
@@ -81,6 +93,7 @@ pub struct Sandbox {
     /// Events being sent now, so that a resend never runs beside the first sending.
     in_flight: Mutex<HashSet<String>>,
     retry_base: Duration,
+    refund_fault: Mutex<RefundFault>,
 }
 
 fn storage(e: sqlx::Error) -> ProviderError {
@@ -118,6 +131,7 @@ impl Sandbox {
             delivered,
             in_flight: Mutex::default(),
             retry_base: Duration::from_secs(1),
+            refund_fault: Mutex::default(),
         })
     }
 
@@ -129,6 +143,20 @@ impl Sandbox {
     /// How notifications travel (HTTP by default; tests deliver in process).
     pub fn set_transport(&self, transport: Arc<dyn Transport>) {
         *self.transport.write().unwrap_or_else(|e| e.into_inner()) = transport;
+    }
+
+    /// Simulates (or ends) an outage of refunds.
+    pub fn set_refund_fault(&self, fault: RefundFault) {
+        *self.refund_fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    /// What the sandbox refunded of a payment, by its own books.
+    pub async fn refunded_cents(&self, reference: &str) -> Result<i64, SandboxError> {
+        sqlx::query_scalar("SELECT refunded_cents FROM sandbox_payments WHERE ref = ?")
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(SandboxError::NotFound)
     }
 
     /// Counts notifications delivered (acknowledged with a 2xx), for whoever must wait for one.
@@ -319,6 +347,50 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// One refund, once per `refund_id`: asked again, it answers as the first time did.
+    async fn make_refund(
+        &self,
+        provider_ref: &str,
+        amount: Money,
+        refund_id: &str,
+    ) -> Result<(), ProviderError> {
+        let mut tx = self.pool.begin().await.map_err(storage)?;
+
+        let fresh = sqlx::query(
+            "INSERT INTO sandbox_refunds (refund_id, ref, amount_cents, at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (refund_id) DO NOTHING",
+        )
+        .bind(refund_id)
+        .bind(provider_ref)
+        .bind(amount.cents())
+        .bind(self.clock.now().unix_timestamp())
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+        if fresh.rows_affected() == 0 {
+            return Ok(()); // the same refund asked twice
+        }
+        let done = sqlx::query(
+            "UPDATE sandbox_payments SET refunded_cents = refunded_cents + ?1 \
+             WHERE ref = ?2 AND status = 'paid' AND currency = ?3 \
+               AND refunded_cents + ?1 <= amount_cents",
+        )
+        .bind(amount.cents())
+        .bind(provider_ref)
+        .bind(amount.currency().as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+        if done.rows_affected() == 0 {
+            return Err(ProviderError::Refused(
+                "not paid, or the refunds would exceed the payment".into(),
+            ));
+        }
+        tx.commit().await.map_err(storage)
+    }
+}
+
 #[async_trait]
 impl PaymentProvider for Sandbox {
     fn name(&self) -> &'static str {
@@ -392,38 +464,19 @@ impl PaymentProvider for Sandbox {
         amount: Money,
         refund_id: &str,
     ) -> Result<(), ProviderError> {
-        let mut tx = self.pool.begin().await.map_err(storage)?;
-        let fresh = sqlx::query(
-            "INSERT INTO sandbox_refunds (refund_id, ref, amount_cents, at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (refund_id) DO NOTHING",
-        )
-        .bind(refund_id)
-        .bind(provider_ref)
-        .bind(amount.cents())
-        .bind(self.clock.now().unix_timestamp())
-        .execute(&mut *tx)
-        .await
-        .map_err(storage)?;
-        if fresh.rows_affected() == 0 {
-            return Ok(()); // the same refund asked twice
-        }
-        let done = sqlx::query(
-            "UPDATE sandbox_payments SET refunded_cents = refunded_cents + ?1 \
-             WHERE ref = ?2 AND status = 'paid' AND currency = ?3 \
-               AND refunded_cents + ?1 <= amount_cents",
-        )
-        .bind(amount.cents())
-        .bind(provider_ref)
-        .bind(amount.currency().as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(storage)?;
-        if done.rows_affected() == 0 {
-            return Err(ProviderError::Refused(
-                "not paid, or the refunds would exceed the payment".into(),
+        let fault = *self.refund_fault.lock().unwrap_or_else(|e| e.into_inner());
+        if fault == RefundFault::Down {
+            return Err(ProviderError::Unavailable(
+                "sandbox refunds are down".into(),
             ));
         }
-        tx.commit().await.map_err(storage)
+        let done = self.make_refund(provider_ref, amount, refund_id).await;
+        if fault == RefundFault::LoseAnswers {
+            return Err(ProviderError::Unavailable(
+                "the sandbox's answer was lost".into(),
+            ));
+        }
+        done
     }
 
     fn verify(

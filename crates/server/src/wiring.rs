@@ -314,6 +314,15 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
             }
         }
     });
+    let payments = Arc::clone(&state.payments);
+    let refunds = every(Duration::from_secs(5), move || {
+        let payments = Arc::clone(&payments);
+        async move {
+            if let Err(err) = payments.drain_refunds(100).await {
+                tracing::warn!(%err, "asking the provider for pending refunds failed; will retry");
+            }
+        }
+    });
     let sandbox = Arc::clone(&state.sandbox);
     let resend = every(Duration::from_secs(60), move || {
         let sandbox = Arc::clone(&sandbox);
@@ -340,6 +349,7 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
         sweeper,
         orders,
         stale_payments,
+        refunds,
         resend,
         publisher,
         scheduler,

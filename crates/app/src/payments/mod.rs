@@ -1,18 +1,21 @@
 //! Payments behind a provider port: start a payment for an order, take the provider's signed
 //! notifications (verified, idempotent, amount and currency checked), close what an order no
-//! longer needs, refund in full or in part. Paying a flash-sale order marks its reservation
-//! purchased.
+//! longer needs, refund in full or in part (`refunds`). Paying a flash-sale order marks its
+//! reservation purchased.
+
+pub mod refunds;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use flashmart_domain::{Currency, Money, OrderId, OrderStatus, PaymentId, UserId};
+use flashmart_domain::{Money, OrderId, OrderStatus, PaymentId, UserId};
 use time::OffsetDateTime;
 
 use crate::clock::Clock;
 use crate::error::StoreError;
 use crate::ports::{OrderStore, PaymentStore};
 use crate::shop::model::OrderRecord;
+pub use refunds::{RefundKind, RefundRecord, RefundSettlement, RefundStart, RefundStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentStatus {
@@ -163,8 +166,11 @@ pub enum Applied {
     /// The payment failed; the order still awaits payment.
     Failed,
     /// The payment succeeded but its order had been cancelled or expired meanwhile: the money
-    /// must go back.
-    PaidTooLate(Box<PaymentRecord>),
+    /// must go back, and the refund owed was recorded with the payment.
+    PaidTooLate {
+        payment: Box<PaymentRecord>,
+        refund: Box<RefundRecord>,
+    },
     /// The payment was already settled; an event for it changes nothing.
     AlreadySettled,
 }
@@ -187,6 +193,13 @@ pub enum PaymentError {
     Refund(#[from] flashmart_domain::order::RefundError),
     #[error("the refund could not be recorded: the order changed meanwhile; try again")]
     RefundRace,
+    #[error("another refund of this order is waiting for the payment provider; try again later")]
+    RefundInProgress,
+    #[error(
+        "the refund is recorded but the payment provider did not confirm it; it will be asked \
+         again until it does"
+    )]
+    RefundPending,
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]
@@ -199,6 +212,8 @@ pub struct Payments {
     orders: Arc<dyn OrderStore>,
     provider: Arc<dyn PaymentProvider>,
     clock: Arc<dyn Clock>,
+    /// Refunds of one order take turns (striped by order id).
+    refund_turns: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl Payments {
@@ -213,6 +228,7 @@ impl Payments {
             orders,
             provider,
             clock,
+            refund_turns: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -316,80 +332,29 @@ impl Payments {
             tracing::warn!(payment = %payment.id, "notification amount or currency mismatch");
             return Err(PaymentError::AmountMismatch);
         }
+        let owed = RefundRecord::pending(
+            &payment,
+            RefundKind::LatePayment,
+            payment.amount,
+            "paid after the order ended",
+            now,
+            refunds::REQUESTER_GRACE,
+        );
         let applied = self
             .store
-            .apply_notification(self.provider.name(), &notification, &payment, now)
+            .apply_notification(self.provider.name(), &notification, &payment, &owed, now)
             .await?;
-        if let Applied::PaidTooLate(late) = &applied {
-            // The buyer paid an order that is gone: give the money back.
-            tracing::warn!(payment = %late.id, order = %late.order_id, "paid after the order ended; refunding");
-            let refund_id = PaymentId::new().to_string();
-            self.provider
-                .refund(&late.provider_ref, late.amount, &refund_id)
-                .await?;
-            self.store
-                .record_refund(
-                    late.id,
-                    late.amount,
-                    None,
-                    "paid after the order ended",
-                    now,
-                )
-                .await?;
+        if let Applied::PaidTooLate { payment, refund } = &applied {
+            // The buyer paid an order that is gone. The refund owed is already recorded, so
+            // whatever happens now, the refund worker sees it through.
+            tracing::warn!(payment = %payment.id, order = %payment.order_id, "paid after the order ended; refunding");
+            if let Err(err) = self.ask_provider(refund, payment, None).await {
+                tracing::warn!(refund = %refund.id, %err, "the refund owed is left to the refund worker");
+            }
         }
         metrics::counter!("payments_notifications_total", "applied" => applied_label(&applied))
             .increment(1);
         Ok(applied)
-    }
-
-    /// Refunds `amount` (all that is left when `None`) of a paid order through the provider.
-    pub async fn refund(
-        &self,
-        order: OrderId,
-        amount_cents: Option<i64>,
-        reason: Option<&str>,
-    ) -> Result<OrderRecord, PaymentError> {
-        let order = self
-            .orders
-            .order(order)
-            .await?
-            .ok_or(PaymentError::OrderNotFound)?;
-        let payment = self
-            .store
-            .payments_for_order(order.id)
-            .await?
-            .into_iter()
-            .find(|p| p.status == PaymentStatus::Succeeded)
-            .ok_or(PaymentError::NotPayable(order.status))?;
-        let currency: Currency = order.total.currency();
-        let left = order.total.cents() - order.refunded.cents();
-        let amount = Money::new(amount_cents.unwrap_or(left), currency)
-            .map_err(|_| flashmart_domain::order::RefundError::Zero)?;
-        let next = order
-            .status
-            .after_refund(order.total, order.refunded, amount)?;
-        let refund_id = PaymentId::new().to_string();
-        self.provider
-            .refund(&payment.provider_ref, amount, &refund_id)
-            .await?;
-        let now = self.clock.now();
-        if !self
-            .store
-            .record_refund(
-                payment.id,
-                amount,
-                Some((order.id, order.refunded, next)),
-                reason.unwrap_or(""),
-                now,
-            )
-            .await?
-        {
-            return Err(PaymentError::RefundRace);
-        }
-        self.orders
-            .order(order.id)
-            .await?
-            .ok_or(PaymentError::OrderNotFound)
     }
 
     /// Closes, at the provider and here, open payments whose order no longer awaits payment
@@ -420,10 +385,7 @@ fn applied_label(a: &Applied) -> &'static str {
         Applied::Duplicate => "duplicate",
         Applied::Paid(_) => "paid",
         Applied::Failed => "failed",
-        Applied::PaidTooLate(_) => "paid_too_late",
+        Applied::PaidTooLate { .. } => "paid_too_late",
         Applied::AlreadySettled => "already_settled",
     }
 }
-
-/// The order part of a refund: the order, its refunded total as read, and its next status.
-pub type OrderRefund = (OrderId, Money, OrderStatus);

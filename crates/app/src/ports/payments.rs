@@ -1,11 +1,14 @@
 //! Payments and refunds.
 
 use async_trait::async_trait;
-use flashmart_domain::{Money, OrderId, PaymentId};
+use flashmart_domain::{Money, OrderId, OrderStatus, PaymentId, RefundId};
 use time::OffsetDateTime;
 
 use crate::error::StoreError;
-use crate::payments::{Applied, Notification, OrderRefund, PaymentRecord};
+use crate::page::{Page, PageRequest};
+use crate::payments::{
+    Applied, Notification, PaymentRecord, RefundRecord, RefundSettlement, RefundStart, RefundStatus,
+};
 
 #[async_trait]
 pub trait PaymentStore: Send + Sync + std::fmt::Debug + 'static {
@@ -24,25 +27,54 @@ pub trait PaymentStore: Send + Sync + std::fmt::Debug + 'static {
     async fn payments_for_order(&self, order: OrderId) -> Result<Vec<PaymentRecord>, StoreError>;
     /// Applies a verified notification in one transaction: its event id is recorded (a repeat
     /// is a `Duplicate`); the pending payment becomes succeeded or failed; a success pays the
-    /// order (and marks a flash-sale order's reservation purchased) if it still awaits payment.
+    /// order (and marks a flash-sale order's reservation purchased) if it still awaits payment,
+    /// and otherwise records `late_refund`, the refund owed, in the same transaction.
     async fn apply_notification(
         &self,
         provider: &str,
         notification: &Notification,
         payment: &PaymentRecord,
+        late_refund: &RefundRecord,
         now: OffsetDateTime,
     ) -> Result<Applied, StoreError>;
-    /// Records a refund of `amount` on the payment; with an order part, also moves the order
-    /// to its new status, provided its refunded total is still what was read (`false` when it
-    /// changed meanwhile, and nothing is written).
-    async fn record_refund(
+    /// Records a pending refund, unless another refund of its payment is pending
+    /// (`InProgress`) or, for an order refund, the order is no longer at the (refunded total,
+    /// status) read (`OrderChanged`). Nothing is written then.
+    async fn begin_refund(
         &self,
-        payment: PaymentId,
-        amount: Money,
-        order: Option<OrderRefund>,
-        reason: &str,
+        refund: &RefundRecord,
+        order_as_read: Option<(Money, OrderStatus)>,
+    ) -> Result<RefundStart, StoreError>;
+    /// Settles a pending refund by the provider's answer, in one transaction: a success adds
+    /// its amount to the payment's (and, for an order refund, the order's) refunded total and
+    /// moves the order to the status given. A refund no longer pending is left alone (`false`).
+    async fn settle_refund(
+        &self,
+        refund: &RefundRecord,
+        settlement: &RefundSettlement,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+    /// The provider did not answer: count the attempt and wait until `next_attempt_at`.
+    async fn retry_refund_later(
+        &self,
+        id: RefundId,
+        attempts: u32,
+        next_attempt_at: OffsetDateTime,
+        error: &str,
+    ) -> Result<(), StoreError>;
+    async fn refund(&self, id: RefundId) -> Result<Option<RefundRecord>, StoreError>;
+    /// Pending refunds due by `now`, the longest waiting first.
+    async fn due_refunds(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<RefundRecord>, StoreError>;
+    /// Refunds, newest first, optionally of one status.
+    async fn refunds(
+        &self,
+        status: Option<RefundStatus>,
+        page: PageRequest,
+    ) -> Result<Page<RefundRecord>, StoreError>;
     /// Pending payments whose order no longer awaits payment.
     async fn open_payments_of_ended_orders(
         &self,

@@ -7,21 +7,23 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use flashmart_app::payments::{Applied, PaymentRecord, Payments};
+use flashmart_app::page::PageRequest;
+use flashmart_app::payments::{Applied, PaymentRecord, Payments, RefundRecord, RefundStatus};
 use flashmart_domain::{OrderId, PaymentId};
 use flashmart_sandbox::{Sandbox, SandboxError};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::envelope::{Envelope, ErrorEnvelope, Reply, created, ok};
 use crate::error::ApiError;
-use crate::extract::{AdminAuth, Auth, Json, Path};
+use crate::extract::{AdminAuth, Auth, Json, Path, Query};
 use crate::routes::shop::OrderOut;
 use crate::state::AppState;
+use crate::views::PageOf;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -29,6 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_payment))
         .routes(routes!(payment_notification))
         .routes(routes!(refund_order))
+        .routes(routes!(admin_list_refunds))
 }
 
 pub fn sandbox_pages() -> OpenApiRouter<AppState> {
@@ -108,7 +111,8 @@ pub async fn get_payment(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NotificationAck {
     /// What the notification did: `paid`, `failed`, `duplicate`, `already_settled` or
-    /// `refunded` (paid after its order ended).
+    /// `refunded` (paid after its order ended: the refund owed is recorded and sent to the
+    /// provider until it confirms; `GET /admin/refunds` shows it).
     pub outcome: &'static str,
 }
 
@@ -139,7 +143,7 @@ pub async fn payment_notification(
             Applied::Failed => "failed",
             Applied::Duplicate => "duplicate",
             Applied::AlreadySettled => "already_settled",
-            Applied::PaidTooLate(_) => "refunded",
+            Applied::PaidTooLate { .. } => "refunded",
         },
     }))
 }
@@ -151,15 +155,19 @@ pub struct RefundIn {
     pub reason: Option<String>,
 }
 
-/// Refunds a paid order in full or in part, through the payment provider. Admins.
+/// Refunds a paid order in full or in part, through the payment provider. Admins. The refund
+/// is recorded before the provider is asked, with an id the provider uses as its idempotency
+/// key; refunds of one order take turns. When the provider does not answer, the refund stays
+/// pending (503, 40008) and is asked again until the provider confirms it.
 #[utoipa::path(post, path = "/admin/orders/{id}/refund", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Order id")),
     request_body = RefundIn,
     responses(
         (status = 200, description = "Refunded; the order is refunded or partially_refunded", body = Envelope<OrderOut>),
         (status = 404, description = "30001: order not found", body = ErrorEnvelope),
-        (status = 409, description = "40004: the order was not paid", body = ErrorEnvelope),
+        (status = 409, description = "40004: the order was not paid; 40006: the provider refused; 40007: another refund of this order is waiting for the provider", body = ErrorEnvelope),
         (status = 422, description = "40005: nothing to refund, or more than was paid", body = ErrorEnvelope),
+        (status = 503, description = "40008: recorded, not yet confirmed by the provider (retried)", body = ErrorEnvelope),
     ))]
 pub async fn refund_order(
     State(payments): State<Arc<Payments>>,
@@ -175,6 +183,87 @@ pub async fn refund_order(
         )
         .await?;
     Ok(ok(order.into()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RefundListParams {
+    /// Only refunds in this status: `pending`, `succeeded` or `failed`.
+    pub status: Option<String>,
+    pub page: Option<u32>,
+    pub per_page: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundOut {
+    pub id: Uuid,
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    /// `order` (an admin's refund) or `late_payment` (paid after its order ended).
+    pub kind: &'static str,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub reason: String,
+    /// `pending` (the provider has not confirmed it yet), `succeeded` or `failed`.
+    pub status: &'static str,
+    /// Times the provider was asked without an answer.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub next_attempt_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+impl From<RefundRecord> for RefundOut {
+    fn from(r: RefundRecord) -> Self {
+        Self {
+            id: *r.id.as_uuid(),
+            payment_id: *r.payment_id.as_uuid(),
+            order_id: *r.order_id.as_uuid(),
+            kind: r.kind.as_str(),
+            amount_cents: r.amount.cents(),
+            currency: r.amount.currency().as_str().to_owned(),
+            reason: r.reason,
+            status: r.status.as_str(),
+            attempts: r.attempts,
+            last_error: r.last_error,
+            next_attempt_at: r.next_attempt_at,
+            created_at: r.created_at,
+            completed_at: r.completed_at,
+        }
+    }
+}
+
+/// Every refund, newest first: what admins refunded and what is owed for payments that came
+/// after their order ended, with whether the provider confirmed it. Admins.
+#[utoipa::path(get, path = "/admin/refunds", tag = "admin", security(("bearer" = [])),
+    params(RefundListParams),
+    responses(
+        (status = 200, description = "A page of refunds", body = Envelope<PageOf<RefundOut>>),
+        (status = 400, description = "Unknown status", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin", body = ErrorEnvelope),
+    ))]
+pub async fn admin_list_refunds(
+    State(payments): State<Arc<Payments>>,
+    _admin: AdminAuth,
+    Query(params): Query<RefundListParams>,
+) -> Result<Reply<PageOf<RefundOut>>, ApiError> {
+    let status = params
+        .status
+        .as_deref()
+        .map(str::parse::<RefundStatus>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let refunds = payments
+        .refunds(status, PageRequest::new(params.page, params.per_page))
+        .await?;
+    Ok(ok(PageOf::from_page(refunds, RefundOut::from)))
 }
 
 // ---- the sandbox provider's pages ---------------------------------------------------------------

@@ -11,7 +11,7 @@ use crate::support::TestApp;
 
 const SANDBOX_SECRET: &str = "test-sandbox-secret-of-at-least-32-bytes";
 
-async fn app() -> TestApp {
+pub async fn app() -> TestApp {
     TestApp::with_config(|c| {
         c.payments.sandbox_secret = Some(flashmart_server::config::Secret::new(SANDBOX_SECRET));
     })
@@ -22,14 +22,14 @@ fn now(app: &TestApp) -> OffsetDateTime {
     flashmart_app::Clock::now(&app.clock)
 }
 
-fn address() -> Value {
+pub fn address() -> Value {
     json!({
         "recipient": "Ada Lovelace", "line1": "12 St James's Square", "city": "London",
         "postal_code": "SW1Y 4JH", "country": "gb"
     })
 }
 
-async fn put_in_cart(app: &TestApp, token: &str, product: &str, quantity: i64) -> Value {
+pub async fn put_in_cart(app: &TestApp, token: &str, product: &str, quantity: i64) -> Value {
     app.req(Method::PUT, &format!("/api/v1/cart/items/{product}"))
         .bearer(token)
         .json(&json!({"quantity": quantity}))
@@ -38,7 +38,7 @@ async fn put_in_cart(app: &TestApp, token: &str, product: &str, quantity: i64) -
         .data()
 }
 
-async fn stock(app: &TestApp, product: &str) -> i64 {
+pub async fn stock(app: &TestApp, product: &str) -> i64 {
     app.get(&format!("/api/v1/products/{product}"))
         .send()
         .await
@@ -48,7 +48,7 @@ async fn stock(app: &TestApp, product: &str) -> i64 {
 }
 
 /// Pays an order through the sandbox's pages, as a buyer would, and waits for the notification.
-async fn pay(app: &TestApp, token: &str, order: &str, delivered_before: u64) -> Value {
+pub async fn pay(app: &TestApp, token: &str, order: &str, delivered_before: u64) -> Value {
     let payment = app
         .post(&format!("/api/v1/orders/{order}/payments"))
         .bearer(token)

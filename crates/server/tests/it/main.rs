@@ -14,6 +14,7 @@ mod flash_sales;
 mod limits;
 mod ops;
 mod process;
+mod refunds;
 mod roles;
 mod support;
 mod tokens;

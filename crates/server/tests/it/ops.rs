@@ -82,6 +82,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/payments/{id}"),
     ("post", "/api/v1/payments/notify"),
     ("post", "/api/v1/admin/orders/{id}/refund"),
+    ("get", "/api/v1/admin/refunds"),
     ("get", "/sandbox/pay/{reference}"),
     ("post", "/sandbox/pay/{reference}/pay"),
     ("post", "/sandbox/pay/{reference}/fail"),
