@@ -70,7 +70,18 @@ fn payment_from_row(row: &SqliteRow) -> Result<PaymentRecord, StoreError> {
 
 #[async_trait]
 impl PaymentStore for SqliteStore {
-    async fn insert_payment(&self, p: &PaymentRecord) -> Result<(), StoreError> {
+    async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let open = sqlx::query(select_payments!(
+            "WHERE p.order_id = ? AND p.status = 'pending' ORDER BY p.created_at DESC LIMIT 1"
+        ))
+        .bind(p.order_id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if let Some(open) = open {
+            return payment_from_row(&open).map(Some);
+        }
         sqlx::query(
             "INSERT INTO payments (id, order_id, provider, provider_ref, status, amount_cents, \
              currency, refunded_cents, pay_url, created_at, updated_at, expires_at) \
@@ -88,10 +99,11 @@ impl PaymentStore for SqliteStore {
         .bind(micros(p.created_at))
         .bind(micros(p.updated_at))
         .bind(micros(p.expires_at))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        Ok(())
+        tx.commit().await.map_err(map_err)?;
+        Ok(None)
     }
 
     async fn payment(&self, id: PaymentId) -> Result<Option<PaymentRecord>, StoreError> {

@@ -76,43 +76,31 @@ impl AddressStore for SqliteStore {
 
     async fn save_address(&self, a: &AddressRecord) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        if a.is_default {
-            sqlx::query("UPDATE addresses SET is_default = 0 WHERE user_id = ? AND id != ?")
-                .bind(a.user_id.as_uuid())
-                .bind(a.id.as_uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        }
-        let f = a.address.fields();
-        sqlx::query(
-            "INSERT INTO addresses (id, user_id, recipient, line1, line2, city, region, \
-             postal_code, country, phone, is_default, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET recipient = excluded.recipient, \
-             line1 = excluded.line1, line2 = excluded.line2, city = excluded.city, \
-             region = excluded.region, postal_code = excluded.postal_code, \
-             country = excluded.country, phone = excluded.phone, \
-             is_default = excluded.is_default, updated_at = excluded.updated_at \
-             WHERE addresses.user_id = excluded.user_id",
-        )
-        .bind(a.id.as_uuid())
-        .bind(a.user_id.as_uuid())
-        .bind(&f.recipient)
-        .bind(&f.line1)
-        .bind(f.line2.as_deref())
-        .bind(&f.city)
-        .bind(f.region.as_deref())
-        .bind(&f.postal_code)
-        .bind(&f.country)
-        .bind(f.phone.as_deref())
-        .bind(i64::from(a.is_default))
-        .bind(micros(a.created_at))
-        .bind(micros(a.updated_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        write_address(&mut tx, a).await?;
         tx.commit().await.map_err(map_err)
+    }
+
+    async fn add_address(
+        &self,
+        a: &AddressRecord,
+        max: usize,
+    ) -> Result<Option<AddressRecord>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM addresses WHERE user_id = ?")
+            .bind(a.user_id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if usize::try_from(count).unwrap_or(usize::MAX) >= max {
+            return Ok(None);
+        }
+        let stored = AddressRecord {
+            is_default: a.is_default || count == 0,
+            ..a.clone()
+        };
+        write_address(&mut tx, &stored).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(stored))
     }
 
     async fn delete_address(&self, user: UserId, id: AddressId) -> Result<bool, StoreError> {
@@ -437,6 +425,66 @@ pub(crate) async fn load_order(
     Ok(with_lines(conn, row.into_iter().collect()).await?.pop())
 }
 
+/// Writes an address; a default one takes the default from the user's others.
+async fn write_address(conn: &mut SqliteConnection, a: &AddressRecord) -> Result<(), StoreError> {
+    if a.is_default {
+        sqlx::query("UPDATE addresses SET is_default = 0 WHERE user_id = ? AND id != ?")
+            .bind(a.user_id.as_uuid())
+            .bind(a.id.as_uuid())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    let f = a.address.fields();
+    sqlx::query(
+        "INSERT INTO addresses (id, user_id, recipient, line1, line2, city, region, \
+             postal_code, country, phone, is_default, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET recipient = excluded.recipient, \
+             line1 = excluded.line1, line2 = excluded.line2, city = excluded.city, \
+             region = excluded.region, postal_code = excluded.postal_code, \
+             country = excluded.country, phone = excluded.phone, \
+             is_default = excluded.is_default, updated_at = excluded.updated_at \
+             WHERE addresses.user_id = excluded.user_id",
+    )
+    .bind(a.id.as_uuid())
+    .bind(a.user_id.as_uuid())
+    .bind(&f.recipient)
+    .bind(&f.line1)
+    .bind(f.line2.as_deref())
+    .bind(&f.city)
+    .bind(f.region.as_deref())
+    .bind(&f.postal_code)
+    .bind(&f.country)
+    .bind(f.phone.as_deref())
+    .bind(i64::from(a.is_default))
+    .bind(micros(a.created_at))
+    .bind(micros(a.updated_at))
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Gives back what an unpaid cart order held: its items' stock and its coupon use.
+async fn give_back(conn: &mut SqliteConnection, order: OrderId) -> Result<(), StoreError> {
+    restock(&mut *conn, order).await?;
+    let coupon: Option<Uuid> =
+        sqlx::query_scalar("DELETE FROM coupon_redemptions WHERE order_id = ? RETURNING coupon_id")
+            .bind(order.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    if let Some(coupon) = coupon {
+        sqlx::query("UPDATE coupons SET uses = uses - 1 WHERE id = ? AND uses > 0")
+            .bind(coupon)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
 /// Puts a cart order's items back in stock.
 async fn restock(conn: &mut SqliteConnection, order: OrderId) -> Result<(), StoreError> {
     sqlx::query(
@@ -512,9 +560,28 @@ impl OrderStore for SqliteStore {
         if lines.is_empty() {
             return Ok(CheckoutOutcome::EmptyCart);
         }
+        // Counted inside the writer's transaction: parallel checkouts cannot slip past the cap.
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM orders WHERE user_id = ? AND status = ? \
+             AND reservation_id IS NULL",
+        )
+        .bind(req.user_id.as_uuid())
+        .bind(OrderStatus::PendingPayment.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if open >= i64::from(req.max_open_orders) {
+            return Ok(CheckoutOutcome::TooManyOpenOrders);
+        }
         let mut products = Vec::with_capacity(lines.len());
         for line in &lines {
             match &line.product {
+                Some(p) if p.active && line.quantity > req.max_units_per_product => {
+                    return Ok(CheckoutOutcome::TooManyUnits {
+                        product_id: p.id,
+                        name: p.name.clone(),
+                    });
+                }
                 Some(p) if p.active => products.push((p, line.quantity)),
                 other => {
                     return Ok(CheckoutOutcome::Unavailable {
@@ -731,7 +798,7 @@ impl OrderStore for SqliteStore {
                 .transpose()?
             }
             None => {
-                restock(&mut tx, id).await?;
+                give_back(&mut tx, id).await?;
                 None
             }
         };
@@ -761,7 +828,7 @@ impl OrderStore for SqliteStore {
         .await
         .map_err(map_err)?;
         for id in &due {
-            restock(&mut tx, OrderId::from_uuid(*id)).await?;
+            give_back(&mut tx, OrderId::from_uuid(*id)).await?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(due.into_iter().map(OrderId::from_uuid).collect())

@@ -43,6 +43,7 @@ contract!(
     addresses_keep_one_default,
     checkout_takes_all_or_nothing,
     unpaid_orders_expire_and_restock,
+    checkout_caps_open_orders_and_units,
     coupons_are_counted_once_per_use,
 );
 

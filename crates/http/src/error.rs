@@ -29,6 +29,7 @@ pub mod codes {
     pub const PRODUCT_NOT_FOUND: u32 = 20001;
     pub const ORDER_NOT_FOUND: u32 = 30001;
     pub const ORDER_NOT_CANCELLABLE: u32 = 30002;
+    pub const TOO_MANY_OPEN_ORDERS: u32 = 30003;
     pub const COUPON_NOT_FOUND: u32 = 30010;
     pub const COUPON_REFUSED: u32 = 30011;
     pub const PAYMENT_NOT_FOUND: u32 = 40001;
@@ -44,6 +45,7 @@ pub mod codes {
     pub const OUT_OF_STOCK: u32 = 50003;
     pub const PRODUCT_UNAVAILABLE: u32 = 50004;
     pub const MIXED_CURRENCIES: u32 = 50005;
+    pub const TOO_MANY_UNITS: u32 = 50006;
     pub const UPLOAD_TOO_LARGE: u32 = 70001;
     pub const UPLOAD_TYPE: u32 = 70002;
     pub const UPLOAD_MISSING: u32 = 70003;
@@ -361,6 +363,12 @@ impl From<ShopError> for ApiError {
             }
             ShopError::Invalid(details) => Self::validation(details),
             ShopError::Conflict(m) => Self::status(S::CONFLICT, m),
+            ShopError::TooManyOpenOrders(_) => {
+                Self::new(S::CONFLICT, codes::TOO_MANY_OPEN_ORDERS, message)
+            }
+            ShopError::TooManyUnits { .. } => {
+                Self::new(S::CONFLICT, codes::TOO_MANY_UNITS, message)
+            }
             ShopError::Store(e) => e.into(),
         }
     }

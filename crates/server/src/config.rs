@@ -50,6 +50,10 @@ pub struct OrdersConfig {
     pub payment_window_secs: u64,
     /// How often unpaid orders past their window are expired.
     pub sweep_interval_ms: u64,
+    /// Unpaid cart orders one user may have open at once (stock held waiting for payment).
+    pub max_open_per_user: u32,
+    /// Units of one product one order (and so one cart line) may hold.
+    pub max_units_per_product: u32,
 }
 
 impl Default for OrdersConfig {
@@ -57,6 +61,8 @@ impl Default for OrdersConfig {
         Self {
             payment_window_secs: 900,
             sweep_interval_ms: 1_000,
+            max_open_per_user: 3,
+            max_units_per_product: 10,
         }
     }
 }
@@ -449,6 +455,12 @@ impl Config {
                 "orders.payment_window_secs",
                 "must be between 60 and 604800",
             );
+        }
+        if self.orders.max_open_per_user == 0 {
+            return invalid("orders.max_open_per_user", "must be at least 1");
+        }
+        if !(1..=99).contains(&self.orders.max_units_per_product) {
+            return invalid("orders.max_units_per_product", "must be between 1 and 99");
         }
         if self.orders.sweep_interval_ms < 10 {
             return invalid("orders.sweep_interval_ms", "must be at least 10");

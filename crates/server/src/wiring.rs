@@ -11,7 +11,7 @@ use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales};
 use flashmart_app::payments::Payments;
 use flashmart_app::ports::Probe;
-use flashmart_app::shop::{Shop, ShopStores};
+use flashmart_app::shop::{Shop, ShopSettings, ShopStores};
 use flashmart_app::uploads::Uploads;
 use flashmart_app::{Clock, SystemClock};
 use flashmart_embedded::{Durability, SqliteStore};
@@ -92,7 +92,11 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         },
         Arc::clone(&flash_sales),
         Arc::clone(&clock),
-        secs(config.orders.payment_window_secs),
+        ShopSettings {
+            payment_window: secs(config.orders.payment_window_secs),
+            max_open_orders_per_user: config.orders.max_open_per_user,
+            max_units_per_product: config.orders.max_units_per_product,
+        },
     );
     let sandbox = Arc::new(
         Sandbox::open(

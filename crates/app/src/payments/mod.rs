@@ -212,8 +212,8 @@ pub struct Payments {
     orders: Arc<dyn OrderStore>,
     provider: Arc<dyn PaymentProvider>,
     clock: Arc<dyn Clock>,
-    /// Refunds of one order take turns (striped by order id).
-    refund_turns: Box<[tokio::sync::Mutex<()>]>,
+    /// Payment starts and refunds of one order take turns (striped by order id).
+    turns: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl Payments {
@@ -228,7 +228,7 @@ impl Payments {
             orders,
             provider,
             clock,
-            refund_turns: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            turns: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -239,8 +239,10 @@ impl Payments {
         }
     }
 
-    /// Starts paying an order: the open payment if there is one, a new one otherwise.
+    /// Starts paying an order: the open payment if there is one, a new one otherwise. Starts
+    /// for one order take turns, so parallel requests share one payment.
     pub async fn start(&self, user: UserId, order: OrderId) -> Result<PaymentRecord, PaymentError> {
+        let _turn = self.turn(order).lock().await;
         let order = self.own_order(user, order).await?;
         let now = self.clock.now();
         if order.status != OrderStatus::PendingPayment || order.expires_at <= now {
@@ -276,8 +278,22 @@ impl Payments {
             updated_at: now,
             expires_at: order.expires_at,
         };
-        self.store.insert_payment(&record).await?;
-        Ok(record)
+        match self.store.insert_payment(&record).await? {
+            None => Ok(record),
+            // Another process started one first: ours is withdrawn at the provider.
+            Some(existing) => {
+                if let Err(err) = self.provider.close(&record.provider_ref).await {
+                    tracing::warn!(%err, provider_ref = %record.provider_ref, "cannot withdraw a payment that lost a race");
+                }
+                Ok(existing)
+            }
+        }
+    }
+
+    /// The lock that one order's payment starts and refunds take turns on.
+    fn turn(&self, order: OrderId) -> &tokio::sync::Mutex<()> {
+        let shard = order.as_uuid().as_u128() % self.turns.len() as u128;
+        &self.turns[usize::try_from(shard).unwrap_or(0)]
     }
 
     pub fn signature_header(&self) -> &'static str {

@@ -160,7 +160,7 @@ impl Payments {
         amount_cents: Option<i64>,
         reason: Option<&str>,
     ) -> Result<crate::shop::model::OrderRecord, PaymentError> {
-        let _turn = self.refund_turn(order).lock().await;
+        let _turn = self.turn(order).lock().await;
         let order = self
             .orders
             .order(order)
@@ -257,7 +257,7 @@ impl Payments {
         let due = self.store.due_refunds(self.clock.now(), limit).await?;
         let tried = due.len();
         for refund in due {
-            let _turn = self.refund_turn(refund.order_id).lock().await;
+            let _turn = self.turn(refund.order_id).lock().await;
             // Settled by its requester meanwhile?
             let Some(current) = self.store.refund(refund.id).await? else {
                 continue;
@@ -298,11 +298,6 @@ impl Payments {
         page: PageRequest,
     ) -> Result<Page<RefundRecord>, PaymentError> {
         Ok(self.store.refunds(status, page).await?)
-    }
-
-    fn refund_turn(&self, order: OrderId) -> &tokio::sync::Mutex<()> {
-        let shard = order.as_uuid().as_u128() % self.refund_turns.len() as u128;
-        &self.refund_turns[usize::try_from(shard).unwrap_or(0)]
     }
 }
 

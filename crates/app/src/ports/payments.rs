@@ -12,7 +12,12 @@ use crate::payments::{
 
 #[async_trait]
 pub trait PaymentStore: Send + Sync + std::fmt::Debug + 'static {
-    async fn insert_payment(&self, payment: &PaymentRecord) -> Result<(), StoreError>;
+    /// Stores a new pending payment unless its order has one pending already, checked in the
+    /// same transaction: then nothing is written and that payment is returned.
+    async fn insert_payment(
+        &self,
+        payment: &PaymentRecord,
+    ) -> Result<Option<PaymentRecord>, StoreError>;
     async fn payment(&self, id: PaymentId) -> Result<Option<PaymentRecord>, StoreError>;
     async fn payment_by_ref(
         &self,

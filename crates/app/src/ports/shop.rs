@@ -18,6 +18,14 @@ pub trait AddressStore: Send + Sync + std::fmt::Debug + 'static {
     /// Stores an address; when it is the default, the previous default stops being one (in the
     /// same transaction).
     async fn save_address(&self, address: &AddressRecord) -> Result<(), StoreError>;
+    /// Adds a new address unless the user has `max` already (`None`, nothing written), counted
+    /// in the same transaction; the user's first address is the default whatever it asks.
+    /// Returns the address as stored.
+    async fn add_address(
+        &self,
+        address: &AddressRecord,
+        max: usize,
+    ) -> Result<Option<AddressRecord>, StoreError>;
     /// Deletes one of the user's addresses; if it was the default, the oldest remaining one
     /// becomes the default. `false` when the user has no such address.
     async fn delete_address(&self, user: UserId, id: AddressId) -> Result<bool, StoreError>;

@@ -21,7 +21,7 @@ use model::{
     AddressRecord, CancelOutcome, CartLine, CheckoutOutcome, CheckoutRequest, Coupon, OrderRecord,
 };
 
-/// Most units of one product in a cart.
+/// Most units of one product in a cart, whatever `orders.max_units_per_product` says.
 pub const MAX_CART_QUANTITY: i64 = 99;
 /// Most addresses one user keeps.
 pub const MAX_ADDRESSES: usize = 20;
@@ -58,6 +58,10 @@ pub enum ShopError {
     Invalid(Vec<FieldError>),
     #[error("{0}")]
     Conflict(&'static str),
+    #[error("{0} unpaid orders are open already: pay or cancel one first")]
+    TooManyOpenOrders(u32),
+    #[error("at most {limit} of one product per order ({name})")]
+    TooManyUnits { name: String, limit: u32 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -119,7 +123,18 @@ pub struct Shop {
     catalog: Arc<dyn CatalogStore>,
     flash_sales: Arc<FlashSales>,
     clock: Arc<dyn Clock>,
-    payment_window: Duration,
+    settings: ShopSettings,
+}
+
+/// The shop's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ShopSettings {
+    /// How long a cart order waits for payment.
+    pub payment_window: Duration,
+    /// Unpaid cart orders a user may have open at once: stock held for payment is capped.
+    pub max_open_orders_per_user: u32,
+    /// Units of one product a cart line (and so an order) may hold.
+    pub max_units_per_product: u32,
 }
 
 /// The stores the shop needs, all one adapter in practice.
@@ -152,7 +167,7 @@ impl Shop {
         stores: ShopStores,
         flash_sales: Arc<FlashSales>,
         clock: Arc<dyn Clock>,
-        payment_window: Duration,
+        settings: ShopSettings,
     ) -> Self {
         Self {
             addresses: stores.addresses,
@@ -162,7 +177,7 @@ impl Shop {
             catalog: stores.catalog,
             flash_sales,
             clock,
-            payment_window,
+            settings,
         }
     }
 
@@ -189,21 +204,19 @@ impl Shop {
         make_default: bool,
     ) -> Result<AddressRecord, ShopError> {
         let address = parse_address(fields)?;
-        let existing = self.addresses.addresses(user).await?;
-        if existing.len() >= MAX_ADDRESSES {
-            return Err(ShopError::Conflict("too many addresses: delete one first"));
-        }
         let now = self.clock.now();
         let record = AddressRecord {
             id: AddressId::new(),
             user_id: user,
             address,
-            is_default: make_default || existing.is_empty(),
+            is_default: make_default,
             created_at: now,
             updated_at: now,
         };
-        self.addresses.save_address(&record).await?;
-        Ok(record)
+        self.addresses
+            .add_address(&record, MAX_ADDRESSES)
+            .await?
+            .ok_or(ShopError::Conflict("too many addresses: delete one first"))
     }
 
     pub async fn update_address(
@@ -300,9 +313,13 @@ impl Shop {
                     format!("must be between 1 and {MAX_CART_QUANTITY}"),
                 )
             })?;
-        match self.catalog.product(product).await? {
-            Some(p) if p.active => {}
+        let name = match self.catalog.product(product).await? {
+            Some(p) if p.active => p.name,
             _ => return Err(ShopError::ProductNotFound),
+        };
+        let limit = self.settings.max_units_per_product;
+        if quantity > limit {
+            return Err(ShopError::TooManyUnits { name, limit });
         }
         self.carts
             .set_cart_line(user, product, quantity, self.clock.now())
@@ -350,7 +367,9 @@ impl Shop {
             shipping,
             coupon_code,
             now,
-            expires_at: now + self.payment_window,
+            expires_at: now + self.settings.payment_window,
+            max_open_orders: self.settings.max_open_orders_per_user,
+            max_units_per_product: self.settings.max_units_per_product,
         };
         match self.orders.checkout(&request).await? {
             CheckoutOutcome::Placed(order) => Ok(*order),
@@ -371,6 +390,13 @@ impl Shop {
             CheckoutOutcome::MixedCurrencies => Err(ShopError::MixedCurrencies),
             CheckoutOutcome::CouponNotFound => Err(ShopError::CouponNotFound),
             CheckoutOutcome::Coupon(e) => Err(ShopError::Coupon(e)),
+            CheckoutOutcome::TooManyOpenOrders => Err(ShopError::TooManyOpenOrders(
+                self.settings.max_open_orders_per_user,
+            )),
+            CheckoutOutcome::TooManyUnits { name, .. } => Err(ShopError::TooManyUnits {
+                name,
+                limit: self.settings.max_units_per_product,
+            }),
         }
     }
 

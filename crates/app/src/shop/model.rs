@@ -84,6 +84,10 @@ pub struct CheckoutRequest {
     pub coupon_code: Option<String>,
     pub now: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// Refused when the user already has this many unpaid cart orders.
+    pub max_open_orders: u32,
+    /// Refused when a line holds more units than this.
+    pub max_units_per_product: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +108,13 @@ pub enum CheckoutOutcome {
     MixedCurrencies,
     CouponNotFound,
     Coupon(CouponError),
+    /// The user has `max_open_orders` unpaid cart orders already.
+    TooManyOpenOrders,
+    /// A line asks for more than `max_units_per_product`.
+    TooManyUnits {
+        product_id: ProductId,
+        name: String,
+    },
 }
 
 /// What cancelling an order led to.

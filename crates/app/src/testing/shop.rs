@@ -81,6 +81,8 @@ fn checkout_of(user: UserId, coupon: Option<&str>) -> CheckoutRequest {
         coupon_code: coupon.map(str::to_owned),
         now: t0(),
         expires_at: t0() + Duration::minutes(15),
+        max_open_orders: 100,
+        max_units_per_product: 99,
     }
 }
 
@@ -226,6 +228,38 @@ pub async fn unpaid_orders_expire_and_restock<S: ShopAdapter + ?Sized>(store: &S
     );
 }
 
+pub async fn checkout_caps_open_orders_and_units<S: ShopAdapter + ?Sized>(store: &S) {
+    let alice = customer(store, "alice@example.com").await;
+    let p = product(store, "Thing", 100, 50).await;
+    let capped = |units| CheckoutRequest {
+        max_open_orders: 2,
+        max_units_per_product: units,
+        ..checkout_of(alice, None)
+    };
+    store.set_cart_line(alice, p, 5, t0()).await.unwrap();
+    assert!(matches!(
+        store.checkout(&capped(4)).await.unwrap(),
+        CheckoutOutcome::TooManyUnits { product_id, .. } if product_id == p
+    ));
+    for _ in 0..2 {
+        store.set_cart_line(alice, p, 5, t0()).await.unwrap();
+        assert!(matches!(
+            store.checkout(&capped(5)).await.unwrap(),
+            CheckoutOutcome::Placed(_)
+        ));
+    }
+    store.set_cart_line(alice, p, 5, t0()).await.unwrap();
+    assert_eq!(
+        store.checkout(&capped(5)).await.unwrap(),
+        CheckoutOutcome::TooManyOpenOrders
+    );
+    assert_eq!(
+        stock_of(store, p).await,
+        (40, 10),
+        "nothing taken when refused"
+    );
+}
+
 pub async fn coupons_are_counted_once_per_use<S: ShopAdapter + ?Sized>(store: &S) {
     let coupon = Coupon {
         id: CouponId::new(),
@@ -297,6 +331,22 @@ pub async fn coupons_are_counted_once_per_use<S: ShopAdapter + ?Sized>(store: &S
     );
     let listed = store.coupons(PageRequest::default()).await.unwrap();
     assert_eq!(listed.items[0].uses, 1);
+
+    // Cancelled unpaid, the order gives its use back: bob may have it now.
+    let (outcome, _) = store.cancel_order(order.id, t0()).await.unwrap();
+    assert!(matches!(
+        outcome,
+        crate::shop::model::CancelOutcome::Cancelled(_)
+    ));
+    let listed = store.coupons(PageRequest::default()).await.unwrap();
+    assert_eq!(listed.items[0].uses, 0);
+    assert!(matches!(
+        store
+            .checkout(&checkout_of(bob, Some("ONCE")))
+            .await
+            .unwrap(),
+        CheckoutOutcome::Placed(_)
+    ));
 }
 
 /// Many customers race for the last unit: exactly one order gets it.

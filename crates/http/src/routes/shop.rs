@@ -307,6 +307,7 @@ pub struct CartItemIn {
     responses(
         (status = 200, description = "The cart", body = Envelope<CartOut>),
         (status = 404, description = "20001: no such active product", body = ErrorEnvelope),
+        (status = 409, description = "50006: more units than orders.max_units_per_product", body = ErrorEnvelope),
         (status = 422, description = "quantity out of range", body = ErrorEnvelope),
     ))]
 pub async fn set_cart_item(
@@ -441,7 +442,7 @@ impl From<OrderRecord> for OrderOut {
     responses(
         (status = 201, description = "Order placed, awaiting payment", body = Envelope<OrderOut>),
         (status = 404, description = "10010 address or 30010 coupon not found", body = ErrorEnvelope),
-        (status = 409, description = "50003 out of stock or 50004 no longer available, naming the item", body = ErrorEnvelope),
+        (status = 409, description = "50003 out of stock or 50004 no longer available, naming the item; 50006 more units of one product than an order may hold; 30003 orders.max_open_per_user unpaid orders open already", body = ErrorEnvelope),
         (status = 422, description = "50002 empty cart, 50005 mixed currencies, 30011 coupon refused, or an invalid address", body = ErrorEnvelope),
     ))]
 pub async fn checkout(

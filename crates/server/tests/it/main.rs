@@ -11,6 +11,7 @@ mod compat;
 mod crash;
 mod envelope;
 mod flash_sales;
+mod hoarding;
 mod limits;
 mod ops;
 mod process;
