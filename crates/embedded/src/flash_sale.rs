@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use flashmart_app::flash_sale::model::{
     BuyerId, IdempotencyRecord, ItemRecord, LiveItemState, LiveSaleState, NewItem, Released,
-    ReservationRecord, SaleRecord, Schedule, StoredIdempotency, StoredStats,
+    ReservationRecord, SaleInsert, SaleRecord, Schedule, StoredIdempotency, StoredStats,
 };
 use flashmart_app::ports::FlashSaleStore;
 use flashmart_app::{Page, PageRequest, StoreError};
@@ -238,7 +238,11 @@ fn offset(page: PageRequest) -> i64 {
 
 #[async_trait]
 impl FlashSaleStore for SqliteStore {
-    async fn insert_sale(&self, sale: &SaleRecord, items: &[NewItem]) -> Result<bool, StoreError> {
+    async fn insert_sale(
+        &self,
+        sale: &SaleRecord,
+        items: &[NewItem],
+    ) -> Result<SaleInsert, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let (schedule, slot) = match sale.slot {
             Some((s, t)) => (Some(*s.as_uuid()), Some(micros(t))),
@@ -268,11 +272,93 @@ impl FlashSaleStore for SqliteStore {
         .rows_affected()
             == 1;
         if !inserted {
-            return Ok(false);
+            return Ok(SaleInsert::SlotTaken);
+        }
+        for item in items {
+            let Some(product) = item.product_id else {
+                continue;
+            };
+            let taken = sqlx::query(
+                "UPDATE products SET stock = stock - ?1, version = version + 1 \
+                 WHERE id = ?2 AND stock >= ?1 AND deleted_at IS NULL",
+            )
+            .bind(i64::from(item.stock))
+            .bind(product)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if taken.rows_affected() == 0 {
+                let available: Option<i64> = sqlx::query_scalar(
+                    "SELECT stock FROM products WHERE id = ? AND deleted_at IS NULL",
+                )
+                .bind(product)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                return Ok(SaleInsert::ProductShort {
+                    product_id: product,
+                    available: available.map_or(0, |a| u32::try_from(a).unwrap_or(0)),
+                });
+            }
         }
         insert_items(&mut tx, sale.id, items).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        Ok(SaleInsert::Stored)
+    }
+
+    async fn return_unsold(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let items: Vec<(Uuid, i64, Uuid, i64, i64, i64)> = sqlx::query_as(
+            "SELECT i.sale_id, i.no, i.product_id, i.stock, i.returned, \
+               (SELECT coalesce(sum(r.quantity), 0) FROM reservations r \
+                WHERE r.sale_id = i.sale_id AND r.item_no = i.no \
+                  AND r.status IN ('reserved', 'purchased')) AS kept \
+             FROM flash_sale_items i JOIN flash_sales s ON s.id = i.sale_id \
+             WHERE i.product_id IS NOT NULL AND i.settled = 0 AND s.ends_at <= ? LIMIT 500",
+        )
+        .bind(micros(now))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut given = 0;
+        for (sale, no, product, stock, returned, kept) in items {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT coalesce(sum(quantity), 0) FROM reservations \
+                 WHERE sale_id = ? AND item_no = ? AND status = 'reserved'",
+            )
+            .bind(sale)
+            .bind(no)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            // After the end nothing more is reserved, so `kept` only shrinks: what is neither
+            // kept nor given back yet is the product's again.
+            let give = (stock - kept - returned).max(0);
+            if give > 0 {
+                sqlx::query(
+                    "UPDATE products SET stock = stock + ?, version = version + 1 WHERE id = ?",
+                )
+                .bind(give)
+                .bind(product)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            }
+            sqlx::query(
+                "UPDATE flash_sale_items SET returned = returned + ?, settled = ? \
+                 WHERE sale_id = ? AND no = ?",
+            )
+            .bind(give)
+            .bind(i64::from(held == 0))
+            .bind(sale)
+            .bind(no)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            given += u64::try_from(give).unwrap_or(0);
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(given)
     }
 
     async fn sale(&self, id: SaleId) -> Result<Option<SaleRecord>, StoreError> {

@@ -58,6 +58,7 @@ pub mod codes {
     pub const ITEM_NOT_FOUND: u32 = 60007;
     pub const RESERVATION_NOT_FOUND: u32 = 60008;
     pub const RESERVATION_EXPIRED: u32 = 60009;
+    pub const PRODUCT_SHORT: u32 = 60010;
 }
 
 #[derive(Debug)]
@@ -274,6 +275,9 @@ impl From<SaleError> for ApiError {
                 "reservation expired",
             ),
             SaleError::Invalid(details) => Self::validation(details),
+            e @ SaleError::ProductShort { .. } => {
+                Self::new(S::CONFLICT, codes::PRODUCT_SHORT, e.to_string())
+            }
             SaleError::Unavailable(cause) => Self::unavailable(cause),
             SaleError::Store(e) => match e.as_ref() {
                 StoreError::NotFound => Self::not_found(),

@@ -284,6 +284,9 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
             if let Err(err) = sales.sweep_expired().await {
                 tracing::error!(%err, "expiring reservations failed; will retry");
             }
+            if let Err(err) = sales.return_unsold_stock().await {
+                tracing::error!(%err, "returning unsold units to their products failed; will retry");
+            }
         }
     });
     let sales = Arc::clone(&state.flash_sales);

@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use super::{FlashSales, SaleError};
 use crate::error::FieldError;
-use crate::flash_sale::model::{ItemRecord, NewItem, ReservationRecord, SaleRecord, Schedule};
+use crate::flash_sale::model::{
+    ItemRecord, NewItem, ReservationRecord, SaleInsert, SaleRecord, Schedule,
+};
 use crate::page::{Page, PageRequest};
 
 /// How long before its slot starts a scheduled sale is made.
@@ -229,8 +231,19 @@ impl FlashSales {
             total_stock: items.iter().map(|i| u64::from(i.stock)).sum(),
             created_at: now,
         };
-        self.store.insert_sale(&record, &items).await?;
-        self.load(record.id).await
+        match self.store.insert_sale(&record, &items).await? {
+            SaleInsert::Stored => self.load(record.id).await,
+            SaleInsert::ProductShort {
+                product_id,
+                available,
+            } => Err(SaleError::ProductShort {
+                product_id,
+                available,
+            }),
+            SaleInsert::SlotTaken => Err(SaleError::Unavailable(
+                "a sale without a schedule met a slot conflict".into(),
+            )),
+        }
     }
 
     /// Puts a stored sale into the ledger and answers its view.
@@ -471,7 +484,7 @@ impl FlashSales {
             total_stock: u64::from(schedule.item_count),
             created_at: now,
         };
-        let inserted = self.store.insert_sale(&record, &items).await?;
+        let inserted = self.store.insert_sale(&record, &items).await? == SaleInsert::Stored;
         let stored = self
             .store
             .sale_for_slot(schedule.id, slot)

@@ -51,6 +51,11 @@ pub enum SaleError {
     ReservationExpired,
     #[error("invalid input")]
     Invalid(Vec<FieldError>),
+    #[error("product {product_id} has only {available} in stock")]
+    ProductShort {
+        product_id: uuid::Uuid,
+        available: u32,
+    },
     /// The reservation could not be made durable; nothing was reserved.
     #[error("storage unavailable: {0}")]
     Unavailable(Arc<str>),
@@ -216,6 +221,19 @@ impl FlashSales {
             tracing::info!(expired = total, "expired reservations released their stock");
         }
         Ok(total)
+    }
+
+    /// Gives product-backed items of ended sales back to their products (what did not sell, and
+    /// what reservations release after the end). Returns the units given back.
+    pub async fn return_unsold_stock(&self) -> Result<u64, StoreError> {
+        let given = self.store.return_unsold(self.clock.now()).await?;
+        if given > 0 {
+            tracing::info!(
+                units = given,
+                "unsold flash-sale units went back to their products"
+            );
+        }
+        Ok(given)
     }
 
     /// Puts back what a cancelled reservation held (the store has already marked it cancelled).

@@ -38,6 +38,20 @@ pub struct SaleRecord {
     pub created_at: OffsetDateTime,
 }
 
+/// What storing a new sale did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaleInsert {
+    Stored,
+    /// Its schedule slot has a sale already; nothing was stored.
+    SlotTaken,
+    /// An item's product has fewer units in stock than the item takes out of it; nothing was
+    /// stored.
+    ProductShort {
+        product_id: Uuid,
+        available: u32,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewItem {
     pub name: String,

@@ -9,15 +9,21 @@ use time::OffsetDateTime;
 use crate::error::StoreError;
 use crate::flash_sale::model::{
     ItemRecord, JournalOp, JournalOutcome, LiveSaleState, NewItem, Released, ReservationRecord,
-    SaleRecord, Schedule, StoredIdempotency, StoredStats,
+    SaleInsert, SaleRecord, Schedule, StoredIdempotency, StoredStats,
 };
 use crate::page::{Page, PageRequest};
 
 #[async_trait]
 pub trait FlashSaleStore: Send + Sync + std::fmt::Debug + 'static {
     /// Stores a sale and its items in one transaction. A sale for a schedule slot that already
-    /// has one is not stored: `Ok(false)`.
-    async fn insert_sale(&self, sale: &SaleRecord, items: &[NewItem]) -> Result<bool, StoreError>;
+    /// has one is not stored (`SlotTaken`). An item with a product moves its stock out of the
+    /// product's by a conditional update; a product with less is `ProductShort`, and nothing is
+    /// stored.
+    async fn insert_sale(
+        &self,
+        sale: &SaleRecord,
+        items: &[NewItem],
+    ) -> Result<SaleInsert, StoreError>;
     async fn sale(&self, id: SaleId) -> Result<Option<SaleRecord>, StoreError>;
     /// The sale a schedule made for a slot, if any.
     async fn sale_for_slot(
@@ -62,6 +68,12 @@ pub trait FlashSaleStore: Send + Sync + std::fmt::Debug + 'static {
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Released>, StoreError>;
+
+    /// Gives product-backed items of sales ended by `now` back to their product: every unit
+    /// not reserved or bought, and each unit a reservation releases after the end. One
+    /// transaction; an item is settled (left alone) once nothing of it is held. Returns the
+    /// units given back.
+    async fn return_unsold(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
 
     async fn insert_schedule(&self, schedule: &Schedule) -> Result<(), StoreError>;
     async fn schedules(&self, page: PageRequest) -> Result<Page<Schedule>, StoreError>;

@@ -12,7 +12,7 @@ use super::accounts::{t0, user};
 use crate::StoreError;
 use crate::flash_sale::model::{
     BuyerId, CheckoutAttempt, IdempotencyRecord, JournalOp, JournalOutcome, NewItem,
-    NewReservation, PurchaseOutcome, Released, ReservationRecord, SaleRecord, Schedule,
+    NewReservation, PurchaseOutcome, Released, ReservationRecord, SaleInsert, SaleRecord, Schedule,
 };
 use crate::page::PageRequest;
 use crate::ports::{AccountStore, FlashSaleStore, ReservationJournal};
@@ -93,7 +93,10 @@ async fn customer<S: FlashSaleAdapter + ?Sized>(store: &S, email: &str) -> UserI
 
 pub async fn sales_round_trip<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[3, 1, 2]);
-    assert!(store.insert_sale(&s, &items(&[3, 1, 2])).await.unwrap());
+    assert_eq!(
+        store.insert_sale(&s, &items(&[3, 1, 2])).await.unwrap(),
+        SaleInsert::Stored
+    );
     assert_eq!(store.sale(s.id).await.unwrap(), Some(s.clone()));
     assert!(store.sale(SaleId::new()).await.unwrap().is_none());
 
@@ -153,8 +156,14 @@ pub async fn one_sale_per_schedule_slot<S: FlashSaleAdapter + ?Sized>(store: &S)
     first.slot = Some((schedule.id, slot));
     let mut second = sale(slot, slot + Duration::hours(1), &[1, 1]);
     second.slot = Some((schedule.id, slot));
-    assert!(store.insert_sale(&first, &items(&[1, 1])).await.unwrap());
-    assert!(!store.insert_sale(&second, &items(&[1, 1])).await.unwrap());
+    assert_eq!(
+        store.insert_sale(&first, &items(&[1, 1])).await.unwrap(),
+        SaleInsert::Stored
+    );
+    assert_eq!(
+        store.insert_sale(&second, &items(&[1, 1])).await.unwrap(),
+        SaleInsert::SlotTaken
+    );
     assert_eq!(
         store.sale_for_slot(schedule.id, slot).await.unwrap(),
         Some(first.clone())
@@ -164,7 +173,10 @@ pub async fn one_sale_per_schedule_slot<S: FlashSaleAdapter + ?Sized>(store: &S)
     let next = slot + Duration::hours(1);
     let mut third = sale(next, next + Duration::hours(1), &[1]);
     third.slot = Some((schedule.id, next));
-    assert!(store.insert_sale(&third, &items(&[1])).await.unwrap());
+    assert_eq!(
+        store.insert_sale(&third, &items(&[1])).await.unwrap(),
+        SaleInsert::Stored
+    );
 }
 
 pub async fn sales_list_by_phase<S: FlashSaleAdapter + ?Sized>(store: &S) {

@@ -38,6 +38,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ItemRequest {
     pub name: String,
+    /// A catalogue product this item sells: its `stock` moves out of the product's when the
+    /// sale is made (409, 60010, when the product has less), and what is not sold goes back
+    /// once the sale has ended.
     pub product_id: Option<Uuid>,
     pub image_url: Option<String>,
     pub price_cents: i64,
@@ -91,6 +94,7 @@ pub struct CreateSaleRequest {
     responses(
         (status = 201, description = "Created", body = Envelope<SaleOut>),
         (status = 403, description = "Not an operator", body = ErrorEnvelope),
+        (status = 409, description = "60010: an item's product has less stock than the item takes", body = ErrorEnvelope),
         (status = 422, description = "Invalid sale; `details` names the fields", body = ErrorEnvelope),
     ))]
 pub async fn create_sale(

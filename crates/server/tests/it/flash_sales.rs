@@ -540,3 +540,66 @@ async fn load_test_buyers_need_the_setting_and_an_admin() {
         .await
         .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
 }
+
+/// An item sold from a catalogue product takes its stock out of the product, so the product is
+/// never sold twice; what the sale does not sell goes back when it ends.
+#[tokio::test]
+async fn a_sale_item_from_a_product_moves_its_stock() {
+    let app = TestApp::start().await;
+    let token = operator(&app).await;
+    let product = crate::catalog::product(
+        &app,
+        &token,
+        json!({"name": "Drop sneaker", "price_cents": 20000, "stock": 10}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stock = |app: &TestApp| {
+        let path = format!("/api/v1/products/{product}");
+        let req = app.get(&path);
+        async move { req.send().await.data()["stock"].as_i64().unwrap() }
+    };
+    let now = flashmart_app::Clock::now(&app.clock);
+    let sale = |stock: i64| {
+        json!({
+            "name": "Product drop",
+            "starts_at": at(now - Duration::minutes(1)),
+            "ends_at": at(now + Duration::minutes(5)),
+            "per_user_limit": 2,
+            "reservation_ttl_secs": 600,
+            "items": [{"name": "Drop sneaker", "product_id": product, "price_cents": 9900, "stock": stock}],
+        })
+    };
+    let create = |body: Value| {
+        app.post("/api/v1/admin/flash-sales")
+            .bearer(&token)
+            .json(&body)
+            .send()
+    };
+    create(sale(11))
+        .await
+        .assert_error(StatusCode::CONFLICT, 60010);
+    assert_eq!(stock(&app).await, 10, "a refused sale takes nothing");
+    let res = create(sale(4)).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    let sale_id = res.data()["id"].as_str().unwrap().to_owned();
+    assert_eq!(stock(&app).await, 6);
+
+    let (buyer, _) = app.customer("drop@example.com", "drop password").await;
+    let res = reserve(&app, &buyer, &sale_id, 1, 1).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+
+    // Ended with one unit held: the three unsold go back now, the held one when it is released.
+    app.clock.advance(Duration::minutes(6));
+    let sales = &app.services.state.flash_sales;
+    assert_eq!(sales.return_unsold_stock().await.unwrap(), 3);
+    assert_eq!(stock(&app).await, 9);
+    assert_eq!(sales.return_unsold_stock().await.unwrap(), 0, "once");
+    app.clock.advance(Duration::minutes(5));
+    assert_eq!(sales.sweep_expired().await.unwrap(), 1);
+    assert_eq!(sales.return_unsold_stock().await.unwrap(), 1);
+    assert_eq!(stock(&app).await, 10);
+    assert_eq!(sales.return_unsold_stock().await.unwrap(), 0);
+}
