@@ -3,8 +3,11 @@
 //! limits off for load tests on one machine.
 
 use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -62,9 +65,107 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     }
 }
 
+/// The key a client address is limited by: an IPv4 address as it is, an IPv6 address by its
+/// /64 (one subscriber's network: whoever holds one /64 holds all of its addresses).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Counts failures per key in windows of a minute: `check` refuses a key that failed `limit`
+/// times in its current window, and only `record` counts (a success costs nothing), so a
+/// budget of failures is spent by whoever fails, never by the one who knows the password.
+#[derive(Debug)]
+pub struct FailureCounter<K: Hash + Eq> {
+    limit: u32,
+    window: Duration,
+    counts: DashMap<K, (Instant, u32)>,
+}
+
+impl<K: Hash + Eq> FailureCounter<K> {
+    /// `limit == 0` or `enabled == false`: no limit.
+    pub fn per_minute(limit: u32, enabled: bool) -> Self {
+        Self {
+            limit: if enabled { limit } else { 0 },
+            window: Duration::from_secs(60),
+            counts: DashMap::new(),
+        }
+    }
+
+    pub fn check(&self, key: &K) -> Result<(), RetryAfter> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let Some(entry) = self.counts.get(key) else {
+            return Ok(());
+        };
+        let (since, failures) = *entry;
+        let elapsed = since.elapsed();
+        if elapsed < self.window && failures >= self.limit {
+            Err(RetryAfter(self.window - elapsed))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn record(&self, key: K) {
+        if self.limit == 0 {
+            return;
+        }
+        let mut entry = self.counts.entry(key).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= self.window {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    /// Forgets keys whose window is over.
+    pub fn retain_recent(&self) {
+        self.counts
+            .retain(|_, (since, _)| since.elapsed() < self.window);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_count_and_only_for_their_key() {
+        let counter = FailureCounter::per_minute(2, true);
+        assert!(counter.check(&"a").is_ok());
+        counter.record("a");
+        assert!(counter.check(&"a").is_ok());
+        counter.record("a");
+        let retry = counter.check(&"a").unwrap_err();
+        assert!(retry.0 <= Duration::from_secs(60));
+        assert!(counter.check(&"b").is_ok());
+        let off = FailureCounter::per_minute(1, false);
+        off.record("a");
+        off.record("a");
+        assert!(off.check(&"a").is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(client_key(v4), v4);
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(client_key(mapped), v4);
+    }
 
     #[test]
     fn refuses_past_the_quota_per_key() {

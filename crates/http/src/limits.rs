@@ -11,7 +11,7 @@ use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flashmart_app::auth::{AuthService, Principal};
-use flashmart_app::rate_limit::{KeyedLimiter, RetryAfter};
+use flashmart_app::rate_limit::{KeyedLimiter, RetryAfter, client_key};
 use flashmart_domain::UserId;
 
 use crate::client_ip::TrustedProxies;
@@ -134,7 +134,8 @@ impl RateLimits {
             return Ok(());
         };
         if let Some(ip) = ip {
-            b.by_ip.check(&ip)?;
+            // An IPv6 client is one /64.
+            b.by_ip.check(&client_key(ip))?;
         }
         if let Some(user) = user {
             b.by_user.check(&user)?;

@@ -176,8 +176,13 @@ pub struct AuthConfig {
 pub struct RateLimitConfig {
     /// `false` switches every rate limit off (load tests from one machine).
     pub enabled: bool,
-    /// Login attempts, on top of the `auth` group's limit.
+    /// Failed logins (and wrong old passwords) per client address (IPv6: per /64), on top of
+    /// the `auth` group's limit.
     pub login_per_ip_per_minute: u32,
+    /// Failed logins per (email, client address): what one guesser gets at one account.
+    pub login_per_email_ip_per_minute: u32,
+    /// Failed logins per email from every address together: a ceiling far above one guesser's
+    /// budget, so an account's owner is refused only under an attack from many networks.
     pub login_per_email_per_minute: u32,
     /// Browsing and the shopper's own account, cart, orders and payments.
     pub public: GroupLimitConfig,
@@ -284,7 +289,8 @@ impl Default for RateLimitConfig {
         Self {
             enabled: true,
             login_per_ip_per_minute: 30,
-            login_per_email_per_minute: 10,
+            login_per_email_ip_per_minute: 10,
+            login_per_email_per_minute: 200,
             // Generous per address: shoppers behind one carrier NAT share it.
             public: GroupLimitConfig::new(1_200, 600),
             auth: GroupLimitConfig::new(120, 0),

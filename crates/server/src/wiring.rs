@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use flashmart_app::auth::{AuthService, AuthSettings, HashCost};
+use flashmart_app::auth::{AuthService, AuthSettings, HashCost, LoginLimits};
 use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales};
 use flashmart_app::payments::Payments;
@@ -56,9 +56,12 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             refresh_ttl: secs(config.auth.refresh_ttl_secs),
             hash_cost: HashCost::default(),
             max_parallel_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            rate_limits_enabled: config.rate_limit.enabled,
-            login_per_ip_per_minute: config.rate_limit.login_per_ip_per_minute,
-            login_per_email_per_minute: config.rate_limit.login_per_email_per_minute,
+            login_limits: LoginLimits {
+                enabled: config.rate_limit.enabled,
+                per_ip: config.rate_limit.login_per_ip_per_minute,
+                per_email_ip: config.rate_limit.login_per_email_ip_per_minute,
+                per_email: config.rate_limit.login_per_email_per_minute,
+            },
         },
     )
     .await

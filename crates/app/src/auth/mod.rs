@@ -1,6 +1,7 @@
 //! Accounts and authentication: registration, login, refresh-token rotation with reuse detection,
 //! logout, password change, and the access-token check every authenticated request goes through.
 
+mod guard;
 mod passwords;
 mod revoked;
 mod tokens;
@@ -19,7 +20,9 @@ use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::page::{Page, PageRequest};
 use crate::ports::{AccountStore, NewSession, RefreshTokenRecord, RevokeReason, Rotation};
-use crate::rate_limit::{KeyedLimiter, RetryAfter};
+use crate::rate_limit::RetryAfter;
+use guard::{Attempt, LoginGuard};
+pub use guard::{LoginLimits, MAX_EMAIL_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -98,9 +101,8 @@ pub struct AuthSettings {
     pub refresh_ttl: Duration,
     pub hash_cost: HashCost,
     pub max_parallel_hashes: usize,
-    pub rate_limits_enabled: bool,
-    pub login_per_ip_per_minute: u32,
-    pub login_per_email_per_minute: u32,
+    /// Failed logins allowed per client address, per (email, address) and per email.
+    pub login_limits: LoginLimits,
 }
 
 #[derive(Debug)]
@@ -111,8 +113,7 @@ pub struct AuthService {
     hasher: PasswordHasher,
     revoked: RevokedSessions,
     refresh_ttl: Duration,
-    login_by_ip: KeyedLimiter<IpAddr>,
-    login_by_email: KeyedLimiter<String>,
+    guard: LoginGuard,
 }
 
 impl AuthService {
@@ -133,14 +134,7 @@ impl AuthService {
             hasher,
             revoked: RevokedSessions::default(),
             refresh_ttl: settings.refresh_ttl,
-            login_by_ip: KeyedLimiter::per_minute(
-                settings.login_per_ip_per_minute,
-                settings.rate_limits_enabled,
-            ),
-            login_by_email: KeyedLimiter::per_minute(
-                settings.login_per_email_per_minute,
-                settings.rate_limits_enabled,
-            ),
+            guard: LoginGuard::new(settings.login_limits),
             store,
             clock,
         };
@@ -175,7 +169,7 @@ impl AuthService {
         }
     }
 
-    /// Checks the password and opens a new session. Limited per client address and per email
+    /// Checks the password and opens a new session. Failed attempts are limited (see `guard`)
     /// before any hashing happens, so guessing costs the guesser, not the server.
     pub async fn login(
         &self,
@@ -183,15 +177,13 @@ impl AuthService {
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<TokenPair, AuthError> {
-        if let Some(ip) = client {
-            self.login_by_ip
-                .check(&ip)
-                .map_err(AuthError::RateLimited)?;
-        }
-        let key = email.trim().to_lowercase();
-        self.login_by_email
-            .check(&key)
-            .map_err(AuthError::RateLimited)?;
+        let attempt = Attempt::new(email, client).ok_or_else(|| {
+            AuthError::Invalid(vec![FieldError::new(
+                "email",
+                format!("must be at most {MAX_EMAIL_BYTES} bytes"),
+            )])
+        })?;
+        self.guard.admit(&attempt).map_err(AuthError::RateLimited)?;
 
         let credentials = match Email::parse(email) {
             Ok(email) => self.store.credentials_by_email(&email).await?,
@@ -199,6 +191,7 @@ impl AuthService {
         };
         let Some(credentials) = credentials else {
             self.hasher.verify_dummy(password).await?;
+            self.guard.failed(attempt);
             return Err(AuthError::BadCredentials);
         };
         if !self
@@ -206,6 +199,7 @@ impl AuthService {
             .verify(password, &credentials.password_hash)
             .await?
         {
+            self.guard.failed(attempt);
             return Err(AuthError::BadCredentials);
         }
 
@@ -261,22 +255,29 @@ impl AuthService {
     }
 
     /// Needs the current password; ends every session of the user, this one included.
+    /// Changes the password given the old one. A wrong old password is a failed login of the
+    /// account, limited as login is: a stolen access token cannot guess the password.
     pub async fn change_password(
         &self,
         principal: &Principal,
         old_password: &str,
         new_password: String,
+        client: Option<IpAddr>,
     ) -> Result<(), AuthError> {
         let credentials = self
             .store
             .credentials_by_id(principal.user_id)
             .await?
             .ok_or(AuthError::InvalidToken)?;
+        let attempt = Attempt::new(credentials.user.email.as_str(), client)
+            .ok_or(AuthError::BadCredentials)?;
+        self.guard.admit(&attempt).map_err(AuthError::RateLimited)?;
         if !self
             .hasher
             .verify(old_password, &credentials.password_hash)
             .await?
         {
+            self.guard.failed(attempt);
             return Err(AuthError::BadCredentials);
         }
         let new_password = NewPassword::parse(new_password, &credentials.user.email)
@@ -356,8 +357,7 @@ impl AuthService {
     /// Periodic upkeep: forgets revocations whose tokens have expired and idle rate-limit keys.
     pub fn housekeeping(&self) {
         self.revoked.prune(self.clock.now());
-        self.login_by_ip.retain_recent();
-        self.login_by_email.retain_recent();
+        self.guard.retain_recent();
     }
 
     pub fn access_ttl(&self) -> Duration {

@@ -80,13 +80,15 @@ impl From<TokenPair> for TokenView {
     }
 }
 
-/// Opens a session. Limited per client address and per email (429 with `Retry-After`).
+/// Opens a session. Failed attempts are limited per (email, client address), per client
+/// address and, far higher, per email (429 with `Retry-After`); a success costs nothing.
 #[utoipa::path(post, path = "/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = Envelope<TokenView>),
         (status = 401, description = "10002: invalid email or password", body = ErrorEnvelope),
-        (status = 429, description = "Too many attempts", body = ErrorEnvelope),
+        (status = 422, description = "An email longer than 254 bytes", body = ErrorEnvelope),
+        (status = 429, description = "Too many failed attempts", body = ErrorEnvelope),
     ))]
 pub async fn login(
     State(auth): State<Arc<AuthService>>,
@@ -147,13 +149,15 @@ pub struct ChangePasswordRequest {
         (status = 200, description = "Changed; all sessions ended", body = Envelope<Empty>),
         (status = 401, description = "10002: old password wrong; 10003: token invalid", body = ErrorEnvelope),
         (status = 422, description = "10005: new password too weak", body = ErrorEnvelope),
+        (status = 429, description = "Too many wrong old passwords (they count as failed logins)", body = ErrorEnvelope),
     ))]
 pub async fn change_password(
     State(auth): State<Arc<AuthService>>,
     Auth(principal): Auth,
+    ClientIp(ip): ClientIp,
     Json(body): Json<ChangePasswordRequest>,
 ) -> Result<Reply<Empty>, ApiError> {
-    auth.change_password(&principal, &body.old_password, body.new_password)
+    auth.change_password(&principal, &body.old_password, body.new_password, ip)
         .await?;
     Ok(ok(Empty {}))
 }

@@ -234,24 +234,31 @@ async fn unknown_email_and_wrong_password_look_the_same() {
     assert_eq!(a["message"], b["message"]);
 }
 
+fn login(app: &TestApp, email: &str, password: &str, peer: &str) -> crate::support::Req {
+    app.post("/api/v1/auth/login")
+        .peer(peer)
+        .json(&json!({"email": email, "password": password}))
+}
+
 #[tokio::test]
-async fn login_is_limited_per_email() {
+async fn failed_logins_are_limited_per_email_and_address() {
     let app = TestApp::with_config(|c| {
-        c.rate_limit.login_per_email_per_minute = 3;
+        c.rate_limit.login_per_email_ip_per_minute = 3;
     })
     .await;
-    app.customer("target@example.com", "the right one").await; // one login used
-    for _ in 0..2 {
-        app.post("/api/v1/auth/login")
-            .json(&json!({"email": "target@example.com", "password": "a wrong one"}))
+    app.customer("target@example.com", "the right one").await;
+    // Successes cost nothing.
+    for _ in 0..5 {
+        app.login("target@example.com", "the right one").await;
+    }
+    for _ in 0..3 {
+        login(&app, "target@example.com", "a wrong one", "203.0.113.9")
             .send()
             .await
             .assert_error(StatusCode::UNAUTHORIZED, 10002);
     }
-    // Over the limit, even the right password is refused until the bucket refills.
-    let res = app
-        .post("/api/v1/auth/login")
-        .json(&json!({"email": "TARGET@example.com", "password": "the right one"}))
+    // From that address, even the right password waits until the window has passed.
+    let res = login(&app, "TARGET@example.com", "the right one", "203.0.113.9")
         .send()
         .await;
     res.assert_error(StatusCode::TOO_MANY_REQUESTS, 429);
@@ -262,7 +269,123 @@ async fn login_is_limited_per_email() {
         .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     // Another email from the same address is not affected by this one's limit.
-    app.customer("other@example.com", "other password").await;
+    login(&app, "other@example.com", "some password", "203.0.113.9")
+        .send()
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, 10002);
+}
+
+/// Someone else's wrong guesses never lock the owner out from their own network.
+#[tokio::test]
+async fn a_guesser_cannot_lock_the_owner_out() {
+    let app = TestApp::start().await;
+    app.customer("victim@example.com", "victim's password")
+        .await;
+    let mut refused = 0;
+    for _ in 0..15 {
+        let res = login(&app, "victim@example.com", "a guess", "203.0.113.9")
+            .send()
+            .await;
+        match res.status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("{other}: {}", res.text()),
+        }
+    }
+    assert_eq!(refused, 5, "the guesser gets 10 tries a minute");
+    let res = login(
+        &app,
+        "victim@example.com",
+        "victim's password",
+        "198.51.100.7",
+    )
+    .send()
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+}
+
+/// The per-email ceiling is far above one guesser's budget, but it is there for an attack from
+/// many networks at once.
+#[tokio::test]
+async fn failed_logins_from_many_networks_meet_a_per_email_ceiling() {
+    let app = TestApp::with_config(|c| c.rate_limit.login_per_email_per_minute = 3).await;
+    app.customer("popular@example.com", "popular password")
+        .await;
+    for i in 1..=3 {
+        login(
+            &app,
+            "popular@example.com",
+            "guess",
+            &format!("203.0.113.{i}"),
+        )
+        .send()
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, 10002);
+    }
+    login(
+        &app,
+        "popular@example.com",
+        "popular password",
+        "198.51.100.7",
+    )
+    .send()
+    .await
+    .assert_error(StatusCode::TOO_MANY_REQUESTS, 429);
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_a_budget_per_64() {
+    let app = TestApp::with_config(|c| c.rate_limit.login_per_email_ip_per_minute = 2).await;
+    for peer in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"] {
+        login(&app, "v6@example.com", "guess", peer)
+            .send()
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, 10002);
+    }
+    login(&app, "v6@example.com", "guess", "2001:db8:1:2::77")
+        .send()
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, 429);
+    login(&app, "v6@example.com", "guess", "2001:db8:1:3::1")
+        .send()
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, 10002);
+}
+
+#[tokio::test]
+async fn wrong_old_passwords_count_as_failed_logins() {
+    let app = TestApp::start().await;
+    let (token, _) = app
+        .customer("changer@example.com", "changer password")
+        .await;
+    let mut answers = Vec::new();
+    for _ in 0..15 {
+        let res = app
+            .req(Method::PUT, "/api/v1/auth/password")
+            .bearer(&token)
+            .json(&json!({"old_password": "a guess", "new_password": "a brand new password"}))
+            .send()
+            .await;
+        answers.push(res.status);
+    }
+    assert_eq!(answers[..10], [StatusCode::UNAUTHORIZED; 10]);
+    assert_eq!(answers[10..], [StatusCode::TOO_MANY_REQUESTS; 5]);
+    // The login of that account from that address waits too.
+    login(&app, "changer@example.com", "changer password", "127.0.0.1")
+        .send()
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, 429);
+}
+
+#[tokio::test]
+async fn an_overlong_email_is_refused_before_anything() {
+    let app = TestApp::start().await;
+    let email = format!("{}@example.com", "a".repeat(250));
+    let body = login(&app, &email, "whatever it is", "203.0.113.9")
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+    assert_eq!(body["details"][0]["field"], "email");
 }
 
 #[tokio::test]
@@ -290,6 +413,7 @@ async fn rate_limits_can_be_switched_off() {
     let app = TestApp::with_config(|c| {
         c.rate_limit.enabled = false;
         c.rate_limit.login_per_email_per_minute = 1;
+        c.rate_limit.login_per_email_ip_per_minute = 1;
         c.rate_limit.login_per_ip_per_minute = 1;
     })
     .await;
