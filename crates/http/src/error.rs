@@ -59,6 +59,7 @@ pub mod codes {
     pub const RESERVATION_NOT_FOUND: u32 = 60008;
     pub const RESERVATION_EXPIRED: u32 = 60009;
     pub const PRODUCT_SHORT: u32 = 60010;
+    pub const TOO_MANY_KEYS: u32 = 60011;
 }
 
 #[derive(Debug)]
@@ -260,6 +261,11 @@ impl From<SaleError> for ApiError {
             SaleError::KeyInProgress => Self::status(
                 S::CONFLICT,
                 "a request with this Idempotency-Key is still in progress; retry shortly",
+            ),
+            SaleError::TooManyKeys => Self::new(
+                S::TOO_MANY_REQUESTS,
+                codes::TOO_MANY_KEYS,
+                "too many Idempotency-Keys in use: reuse one, or wait until one is a day old",
             ),
             SaleError::ItemNotFound => {
                 Self::new(S::NOT_FOUND, codes::ITEM_NOT_FOUND, "item not found")

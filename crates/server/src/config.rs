@@ -93,6 +93,8 @@ pub struct FlashSaleConfig {
     pub events_interval_ms: u64,
     /// How often schedules are checked for a slot without its sale.
     pub schedule_interval_ms: u64,
+    /// `Idempotency-Key`s one buyer may have live (each is kept a day); one more is 429 60011.
+    pub max_idempotency_keys_per_user: u32,
 }
 
 impl Default for FlashSaleConfig {
@@ -102,6 +104,7 @@ impl Default for FlashSaleConfig {
             sweep_interval_ms: 1_000,
             events_interval_ms: 250,
             schedule_interval_ms: 5_000,
+            max_idempotency_keys_per_user: 1_000,
         }
     }
 }

@@ -73,6 +73,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         FlashSaleSettings {
             commit_queue: config.flash_sale.commit_queue,
             contest: config.compat.contest,
+            max_idempotency_keys_per_user: config.flash_sale.max_idempotency_keys_per_user,
             ..FlashSaleSettings::default()
         },
     )

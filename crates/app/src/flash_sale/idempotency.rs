@@ -1,6 +1,9 @@
 //! `Idempotency-Key` for reservations: per buyer, for 24 hours, a repeated request gets the first
 //! answer and reserves nothing more; the same key with another request is refused.
 //!
+//! Keys are bounded: each buyer has at most `max_per_buyer` live keys, and a refusal for a sale
+//! that does not exist is not remembered (anyone could fill memory with made-up sale ids).
+//!
 //! A key is claimed before anything is reserved. The claim is settled by whoever learns the
 //! outcome: the request itself for a refusal, the group commit for a reservation (committed: the
 //! answer is kept; failed: the key is freed for a retry). A request abandoned before its
@@ -46,6 +49,7 @@ enum State {
 
 #[derive(Debug)]
 struct KeyEntry {
+    buyer: BuyerId,
     fingerprint: [u8; 16],
     used_at: OffsetDateTime,
     state: State,
@@ -54,6 +58,10 @@ struct KeyEntry {
 #[derive(Debug, Default)]
 pub struct IdempotencyTable {
     entries: DashMap<[u8; 16], KeyEntry>,
+    /// Live keys per buyer (entries removed take their count with them).
+    per_buyer: DashMap<BuyerId, u32>,
+    /// 0: no cap.
+    max_per_buyer: u32,
 }
 
 /// What `begin` found.
@@ -67,6 +75,8 @@ pub enum Begin {
     Mismatch,
     /// The first request with this key has not been answered yet.
     InProgress,
+    /// The buyer has `max_per_buyer` live keys already.
+    TooMany,
 }
 
 /// The identity of one request, for comparing a repeat with the first use.
@@ -92,6 +102,14 @@ fn first16(bytes: &[u8]) -> [u8; 16] {
 }
 
 impl IdempotencyTable {
+    /// A table that keeps at most `max_per_buyer` live keys per buyer (0: no cap).
+    pub fn new(max_per_buyer: u32) -> Self {
+        Self {
+            max_per_buyer,
+            ..Self::default()
+        }
+    }
+
     pub fn begin(
         self: &Arc<Self>,
         buyer: BuyerId,
@@ -104,6 +122,7 @@ impl IdempotencyTable {
             Entry::Occupied(mut e) if e.get().used_at + KEY_LIFETIME <= now => {
                 // Remembered past its lifetime (not yet pruned): treat as new.
                 e.insert(KeyEntry {
+                    buyer,
                     fingerprint,
                     used_at: now,
                     state: State::InFlight,
@@ -120,7 +139,14 @@ impl IdempotencyTable {
                 };
             }
             Entry::Vacant(v) => {
+                let mut live = self.per_buyer.entry(buyer).or_insert(0);
+                if self.max_per_buyer > 0 && *live >= self.max_per_buyer {
+                    return Begin::TooMany;
+                }
+                *live += 1;
+                drop(live);
                 v.insert(KeyEntry {
+                    buyer,
                     fingerprint,
                     used_at: now,
                     state: State::InFlight,
@@ -143,19 +169,44 @@ impl IdempotencyTable {
         record: &IdempotencyRecord,
         reservation: ReservationRecord,
     ) {
-        self.entries.insert(
+        let previous = self.entries.insert(
             key_id(buyer, &record.key),
             KeyEntry {
+                buyer,
                 fingerprint: record.fingerprint,
                 used_at: reservation.created_at,
                 state: State::Done(Answer::Reserved(Arc::new(reservation))),
             },
         );
+        if previous.is_none() {
+            *self.per_buyer.entry(buyer).or_insert(0) += 1;
+        }
     }
 
     /// Forgets keys past their lifetime.
     pub fn prune(&self, now: OffsetDateTime) {
-        self.entries.retain(|_, e| e.used_at + KEY_LIFETIME > now);
+        self.entries.retain(|_, e| {
+            let live = e.used_at + KEY_LIFETIME > now;
+            if !live {
+                self.forget_one(e.buyer);
+            }
+            live
+        });
+    }
+
+    /// Live keys of one buyer.
+    pub fn live_keys(&self, buyer: BuyerId) -> u32 {
+        self.per_buyer.get(&buyer).map_or(0, |n| *n)
+    }
+
+    fn forget_one(&self, buyer: BuyerId) {
+        if let Entry::Occupied(mut n) = self.per_buyer.entry(buyer) {
+            if *n.get() <= 1 {
+                n.remove();
+            } else {
+                *n.get_mut() -= 1;
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -174,8 +225,12 @@ impl IdempotencyTable {
                 }
             }
             None => {
-                self.entries
-                    .remove_if(id, |_, e| matches!(e.state, State::InFlight));
+                if let Some((_, e)) = self
+                    .entries
+                    .remove_if(id, |_, e| matches!(e.state, State::InFlight))
+                {
+                    self.forget_one(e.buyer);
+                }
             }
         }
     }
@@ -257,6 +312,27 @@ mod tests {
         // After the lifetime the key is new again.
         let later = now + KEY_LIFETIME;
         let _fresh = claim(table.begin(buyer, "k", fingerprint(sale, 9, 9), later));
+    }
+
+    #[test]
+    fn a_buyer_has_a_bounded_number_of_live_keys() {
+        let table = Arc::new(IdempotencyTable::new(2));
+        let now = OffsetDateTime::now_utc();
+        let (a, b) = (BuyerId(Uuid::from_u128(1)), BuyerId(Uuid::from_u128(2)));
+        let fp = fingerprint(SaleId::new(), 1, 1);
+        claim(table.begin(a, "k1", fp, now)).answer(Answer::Refused(Refusal::SoldOut));
+        let in_flight = claim(table.begin(a, "k2", fp, now));
+        assert!(matches!(table.begin(a, "k3", fp, now), Begin::TooMany));
+        // Its own keys still replay; other buyers are not affected.
+        assert!(matches!(table.begin(a, "k1", fp, now), Begin::Replay(_)));
+        claim(table.begin(b, "k3", fp, now)).abandon();
+        // A freed key makes room; so does a key past its lifetime.
+        drop(in_flight);
+        assert_eq!(table.live_keys(a), 1);
+        claim(table.begin(a, "k3", fp, now)).abandon();
+        table.prune(now + KEY_LIFETIME);
+        assert_eq!(table.live_keys(a), 0);
+        assert_eq!(table.live_keys(b), 0);
     }
 
     #[test]

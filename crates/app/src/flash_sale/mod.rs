@@ -43,6 +43,8 @@ pub enum SaleError {
     KeyReused,
     #[error("a request with this idempotency key is still in progress")]
     KeyInProgress,
+    #[error("too many idempotency keys in use: reuse one, or wait until one is a day old")]
+    TooManyKeys,
     #[error("item not found")]
     ItemNotFound,
     #[error("reservation not found")]
@@ -116,6 +118,8 @@ pub struct FlashSaleSettings {
     pub keep_ended_for: Duration,
     /// Make the contest schedule (compatibility API) if it is missing.
     pub contest: bool,
+    /// Live `Idempotency-Key`s a buyer may have (0: no cap).
+    pub max_idempotency_keys_per_user: u32,
 }
 
 impl Default for FlashSaleSettings {
@@ -124,6 +128,7 @@ impl Default for FlashSaleSettings {
             commit_queue: 65_536,
             keep_ended_for: Duration::HOUR,
             contest: false,
+            max_idempotency_keys_per_user: 1_000,
         }
     }
 }
@@ -155,7 +160,9 @@ impl FlashSales {
         for state in store.live_sales(now - settings.keep_ended_for).await? {
             ledger.install(state, now);
         }
-        let keys = Arc::new(IdempotencyTable::default());
+        let keys = Arc::new(IdempotencyTable::new(
+            settings.max_idempotency_keys_per_user,
+        ));
         for stored in store.idempotency_since(now - KEY_LIFETIME).await? {
             keys.restore(stored.buyer, &stored.record, stored.reservation);
         }

@@ -63,6 +63,7 @@ impl FlashSales {
                     }
                     Begin::Mismatch => return Err(SaleError::KeyReused),
                     Begin::InProgress => return Err(SaleError::KeyInProgress),
+                    Begin::TooMany => return Err(SaleError::TooManyKeys),
                 }
             }
         };
@@ -172,11 +173,17 @@ impl FlashSales {
     }
 }
 
-/// Settles the idempotency claim with a refusal and counts it.
+/// Settles the idempotency claim with a refusal and counts it. A refusal for a sale that does
+/// not exist is not remembered (the claim is dropped and its key freed): made-up sale ids must not
+/// fill the table.
 fn refuse(claim: Option<Claim>, refusal: Refusal) -> SaleError {
     metrics::counter!("flash_sale_reservations_total", "result" => refusal.label()).increment(1);
     if let Some(claim) = claim {
-        claim.answer(Answer::Refused(refusal));
+        if refusal == Refusal::SaleNotFound {
+            claim.abandon();
+        } else {
+            claim.answer(Answer::Refused(refusal));
+        }
     }
     refusal.into()
 }

@@ -216,6 +216,7 @@ fn one() -> i64 {
         (status = 404, description = "60001: sale not found; 60007: item not found", body = ErrorEnvelope),
         (status = 409, description = "60002 not started, 60003 ended, 60004 sold out, 60005 per-user limit reached", body = ErrorEnvelope),
         (status = 422, description = "Invalid quantity or key; 60006: key reused with another body", body = ErrorEnvelope),
+        (status = 429, description = "Rate limited; 60011: too many live Idempotency-Keys", body = ErrorEnvelope),
         (status = 503, description = "Could not be made durable; nothing was reserved", body = ErrorEnvelope),
     ))]
 pub async fn create_reservation(

@@ -271,6 +271,50 @@ async fn idempotency_keys_replay_the_first_answer() {
     assert_eq!(view["remaining"], 8, "reserved once");
 }
 
+/// Keys are bounded: a buyer has at most `flash_sale.max_idempotency_keys_per_user` live, and a
+/// refusal for a sale that does not exist is not remembered at all.
+#[tokio::test]
+async fn idempotency_keys_are_bounded_per_buyer() {
+    let app = TestApp::with_config(|c| c.flash_sale.max_idempotency_keys_per_user = 3).await;
+    let op = operator(&app).await;
+    let (alice, _) = app.customer("alice@example.com", "alice password").await;
+    let sale = live_sale(&app, &op, &[10], 5).await;
+    let send = |sale: String, key: String| {
+        app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
+            .bearer(&alice)
+            .header("idempotency-key", &key)
+            .json(&json!({"item_id": 1, "quantity": 1}))
+            .send()
+    };
+    for i in 0..50 {
+        let nowhere = "01930000-0000-7000-8000-000000000000".to_owned();
+        send(nowhere, format!("made-up-{i}"))
+            .await
+            .assert_error(StatusCode::NOT_FOUND, 60001);
+    }
+    for i in 0..3 {
+        let res = send(sale.clone(), format!("real-{i}")).await;
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    }
+    send(sale.clone(), "one-too-many".into())
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, 60011);
+    // A live key still replays, and so does anyone else's.
+    assert_eq!(
+        send(sale.clone(), "real-0".into()).await.status,
+        StatusCode::CREATED
+    );
+    let (bob, _) = app.customer("bob@example.com", "bob's password").await;
+    let res = app
+        .post(&format!("/api/v1/flash-sales/{sale}/reservations"))
+        .bearer(&bob)
+        .header("idempotency-key", "one-too-many")
+        .json(&json!({"item_id": 1, "quantity": 1}))
+        .send()
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+}
+
 #[tokio::test]
 async fn a_reservation_is_visible_to_its_owner_only() {
     let app = TestApp::start().await;

@@ -286,3 +286,27 @@ async fn metrics_label_requests_by_route_template() {
     assert!(text.contains("route=\"unmatched\""));
     assert!(text.contains("http_request_duration_seconds_bucket{"));
 }
+
+/// Made-up methods share one label: no client can grow the label set.
+#[tokio::test]
+async fn metric_labels_stay_bounded_whatever_clients_send() {
+    let app = TestApp::start().await;
+    for i in 0..300 {
+        let method = Method::from_bytes(format!("M{i}").as_bytes()).unwrap();
+        app.req(method, "/healthz").send().await;
+    }
+    let text = app.get("/metrics").send().await.text();
+    let methods: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{"))
+        .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(methods.contains("other"), "{methods:?}");
+    assert!(
+        !methods
+            .iter()
+            .any(|m| m.starts_with('M') && m.len() > 1 && m[1..].parse::<u32>().is_ok()),
+        "{methods:?}"
+    );
+    assert!(methods.len() <= 10, "{methods:?}");
+}
