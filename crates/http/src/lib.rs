@@ -11,6 +11,7 @@ pub mod metrics;
 mod observe;
 pub mod routes;
 pub mod state;
+pub mod streams;
 pub mod views;
 
 use std::sync::Arc;
@@ -70,10 +71,14 @@ impl Modify for BearerAuth {
     }
 }
 
-/// What changes the route table: the uploads' own body limit.
+/// What changes the route table.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteOptions {
     pub upload_max_bytes: usize,
+    /// `/readyz` and `/metrics` are on the ops listener, not this one.
+    pub ops_apart: bool,
+    /// The sandbox provider's pay pages (`payments.provider = "sandbox"`).
+    pub sandbox_pages: bool,
 }
 
 /// Every route of the public listener. The contest API is never among them: it trusts the
@@ -88,12 +93,18 @@ fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
         .merge(routes::uploads::routes(options.upload_max_bytes))
         .merge(routes::flash_sales::routes())
         .merge(routes::admin_flash_sales::routes());
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(routes::ops::routes())
+    let mut root = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::ops::liveness())
         .merge(routes::images::routes())
         .merge(routes::uploads::serving())
-        .merge(routes::payments::sandbox_pages())
-        .nest(API_BASE, api)
+        .nest(API_BASE, api);
+    if !options.ops_apart {
+        root = root.merge(routes::ops::internals());
+    }
+    if options.sandbox_pages {
+        root = root.merge(routes::payments::sandbox_pages());
+    }
+    root
 }
 
 /// The OpenAPI document of every route `router` serves.
@@ -111,6 +122,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppState>) -> Router {
     let options = RouteOptions {
         upload_max_bytes: state.uploads.max_bytes(),
+        ops_apart: settings.ops_apart,
+        sandbox_pages: state.sandbox.is_some(),
     };
     let (routes, doc) = documented_routes(options).split_for_parts();
     let routes = routes.merge(extra).merge(
@@ -119,6 +132,16 @@ pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppSt
             // The validator badge would call validator.swagger.io from the reader's browser.
             .config(SwaggerConfig::new(["/openapi.json"]).validator_url("none")),
     );
+    with_middleware(routes, state, settings)
+}
+
+/// The ops listener (`ops.addr`): `/healthz`, `/readyz` with each dependency's state, and
+/// `/metrics`, kept off the public listener.
+pub fn ops_router(state: AppState, settings: &HttpSettings) -> Router {
+    let (routes, _) = OpenApiRouter::new()
+        .merge(routes::ops::liveness())
+        .merge(routes::ops::internals())
+        .split_for_parts();
     with_middleware(routes, state, settings)
 }
 

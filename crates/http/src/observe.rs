@@ -41,6 +41,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
         route = %route,
     );
 
+    tracing::trace!(parent: &span, "request started");
     let mut response = CURRENT_TRACE_ID
         .scope(
             trace_id.clone(),

@@ -22,14 +22,18 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub shop: Arc<Shop>,
     pub payments: Arc<Payments>,
-    /// The built-in sandbox provider, whose pay pages this server serves.
-    pub sandbox: Arc<Sandbox>,
+    /// The built-in sandbox provider, whose pay pages this server serves; `None` with
+    /// `payments.provider = "none"`.
+    pub sandbox: Option<Arc<Sandbox>>,
     pub uploads: Arc<Uploads>,
     pub loadtest: LoadTest,
     pub limits: Arc<crate::limits::RateLimits>,
     pub proxies: crate::client_ip::TrustedProxies,
     pub probes: Probes,
     pub metrics: PrometheusHandle,
+    /// Raised when the server starts to stop: event streams end.
+    pub shutdown: crate::streams::Shutdown,
+    pub streams: Arc<crate::streams::EventStreams>,
 }
 
 /// Whether `POST /admin/loadtest/buyers` may mint buyer accounts with tokens
@@ -48,6 +52,8 @@ pub struct Probes(pub Arc<[Arc<dyn Probe>]>);
 pub struct HttpSettings {
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
+    /// `/readyz` and `/metrics` are served on the ops listener only.
+    pub ops_apart: bool,
 }
 
 impl Default for HttpSettings {
@@ -55,6 +61,7 @@ impl Default for HttpSettings {
         Self {
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            ops_apart: false,
         }
     }
 }

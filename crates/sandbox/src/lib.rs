@@ -145,6 +145,16 @@ impl Sandbox {
         *self.transport.write().unwrap_or_else(|e| e.into_inner()) = transport;
     }
 
+    /// The anti-forgery token of a pay page's forms for the browser holding `nonce`.
+    pub fn form_token(&self, nonce: &str, reference: &str) -> String {
+        signature::form_token(&self.secret, nonce, reference)
+    }
+
+    /// Whether a posted form's token belongs to this browser (its nonce) and this payment.
+    pub fn check_form_token(&self, nonce: &str, reference: &str, token: &str) -> bool {
+        signature::check_form_token(&self.secret, nonce, reference, token)
+    }
+
     /// Simulates (or ends) an outage of refunds.
     pub fn set_refund_fault(&self, fault: RefundFault) {
         *self.refund_fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;

@@ -36,6 +36,34 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The token a pay page's forms carry: the MAC of the browser's own random nonce (kept in a
+/// same-site cookie) and the payment, so a form posted from another site, which cannot send
+/// that cookie, is refused.
+pub fn form_token(secret: &[u8], nonce: &str, reference: &str) -> String {
+    <HmacSha256 as Mac>::new_from_slice(secret)
+        .map(|mut m| {
+            m.update(b"pay-form.");
+            m.update(nonce.as_bytes());
+            m.update(b".");
+            m.update(reference.as_bytes());
+            hex(&m.finalize().into_bytes())
+        })
+        .unwrap_or_default()
+}
+
+/// Checks a form's token in constant time.
+pub fn check_form_token(secret: &[u8], nonce: &str, reference: &str, token: &str) -> bool {
+    let (Some(given), Ok(mut m)) = (unhex(token), <HmacSha256 as Mac>::new_from_slice(secret))
+    else {
+        return false;
+    };
+    m.update(b"pay-form.");
+    m.update(nonce.as_bytes());
+    m.update(b".");
+    m.update(reference.as_bytes());
+    !nonce.is_empty() && m.verify_slice(&given).is_ok()
+}
+
 /// The header value for `body` signed at `t`.
 pub fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
     let digest = mac(secret, t, body).map(|m| hex(&m.finalize().into_bytes()));

@@ -26,6 +26,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub flash_sale: FlashSaleConfig,
     pub compat: CompatConfig,
+    pub ops: OpsConfig,
     pub loadtest: LoadTestConfig,
     pub uploads: UploadsConfig,
     pub orders: OrdersConfig,
@@ -35,12 +36,31 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PaymentsConfig {
+    /// Which provider takes payments: the built-in `sandbox`, or `none` (nothing can be paid,
+    /// no pay page is served).
+    pub provider: ProviderChoice,
     /// Key the sandbox provider signs its notifications with (at least 32 bytes); generated and
     /// kept in the data directory when unset.
     pub sandbox_secret: Option<Secret>,
     /// Where the sandbox sends notifications; by default this server's own
     /// `/api/v1/payments/notify` at the address it listens on.
     pub notify_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderChoice {
+    #[default]
+    Sandbox,
+    None,
+}
+
+/// The ops listener: `/readyz` with its details and `/metrics`, apart from the public one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Unset: `/readyz` and `/metrics` are served on `http.addr`.
+    pub addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +115,10 @@ pub struct FlashSaleConfig {
     pub schedule_interval_ms: u64,
     /// `Idempotency-Key`s one buyer may have live (each is kept a day); one more is 429 60011.
     pub max_idempotency_keys_per_user: u32,
+    /// Event streams (`GET /flash-sales/{id}/events`) open at once, in all; one more is 503.
+    pub max_event_streams: usize,
+    /// Event streams open at once from one client address (IPv6: one /64); one more is 429.
+    pub max_event_streams_per_ip: usize,
 }
 
 impl Default for FlashSaleConfig {
@@ -105,6 +129,8 @@ impl Default for FlashSaleConfig {
             events_interval_ms: 250,
             schedule_interval_ms: 5_000,
             max_idempotency_keys_per_user: 1_000,
+            max_event_streams: 10_000,
+            max_event_streams_per_ip: 20,
         }
     }
 }
@@ -142,6 +168,8 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     pub body_limit_bytes: usize,
     pub request_timeout_secs: u64,
+    /// How long a stopping server waits for requests in flight before it closes them.
+    pub shutdown_grace_secs: u64,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client. Empty:
     /// the connection's own address is the client, whatever the header says.
     pub trusted_proxies: Vec<String>,
@@ -249,6 +277,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             flash_sale: FlashSaleConfig::default(),
             compat: CompatConfig::default(),
+            ops: OpsConfig::default(),
             loadtest: LoadTestConfig::default(),
             uploads: UploadsConfig::default(),
             orders: OrdersConfig::default(),
@@ -263,6 +292,7 @@ impl Default for HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 30,
+            shutdown_grace_secs: 10,
             trusted_proxies: Vec::new(),
         }
     }
@@ -473,6 +503,12 @@ impl Config {
         }
         if self.orders.sweep_interval_ms < 10 {
             return invalid("orders.sweep_interval_ms", "must be at least 10");
+        }
+        if self.flash_sale.max_event_streams == 0 {
+            return invalid("flash_sale.max_event_streams", "must be at least 1");
+        }
+        if self.flash_sale.max_event_streams_per_ip == 0 {
+            return invalid("flash_sale.max_event_streams_per_ip", "must be at least 1");
         }
         if self.flash_sale.commit_queue == 0 {
             return invalid("flash_sale.commit_queue", "must be at least 1");

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use flashmart_app::auth::{AuthService, AuthSettings, HashCost, LoginLimits};
 use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales};
-use flashmart_app::payments::Payments;
+use flashmart_app::payments::{NoProvider, PaymentProvider, Payments};
 use flashmart_app::ports::Probe;
 use flashmart_app::shop::{Shop, ShopSettings, ShopStores};
 use flashmart_app::uploads::Uploads;
@@ -18,11 +18,12 @@ use flashmart_embedded::{Durability, SqliteStore};
 use flashmart_http::client_ip::TrustedProxies;
 use flashmart_http::limits::{GroupLimit, LimitSettings, RateLimits};
 use flashmart_http::state::LoadTest;
+use flashmart_http::streams::{EventStreams, Shutdown, StreamLimits};
 use flashmart_http::{AppState, HttpSettings, Probes};
 use flashmart_sandbox::Sandbox;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, GroupLimitConfig, Synchronous};
+use crate::config::{Config, GroupLimitConfig, ProviderChoice, Synchronous};
 use crate::secrets;
 
 /// Everything `serve` runs, built from one configuration.
@@ -31,11 +32,18 @@ pub struct Services {
     pub state: AppState,
     pub http: HttpSettings,
     pub store: SqliteStore,
+    /// Raised when the server starts to stop (event streams end).
+    pub stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Services {
     pub fn router(&self) -> axum::Router {
         flashmart_http::router(self.state.clone(), &self.http)
+    }
+
+    /// The ops listener's router (`ops.addr`).
+    pub fn ops_router(&self) -> axum::Router {
+        flashmart_http::ops_router(self.state.clone(), &self.http)
     }
 
     /// The contest API's router, for its own listener (`compat.addr`).
@@ -102,25 +110,31 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             max_units_per_product: config.orders.max_units_per_product,
         },
     );
-    let sandbox = Arc::new(
-        Sandbox::open(
-            &config.data_dir.join("sandbox.db"),
-            secrets::sandbox_secret(config)?,
-            Arc::clone(&clock),
-        )
-        .await
-        .context("opening the sandbox payment provider")?,
-    );
-    if let Some(url) = &config.payments.notify_url {
-        sandbox.set_notify_url(url.clone());
-    }
-    let payments = Payments::new(
-        shared.clone(),
-        shared.clone(),
-        Arc::clone(&sandbox) as Arc<dyn flashmart_app::payments::PaymentProvider>,
-        Arc::clone(&clock),
-    );
+    let sandbox = match config.payments.provider {
+        ProviderChoice::Sandbox => {
+            let sandbox = Arc::new(
+                Sandbox::open(
+                    &config.data_dir.join("sandbox.db"),
+                    secrets::sandbox_secret(config)?,
+                    Arc::clone(&clock),
+                )
+                .await
+                .context("opening the sandbox payment provider")?,
+            );
+            if let Some(url) = &config.payments.notify_url {
+                sandbox.set_notify_url(url.clone());
+            }
+            Some(sandbox)
+        }
+        ProviderChoice::None => None,
+    };
+    let provider: Arc<dyn PaymentProvider> = match &sandbox {
+        Some(sandbox) => Arc::clone(sandbox) as Arc<dyn PaymentProvider>,
+        None => Arc::new(NoProvider),
+    };
+    let payments = Payments::new(shared.clone(), shared.clone(), provider, Arc::clone(&clock));
     let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store.clone())];
+    let (stop, shutdown) = Shutdown::channel();
     Ok(Services {
         state: AppState {
             auth: Arc::new(auth),
@@ -145,12 +159,19 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             ),
             probes: Probes(probes.into()),
             metrics: flashmart_http::metrics::prometheus(),
+            shutdown,
+            streams: Arc::new(EventStreams::new(StreamLimits {
+                total: config.flash_sale.max_event_streams,
+                per_ip: config.flash_sale.max_event_streams_per_ip,
+            })),
         },
         http: HttpSettings {
             body_limit_bytes: config.http.body_limit_bytes,
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
+            ops_apart: config.ops.addr.is_some(),
         },
         store,
+        stop,
     })
 }
 
@@ -188,84 +209,96 @@ fn secs(n: u64) -> time::Duration {
     time::Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// Runs every role in this process until SIGTERM or Ctrl-C, then stops accepting, lets in-flight
-/// requests finish and closes storage.
+/// Runs every role in this process until SIGTERM or Ctrl-C, then stops: listeners stop
+/// accepting, event streams are told to end, requests in flight get `http.shutdown_grace_secs`
+/// to finish (then they are closed), the group commit is flushed and storage closed.
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
+    let mut signals = StopSignals::install()?;
     let services = build(config, Arc::new(SystemClock)).await?;
-    let listener = TcpListener::bind(config.http.addr)
-        .await
-        .with_context(|| format!("binding http.addr {}", config.http.addr))?;
-    let addr = listener.local_addr()?;
-    if config.payments.notify_url.is_none() {
-        // The sandbox notifies this very server; an unspecified address is reached on loopback.
-        let mut reach = addr;
-        if reach.ip().is_unspecified() {
-            reach.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    let public = bind(config.http.addr, "http.addr").await?;
+    let addr = public.local_addr()?;
+    if let Some(sandbox) = &services.state.sandbox {
+        if config.payments.notify_url.is_none() {
+            // The sandbox notifies this very server; an unspecified address is reached on
+            // loopback.
+            let mut reach = addr;
+            if reach.ip().is_unspecified() {
+                reach.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            sandbox.set_notify_url(format!("http://{reach}/api/v1/payments/notify"));
         }
-        services
-            .state
-            .sandbox
-            .set_notify_url(format!("http://{reach}/api/v1/payments/notify"));
+        // Whatever the sandbox settled but could not tell us before the last stop goes out now.
+        if let Err(err) = sandbox.redeliver_pending().await {
+            tracing::error!(%err, "cannot read the sandbox's unsent notifications");
+        }
     }
-    // Whatever the sandbox settled but could not tell us before the last stop goes out now.
-    if let Err(err) = services.state.sandbox.redeliver_pending().await {
-        tracing::error!(%err, "cannot read the sandbox's unsent notifications");
+    let mut listeners = vec![("http", public, services.router())];
+    let mut also = Vec::new();
+    if let Some(ops_addr) = config.ops.addr {
+        let ops = bind(ops_addr, "ops.addr").await?;
+        also.push(("ops_addr", ops.local_addr()?.to_string()));
+        listeners.push(("ops", ops, services.ops_router()));
     }
-    let compat = if config.compat.contest {
-        let listener = TcpListener::bind(config.compat.addr)
-            .await
-            .with_context(|| format!("binding compat.addr {}", config.compat.addr))?;
-        Some(listener)
-    } else {
-        None
+    if config.compat.contest {
+        let compat = bind(config.compat.addr, "compat.addr").await?;
+        also.push(("compat_addr", compat.local_addr()?.to_string()));
+        listeners.push(("compat", compat, services.compat_router()));
+    }
+    let field = |name: &str| {
+        also.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| a.as_str())
     };
-    let compat_addr = compat
-        .as_ref()
-        .map(TcpListener::local_addr)
-        .transpose()?
-        .map(|a| a.to_string());
     tracing::info!(
         %addr,
-        compat_addr = compat_addr.as_deref(),
+        ops_addr = field("ops_addr"),
+        compat_addr = field("compat_addr"),
         data_dir = %config.data_dir.display(),
         "flashmart listening on http://{addr}"
     );
 
     let workers = spawn_workers(&services.state, config);
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
+    let mut servers = tokio::task::JoinSet::new();
+    for (name, listener, router) in listeners {
+        let mut stop = services.stop.subscribe();
+        servers.spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            })
+            .await
+            .with_context(|| format!("serving the {name} listener"))
+        });
+    }
+    tokio::select! {
+        () = signals.recv() => {}
+        Some(ended) = servers.join_next() => {
+            // A listener ended before any signal: that is a failure, whatever it says.
+            ended??;
+            anyhow::bail!("a listener stopped on its own");
         }
-    };
-    let public = axum::serve(
-        listener,
-        services
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped());
-    let compat = compat.map(|listener| {
-        axum::serve(
-            listener,
-            services
-                .compat_router()
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped())
-    });
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    match compat {
-        Some(compat) => {
-            let (public, compat) = tokio::join!(public.into_future(), compat.into_future());
-            public.context("serving HTTP")?;
-            compat.context("serving the contest API")?;
+    }
+    let _ = services.stop.send(true);
+    let grace = Duration::from_secs(config.http.shutdown_grace_secs);
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(ended) = servers.join_next().await {
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!("{err:#}"),
+                Err(err) => tracing::error!(%err, "a listener task failed"),
+            }
         }
-        None => public.await.context("serving HTTP")?,
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "requests still in flight after http.shutdown_grace_secs; closing them"
+        );
+        servers.abort_all();
     }
     for worker in workers {
         worker.abort();
@@ -275,6 +308,12 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     services.store.close().await;
     tracing::info!("flashmart stopped");
     Ok(())
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {key} {addr}"))
 }
 
 /// The background work of a single-process deployment: expiry, live events, schedules, and
@@ -334,14 +373,15 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
             }
         }
     });
-    let sandbox = Arc::clone(&state.sandbox);
-    let resend = every(Duration::from_secs(60), move || {
-        let sandbox = Arc::clone(&sandbox);
-        async move {
-            if let Err(err) = sandbox.redeliver_pending().await {
-                tracing::warn!(%err, "sandbox cannot read its unsent notifications; will retry");
+    let resend = state.sandbox.clone().map(|sandbox| {
+        every(Duration::from_secs(60), move || {
+            let sandbox = Arc::clone(&sandbox);
+            async move {
+                if let Err(err) = sandbox.redeliver_pending().await {
+                    tracing::warn!(%err, "sandbox cannot read its unsent notifications; will retry");
+                }
             }
-        }
+        })
     });
     let metrics = state.metrics.clone();
     let upkeep = every(Duration::from_secs(5), move || {
@@ -356,17 +396,18 @@ fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHand
         limits.retain_recent();
         async {}
     });
-    vec![
+    let mut workers = vec![
         sweeper,
         orders,
         stale_payments,
         refunds,
-        resend,
         publisher,
         scheduler,
         upkeep,
         housekeeping,
-    ]
+    ];
+    workers.extend(resend);
+    workers
 }
 
 /// Runs `job` every `period`, one run at a time (a slow run delays the next, never overlaps it).
@@ -385,30 +426,41 @@ where
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// SIGTERM and SIGINT, listened for from the moment this is made: made before the server says
+/// it is listening, so a signal sent as soon as it does is never the default action (death
+/// without a word).
+struct StopSignals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
         if let Err(err) = tokio::signal::ctrl_c().await {
             tracing::error!(%err, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        tracing::info!("shutdown signal received; draining");
     }
-    tracing::info!("shutdown signal received; draining");
 }

@@ -3,6 +3,7 @@
 //! longer needs, refund in full or in part (`refunds`). Paying a flash-sale order marks its
 //! reservation purchased.
 
+mod disabled;
 pub mod refunds;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::clock::Clock;
 use crate::error::StoreError;
 use crate::ports::{OrderStore, PaymentStore};
 use crate::shop::model::OrderRecord;
+pub use disabled::NoProvider;
 pub use refunds::{RefundKind, RefundRecord, RefundSettlement, RefundStart, RefundStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

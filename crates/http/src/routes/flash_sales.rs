@@ -20,8 +20,9 @@ use uuid::Uuid;
 
 use crate::envelope::{Envelope, ErrorEnvelope, Reply, created, ok};
 use crate::error::ApiError;
-use crate::extract::{Auth, Json, Path, Query};
+use crate::extract::{Auth, ClientIp, Json, Path, Query};
 use crate::state::AppState;
+use crate::streams::{EventStreams, Shutdown};
 use crate::views::{ItemOut, PageOf, PageParams, ReservationOut, SaleOut};
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -135,17 +136,25 @@ fn event(sale: SaleId, snapshot: SaleSnapshot) -> Event {
 
 /// Live remaining stock and status as server-sent events (`event: snapshot`): one at once, then
 /// one whenever the numbers change, at most four a second however fast stock moves. The stream
-/// ends after the sale has ended.
+/// ends after the sale has ended, and when the server stops. Open streams are capped in total
+/// (`flash_sale.max_event_streams`, then 503) and per client address
+/// (`flash_sale.max_event_streams_per_ip`, then 429).
 #[utoipa::path(get, path = "/flash-sales/{id}/events", tag = "flash-sales",
     params(("id" = Uuid, Path, description = "Sale id")),
     responses(
         (status = 200, description = "`text/event-stream`; each `data` is a SaleEvent", content_type = "text/event-stream", body = SaleEvent),
         (status = 404, description = "60001: sale not found", body = ErrorEnvelope),
+        (status = 429, description = "Too many streams open from this address", body = ErrorEnvelope),
+        (status = 503, description = "Too many streams open", body = ErrorEnvelope),
     ))]
 pub async fn sale_events(
     State(sales): State<Arc<FlashSales>>,
+    State(streams): State<Arc<EventStreams>>,
+    State(shutdown): State<Shutdown>,
+    ClientIp(ip): ClientIp,
     Path(id): Path<Uuid>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let place = streams.open(ip)?;
     let id = SaleId::from_uuid(id);
     let (first, rx) = match sales.subscribe(id) {
         Some((now, rx)) => (now, Some(rx)),
@@ -159,11 +168,12 @@ pub async fn sale_events(
             (snapshot, None)
         }
     };
-    // State: the receiver, the last snapshot sent (None before the first), and whether the
-    // stream is over.
+    // State: the receiver, the last snapshot sent (None before the first), whether the
+    // stream is over, the server's stop signal, and the stream's place (given back when the
+    // stream is dropped).
     let stream = futures_util::stream::unfold(
-        (rx, None::<SaleSnapshot>, false),
-        move |(mut rx, sent, done)| async move {
+        (rx, None::<SaleSnapshot>, false, shutdown, place),
+        move |(mut rx, sent, done, mut shutdown, place)| async move {
             if done {
                 return None;
             }
@@ -171,8 +181,13 @@ pub async fn sale_events(
                 (None, _) => first,
                 (Some(_), None) => return None,
                 (Some(sent), Some(receiver)) => loop {
-                    if receiver.changed().await.is_err() {
-                        return None;
+                    tokio::select! {
+                        changed = receiver.changed() => {
+                            if changed.is_err() {
+                                return None;
+                            }
+                        }
+                        () = shutdown.stopping() => return None,
                     }
                     let next = *receiver.borrow_and_update();
                     if next != sent {
@@ -181,7 +196,10 @@ pub async fn sale_events(
                 },
             };
             let over = snapshot.phase == SalePhase::Ended || rx.is_none();
-            Some((Ok(event(id, snapshot)), (rx, Some(snapshot), over)))
+            Some((
+                Ok(event(id, snapshot)),
+                (rx, Some(snapshot), over, shutdown, place),
+            ))
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

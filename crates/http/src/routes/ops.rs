@@ -20,9 +20,15 @@ use crate::state::{AppState, Probes};
 /// How long one dependency may take to answer a readiness check.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn routes() -> OpenApiRouter<AppState> {
+/// Liveness, served on every listener.
+pub fn liveness() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_healthz))
+}
+
+/// Readiness (with each dependency's state) and metrics: on the main listener, or on the ops
+/// listener alone when `ops.addr` is set.
+pub fn internals() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(get_healthz))
         .routes(routes!(get_readyz))
         .routes(routes!(get_metrics))
 }
@@ -59,17 +65,22 @@ pub async fn get_readyz(State(probes): State<Probes>) -> Result<Reply<Readiness>
     let mut failures = Vec::new();
     for probe in probes.0.iter() {
         let result = tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await;
+        // The cause goes to the log; the answer says only what kind of failure it was, so a
+        // driver's error text (paths, hosts, queries) never reaches whoever asks.
         let failure = match result {
             Ok(Ok(())) => None,
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+            Ok(Err(err)) => Some((err.to_string(), "unavailable".to_owned())),
+            Err(_) => {
+                let message = format!("no answer within {PROBE_TIMEOUT:?}");
+                Some((message.clone(), message))
+            }
         };
         match failure {
             None => {
                 checks.insert(probe.name(), "ok");
             }
-            Some(message) => {
-                tracing::warn!(dependency = probe.name(), %message, "readiness check failed");
+            Some((cause, message)) => {
+                tracing::warn!(dependency = probe.name(), %cause, "readiness check failed");
                 failures.push(FieldError::new(probe.name(), message));
             }
         }

@@ -66,7 +66,7 @@ pub async fn pay(app: &TestApp, token: &str, order: &str, delivered_before: u64)
             .starts_with("text/html")
     );
     assert!(page.text().contains("Pay") && page.text().contains("Fail"));
-    let done = app.post(&format!("{pay_url}/pay")).send().await;
+    let done = app.press(&pay_url, "pay").await;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
     app.notifications_delivered(delivered_before + 1).await;
     payment
@@ -227,8 +227,16 @@ async fn the_whole_commerce_story() {
     );
     let pay_url = open["pay_url"].as_str().unwrap();
     assert!(app.get(pay_url).send().await.text().contains("closed"));
+    // Even a genuine form (a closed page shows none) cannot pay it.
+    let reference = pay_url.rsplit('/').next().unwrap();
+    let token = app.sandbox().form_token("a-browser", reference);
     assert_eq!(
-        app.post(&format!("{pay_url}/pay")).send().await.status,
+        app.post(&format!("{pay_url}/pay"))
+            .header("cookie", "sandbox_nonce=a-browser")
+            .raw("application/x-www-form-urlencoded", format!("csrf={token}"))
+            .send()
+            .await
+            .status,
         StatusCode::CONFLICT
     );
     app.post(&format!("/api/v1/orders/{unpaid_id}/payments"))
@@ -355,10 +363,7 @@ async fn forged_or_replayed_notifications_change_nothing() {
     }
 
     // The genuine notification, from the sandbox itself, pays the order.
-    let done = app
-        .post(&format!("/sandbox/pay/{reference}/pay"))
-        .send()
-        .await;
+    let done = app.press(&format!("/sandbox/pay/{reference}"), "pay").await;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
     app.notifications_delivered(1).await;
     assert_eq!(order_status(&app, &customer, &order_id).await, "paid");

@@ -647,3 +647,42 @@ async fn a_sale_item_from_a_product_moves_its_stock() {
     assert_eq!(stock(&app).await, 10);
     assert_eq!(sales.return_unsold_stock().await.unwrap(), 0);
 }
+
+/// Event streams hold a connection each: capped per client address (429) and in all (503); a
+/// closed stream gives its place back.
+#[tokio::test]
+async fn open_event_streams_are_capped() {
+    let app = TestApp::with_config(|c| {
+        c.flash_sale.max_event_streams = 3;
+        c.flash_sale.max_event_streams_per_ip = 2;
+    })
+    .await;
+    let op = operator(&app).await;
+    let sale = live_sale(&app, &op, &[4], 4).await;
+    let open = |ip: &str| {
+        let addr: std::net::SocketAddr = format!("{ip}:5000").parse().unwrap();
+        app.router.clone().oneshot(
+            Request::get(format!("/api/v1/flash-sales/{sale}/events"))
+                .extension(axum::extract::ConnectInfo(addr))
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    let a1 = open("203.0.113.1").await.unwrap();
+    let a2 = open("203.0.113.1").await.unwrap();
+    assert_eq!((a1.status(), a2.status()), (StatusCode::OK, StatusCode::OK));
+    let a3 = open("203.0.113.1").await.unwrap();
+    assert_eq!(a3.status(), StatusCode::TOO_MANY_REQUESTS);
+    let b1 = open("203.0.113.2").await.unwrap();
+    assert_eq!(b1.status(), StatusCode::OK);
+    let c1 = open("203.0.113.3").await.unwrap();
+    assert_eq!(c1.status(), StatusCode::SERVICE_UNAVAILABLE);
+    drop(a1);
+    let c2 = open("203.0.113.3").await.unwrap();
+    assert_eq!(
+        c2.status(),
+        StatusCode::OK,
+        "a closed stream's place is free"
+    );
+    drop((a2, b1, c2));
+}

@@ -90,12 +90,7 @@ async fn refunded_here(app: &TestApp, order: &PaidOrder) -> i64 {
 }
 
 async fn refunded_there(app: &TestApp, provider_ref: &str) -> i64 {
-    app.services
-        .state
-        .sandbox
-        .refunded_cents(provider_ref)
-        .await
-        .unwrap()
+    app.sandbox().refunded_cents(provider_ref).await.unwrap()
 }
 
 async fn refunds(app: &TestApp, admin: &str, status: &str) -> Vec<Value> {
@@ -147,7 +142,7 @@ async fn concurrent_refunds_of_one_order_agree_with_the_provider() {
 async fn a_refund_whose_answer_was_lost_is_completed_once() {
     let app = app().await;
     let order = paid_order(&app).await;
-    let sandbox = &app.services.state.sandbox;
+    let sandbox = app.sandbox();
 
     sandbox.set_refund_fault(RefundFault::LoseAnswers);
     refund(&app, &order, json!(1000))
@@ -185,7 +180,7 @@ async fn a_refund_the_provider_refuses_is_failed_and_changes_nothing() {
     let order = paid_order(&app).await;
     // The provider has refunded part of it behind the shop's back (say, from its dashboard).
     flashmart_app::payments::PaymentProvider::refund(
-        app.services.state.sandbox.as_ref(),
+        app.sandbox().as_ref(),
         &order.provider_ref,
         flashmart_domain::Money::new(4900, flashmart_domain::Currency::USD).unwrap(),
         "refund-made-elsewhere",
@@ -234,11 +229,11 @@ async fn the_refund_owed_for_a_late_payment_survives_a_provider_outage() {
         .cancel(me, order_id.parse::<OrderId>().unwrap())
         .await
         .unwrap();
-    let sandbox = &app.services.state.sandbox;
+    let sandbox = app.sandbox();
     sandbox.set_refund_fault(RefundFault::Down);
     let pay_url = payment["pay_url"].as_str().unwrap();
     assert_eq!(
-        app.post(&format!("{pay_url}/pay")).send().await.status,
+        app.press(pay_url, "pay").await.status,
         StatusCode::SEE_OTHER
     );
     app.notifications_delivered(1).await;

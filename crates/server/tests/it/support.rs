@@ -22,6 +22,8 @@ pub struct TestApp {
     pub router: Router,
     /// The contest API's listener (`compat.addr`), apart from the public one.
     pub compat: Router,
+    /// The ops listener (`ops.addr`): `/readyz` and `/metrics` when they are kept apart.
+    pub ops: Router,
     /// What the sandbox sent, as (signature, body).
     pub notifications: Arc<RouterTransport>,
     pub clock: ManualClock,
@@ -63,19 +65,20 @@ impl TestApp {
         let router =
             flashmart_http::router_with(services.state.clone(), &services.http, extra).layer(peer);
         let compat = services.compat_router().layer(peer);
+        let ops = services.ops_router().layer(peer);
         // The sandbox provider notifies this application in process.
         let transport = Arc::new(RouterTransport {
             router: router.clone(),
             sent: Default::default(),
         });
-        services.state.sandbox.set_transport(transport.clone());
-        services
-            .state
-            .sandbox
-            .set_notify_url("http://flashmart.test/api/v1/payments/notify".into());
+        if let Some(sandbox) = &services.state.sandbox {
+            sandbox.set_transport(transport.clone());
+            sandbox.set_notify_url("http://flashmart.test/api/v1/payments/notify".into());
+        }
         Self {
             router,
             compat,
+            ops,
             clock,
             config,
             services,
@@ -86,11 +89,45 @@ impl TestApp {
 
     /// Waits until the sandbox has delivered `n` notifications in all.
     pub async fn notifications_delivered(&self, n: u64) {
-        let mut rx = self.services.state.sandbox.delivered();
+        let mut rx = self.sandbox().delivered();
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|d| *d >= n))
             .await
             .expect("the sandbox delivers within 10 s")
             .unwrap();
+    }
+
+    /// The sandbox provider (`payments.provider = "sandbox"`, the default).
+    pub fn sandbox(&self) -> &Arc<flashmart_sandbox::Sandbox> {
+        self.services
+            .state
+            .sandbox
+            .as_ref()
+            .expect("the sandbox provider is on")
+    }
+
+    /// Presses Pay (`"pay"`) or Fail (`"fail"`) on a sandbox pay page, as a browser does: it
+    /// opens the page (getting its nonce cookie) and posts the button's form with its token.
+    pub async fn press(&self, pay_url: &str, button: &str) -> TestResponse {
+        let page = self.get(pay_url).send().await;
+        let cookie = page.headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let html = page.text();
+        let token = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no form token on the page: {html}"))
+            .to_owned();
+        self.post(&format!("{pay_url}/{button}"))
+            .header("cookie", &cookie)
+            .raw("application/x-www-form-urlencoded", format!("csrf={token}"))
+            .send()
+            .await
     }
 
     pub fn req(&self, method: Method, path: &str) -> Req {
@@ -98,6 +135,14 @@ impl TestApp {
             router: self.router.clone(),
             builder: Request::builder().method(method).uri(path),
             body: Body::empty(),
+        }
+    }
+
+    /// A request to the ops listener.
+    pub fn ops(&self, method: Method, path: &str) -> Req {
+        Req {
+            router: self.ops.clone(),
+            ..self.req(method, path)
         }
     }
 
@@ -333,6 +378,15 @@ impl Server {
                 return value;
             }
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
     }
 
     pub fn terminate(mut self) -> std::process::ExitStatus {
