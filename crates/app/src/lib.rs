@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod clock;
 pub mod error;
 pub mod flash_sale;
+pub mod health;
 pub mod page;
 pub mod payments;
 pub mod ports;

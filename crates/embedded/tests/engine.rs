@@ -384,6 +384,143 @@ async fn a_failed_commit_gives_the_stock_back() {
     );
 }
 
+/// A journal that panics on its first commit, then writes to SQLite.
+#[derive(Debug)]
+struct PanicsOnce {
+    store: Arc<SqliteStore>,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl ReservationJournal for PanicsOnce {
+    async fn commit(&self, ops: &[JournalOp]) -> Result<Vec<JournalOutcome>, StoreError> {
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a bug in storage code");
+        }
+        self.store.commit(ops).await
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_journal_fails_its_batch_and_the_commit_goes_on() {
+    let world = World::new().await;
+    let users = world.users(2).await;
+    let engine = world
+        .engine_with(
+            Arc::new(PanicsOnce {
+                store: Arc::clone(&world.store),
+                panicked: false.into(),
+            }),
+            false,
+        )
+        .await;
+    let sale = engine
+        .create_sale(draft(world.clock.now(), &[1], 1))
+        .await
+        .unwrap()
+        .record
+        .id;
+    assert!(matches!(
+        engine.reserve(users[0], sale, 1, 1, None).await,
+        Err(SaleError::Unavailable(_))
+    ));
+    assert_eq!(engine.stats(sale).await.unwrap().remaining, 1, "given back");
+    let report = engine.commit_heartbeat().report();
+    assert_eq!(report.state, flashmart_app::health::WorkState::Ok);
+    assert_eq!(report.failures, 1);
+    // The commit task lived through it.
+    engine.reserve(users[1], sale, 1, 1, None).await.unwrap();
+    assert_eq!(engine.commit_heartbeat().report().failures, 0);
+}
+
+/// A journal that blocks inside its first commit until told to go on.
+#[derive(Debug)]
+struct Blocking {
+    entered: tokio::sync::Notify,
+    go: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl ReservationJournal for Blocking {
+    async fn commit(&self, _ops: &[JournalOp]) -> Result<Vec<JournalOutcome>, StoreError> {
+        self.entered.notify_one();
+        let _ = self.go.acquire().await;
+        Err(StoreError::Unavailable("never reached".into()))
+    }
+}
+
+/// With the commit task gone, every waiting request is answered at once, new ones are refused
+/// at once, and the stock of what never reached storage is free again.
+#[tokio::test]
+async fn with_the_commit_task_gone_reservations_fail_at_once_and_stock_goes_back() {
+    let world = World::new().await;
+    let users = world.users(3).await;
+    let journal = Arc::new(Blocking {
+        entered: tokio::sync::Notify::new(),
+        go: tokio::sync::Semaphore::new(0),
+    });
+    let (engine, task) = FlashSales::start(
+        Arc::clone(&world.store) as Arc<dyn FlashSaleStore>,
+        Arc::clone(&journal) as Arc<dyn ReservationJournal>,
+        Arc::new(world.clock.clone()),
+        FlashSaleSettings::default(),
+    )
+    .await
+    .unwrap();
+    let engine = Arc::new(engine);
+    let sale = engine
+        .create_sale(draft(world.clock.now(), &[2], 1))
+        .await
+        .unwrap()
+        .record
+        .id;
+    let first = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        let user = users[0];
+        async move { engine.reserve(user, sale, 1, 1, None).await }
+    });
+    journal.entered.notified().await;
+    // The second waits in the queue behind the batch storage has in hand.
+    let second = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        let user = users[1];
+        async move { engine.reserve(user, sale, 1, 1, None).await }
+    });
+    let queued = async {
+        while engine.stats(sale).await.unwrap().remaining > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), queued)
+        .await
+        .expect("the second reservation holds its unit");
+
+    task.abort();
+    let _ = task.await;
+    for request in [first, second] {
+        assert!(matches!(
+            request.await.unwrap(),
+            Err(SaleError::Unavailable(_))
+        ));
+    }
+    assert!(matches!(
+        engine.reserve(users[2], sale, 1, 1, None).await,
+        Err(SaleError::Unavailable(_))
+    ));
+    assert_eq!(
+        engine.stats(sale).await.unwrap().remaining,
+        1,
+        "the queued unit is back; the one storage had in hand stays held until a restart says"
+    );
+    assert_eq!(
+        engine.commit_heartbeat().report().state,
+        flashmart_app::health::WorkState::Stopped
+    );
+}
+
 #[tokio::test]
 async fn expired_reservations_return_their_stock() {
     let world = World::new().await;

@@ -34,6 +34,8 @@ pub struct AppState {
     /// Raised when the server starts to stop: event streams end.
     pub shutdown: crate::streams::Shutdown,
     pub streams: Arc<crate::streams::EventStreams>,
+    /// The heartbeats of the background work, which `/readyz` reports.
+    pub workers: Arc<flashmart_app::health::Workers>,
 }
 
 /// Whether `POST /admin/loadtest/buyers` may mint buyer accounts with tokens

@@ -7,6 +7,7 @@ pub mod config;
 pub mod logging;
 mod secrets;
 pub mod wiring;
+pub mod workers;
 
 pub use config::Config;
 pub use wiring::{Services, build};

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use flashmart_app::auth::{AuthService, AuthSettings, HashCost, LoginLimits};
 use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales};
+use flashmart_app::health::Workers;
 use flashmart_app::payments::{NoProvider, PaymentProvider, Payments};
 use flashmart_app::ports::Probe;
 use flashmart_app::shop::{Shop, ShopSettings, ShopStores};
@@ -34,6 +35,8 @@ pub struct Services {
     pub store: SqliteStore,
     /// Raised when the server starts to stop (event streams end).
     pub stop: tokio::sync::watch::Sender<bool>,
+    /// The group commit's task (it ends when the flash-sale service is dropped).
+    pub commit_task: tokio::task::JoinHandle<()>,
 }
 
 impl Services {
@@ -74,7 +77,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
     )
     .await
     .context("starting the auth service")?;
-    let (flash_sales, _commit_task) = FlashSales::start(
+    let (flash_sales, commit_task) = FlashSales::start(
         Arc::new(store.clone()),
         Arc::new(store.clone()),
         Arc::clone(&clock),
@@ -134,6 +137,8 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
     };
     let payments = Payments::new(shared.clone(), shared.clone(), provider, Arc::clone(&clock));
     let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store.clone())];
+    let workers = Arc::new(Workers::default());
+    workers.register(flash_sales.commit_heartbeat());
     let (stop, shutdown) = Shutdown::channel();
     Ok(Services {
         state: AppState {
@@ -160,6 +165,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             probes: Probes(probes.into()),
             metrics: flashmart_http::metrics::prometheus(),
             shutdown,
+            workers,
             streams: Arc::new(EventStreams::new(StreamLimits {
                 total: config.flash_sale.max_event_streams,
                 per_ip: config.flash_sale.max_event_streams_per_ip,
@@ -172,6 +178,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         },
         store,
         stop,
+        commit_task,
     })
 }
 
@@ -257,7 +264,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         "flashmart listening on http://{addr}"
     );
 
-    let workers = spawn_workers(&services.state, config);
+    let workers = crate::workers::spawn(&services.state, config);
     let mut servers = tokio::task::JoinSet::new();
     for (name, listener, router) in listeners {
         let mut stop = services.stop.subscribe();
@@ -314,116 +321,6 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {key} {addr}"))
-}
-
-/// The background work of a single-process deployment: expiry, live events, schedules, and
-/// housekeeping.
-fn spawn_workers(state: &AppState, config: &Config) -> Vec<tokio::task::JoinHandle<()>> {
-    let ms = Duration::from_millis;
-    let sales = Arc::clone(&state.flash_sales);
-    let sweeper = every(ms(config.flash_sale.sweep_interval_ms), move || {
-        let sales = Arc::clone(&sales);
-        async move {
-            if let Err(err) = sales.sweep_expired().await {
-                tracing::error!(%err, "expiring reservations failed; will retry");
-            }
-            if let Err(err) = sales.return_unsold_stock().await {
-                tracing::error!(%err, "returning unsold units to their products failed; will retry");
-            }
-        }
-    });
-    let sales = Arc::clone(&state.flash_sales);
-    let publisher = every(ms(config.flash_sale.events_interval_ms), move || {
-        sales.publish_all();
-        async {}
-    });
-    let sales = Arc::clone(&state.flash_sales);
-    let scheduler = every(ms(config.flash_sale.schedule_interval_ms), move || {
-        let sales = Arc::clone(&sales);
-        async move {
-            if let Err(err) = sales.run_schedules().await {
-                tracing::error!(%err, "running schedules failed; will retry");
-            }
-        }
-    });
-    let shop = Arc::clone(&state.shop);
-    let orders = every(ms(config.orders.sweep_interval_ms), move || {
-        let shop = Arc::clone(&shop);
-        async move {
-            if let Err(err) = shop.sweep_expired().await {
-                tracing::error!(%err, "expiring unpaid orders failed; will retry");
-            }
-        }
-    });
-    let payments = Arc::clone(&state.payments);
-    let stale_payments = every(Duration::from_secs(5), move || {
-        let payments = Arc::clone(&payments);
-        async move {
-            if let Err(err) = payments.close_stale().await {
-                tracing::warn!(%err, "closing payments of ended orders failed; will retry");
-            }
-        }
-    });
-    let payments = Arc::clone(&state.payments);
-    let refunds = every(Duration::from_secs(5), move || {
-        let payments = Arc::clone(&payments);
-        async move {
-            if let Err(err) = payments.drain_refunds(100).await {
-                tracing::warn!(%err, "asking the provider for pending refunds failed; will retry");
-            }
-        }
-    });
-    let resend = state.sandbox.clone().map(|sandbox| {
-        every(Duration::from_secs(60), move || {
-            let sandbox = Arc::clone(&sandbox);
-            async move {
-                if let Err(err) = sandbox.redeliver_pending().await {
-                    tracing::warn!(%err, "sandbox cannot read its unsent notifications; will retry");
-                }
-            }
-        })
-    });
-    let metrics = state.metrics.clone();
-    let upkeep = every(Duration::from_secs(5), move || {
-        metrics.run_upkeep();
-        async {}
-    });
-    let (auth, sales) = (Arc::clone(&state.auth), Arc::clone(&state.flash_sales));
-    let limits = Arc::clone(&state.limits);
-    let housekeeping = every(Duration::from_secs(60), move || {
-        auth.housekeeping();
-        sales.housekeeping();
-        limits.retain_recent();
-        async {}
-    });
-    let mut workers = vec![
-        sweeper,
-        orders,
-        stale_payments,
-        refunds,
-        publisher,
-        scheduler,
-        upkeep,
-        housekeeping,
-    ];
-    workers.extend(resend);
-    workers
-}
-
-/// Runs `job` every `period`, one run at a time (a slow run delays the next, never overlaps it).
-fn every<F, Fut>(period: Duration, mut job: F) -> tokio::task::JoinHandle<()>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            job().await;
-        }
-    })
 }
 
 /// SIGTERM and SIGINT, listened for from the moment this is made: made before the server says

@@ -4,17 +4,25 @@
 //!
 //! A failed transaction gives every reservation in it back to the in-memory ledger here, in the
 //! commit task, not in the request that asked for it: a request whose client went away must not
-//! leave its stock held.
+//! leave its stock held. A journal that panics fails its batch like an error, and the task goes
+//! on. Should the task end all the same, every request waiting for it gets an error at once,
+//! new ones are refused at once, and what was queued but never handed to storage gives its
+//! stock back; the batch storage had in hand when the task ended is left held (whether it
+//! committed is unknown), and the ledger rebuilt at the next start has the truth of it.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::error::StoreError;
 use crate::flash_sale::idempotency::{Answer, Claim};
 use crate::flash_sale::ledger::Hold;
 use crate::flash_sale::model::{JournalOp, JournalOutcome, ReservationRecord};
+use crate::health::{Heartbeat, StopGuard};
 use crate::ports::ReservationJournal;
 
 /// The most ops one transaction takes.
@@ -62,6 +70,22 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
     tx: mpsc::Sender<Pending>,
+    beat: Arc<Heartbeat>,
+}
+
+/// A batch taking this long is stuck (storage hung).
+const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Still holding its op: it never reached storage, so its stock is free again. (Once the
+        // op is handed over, the commit task settles the pledge itself.)
+        if self.op.is_some()
+            && let Some(pledge) = self.pledge.take()
+        {
+            pledge.broken();
+        }
+    }
 }
 
 impl std::fmt::Debug for Pending {
@@ -100,8 +124,15 @@ impl GroupCommit {
     /// whatever is still queued first.
     pub fn start(journal: Arc<dyn ReservationJournal>, queue: usize) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let task = tokio::spawn(run(journal, rx));
-        (Self { tx }, task)
+        // Idle is fine: it runs when there is something to write.
+        let beat = Heartbeat::new("group_commit", STUCK_AFTER, None);
+        let task = tokio::spawn(run(journal, rx, Arc::clone(&beat)));
+        (Self { tx, beat }, task)
+    }
+
+    /// The commit task's heartbeat, for readiness.
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        Arc::clone(&self.beat)
     }
 
     /// Waits for room in the queue (backpressure when storage falls behind).
@@ -150,24 +181,40 @@ impl GroupCommit {
     }
 }
 
-async fn run(journal: Arc<dyn ReservationJournal>, mut rx: mpsc::Receiver<Pending>) {
+async fn run(
+    journal: Arc<dyn ReservationJournal>,
+    mut rx: mpsc::Receiver<Pending>,
+    beat: Arc<Heartbeat>,
+) {
+    let _stopped = StopGuard(Arc::clone(&beat));
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut ops: Vec<JournalOp> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         ops.extend(batch.iter_mut().filter_map(|p| p.op.take()));
         let started = Instant::now();
+        beat.started();
+        let mut panicked = false;
         let result = if ops.is_empty() {
             Ok(Vec::new())
         } else {
-            journal.commit(&ops).await
+            // A panic in storage code unwinds out of its transaction (which rolls back): the
+            // batch failed, and the task carries on.
+            match AssertUnwindSafe(journal.commit(&ops)).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => {
+                    panicked = true;
+                    Err(StoreError::Unavailable("the journal panicked".into()))
+                }
+            }
         };
+        beat.finished(!panicked);
         metrics::histogram!("flash_sale_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("flash_sale_commit_batch_size").record(ops.len() as f64);
         match result {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
-                for pending in batch.drain(..) {
-                    if let Some(pledge) = pending.pledge {
+                for mut pending in batch.drain(..) {
+                    if let Some(pledge) = pending.pledge.take() {
                         pledge.kept();
                     }
                     let outcome = if pending.has_op {
@@ -175,7 +222,7 @@ async fn run(journal: Arc<dyn ReservationJournal>, mut rx: mpsc::Receiver<Pendin
                     } else {
                         JournalOutcome::Done
                     };
-                    if let Some(reply) = pending.reply {
+                    if let Some(reply) = pending.reply.take() {
                         let _ = reply.send(Ok(outcome));
                     }
                 }
@@ -184,11 +231,11 @@ async fn run(journal: Arc<dyn ReservationJournal>, mut rx: mpsc::Receiver<Pendin
                 tracing::error!(%err, ops = ops.len(), "group commit failed; stock given back");
                 metrics::counter!("flash_sale_commit_failures_total").increment(1);
                 let failed = CommitFailed(err.to_string().into());
-                for pending in batch.drain(..) {
-                    if let Some(pledge) = pending.pledge {
+                for mut pending in batch.drain(..) {
+                    if let Some(pledge) = pending.pledge.take() {
                         pledge.broken();
                     }
-                    if let Some(reply) = pending.reply {
+                    if let Some(reply) = pending.reply.take() {
                         let _ = reply.send(Err(failed.clone()));
                     }
                 }

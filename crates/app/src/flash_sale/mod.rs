@@ -191,6 +191,11 @@ impl FlashSales {
         ))
     }
 
+    /// The group commit's heartbeat, for readiness.
+    pub fn commit_heartbeat(&self) -> Arc<crate::health::Heartbeat> {
+        self.commit.heartbeat()
+    }
+
     /// A sale's numbers now, and a receiver of the numbers `publish_all` pushes from then on.
     pub fn subscribe(&self, sale: SaleId) -> Option<(SaleSnapshot, watch::Receiver<SaleSnapshot>)> {
         self.ledger.get(&sale).map(|s| {

@@ -1,12 +1,14 @@
 //! Liveness, readiness and metrics: what load balancers, orchestrators and Prometheus ask.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashmart_app::FieldError;
+use flashmart_app::health::Workers;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -48,19 +50,41 @@ pub async fn get_healthz() -> Reply<Health> {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready` when every dependency answered.
+    /// `ready` when every dependency answered and no background work is stuck or gone.
     pub status: &'static str,
     /// Each dependency and its state.
     pub checks: BTreeMap<&'static str, &'static str>,
+    /// Each piece of background work (the group commit, the workers) and what it last did.
+    pub workers: Vec<WorkerOut>,
 }
 
-/// Readiness: each dependency's state; 503 (details naming the failing ones) when one is down.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerOut {
+    #[schema(example = "group_commit")]
+    pub name: &'static str,
+    /// `ok`; `stuck` (a run has taken too long), `stalled` (no run for too long) or `stopped`
+    /// (its task ended), each of which makes the server not ready.
+    #[schema(example = "ok")]
+    pub state: &'static str,
+    /// When its last run ended.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_run_at: Option<time::OffsetDateTime>,
+    /// Runs that panicked since its last success.
+    pub failures: u32,
+}
+
+/// Readiness: each dependency's state and each piece of background work's; 503 (details naming
+/// the failing ones) when a dependency is down or background work is stuck or gone.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses(
         (status = 200, description = "Every dependency is up", body = Envelope<Readiness>),
         (status = 503, description = "A dependency is down", body = ErrorEnvelope),
     ))]
-pub async fn get_readyz(State(probes): State<Probes>) -> Result<Reply<Readiness>, ApiError> {
+pub async fn get_readyz(
+    State(probes): State<Probes>,
+    State(work): State<Arc<Workers>>,
+) -> Result<Reply<Readiness>, ApiError> {
     let mut checks = BTreeMap::new();
     let mut failures = Vec::new();
     for probe in probes.0.iter() {
@@ -85,10 +109,28 @@ pub async fn get_readyz(State(probes): State<Probes>) -> Result<Reply<Readiness>
             }
         }
     }
+    let mut workers = Vec::new();
+    for report in work.reports() {
+        if !report.state.is_healthy() {
+            tracing::warn!(
+                worker = report.name,
+                state = report.state.as_str(),
+                "background work is not healthy"
+            );
+            failures.push(FieldError::new(report.name, report.state.as_str()));
+        }
+        workers.push(WorkerOut {
+            name: report.name,
+            state: report.state.as_str(),
+            last_run_at: report.last_run_at,
+            failures: report.failures,
+        });
+    }
     if failures.is_empty() {
         Ok(ok(Readiness {
             status: "ready",
             checks,
+            workers,
         }))
     } else {
         Err(ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "not ready").with_details(failures))

@@ -310,3 +310,39 @@ async fn metric_labels_stay_bounded_whatever_clients_send() {
     );
     assert!(methods.len() <= 10, "{methods:?}");
 }
+
+/// Readiness reports the background work; with the group commit gone the server is not ready and
+/// reservations are refused at once.
+#[tokio::test]
+async fn readiness_reports_the_group_commit_and_refuses_when_it_is_gone() {
+    let app = TestApp::start().await;
+    let ready = app.get("/readyz").send().await.data();
+    let workers = ready["workers"].as_array().unwrap();
+    assert_eq!(workers[0]["name"], "group_commit");
+    assert_eq!(workers[0]["state"], "ok");
+
+    let ops = crate::flash_sales::operator(&app).await;
+    let sale = crate::flash_sales::live_sale(&app, &ops, &[3], 1).await;
+    let (buyer, _) = app.customer("late@example.com", "late password").await;
+    app.services.commit_task.abort();
+    let body = app
+        .get("/readyz")
+        .send()
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
+    assert_eq!(body["details"][0]["field"], "group_commit", "{body}");
+    assert_eq!(body["details"][0]["message"], "stopped", "{body}");
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        crate::flash_sales::reserve(&app, &buyer, &sale, 1, 1),
+    )
+    .await
+    .expect("answered, not left hanging");
+    answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
+    let view = app
+        .get(&format!("/api/v1/flash-sales/{sale}"))
+        .send()
+        .await
+        .data();
+    assert_eq!(view["remaining"], 3, "nothing held");
+}

@@ -1,0 +1,241 @@
+//! The background work of a single-process deployment (expiry, live events, schedules, payments,
+//! refunds, housekeeping), each piece supervised: a run that panics is logged and the work goes
+//! on after a backoff, and every piece has a heartbeat that `/readyz` reads.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashmart_app::health::{Heartbeat, StopGuard, Workers};
+use flashmart_http::AppState;
+use futures_util::FutureExt as _;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// The first wait after a panic; it doubles with every panic in a row, up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The background work of a single-process deployment: expiry, live events, schedules, and
+/// housekeeping.
+pub fn spawn(state: &AppState, config: &Config) -> Vec<JoinHandle<()>> {
+    let ms = Duration::from_millis;
+    let sales = Arc::clone(&state.flash_sales);
+    let sweeper = every(
+        &state.workers,
+        "reservation_sweeper",
+        ms(config.flash_sale.sweep_interval_ms),
+        move || {
+            let sales = Arc::clone(&sales);
+            async move {
+                if let Err(err) = sales.sweep_expired().await {
+                    tracing::error!(%err, "expiring reservations failed; will retry");
+                }
+                if let Err(err) = sales.return_unsold_stock().await {
+                    tracing::error!(%err, "returning unsold units to their products failed; will retry");
+                }
+            }
+        },
+    );
+    let sales = Arc::clone(&state.flash_sales);
+    let publisher = every(
+        &state.workers,
+        "events_publisher",
+        ms(config.flash_sale.events_interval_ms),
+        move || {
+            sales.publish_all();
+            async {}
+        },
+    );
+    let sales = Arc::clone(&state.flash_sales);
+    let scheduler = every(
+        &state.workers,
+        "scheduler",
+        ms(config.flash_sale.schedule_interval_ms),
+        move || {
+            let sales = Arc::clone(&sales);
+            async move {
+                if let Err(err) = sales.run_schedules().await {
+                    tracing::error!(%err, "running schedules failed; will retry");
+                }
+            }
+        },
+    );
+    let shop = Arc::clone(&state.shop);
+    let orders = every(
+        &state.workers,
+        "order_sweeper",
+        ms(config.orders.sweep_interval_ms),
+        move || {
+            let shop = Arc::clone(&shop);
+            async move {
+                if let Err(err) = shop.sweep_expired().await {
+                    tracing::error!(%err, "expiring unpaid orders failed; will retry");
+                }
+            }
+        },
+    );
+    let payments = Arc::clone(&state.payments);
+    let stale_payments = every(
+        &state.workers,
+        "payment_closer",
+        Duration::from_secs(5),
+        move || {
+            let payments = Arc::clone(&payments);
+            async move {
+                if let Err(err) = payments.close_stale().await {
+                    tracing::warn!(%err, "closing payments of ended orders failed; will retry");
+                }
+            }
+        },
+    );
+    let payments = Arc::clone(&state.payments);
+    let refunds = every(
+        &state.workers,
+        "refund_worker",
+        Duration::from_secs(5),
+        move || {
+            let payments = Arc::clone(&payments);
+            async move {
+                if let Err(err) = payments.drain_refunds(100).await {
+                    tracing::warn!(%err, "asking the provider for pending refunds failed; will retry");
+                }
+            }
+        },
+    );
+    let workers = Arc::clone(&state.workers);
+    let resend = state.sandbox.clone().map(|sandbox| {
+        every(&workers, "sandbox_resender", Duration::from_secs(60), move || {
+            let sandbox = Arc::clone(&sandbox);
+            async move {
+                if let Err(err) = sandbox.redeliver_pending().await {
+                    tracing::warn!(%err, "sandbox cannot read its unsent notifications; will retry");
+                }
+            }
+        })
+    });
+    let metrics = state.metrics.clone();
+    let upkeep = every(
+        &state.workers,
+        "metrics_upkeep",
+        Duration::from_secs(5),
+        move || {
+            metrics.run_upkeep();
+            async {}
+        },
+    );
+    let (auth, sales) = (Arc::clone(&state.auth), Arc::clone(&state.flash_sales));
+    let limits = Arc::clone(&state.limits);
+    let housekeeping = every(
+        &state.workers,
+        "housekeeping",
+        Duration::from_secs(60),
+        move || {
+            auth.housekeeping();
+            sales.housekeeping();
+            limits.retain_recent();
+            async {}
+        },
+    );
+    let mut workers = vec![
+        sweeper,
+        orders,
+        stale_payments,
+        refunds,
+        publisher,
+        scheduler,
+        upkeep,
+        housekeeping,
+    ];
+    workers.extend(resend);
+    workers
+}
+
+/// Runs `job` every `period`, one run at a time (a slow run delays the next, never overlaps it),
+/// under a heartbeat registered as `name`. A run that panics is logged and counted, and the next
+/// waits a backoff (1 s doubling to a minute) on top of the period.
+pub fn every<F, Fut>(
+    workers: &Workers,
+    name: &'static str,
+    period: Duration,
+    mut job: F,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    // A run may take long (a large sweep), but not for ever; the loop must turn within a few
+    // periods.
+    let stuck_after = (period * 20).max(Duration::from_secs(120));
+    let stalled_after = (period * 3).max(Duration::from_secs(60)) + stuck_after;
+    let beat = Heartbeat::new(name, stuck_after, Some(stalled_after));
+    workers.register(Arc::clone(&beat));
+    tokio::spawn(async move {
+        let _stopped = StopGuard(Arc::clone(&beat));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            tick.tick().await;
+            beat.started();
+            match AssertUnwindSafe(job()).catch_unwind().await {
+                Ok(()) => {
+                    beat.finished(true);
+                    backoff = FIRST_BACKOFF;
+                }
+                Err(panic) => {
+                    beat.finished(false);
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(
+                        worker = name,
+                        panic = %message,
+                        restart_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        "a background worker panicked; restarting it after a backoff"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use flashmart_app::health::WorkState;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_worker_is_restarted_and_reported() {
+        let workers = Workers::default();
+        let runs = Arc::new(AtomicU32::new(0));
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        let counted = Arc::clone(&runs);
+        let handle = every(&workers, "flaky", Duration::from_secs(1), move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let done_tx = done_tx.clone();
+            async move {
+                assert!(n >= 2, "run {n} fails");
+                let _ = done_tx.send(n);
+            }
+        });
+        // The paused clock moves on by itself whenever every task waits on it.
+        assert_eq!(done.recv().await, Some(2), "the third run succeeds");
+        let report = &workers.reports()[0];
+        assert_eq!(report.name, "flaky");
+        assert_eq!(report.state, WorkState::Ok);
+        assert_eq!(report.failures, 0, "reset by the success");
+        handle.abort();
+        let _ = handle.await;
+        assert_eq!(workers.reports()[0].state, WorkState::Stopped);
+    }
+}
