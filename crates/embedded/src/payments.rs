@@ -421,12 +421,15 @@ impl PaymentStore for SqliteStore {
 
     async fn open_payments_of_ended_orders(
         &self,
+        after: Option<PaymentId>,
         limit: u32,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         sqlx::query(select_payments!(
             "JOIN orders o ON o.id = p.order_id \
-             WHERE p.status = 'pending' AND o.status != 'pending_payment' LIMIT ?"
+             WHERE p.status = 'pending' AND o.status != 'pending_payment' \
+               AND (?1 IS NULL OR p.id > ?1) ORDER BY p.id LIMIT ?2"
         ))
+        .bind(after.map(|a| *a.as_uuid()))
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await

@@ -4,6 +4,7 @@
 //! HTTP, signed with HMAC-SHA256 over a timestamp and the body, retried until acknowledged. The
 //! merchant side knows it only through the `PaymentProvider` port.
 
+mod delivery;
 mod signature;
 mod transport;
 
@@ -23,6 +24,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+pub use delivery::{DeadLetter, RETRY_SCHEDULE_SECS};
 pub use signature::{TOLERANCE_SECS, sign};
 pub use transport::{HttpTransport, Transport};
 
@@ -30,8 +32,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sand
 
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "sandbox-signature";
-/// Delivery attempts before the sandbox gives up on a notification.
-const MAX_ATTEMPTS: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -92,7 +92,7 @@ pub struct Sandbox {
     delivered: watch::Sender<u64>,
     /// Events being sent now, so that a resend never runs beside the first sending.
     in_flight: Mutex<HashSet<String>>,
-    retry_base: Duration,
+    attempted: watch::Sender<u64>,
     refund_fault: Mutex<RefundFault>,
 }
 
@@ -130,7 +130,7 @@ impl Sandbox {
             clock,
             delivered,
             in_flight: Mutex::default(),
-            retry_base: Duration::from_secs(1),
+            attempted: watch::channel(0).0,
             refund_fault: Mutex::default(),
         })
     }
@@ -255,105 +255,8 @@ impl Sandbox {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.send(body.id, json);
+        self.send_first(body.id, json);
         Ok(())
-    }
-
-    /// Starts sending one event unless it is being sent already; whether it started.
-    fn send(self: &Arc<Self>, event_id: String, body: String) -> bool {
-        if !self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(event_id.clone())
-        {
-            return false;
-        }
-        let sandbox = Arc::clone(self);
-        tokio::spawn(async move {
-            sandbox.deliver(&event_id, body).await;
-            sandbox
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&event_id);
-        });
-        true
-    }
-
-    /// Sends again every notification the merchant never acknowledged (the process stopped
-    /// before it could, or the merchant was down through every attempt) and that is not being
-    /// sent now; called at start, once the notify URL is known, and then every minute. Returns
-    /// how many it started.
-    pub async fn redeliver_pending(self: &Arc<Self>) -> Result<usize, SandboxError> {
-        let pending: Vec<(String, String)> = sqlx::query_as(
-            "SELECT event_id, body FROM sandbox_events WHERE delivered_at IS NULL \
-             ORDER BY created_at, event_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut n = 0;
-        for (event_id, body) in pending {
-            n += usize::from(self.send(event_id, body));
-        }
-        if n > 0 {
-            tracing::info!(
-                pending = n,
-                "sandbox sending notifications not yet acknowledged"
-            );
-        }
-        Ok(n)
-    }
-
-    /// Sends one notification until the merchant answers 2xx, backing off between attempts.
-    async fn deliver(&self, event_id: &str, body: String) {
-        let url = self
-            .notify_url
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(url) = url else {
-            tracing::error!(event = %event_id, "sandbox has no notify URL; notification not sent");
-            return;
-        };
-        let transport = Arc::clone(&self.transport.read().unwrap_or_else(|e| e.into_inner()));
-        for attempt in 0..MAX_ATTEMPTS {
-            // Signed at each attempt, so a retry is not refused as stale.
-            let header = sign(
-                &self.secret,
-                self.clock.now().unix_timestamp(),
-                body.as_bytes(),
-            );
-            let result = transport
-                .post(&url, &header, body.as_bytes().to_vec())
-                .await;
-            let _ =
-                sqlx::query("UPDATE sandbox_events SET attempts = attempts + 1 WHERE event_id = ?")
-                    .bind(event_id)
-                    .execute(&self.pool)
-                    .await;
-            match result {
-                Ok(status) if (200..300).contains(&status) => {
-                    let _ = sqlx::query(
-                        "UPDATE sandbox_events SET delivered_at = ? WHERE event_id = ?",
-                    )
-                    .bind(self.clock.now().unix_timestamp())
-                    .bind(event_id)
-                    .execute(&self.pool)
-                    .await;
-                    self.delivered.send_modify(|n| *n += 1);
-                    return;
-                }
-                Ok(status) => {
-                    tracing::warn!(event = %event_id, status, attempt, "merchant refused a notification")
-                }
-                Err(err) => {
-                    tracing::warn!(event = %event_id, %err, attempt, "notification not delivered")
-                }
-            }
-            tokio::time::sleep(self.retry_base * 2u32.pow(attempt)).await;
-        }
-        tracing::error!(event = %event_id, "sandbox gave up delivering a notification");
     }
 }
 
@@ -570,7 +473,7 @@ mod tests {
         restarted.set_transport(recorder.clone());
         restarted.set_notify_url("http://merchant.test/notify".into());
         let mut delivered = restarted.delivered();
-        assert_eq!(restarted.redeliver_pending().await.unwrap(), 1);
+        assert_eq!(restarted.redeliver_due().await.unwrap(), 1);
         tokio::time::timeout(Duration::from_secs(10), delivered.wait_for(|n| *n == 1))
             .await
             .unwrap()
@@ -594,7 +497,7 @@ mod tests {
         )
         .unwrap();
         // Acknowledged: nothing is left to send at the next start.
-        assert_eq!(restarted.redeliver_pending().await.unwrap(), 0);
+        assert_eq!(restarted.redeliver_due().await.unwrap(), 0);
     }
 
     /// Answers 200 once let through, counting what it was sent.
@@ -638,7 +541,7 @@ mod tests {
             .await
             .unwrap();
         // The first sending is held at the merchant: the periodic resend leaves it alone.
-        assert_eq!(sandbox.redeliver_pending().await.unwrap(), 0);
+        assert_eq!(sandbox.redeliver_due().await.unwrap(), 0);
         let mut delivered = sandbox.delivered();
         gate.open.add_permits(1);
         tokio::time::timeout(Duration::from_secs(10), delivered.wait_for(|n| *n == 1))
@@ -646,10 +549,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(gate.sent.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(
-            sandbox.redeliver_pending().await.unwrap(),
-            0,
-            "acknowledged"
-        );
+        assert_eq!(sandbox.redeliver_due().await.unwrap(), 0, "acknowledged");
     }
 }

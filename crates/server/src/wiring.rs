@@ -235,7 +235,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
             sandbox.set_notify_url(format!("http://{reach}/api/v1/payments/notify"));
         }
         // Whatever the sandbox settled but could not tell us before the last stop goes out now.
-        if let Err(err) = sandbox.redeliver_pending().await {
+        if let Err(err) = sandbox.redeliver_due().await {
             tracing::error!(%err, "cannot read the sandbox's unsent notifications");
         }
     }

@@ -107,10 +107,11 @@ pub fn spawn(state: &AppState, config: &Config) -> Vec<JoinHandle<()>> {
     );
     let workers = Arc::clone(&state.workers);
     let resend = state.sandbox.clone().map(|sandbox| {
-        every(&workers, "sandbox_resender", Duration::from_secs(60), move || {
+        // Retries fall due on the sandbox's schedule (1 s at first), so it looks every second.
+        every(&workers, "sandbox_resender", Duration::from_secs(1), move || {
             let sandbox = Arc::clone(&sandbox);
             async move {
-                if let Err(err) = sandbox.redeliver_pending().await {
+                if let Err(err) = sandbox.redeliver_due().await {
                     tracing::warn!(%err, "sandbox cannot read its unsent notifications; will retry");
                 }
             }

@@ -375,26 +375,57 @@ impl Payments {
         Ok(applied)
     }
 
-    /// Closes, at the provider and here, open payments whose order no longer awaits payment
-    /// (cancelled, expired). Returns how many.
+    /// Closes, at the provider and here, every open payment whose order no longer awaits payment
+    /// (cancelled, expired), a page at a time, so the ones the provider will not close yet never
+    /// hold up the others. Returns how many were closed. A worker's job, never a request's.
     pub async fn close_stale(&self) -> Result<usize, PaymentError> {
-        let stale = self.store.open_payments_of_ended_orders(100).await?;
-        let now = self.clock.now();
+        self.close_stale_in_pages(100).await
+    }
+
+    /// `close_stale`, reading `page` payments at a time.
+    pub async fn close_stale_in_pages(&self, page: u32) -> Result<usize, PaymentError> {
         let mut closed = 0;
-        for payment in stale {
-            match self.provider.close(&payment.provider_ref).await {
-                Ok(()) => {
-                    self.store.close_payment(payment.id, now).await?;
-                    closed += 1;
-                }
-                // Paid at the provider meanwhile: its notification will settle it (and refund).
-                Err(ProviderError::Refused(reason)) => {
-                    tracing::info!(payment = %payment.id, %reason, "provider would not close the payment");
-                }
-                Err(e) => return Err(e.into()),
+        let mut after = None;
+        loop {
+            let stale = self
+                .store
+                .open_payments_of_ended_orders(after, page)
+                .await?;
+            let full = stale.len() == page as usize;
+            after = stale.last().map(|p| p.id);
+            for payment in stale {
+                closed += usize::from(self.close(&payment).await?);
+            }
+            if !full {
+                return Ok(closed);
             }
         }
-        Ok(closed)
+    }
+
+    /// Closes the open payment of one order that no longer awaits payment (after a cancel), at
+    /// the provider and here; the closer worker retries whatever this could not do.
+    pub async fn close_open_of(&self, order: OrderId) -> Result<bool, PaymentError> {
+        match self.store.open_payment_for_order(order).await? {
+            Some(payment) => self.close(&payment).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn close(&self, payment: &PaymentRecord) -> Result<bool, PaymentError> {
+        match self.provider.close(&payment.provider_ref).await {
+            Ok(()) => {
+                self.store
+                    .close_payment(payment.id, self.clock.now())
+                    .await?;
+                Ok(true)
+            }
+            // Paid at the provider meanwhile: its notification will settle it (and refund).
+            Err(ProviderError::Refused(reason)) => {
+                tracing::info!(payment = %payment.id, %reason, "provider would not close the payment");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

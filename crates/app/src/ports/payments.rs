@@ -80,9 +80,11 @@ pub trait PaymentStore: Send + Sync + std::fmt::Debug + 'static {
         status: Option<RefundStatus>,
         page: PageRequest,
     ) -> Result<Page<RefundRecord>, StoreError>;
-    /// Pending payments whose order no longer awaits payment.
+    /// Pending payments whose order no longer awaits payment, in id order, after `after` (keyset
+    /// paging, so a sweep goes through all of them however many cannot be closed yet).
     async fn open_payments_of_ended_orders(
         &self,
+        after: Option<PaymentId>,
         limit: u32,
     ) -> Result<Vec<PaymentRecord>, StoreError>;
     async fn close_payment(&self, id: PaymentId, now: OffsetDateTime) -> Result<(), StoreError>;

@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::extract::{AdminAuth, Auth, Json, Path, Query};
 use crate::routes::shop::OrderOut;
 use crate::state::AppState;
-use crate::views::PageOf;
+use crate::views::{PageOf, PageParams};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -32,6 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(payment_notification))
         .routes(routes!(refund_order))
         .routes(routes!(admin_list_refunds))
+        .routes(routes!(admin_dead_letters))
 }
 
 pub fn sandbox_pages() -> OpenApiRouter<AppState> {
@@ -264,6 +265,65 @@ pub async fn admin_list_refunds(
         .refunds(status, PageRequest::new(params.page, params.per_page))
         .await?;
     Ok(ok(PageOf::from_page(refunds, RefundOut::from)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterOut {
+    pub event_id: String,
+    pub payment_ref: String,
+    /// The notification as it was sent.
+    pub body: String,
+    pub attempts: u32,
+    /// This server's last answer to it (a status outside 2xx), if it answered at all.
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub dead_at: OffsetDateTime,
+}
+
+/// Payment notifications the sandbox provider gave up on after its whole retry schedule (11
+/// attempts over about 16 hours): each one is a payment this shop may not know the outcome of.
+/// Newest first; empty without the sandbox. Admins.
+#[utoipa::path(get, path = "/admin/payments/dead-letters", tag = "admin", security(("bearer" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of dead letters", body = Envelope<PageOf<DeadLetterOut>>),
+        (status = 403, description = "Not an admin", body = ErrorEnvelope),
+    ))]
+pub async fn admin_dead_letters(
+    State(sandbox): State<Option<Arc<Sandbox>>>,
+    _admin: AdminAuth,
+    Query(params): Query<PageParams>,
+) -> Result<Reply<PageOf<DeadLetterOut>>, ApiError> {
+    let page = PageRequest::new(params.page, params.per_page);
+    let (items, total) = match sandbox {
+        Some(sandbox) => sandbox
+            .dead_letters(page.per_page(), page.offset())
+            .await
+            .map_err(ApiError::unavailable)?,
+        None => (Vec::new(), 0),
+    };
+    let items = items
+        .into_iter()
+        .map(|d| DeadLetterOut {
+            event_id: d.event_id,
+            payment_ref: d.payment_ref,
+            body: d.body,
+            attempts: d.attempts,
+            last_status: d.last_status,
+            last_error: d.last_error,
+            created_at: d.created_at,
+            dead_at: d.dead_at,
+        })
+        .collect();
+    Ok(ok(PageOf::from_page(
+        flashmart_app::page::Page::new(page, items, total),
+        |d| d,
+    )))
 }
 
 // ---- the sandbox provider's pages ---------------------------------------------------------------

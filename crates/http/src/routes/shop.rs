@@ -525,8 +525,8 @@ pub async fn cancel_order(
     Path(id): Path<Uuid>,
 ) -> Result<Reply<OrderOut>, ApiError> {
     let order = shop.cancel(me.user_id, OrderId::from_uuid(id)).await?;
-    // Its open payment is closed at the provider now rather than at the next sweep.
-    if let Err(err) = payments.close_stale().await {
+    // Its own open payment is closed at the provider now rather than at the next sweep.
+    if let Err(err) = payments.close_open_of(order.id).await {
         tracing::warn!(%err, "closing the payment of a cancelled order failed; the sweep will retry");
     }
     Ok(ok(order.into()))

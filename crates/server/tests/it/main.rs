@@ -17,6 +17,7 @@ mod limits;
 mod ops;
 mod process;
 mod refunds;
+mod retries;
 mod roles;
 mod shutdown;
 mod support;

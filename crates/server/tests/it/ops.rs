@@ -83,6 +83,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/payments/notify"),
     ("post", "/api/v1/admin/orders/{id}/refund"),
     ("get", "/api/v1/admin/refunds"),
+    ("get", "/api/v1/admin/payments/dead-letters"),
     ("get", "/sandbox/pay/{reference}"),
     ("post", "/sandbox/pay/{reference}/pay"),
     ("post", "/sandbox/pay/{reference}/fail"),
