@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod lock;
 pub mod logging;
 mod secrets;
 pub mod wiring;

@@ -221,6 +221,7 @@ fn secs(n: u64) -> time::Duration {
 /// to finish (then they are closed), the group commit is flushed and storage closed.
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
+    let _lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
     let services = build(config, Arc::new(SystemClock)).await?;
     let public = bind(config.http.addr, "http.addr").await?;
     let addr = public.local_addr()?;

@@ -277,3 +277,26 @@ fn stampede_fails_loudly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+/// One server per data directory: a second would keep its own ledger and oversell.
+#[test]
+fn a_second_server_on_one_data_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start(dir.path(), &["serve"], &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("FLASHMART__HTTP__ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another flashmart process"),
+        "{stderr}"
+    );
+    // The first one is untouched, and once it is gone the data dir is free again.
+    assert!(first.terminate().success());
+    let again = Server::start(dir.path(), &["serve"], &[]);
+    assert!(again.terminate().success());
+}
