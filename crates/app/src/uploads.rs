@@ -68,8 +68,7 @@ impl Uploads {
             let tmp = self
                 .dir
                 .join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-            tokio::fs::write(&tmp, bytes).await?;
-            tokio::fs::rename(&tmp, &path).await?;
+            write_durably(&self.dir, &tmp, &path, bytes).await?;
         }
         Ok(StoredUpload {
             name,
@@ -89,6 +88,37 @@ impl Uploads {
         let kind = ImageKind::from_extension(ext)?;
         valid_hash.then(|| (self.dir.join(Path::new(name)), kind))
     }
+}
+
+/// Writes `bytes` under a temporary name, makes them durable, renames the file into place and
+/// makes the rename durable too: after a crash the name either does not exist or holds the
+/// whole file, never a torn one.
+async fn write_durably(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let (dir, tmp, path, bytes) = (
+        dir.to_owned(),
+        tmp.to_owned(),
+        path.to_owned(),
+        bytes.to_vec(),
+    );
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        drop(file);
+        if let Err(err) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err);
+        }
+        // The directory entry itself: without this the rename may be lost on power failure.
+        #[cfg(unix)]
+        std::fs::File::open(&dir)?.sync_all()?;
+        #[cfg(not(unix))]
+        let _ = dir;
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 #[cfg(test)]

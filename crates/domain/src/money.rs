@@ -19,7 +19,7 @@ pub enum MoneyError {
     Negative,
     #[error("amounts in {0} and {1} cannot be combined")]
     CurrencyMismatch(Currency, Currency),
-    #[error("amount is too large")]
+    #[error("amount is too large (a unit costs at most 100000000000 minor units)")]
     Overflow,
 }
 
@@ -79,7 +79,19 @@ pub struct Money {
     currency: Currency,
 }
 
+/// The highest price one unit may have (a billion in major units): with at most 99 units a line,
+/// no order total can come near `i64::MAX`.
+pub const MAX_PRICE_CENTS: i64 = 100_000_000_000;
+
 impl Money {
+    /// A price of one unit: as `new`, and at most `MAX_PRICE_CENTS`.
+    pub fn price(cents: i64, currency: Currency) -> Result<Self, MoneyError> {
+        if cents > MAX_PRICE_CENTS {
+            return Err(MoneyError::Overflow);
+        }
+        Self::new(cents, currency)
+    }
+
     pub fn new(cents: i64, currency: Currency) -> Result<Self, MoneyError> {
         if cents < 0 {
             return Err(MoneyError::Negative);

@@ -167,7 +167,12 @@ async fn insert_chunk(
     }
     for r in ordered {
         let rec = &r.record;
-        let total = r.unit_price_cents.saturating_mul(i64::from(rec.quantity));
+        // The engine refuses a reservation whose total does not fit before it is queued; one
+        // that got here anyway is a bug, and fails its batch rather than storing a wrong total.
+        let total = r
+            .unit_price_cents
+            .checked_mul(i64::from(rec.quantity))
+            .ok_or_else(|| corrupt("reservation total", "does not fit in 64 bits"))?;
         query = query
             .bind(rec.order_id.map(|o| *o.as_uuid()))
             .bind(r.user_id.map(|u| *u.as_uuid()))

@@ -11,8 +11,8 @@ use flashmart_app::{Page, PageRequest, StoreError};
 use flashmart_domain::address::{Address, AddressFields};
 use flashmart_domain::coupon::{CouponRules, Discount};
 use flashmart_domain::{
-    AddressId, CouponId, Currency, Money, OrderId, OrderStatus, ProductId, ReservationId, SaleId,
-    UserId,
+    AddressId, CouponId, Currency, Money, MoneyError, OrderId, OrderStatus, ProductId,
+    ReservationId, SaleId, UserId,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
@@ -507,14 +507,17 @@ async fn restock(conn: &mut SqliteConnection, order: OrderId) -> Result<(), Stor
 /// Which orders a page lists.
 #[derive(Debug, Clone, Copy)]
 enum OrdersOf {
-    User(UserId),
+    User(UserId, Option<OrderStatus>),
     Status(Option<OrderStatus>),
 }
 
 fn push_orders_filter(qb: &mut QueryBuilder<Sqlite>, filter: OrdersOf) {
     match filter {
-        OrdersOf::User(user) => {
+        OrdersOf::User(user, status) => {
             qb.push(" WHERE user_id = ").push_bind(*user.as_uuid());
+            if let Some(status) = status {
+                qb.push(" AND status = ").push_bind(status.as_str());
+            }
         }
         OrdersOf::Status(Some(status)) => {
             qb.push(" WHERE status = ").push_bind(status.as_str());
@@ -594,13 +597,19 @@ impl OrderStore for SqliteStore {
         let currency = products[0].0.price.currency();
         let mut subtotal = Money::zero(currency);
         for (p, quantity) in &products {
-            let line = flashmart_domain::Quantity::new(i64::from(*quantity))
+            let Some(line) = flashmart_domain::Quantity::new(i64::from(*quantity))
                 .ok()
-                .and_then(|q| p.price.checked_mul(q).ok());
-            match line.map(|l| subtotal.checked_add(l)) {
-                Some(Ok(s)) => subtotal = s,
-                _ => return Ok(CheckoutOutcome::MixedCurrencies),
-            }
+                .and_then(|q| p.price.checked_mul(q).ok())
+            else {
+                return Ok(CheckoutOutcome::TooLarge { field: "quantity" });
+            };
+            subtotal = match subtotal.checked_add(line) {
+                Ok(s) => s,
+                Err(MoneyError::CurrencyMismatch(..)) => {
+                    return Ok(CheckoutOutcome::MixedCurrencies);
+                }
+                Err(_) => return Ok(CheckoutOutcome::TooLarge { field: "total" }),
+            };
         }
         // Take every line's stock; the first short one undoes all (the transaction is dropped).
         for (p, quantity) in &products {
@@ -734,9 +743,10 @@ impl OrderStore for SqliteStore {
     async fn orders_of(
         &self,
         user: UserId,
+        status: Option<OrderStatus>,
         page: PageRequest,
     ) -> Result<Page<OrderRecord>, StoreError> {
-        page_of_orders(self, OrdersOf::User(user), page).await
+        page_of_orders(self, OrdersOf::User(user, status), page).await
     }
 
     async fn all_orders(

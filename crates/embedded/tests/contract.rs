@@ -44,6 +44,7 @@ contract!(
     checkout_takes_all_or_nothing,
     unpaid_orders_expire_and_restock,
     checkout_caps_open_orders_and_units,
+    checkout_refuses_totals_that_do_not_fit,
     coupons_are_counted_once_per_use,
 );
 

@@ -147,7 +147,7 @@ fn money(cents: i64, currency: Option<&str>, errors: &mut Vec<FieldError>) -> Op
             return None;
         }
     };
-    Money::new(cents, currency)
+    Money::price(cents, currency)
         .map_err(|e| errors.push(FieldError::new("price_cents", e)))
         .ok()
 }

@@ -1,6 +1,7 @@
 //! Creating and inspecting sales, and the recurring schedules that make them.
 
 use flashmart_domain::flash_sale::{Recurrence, SalePhase, SaleRules, SaleWindow};
+use flashmart_domain::money::MAX_PRICE_CENTS;
 use flashmart_domain::{Currency, ReservationId, SaleId, ScheduleId};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -115,8 +116,11 @@ fn check_currency(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Currency {
 }
 
 fn check_price(field: String, cents: i64, errors: &mut Vec<FieldError>) {
-    if cents < 0 {
-        errors.push(FieldError::new(field, "must not be negative"));
+    if !(0..=MAX_PRICE_CENTS).contains(&cents) {
+        errors.push(FieldError::new(
+            field,
+            format!("must be between 0 and {MAX_PRICE_CENTS}"),
+        ));
     }
 }
 

@@ -106,6 +106,18 @@ impl FlashSales {
             Ok(hold) => hold,
             Err(err) => return Err(refuse(claim, err.into())),
         };
+        if hold
+            .price_cents()
+            .checked_mul(i64::from(quantity))
+            .is_none()
+        {
+            // Prices are capped when sales are made, so only data from before the cap gets here.
+            hold.give_back();
+            return Err(SaleError::Invalid(vec![FieldError::new(
+                "quantity",
+                "the reservation's total is too large",
+            )]));
+        }
         let record = Arc::new(ReservationRecord {
             id: ReservationId::new(),
             sale_id,

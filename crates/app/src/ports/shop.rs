@@ -66,6 +66,7 @@ pub trait OrderStore: Send + Sync + std::fmt::Debug + 'static {
     async fn orders_of(
         &self,
         user: UserId,
+        status: Option<OrderStatus>,
         page: PageRequest,
     ) -> Result<Page<OrderRecord>, StoreError>;
     /// Every order (optionally in one status), newest first.

@@ -388,6 +388,7 @@ impl Shop {
                 available,
             }),
             CheckoutOutcome::MixedCurrencies => Err(ShopError::MixedCurrencies),
+            CheckoutOutcome::TooLarge { field } => Err(invalid(field, "the amount is too large")),
             CheckoutOutcome::CouponNotFound => Err(ShopError::CouponNotFound),
             CheckoutOutcome::Coupon(e) => Err(ShopError::Coupon(e)),
             CheckoutOutcome::TooManyOpenOrders => Err(ShopError::TooManyOpenOrders(
@@ -413,12 +414,14 @@ impl Shop {
         self.orders.order(id).await?.ok_or(ShopError::OrderNotFound)
     }
 
+    /// The user's orders, optionally in one status, newest first.
     pub async fn orders_of(
         &self,
         user: UserId,
+        status: Option<OrderStatus>,
         page: PageRequest,
     ) -> Result<Page<OrderRecord>, ShopError> {
-        Ok(self.orders.orders_of(user, page).await?)
+        Ok(self.orders.orders_of(user, status, page).await?)
     }
 
     pub async fn all_orders(

@@ -106,6 +106,10 @@ pub enum CheckoutOutcome {
         available: u32,
     },
     MixedCurrencies,
+    /// A line's or the order's total does not fit: nothing was taken.
+    TooLarge {
+        field: &'static str,
+    },
     CouponNotFound,
     Coupon(CouponError),
     /// The user has `max_open_orders` unpaid cart orders already.

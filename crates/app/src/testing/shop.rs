@@ -178,7 +178,7 @@ pub async fn checkout_takes_all_or_nothing<S: ShopAdapter + ?Sized>(store: &S) {
     );
 
     let mine = store
-        .orders_of(alice, PageRequest::default())
+        .orders_of(alice, None, PageRequest::default())
         .await
         .unwrap();
     assert_eq!(mine.total, 1);
@@ -258,6 +258,28 @@ pub async fn checkout_caps_open_orders_and_units<S: ShopAdapter + ?Sized>(store:
         (40, 10),
         "nothing taken when refused"
     );
+}
+
+/// Amounts that do not fit are refused by name, never taken for another error (stored prices
+/// from before the price cap can be that large).
+pub async fn checkout_refuses_totals_that_do_not_fit<S: ShopAdapter + ?Sized>(store: &S) {
+    let alice = customer(store, "alice@example.com").await;
+    let huge = product(store, "Huge", i64::MAX / 2, 10).await;
+    store.set_cart_line(alice, huge, 3, t0()).await.unwrap();
+    assert_eq!(
+        store.checkout(&checkout_of(alice, None)).await.unwrap(),
+        CheckoutOutcome::TooLarge { field: "quantity" }
+    );
+    // Each line fits (one unit, and two units of a price just under half the maximum); their sum
+    // does not.
+    let other = product(store, "Also huge", i64::MAX / 2, 10).await;
+    store.set_cart_line(alice, huge, 1, t0()).await.unwrap();
+    store.set_cart_line(alice, other, 2, t0()).await.unwrap();
+    assert_eq!(
+        store.checkout(&checkout_of(alice, None)).await.unwrap(),
+        CheckoutOutcome::TooLarge { field: "total" }
+    );
+    assert_eq!(stock_of(store, huge).await, (10, 0), "nothing taken");
 }
 
 pub async fn coupons_are_counted_once_per_use<S: ShopAdapter + ?Sized>(store: &S) {

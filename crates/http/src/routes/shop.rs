@@ -480,15 +480,30 @@ pub async fn checkout(
     Ok(created(order.into()))
 }
 
-/// The caller's orders, newest first.
-#[utoipa::path(get, path = "/orders", tag = "shop", security(("bearer" = [])), params(PageParams),
-    responses((status = 200, description = "A page of orders", body = Envelope<PageOf<OrderOut>>)))]
+/// The caller's orders, newest first, optionally in one status.
+#[utoipa::path(get, path = "/orders", tag = "shop", security(("bearer" = [])), params(OrderListParams),
+    responses(
+        (status = 200, description = "A page of orders", body = Envelope<PageOf<OrderOut>>),
+        (status = 400, description = "Unknown status", body = ErrorEnvelope),
+    ))]
 pub async fn list_orders(
     State(shop): State<Arc<Shop>>,
     Auth(me): Auth,
-    Query(page): Query<PageParams>,
+    Query(params): Query<OrderListParams>,
 ) -> Result<Reply<PageOf<OrderOut>>, ApiError> {
-    let orders = shop.orders_of(me.user_id, page.into()).await?;
+    let status = params
+        .status
+        .as_deref()
+        .map(str::parse::<OrderStatus>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let orders = shop
+        .orders_of(
+            me.user_id,
+            status,
+            PageRequest::new(params.page, params.per_page),
+        )
+        .await?;
     Ok(ok(PageOf::from_page(orders, OrderOut::from)))
 }
 

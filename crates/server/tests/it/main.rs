@@ -15,6 +15,7 @@ mod flash_sales;
 mod hoarding;
 mod limits;
 mod ops;
+mod orders;
 mod process;
 mod refunds;
 mod retries;

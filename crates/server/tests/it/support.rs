@@ -323,7 +323,22 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        Self::start_under(&[], dir, args, envs)
+    }
+
+    /// Starts the binary under another program (`strace ... --`), which is given the binary's
+    /// path and `args` after its own `wrapper` arguments.
+    pub fn start_under(wrapper: &[&str], dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let binary = env!("CARGO_BIN_EXE_flashmart");
+        let mut command = match wrapper.split_first() {
+            None => Command::new(binary),
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+        };
+        let mut child = command
             .args(args)
             .current_dir(dir)
             .env("FLASHMART__HTTP__ADDR", "127.0.0.1:0")
@@ -389,9 +404,16 @@ impl Server {
         self.child.wait().unwrap()
     }
 
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        let pid = self.child.id();
+        self.terminate_pid(pid)
+    }
+
+    /// Sends SIGTERM to `pid` (the server itself when it runs under another program) and waits
+    /// for the server to stop and the child to exit.
+    pub fn terminate_pid(mut self, pid: u32) -> std::process::ExitStatus {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
