@@ -139,13 +139,16 @@ impl AccountStore for SqliteStore {
 
     async fn start_session(&self, session: &NewSession) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)")
-            .bind(session.id.as_uuid())
-            .bind(session.user_id.as_uuid())
-            .bind(micros(session.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, created_at, second_factor) VALUES (?, ?, ?, ?)",
+        )
+        .bind(session.id.as_uuid())
+        .bind(session.user_id.as_uuid())
+        .bind(micros(session.created_at))
+        .bind(i64::from(session.second_factor))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
         insert_refresh(&mut tx, session.id, &session.refresh).await?;
         tx.commit().await.map_err(map_err)
     }
@@ -158,7 +161,8 @@ impl AccountStore for SqliteStore {
     ) -> Result<Rotation, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let row = sqlx::query(
-            "SELECT t.session_id, t.expires_at, t.used_at, s.revoked_at, s.user_id \
+            "SELECT t.session_id, t.expires_at, t.used_at, s.revoked_at, s.user_id, \
+             s.second_factor \
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
              WHERE t.token_hash = ?",
         )
@@ -191,7 +195,12 @@ impl AccountStore for SqliteStore {
                 .map_err(map_err)?;
             insert_refresh(&mut tx, session, next).await?;
             let user = user_in_tx(&mut tx, row.try_get("user_id").map_err(map_err)?).await?;
-            Rotation::Rotated { session, user }
+            let second_factor: i64 = row.try_get("second_factor").map_err(map_err)?;
+            Rotation::Rotated {
+                session,
+                user,
+                second_factor: second_factor != 0,
+            }
         };
         tx.commit().await.map_err(map_err)?;
         Ok(outcome)

@@ -9,6 +9,7 @@ mod db;
 mod flash_sale;
 mod journal;
 mod payments;
+mod second_factor;
 mod shop;
 
 pub use db::{Durability, SqliteStore};

@@ -25,6 +25,10 @@ pub mod codes {
     pub const TOKEN_INVALID: u32 = 10003;
     pub const SESSION_REVOKED: u32 = 10004;
     pub const WEAK_PASSWORD: u32 = 10005;
+    pub const SECOND_FACTOR_REQUIRED: u32 = 10006;
+    pub const SECOND_FACTOR_WRONG: u32 = 10007;
+    pub const SECOND_FACTOR_ON: u32 = 10008;
+    pub const NO_ENROLLMENT: u32 = 10009;
     pub const ADDRESS_NOT_FOUND: u32 = 10010;
     pub const PRODUCT_NOT_FOUND: u32 = 20001;
     pub const ORDER_NOT_FOUND: u32 = 30001;
@@ -229,6 +233,22 @@ impl From<AuthError> for ApiError {
             .with_details(details),
             AuthError::Invalid(details) => Self::validation(details),
             AuthError::RateLimited(retry) => Self::too_many_requests(retry.as_secs_ceil()),
+            e @ AuthError::SecondFactorRequired => Self::new(
+                StatusCode::UNAUTHORIZED,
+                codes::SECOND_FACTOR_REQUIRED,
+                e.to_string(),
+            ),
+            e @ AuthError::SecondFactorWrong => Self::new(
+                StatusCode::UNAUTHORIZED,
+                codes::SECOND_FACTOR_WRONG,
+                e.to_string(),
+            ),
+            e @ AuthError::SecondFactorOn => {
+                Self::new(StatusCode::CONFLICT, codes::SECOND_FACTOR_ON, e.to_string())
+            }
+            e @ AuthError::NoEnrollment => {
+                Self::new(StatusCode::CONFLICT, codes::NO_ENROLLMENT, e.to_string())
+            }
             AuthError::Store(e) => e.into(),
             AuthError::Hash(e) => Self::internal(e),
             AuthError::Signing(e) => Self::internal(e),

@@ -177,11 +177,17 @@ macro_rules! role_gate {
                 state: &S,
             ) -> Result<Self, Self::Rejection> {
                 let Auth(principal) = Auth::from_request_parts(parts, state).await?;
-                if principal.role.allows($role) {
-                    Ok(Self(principal))
-                } else {
-                    Err(ApiError::forbidden())
+                if !principal.role.allows($role) {
+                    return Err(ApiError::forbidden());
                 }
+                if Arc::<AuthService>::from_ref(state).lacks_required_second_factor(&principal) {
+                    return Err(ApiError::status(
+                        axum::http::StatusCode::FORBIDDEN,
+                        "staff routes need a session opened with a second factor: enrol at \
+                         /api/v1/auth/totp/enroll, then log in with totp_code",
+                    ));
+                }
+                Ok(Self(principal))
             }
         }
     };

@@ -200,6 +200,9 @@ pub struct AuthConfig {
     pub jwt_secret: Option<Secret>,
     pub access_ttl_secs: u64,
     pub refresh_ttl_secs: u64,
+    /// Keep operators and admins whose session was not opened with a second factor (TOTP) off
+    /// the staff routes (403).
+    pub require_staff_totp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -313,6 +316,7 @@ impl Default for AuthConfig {
             jwt_secret: None,
             access_ttl_secs: 15 * 60,
             refresh_ttl_secs: 30 * 24 * 60 * 60,
+            require_staff_totp: false,
         }
     }
 }

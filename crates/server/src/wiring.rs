@@ -60,6 +60,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
     let store = open_store(config).await?;
     let auth = AuthService::start(
         Arc::new(store.clone()),
+        Arc::new(store.clone()),
         Arc::clone(&clock),
         AuthSettings {
             jwt_secret: secrets::jwt_secret(config)?,
@@ -73,6 +74,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
                 per_email_ip: config.rate_limit.login_per_email_ip_per_minute,
                 per_email: config.rate_limit.login_per_email_per_minute,
             },
+            require_staff_totp: config.auth.require_staff_totp,
         },
     )
     .await

@@ -4,7 +4,9 @@
 mod guard;
 mod passwords;
 mod revoked;
+mod second_factor;
 mod tokens;
+pub mod totp;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,10 +21,13 @@ pub use tokens::{AccessTokens, Principal, TokenError};
 use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::page::{Page, PageRequest};
-use crate::ports::{AccountStore, NewSession, RefreshTokenRecord, RevokeReason, Rotation};
+use crate::ports::{
+    AccountStore, NewSession, RefreshTokenRecord, RevokeReason, Rotation, SecondFactorStore,
+};
 use crate::rate_limit::RetryAfter;
 use guard::{Attempt, LoginGuard};
 pub use guard::{LoginLimits, MAX_EMAIL_BYTES};
+pub use second_factor::{Enrollment, RECOVERY_CODES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -40,6 +45,14 @@ pub enum AuthError {
     Invalid(Vec<FieldError>),
     #[error("too many attempts")]
     RateLimited(RetryAfter),
+    #[error("second factor required: give totp_code (or a recovery code)")]
+    SecondFactorRequired,
+    #[error("wrong second factor code")]
+    SecondFactorWrong,
+    #[error("the second factor is on already")]
+    SecondFactorOn,
+    #[error("no second factor is being enrolled: enroll first")]
+    NoEnrollment,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -103,6 +116,8 @@ pub struct AuthSettings {
     pub max_parallel_hashes: usize,
     /// Failed logins allowed per client address, per (email, address) and per email.
     pub login_limits: LoginLimits,
+    /// Keep operators and admins without a second factor off staff routes.
+    pub require_staff_totp: bool,
 }
 
 #[derive(Debug)]
@@ -114,6 +129,8 @@ pub struct AuthService {
     revoked: RevokedSessions,
     refresh_ttl: Duration,
     guard: LoginGuard,
+    second: Arc<dyn SecondFactorStore>,
+    require_staff_totp: bool,
 }
 
 impl AuthService {
@@ -121,6 +138,7 @@ impl AuthService {
     /// might still be presented.
     pub async fn start(
         store: Arc<dyn AccountStore>,
+        second: Arc<dyn SecondFactorStore>,
         clock: Arc<dyn Clock>,
         settings: AuthSettings,
     ) -> Result<Self, AuthError> {
@@ -135,6 +153,8 @@ impl AuthService {
             revoked: RevokedSessions::default(),
             refresh_ttl: settings.refresh_ttl,
             guard: LoginGuard::new(settings.login_limits),
+            second,
+            require_staff_totp: settings.require_staff_totp,
             store,
             clock,
         };
@@ -175,6 +195,7 @@ impl AuthService {
         &self,
         email: &str,
         password: &str,
+        totp_code: Option<&str>,
         client: Option<IpAddr>,
     ) -> Result<TokenPair, AuthError> {
         let attempt = Attempt::new(email, client).ok_or_else(|| {
@@ -202,6 +223,19 @@ impl AuthService {
             self.guard.failed(attempt);
             return Err(AuthError::BadCredentials);
         }
+        // The password was right; a wrong code is a failed attempt like a wrong password, so
+        // the six digits cannot be guessed any faster.
+        let second_factor = match self
+            .check_second_factor(credentials.user.id, totp_code)
+            .await?
+        {
+            None => false,
+            Some(true) => true,
+            Some(false) => {
+                self.guard.failed(attempt);
+                return Err(AuthError::SecondFactorWrong);
+            }
+        };
 
         let now = self.clock.now();
         let (refresh_token, refresh) = self.new_refresh(now);
@@ -210,9 +244,16 @@ impl AuthService {
             user_id: credentials.user.id,
             created_at: now,
             refresh,
+            second_factor,
         };
         self.store.start_session(&session).await?;
-        self.token_pair(&credentials.user, session.id, refresh_token, now)
+        self.token_pair(
+            &credentials.user,
+            session.id,
+            second_factor,
+            refresh_token,
+            now,
+        )
     }
 
     /// Rotates a refresh token. Presenting one that was already used revokes its whole session,
@@ -226,9 +267,11 @@ impl AuthService {
             .rotate_refresh_token(&presented, &next, now)
             .await?
         {
-            Rotation::Rotated { session, user } => {
-                self.token_pair(&user, session, refresh_token, now)
-            }
+            Rotation::Rotated {
+                session,
+                user,
+                second_factor,
+            } => self.token_pair(&user, session, second_factor, refresh_token, now),
             Rotation::Unknown | Rotation::Expired => Err(AuthError::InvalidToken),
             Rotation::Revoked { session } => {
                 // Already on the list unless it was revoked before this process started and
@@ -382,12 +425,13 @@ impl AuthService {
         &self,
         user: &User,
         session: SessionId,
+        second_factor: bool,
         refresh_token: String,
         now: OffsetDateTime,
     ) -> Result<TokenPair, AuthError> {
         let access_token = self
             .tokens
-            .issue(user, session, now)
+            .issue_with(user, session, second_factor, now)
             .map_err(|e| AuthError::Signing(e.to_string()))?;
         Ok(TokenPair {
             access_token,

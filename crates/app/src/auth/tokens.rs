@@ -23,6 +23,8 @@ pub struct Principal {
     pub user_id: UserId,
     pub role: Role,
     pub session_id: SessionId,
+    /// The session was opened with a second factor (TOTP or a recovery code).
+    pub second_factor: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,6 +33,9 @@ struct Claims {
     sub: Uuid,
     sid: Uuid,
     role: Role,
+    /// Opened with a second factor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    tfa: bool,
     iat: i64,
     exp: i64,
 }
@@ -83,11 +88,23 @@ impl AccessTokens {
         session: SessionId,
         now: OffsetDateTime,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.issue_with(user, session, false, now)
+    }
+
+    /// A token for a session opened with a second factor (`second_factor`) or without.
+    pub fn issue_with(
+        &self,
+        user: &User,
+        session: SessionId,
+        second_factor: bool,
+        now: OffsetDateTime,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = Claims {
             iss: ISSUER.to_owned(),
             sub: *user.id.as_uuid(),
             sid: *session.as_uuid(),
             role: user.role,
+            tfa: second_factor,
             iat: now.unix_timestamp(),
             exp: (now + self.ttl).unix_timestamp(),
         };
@@ -105,6 +122,7 @@ impl AccessTokens {
             user_id: UserId::from_uuid(claims.sub),
             role: claims.role,
             session_id: SessionId::from_uuid(claims.sid),
+            second_factor: claims.tfa,
         })
     }
 }
@@ -154,7 +172,8 @@ mod tests {
             Principal {
                 user_id: u.id,
                 role: Role::Operator,
-                session_id: sid
+                session_id: sid,
+                second_factor: false,
             }
         );
         assert_eq!(

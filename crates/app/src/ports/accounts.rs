@@ -46,6 +46,8 @@ pub struct NewSession {
     pub user_id: UserId,
     pub created_at: OffsetDateTime,
     pub refresh: RefreshTokenRecord,
+    /// Opened with a second factor.
+    pub second_factor: bool,
 }
 
 /// What presenting a refresh token led to. The store decides this and applies it in one
@@ -53,7 +55,12 @@ pub struct NewSession {
 #[derive(Debug, Clone)]
 pub enum Rotation {
     /// The token was live: it is now used, and `next` is the session's new refresh token.
-    Rotated { session: SessionId, user: User },
+    Rotated {
+        session: SessionId,
+        user: User,
+        /// The session was opened with a second factor.
+        second_factor: bool,
+    },
     /// No such token.
     Unknown,
     /// The token is past its expiry; nothing changed.

@@ -9,6 +9,7 @@ mod accounts;
 mod catalog;
 mod flash_sale;
 mod payments;
+mod second_factor;
 mod shop;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ pub use accounts::*;
 pub use catalog::*;
 pub use flash_sale::*;
 pub use payments::*;
+pub use second_factor::*;
 pub use shop::*;
 
 /// A dependency whose health `/readyz` reports.

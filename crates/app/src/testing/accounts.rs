@@ -42,6 +42,8 @@ async fn session_for(store: &dyn AccountStore, user: &User, first: u8) -> Sessio
             user_id: user.id,
             created_at: t0(),
             refresh: token(first, t0()),
+            // Every other one, so the rotation's answer is seen to come from the session.
+            second_factor: first % 2 == 1,
         })
         .await
         .unwrap();
@@ -112,9 +114,17 @@ pub async fn refresh_rotation(store: &dyn AccountStore) {
         .await
         .unwrap()
     {
-        Rotation::Rotated { session: s, user } => {
+        Rotation::Rotated {
+            session: s,
+            user,
+            second_factor,
+        } => {
             assert_eq!(s, session);
             assert_eq!(user, u);
+            assert!(
+                second_factor,
+                "the session's first token was 1: opened with it"
+            );
         }
         other => panic!("expected Rotated, got {other:?}"),
     }

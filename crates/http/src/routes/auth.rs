@@ -23,6 +23,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh_tokens))
         .routes(routes!(logout))
         .routes(routes!(change_password))
+        .routes(routes!(totp_enroll))
+        .routes(routes!(totp_confirm))
 }
 
 /// Fields other than these (a `role`, an `id`) are ignored: a new account is always a customer.
@@ -55,6 +57,9 @@ pub async fn register_user(
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
+    /// The current code of the account's authenticator app, or one of its recovery codes;
+    /// needed once the account has a second factor.
+    pub totp_code: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -86,7 +91,7 @@ impl From<TokenPair> for TokenView {
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = Envelope<TokenView>),
-        (status = 401, description = "10002: invalid email or password", body = ErrorEnvelope),
+        (status = 401, description = "10002: invalid email or password; 10006: second factor required (totp_code); 10007: wrong second factor code", body = ErrorEnvelope),
         (status = 422, description = "An email longer than 254 bytes", body = ErrorEnvelope),
         (status = 429, description = "Too many failed attempts", body = ErrorEnvelope),
     ))]
@@ -95,7 +100,9 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     Json(body): Json<LoginRequest>,
 ) -> Result<Reply<TokenView>, ApiError> {
-    let pair = auth.login(&body.email, &body.password, ip).await?;
+    let pair = auth
+        .login(&body.email, &body.password, body.totp_code.as_deref(), ip)
+        .await?;
     Ok(ok(pair.into()))
 }
 
@@ -160,4 +167,64 @@ pub async fn change_password(
     auth.change_password(&principal, &body.old_password, body.new_password, ip)
         .await?;
     Ok(ok(Empty {}))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotpEnrollment {
+    /// The secret in base32 (RFC 4648, no padding), for typing into an authenticator app.
+    pub secret: String,
+    /// `otpauth://totp/flashmart:<email>?secret=...&issuer=flashmart&algorithm=SHA1&digits=6&period=30`,
+    /// for a QR code.
+    pub otpauth_uri: String,
+}
+
+/// Starts enrolling a second factor (TOTP: SHA-1, 6 digits, 30 s): a new secret, shown once,
+/// that waits for its first code at `/auth/totp/confirm`. Enrolling again before confirming
+/// replaces the secret.
+#[utoipa::path(post, path = "/auth/totp/enroll", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The secret to enrol", body = Envelope<TotpEnrollment>),
+        (status = 401, description = "10003: token invalid", body = ErrorEnvelope),
+        (status = 409, description = "10008: the second factor is on already", body = ErrorEnvelope),
+    ))]
+pub async fn totp_enroll(
+    State(auth): State<Arc<AuthService>>,
+    Auth(principal): Auth,
+) -> Result<Reply<TotpEnrollment>, ApiError> {
+    let enrollment = auth.totp_enroll(&principal).await?;
+    Ok(ok(TotpEnrollment {
+        secret: enrollment.secret,
+        otpauth_uri: enrollment.otpauth_uri,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TotpConfirmRequest {
+    /// The current 6-digit code of the enrolled secret.
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoveryCodes {
+    /// Ten single-use codes that stand in for the app at login (`totp_code`); shown this once.
+    pub recovery_codes: Vec<String>,
+}
+
+/// Switches the second factor on with a first code; from then on login needs `totp_code`.
+/// Tokens issued before carry no second factor: log in again to get one that does.
+#[utoipa::path(post, path = "/auth/totp/confirm", tag = "auth", security(("bearer" = [])),
+    request_body = TotpConfirmRequest,
+    responses(
+        (status = 200, description = "On; the recovery codes", body = Envelope<RecoveryCodes>),
+        (status = 401, description = "10003: token invalid", body = ErrorEnvelope),
+        (status = 409, description = "10008: on already; 10009: nothing enrolled", body = ErrorEnvelope),
+        (status = 422, description = "`code` is not the current code", body = ErrorEnvelope),
+    ))]
+pub async fn totp_confirm(
+    State(auth): State<Arc<AuthService>>,
+    Auth(principal): Auth,
+    Json(body): Json<TotpConfirmRequest>,
+) -> Result<Reply<RecoveryCodes>, ApiError> {
+    let recovery_codes = auth.totp_confirm(&principal, &body.code).await?;
+    Ok(ok(RecoveryCodes { recovery_codes }))
 }

@@ -20,6 +20,7 @@ mod process;
 mod refunds;
 mod retries;
 mod roles;
+mod second_factor;
 mod shutdown;
 mod support;
 mod tokens;

@@ -83,6 +83,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/payments/notify"),
     ("post", "/api/v1/admin/orders/{id}/refund"),
     ("get", "/api/v1/admin/refunds"),
+    ("post", "/api/v1/auth/totp/enroll"),
+    ("post", "/api/v1/auth/totp/confirm"),
     ("get", "/api/v1/admin/payments/dead-letters"),
     ("get", "/sandbox/pay/{reference}"),
     ("post", "/sandbox/pay/{reference}/pay"),
@@ -92,6 +94,7 @@ const ROUTES: &[(&str, &str)] = &[
 /// Operations that take no request body although their method could carry one.
 const BODILESS: &[&str] = &[
     "/api/v1/auth/logout",
+    "/api/v1/auth/totp/enroll",
     "/api/v1/users/me/addresses/{id}/default",
     "/api/v1/orders/{id}/cancel",
     "/api/v1/orders/{id}/payments",
