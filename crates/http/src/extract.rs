@@ -58,6 +58,48 @@ fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
 }
 
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match parse_json_as_sent(bytes) {
+        // JSON has one number type: `3.0` is the integer 3 to JSON Schema, so a body that says
+        // it for an integer field is read again with integral floats as integers. Only bodies
+        // that failed pay for the second reading.
+        Err(first) => match integral_floats_as_integers(bytes) {
+            Some(normal) => parse_json_as_sent(&normal).map_err(|_| first),
+            None => Err(first),
+        },
+        ok => ok,
+    }
+}
+
+/// `bytes` with every float that is a whole number within `i64` written as an integer, or
+/// `None` when there is none (or the body is no JSON at all).
+fn integral_floats_as_integers(bytes: &[u8]) -> Option<Vec<u8>> {
+    fn walk(v: &mut serde_json::Value, changed: &mut bool) {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                if let Some(f) = n.as_f64()
+                    && f.fract() == 0.0
+                    && f >= -9.2e18
+                    && f <= 9.2e18
+                {
+                    // In range and whole, so the conversion is exact.
+                    #[allow(clippy::cast_possible_truncation)]
+                    let i = f as i64;
+                    *v = serde_json::Value::from(i);
+                    *changed = true;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| walk(i, changed)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|i| walk(i, changed)),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let mut changed = false;
+    walk(&mut value, &mut changed);
+    changed.then(|| serde_json::to_vec(&value).ok()).flatten()
+}
+
+fn parse_json_as_sent<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod limits;
 pub mod metrics;
 mod observe;
+mod openapi;
 pub mod routes;
 pub mod state;
 pub mod streams;
@@ -109,7 +110,9 @@ fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of every route `router` serves.
 pub fn openapi(options: RouteOptions) -> OpenApiDoc {
-    documented_routes(options).split_for_parts().1
+    let mut doc = documented_routes(options).split_for_parts().1;
+    openapi::complete_responses(&mut doc);
+    doc
 }
 
 /// The whole HTTP application.
@@ -125,7 +128,8 @@ pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppSt
         ops_apart: settings.ops_apart,
         sandbox_pages: state.sandbox.is_some(),
     };
-    let (routes, doc) = documented_routes(options).split_for_parts();
+    let (routes, mut doc) = documented_routes(options).split_for_parts();
+    openapi::complete_responses(&mut doc);
     let routes = routes.merge(extra).merge(
         SwaggerUi::new("/docs")
             .url("/openapi.json", doc)
@@ -149,9 +153,10 @@ pub fn ops_router(state: AppState, settings: &HttpSettings) -> Router {
 /// `/openapi.json`), for the listener at `compat.addr`. It trusts the caller-named user, so it
 /// must never share the public listener.
 pub fn compat_router(state: AppState, settings: &HttpSettings) -> Router {
-    let (routes, doc) = OpenApiRouter::with_openapi(CompatDoc::openapi())
+    let (routes, mut doc) = OpenApiRouter::with_openapi(CompatDoc::openapi())
         .merge(routes::compat::routes())
         .split_for_parts();
+    openapi::complete_responses(&mut doc);
     let routes = routes.route(
         "/openapi.json",
         axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),

@@ -13,13 +13,45 @@ use uuid::Uuid;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Empty {}
 
-/// `?page=&per_page=`: 1-based, at most 100 a page (larger values are clamped).
+/// The highest page number a list answers for.
+pub const MAX_PAGE: u32 = 10_000_000;
+
+/// `?page=`: from 1 to `MAX_PAGE`; anything else is a bad query string (400).
+pub fn page_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    in_range(d, 1, MAX_PAGE, "page")
+}
+
+/// `?per_page=`: from 1 to 100; anything else is a bad query string (400).
+pub fn per_page<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    in_range(d, 1, PageRequest::MAX_PER_PAGE, "per_page")
+}
+
+fn in_range<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    min: u32,
+    max: u32,
+    name: &str,
+) -> Result<Option<u32>, D::Error> {
+    let value = Option::<u32>::deserialize(d)?;
+    match value {
+        Some(v) if !(min..=max).contains(&v) => Err(serde::de::Error::custom(format!(
+            "{name} must be between {min} and {max}"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// `?page=&per_page=`: 1-based, 1 to 100 a page.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Page number, from 1.
+    #[param(minimum = 1, maximum = 10_000_000)]
+    #[serde(default, deserialize_with = "page_number")]
     pub page: Option<u32>,
     /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "per_page")]
     pub per_page: Option<u32>,
 }
 

@@ -249,7 +249,13 @@ impl From<ReservationRecord> for AdminReservationOut {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReservationListParams {
+    /// Page number, from 1.
+    #[param(minimum = 1, maximum = 10_000_000)]
+    #[serde(default, deserialize_with = "crate::views::page_number")]
     pub page: Option<u32>,
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::views::per_page")]
     pub per_page: Option<u32>,
     /// Start after this reservation id (keyset paging through a large sale; `page` is then
     /// ignored).

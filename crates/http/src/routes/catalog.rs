@@ -72,7 +72,13 @@ pub struct ProductQuery {
     /// Words that must all appear in the name or description.
     pub q: Option<String>,
     pub category: Option<String>,
+    /// Page number, from 1.
+    #[param(minimum = 1, maximum = 10_000_000)]
+    #[serde(default, deserialize_with = "crate::views::page_number")]
     pub page: Option<u32>,
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::views::per_page")]
     pub per_page: Option<u32>,
 }
 

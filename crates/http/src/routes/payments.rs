@@ -190,8 +190,15 @@ pub async fn refund_order(
 #[into_params(parameter_in = Query)]
 pub struct RefundListParams {
     /// Only refunds in this status: `pending`, `succeeded` or `failed`.
+    #[param(pattern = "^(pending|succeeded|failed)$")]
     pub status: Option<String>,
+    /// Page number, from 1.
+    #[param(minimum = 1, maximum = 10_000_000)]
+    #[serde(default, deserialize_with = "crate::views::page_number")]
     pub page: Option<u32>,
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::views::per_page")]
     pub per_page: Option<u32>,
 }
 

@@ -551,8 +551,15 @@ pub async fn cancel_order(
 #[into_params(parameter_in = Query)]
 pub struct OrderListParams {
     /// Only orders in this status.
+    #[param(pattern = "^(pending_payment|paid|cancelled|expired|refunded|partially_refunded)$")]
     pub status: Option<String>,
+    /// Page number, from 1.
+    #[param(minimum = 1, maximum = 10_000_000)]
+    #[serde(default, deserialize_with = "crate::views::page_number")]
     pub page: Option<u32>,
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::views::per_page")]
     pub per_page: Option<u32>,
 }
 
