@@ -38,7 +38,8 @@ fn text(field: &'static str, raw: &str, max: usize) -> Result<String, AddressErr
             message: "must not be empty",
         });
     }
-    if t.chars().count() > max || t.chars().any(char::is_control) {
+    // The length as sent, spaces included, is what the API document limits.
+    if raw.chars().count() > max || t.chars().any(char::is_control) {
         return Err(AddressError {
             field,
             message: "too long, or contains control characters",

@@ -414,8 +414,9 @@ impl From<PaymentError> for ApiError {
                 Self::new(S::NOT_FOUND, codes::PAYMENT_NOT_FOUND, message)
             }
             PaymentError::NotPayable(_) => Self::new(S::CONFLICT, codes::NOT_PAYABLE, message),
+            // The sender could not prove it is the provider: unauthenticated.
             PaymentError::Notify(_) => {
-                Self::new(S::BAD_REQUEST, codes::NOTIFICATION_REFUSED, message)
+                Self::new(S::UNAUTHORIZED, codes::NOTIFICATION_REFUSED, message)
             }
             PaymentError::AmountMismatch => {
                 Self::new(S::BAD_REQUEST, codes::AMOUNT_MISMATCH, message)

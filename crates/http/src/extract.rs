@@ -78,8 +78,7 @@ fn integral_floats_as_integers(bytes: &[u8]) -> Option<Vec<u8>> {
             serde_json::Value::Number(n) if n.is_f64() => {
                 if let Some(f) = n.as_f64()
                     && f.fract() == 0.0
-                    && f >= -9.2e18
-                    && f <= 9.2e18
+                    && (-9.2e18..=9.2e18).contains(&f)
                 {
                     // In range and whole, so the conversion is exact.
                     #[allow(clippy::cast_possible_truncation)]

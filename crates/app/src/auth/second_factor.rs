@@ -9,7 +9,6 @@ use sha2::{Digest as _, Sha256};
 
 use super::totp::{self, SECRET_BYTES};
 use super::{AuthError, AuthService, Principal};
-use crate::error::FieldError;
 use crate::ports::TokenHash;
 
 /// Recovery codes handed out when the second factor is switched on.
@@ -86,10 +85,8 @@ impl AuthService {
             });
         };
         let now = self.clock.now();
-        let step =
-            totp::matching_step(&record.secret, code, now.unix_timestamp()).ok_or_else(|| {
-                AuthError::Invalid(vec![FieldError::new("code", "not the current code")])
-            })?;
+        let step = totp::matching_step(&record.secret, code, now.unix_timestamp())
+            .ok_or(AuthError::SecondFactorWrong)?;
         let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
         let hashes: Vec<TokenHash> = codes.iter().map(|c| hash_recovery(c)).collect();
         if !self

@@ -375,7 +375,9 @@ impl FlashSales {
         }
         // The rules a sale of this schedule will have, checked now rather than at each slot.
         let probe = OffsetDateTime::UNIX_EPOCH;
-        if let Err(v) = SaleWindow::new(probe, probe + Duration::seconds(duration.max(1)))
+        // Clamped so that an out-of-range duration (reported above) cannot overflow the probe.
+        let probe_len = Duration::seconds(duration.clamp(1, period.whole_seconds()));
+        if let Err(v) = SaleWindow::new(probe, probe + probe_len)
             .and_then(|w| SaleRules::new(w, draft.per_user_limit, draft.reservation_ttl_secs))
         {
             errors.push(FieldError::new(v.field, v.message));

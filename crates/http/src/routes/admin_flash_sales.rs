@@ -37,24 +37,29 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ItemRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// A catalogue product this item sells: its `stock` moves out of the product's when the
     /// sale is made (409, 60010, when the product has less), and what is not sold goes back
     /// once the sale has ended.
     pub product_id: Option<Uuid>,
     pub image_url: Option<String>,
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub price_cents: i64,
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub stock: i64,
 }
 
 /// `count` items with generated names and pictures.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct GenerateItems {
+    #[schema(minimum = 1, maximum = 100_000)]
     pub count: i64,
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub price_cents: i64,
     /// Units of each item.
     #[serde(default = "one")]
-    #[schema(default = 1)]
+    #[schema(default = 1, minimum = 1, maximum = 10_000_000)]
     pub stock: i64,
 }
 
@@ -69,6 +74,7 @@ fn default_ttl() -> i64 {
 /// Either `items` or `generate_items`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateSaleRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -76,13 +82,16 @@ pub struct CreateSaleRequest {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub ends_at: OffsetDateTime,
+    #[schema(minimum = 1, maximum = 10_000)]
     pub per_user_limit: i64,
     /// How long a reservation holds stock unpaid (the payment window).
     #[serde(default = "default_ttl")]
-    #[schema(default = 900)]
+    #[schema(default = 900, minimum = 10, maximum = 604_800)]
     pub reservation_ttl_secs: i64,
     /// ISO 4217 code; USD when absent.
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<String>,
+    #[schema(min_items = 1, max_items = 100_000)]
     pub items: Option<Vec<ItemRequest>>,
     pub generate_items: Option<GenerateItems>,
 }
@@ -293,19 +302,26 @@ pub async fn list_reservations(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateScheduleRequest {
     /// Unique; each sale is named after it and its slot.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// `hourly` (on the hour, UTC) or `daily` (at midnight UTC).
-    #[schema(example = "hourly")]
+    #[schema(example = "hourly", pattern = "^(hourly|daily)$")]
     pub recurrence: String,
     /// Generated items per sale, one unit each.
+    #[schema(minimum = 1, maximum = 100_000)]
     pub item_count: i64,
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub price_cents: i64,
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<String>,
+    #[schema(minimum = 1, maximum = 10_000)]
     pub per_user_limit: i64,
     #[serde(default = "default_ttl")]
-    #[schema(default = 900)]
+    #[schema(default = 900, minimum = 10, maximum = 604_800)]
     pub reservation_ttl_secs: i64,
-    /// How long each sale lasts from its slot's start; the whole period when absent.
+    /// How long each sale lasts from its slot's start, at most the period (3600 hourly, 86400
+    /// daily); the whole period when absent.
+    #[schema(minimum = 60, maximum = 86_400)]
     pub duration_secs: Option<i64>,
 }
 
@@ -389,6 +405,7 @@ pub async fn list_schedules(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct MintBuyersRequest {
     /// 1 to 10,000 per call.
+    #[schema(minimum = 1, maximum = 10_000)]
     pub count: i64,
 }
 

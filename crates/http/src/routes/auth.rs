@@ -30,9 +30,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Fields other than these (a `role`, an `id`) are ignored: a new account is always a customer.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// At least 8 characters, and not the email address.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
 }
 
@@ -201,6 +208,7 @@ pub async fn totp_enroll(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TotpConfirmRequest {
     /// The current 6-digit code of the enrolled secret.
+    #[schema(pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 
@@ -216,9 +224,8 @@ pub struct RecoveryCodes {
     request_body = TotpConfirmRequest,
     responses(
         (status = 200, description = "On; the recovery codes", body = Envelope<RecoveryCodes>),
-        (status = 401, description = "10003: token invalid", body = ErrorEnvelope),
+        (status = 401, description = "10003: token invalid; 10007: `code` is not the current code", body = ErrorEnvelope),
         (status = 409, description = "10008: on already; 10009: nothing enrolled", body = ErrorEnvelope),
-        (status = 422, description = "`code` is not the current code", body = ErrorEnvelope),
     ))]
 pub async fn totp_confirm(
     State(auth): State<Arc<AuthService>>,

@@ -125,18 +125,33 @@ pub async fn get_product(
         .into()))
 }
 
+/// An image: an `/uploads/` path or an http(s) URL, at most 500 characters, no spaces.
+#[derive(Debug, ToSchema)]
+#[schema(
+    pattern = "^(/uploads/|https?://)[^\\s\\x00-\\x1f\\x7f-\\x9f]*$",
+    max_length = 500
+)]
+pub struct ImageUrl(#[allow(dead_code)] String);
+
 /// Fields other than these (an id, timestamps, `sold`) are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ProductIn {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub price_cents: i64,
     /// ISO 4217; USD when absent.
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<String>,
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub stock: i64,
     /// Lower-case letters, digits and `-`.
+    #[schema(pattern = "^[a-z0-9-]{1,50}$")]
     pub category: Option<String>,
     #[serde(default)]
+    #[schema(max_items = 10, value_type = Vec<ImageUrl>)]
     pub images: Vec<String>,
     /// Defaults to true.
     pub active: Option<bool>,
@@ -213,15 +228,21 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 /// Absent fields stay as they are; `category: null` clears the category.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ProductPatchIn {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: Option<String>,
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub price_cents: Option<i64>,
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<String>,
     /// Sets the stock (an absolute number, not a change).
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub stock: Option<i64>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[a-z0-9-]{1,50}$")]
     pub category: Option<Option<String>>,
+    #[schema(max_items = 10, value_type = Option<Vec<ImageUrl>>)]
     pub images: Option<Vec<String>>,
     pub active: Option<bool>,
 }

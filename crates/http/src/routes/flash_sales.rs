@@ -217,7 +217,7 @@ pub struct ReservationRequest {
     /// The item's number in the sale (`id` in the item list).
     pub item_id: i64,
     #[serde(default = "one")]
-    #[schema(default = 1)]
+    #[schema(default = 1, minimum = 1, maximum = 10_000)]
     pub quantity: i64,
 }
 
@@ -232,7 +232,7 @@ fn one() -> i64 {
     security(("bearer" = [])),
     params(
         ("id" = Uuid, Path, description = "Sale id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Up to 255 printable ASCII characters, per user"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Up to 255 printable ASCII characters, per user", pattern = "^[!-~]{1,255}$"),
     ),
     request_body = ReservationRequest,
     responses(

@@ -122,10 +122,12 @@ pub struct NotificationAck {
 /// five minutes, and must match the payment's amount and currency. A repeated notification
 /// changes nothing.
 #[utoipa::path(post, path = "/payments/notify", tag = "payments",
+    params(("sandbox-signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">`")),
     request_body(content = String, content_type = "application/json", description = "The provider's signed notification"),
     responses(
         (status = 200, description = "Applied (or recognised as a repeat)", body = Envelope<NotificationAck>),
-        (status = 400, description = "40002 bad or stale signature; 40003 amount or currency mismatch", body = ErrorEnvelope),
+        (status = 400, description = "40003: amount or currency mismatch", body = ErrorEnvelope),
+        (status = 401, description = "40002: signature missing, wrong or stale (the sender is not the provider)", body = ErrorEnvelope),
         (status = 404, description = "40001: no such payment", body = ErrorEnvelope),
     ))]
 pub async fn payment_notification(
@@ -152,6 +154,7 @@ pub async fn payment_notification(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefundIn {
     /// What to refund; everything not refunded yet when absent.
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub amount_cents: Option<i64>,
     pub reason: Option<String>,
 }

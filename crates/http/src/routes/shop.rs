@@ -44,15 +44,38 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// An address as sent: the fields, and whether it should be the default.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AddressIn {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub recipient: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub line1: String,
+    #[schema(max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub line2: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub city: String,
+    #[schema(max_length = 100, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub region: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 20,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2.
-    #[schema(example = "DE")]
+    #[schema(example = "DE", pattern = "^[A-Za-z]{2}$")]
     pub country: String,
+    #[schema(max_length = 30, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub phone: Option<String>,
     /// Make it the default (the first address always is).
     #[serde(default)]
@@ -139,6 +162,7 @@ pub async fn list_addresses(
     request_body = AddressIn,
     responses(
         (status = 201, description = "Saved", body = Envelope<AddressOut>),
+        (status = 409, description = "The user has 20 addresses already", body = ErrorEnvelope),
         (status = 422, description = "Invalid address", body = ErrorEnvelope),
     ))]
 pub async fn add_address(
@@ -297,6 +321,7 @@ pub async fn get_cart(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CartItemIn {
     /// 1 to 99; replaces the quantity in the cart.
+    #[schema(minimum = 1, maximum = 99)]
     pub quantity: i64,
 }
 
@@ -359,6 +384,7 @@ pub async fn clear_cart(
 pub struct CheckoutIn {
     pub address_id: Option<Uuid>,
     pub shipping_address: Option<AddressIn>,
+    #[schema(pattern = "^[A-Za-z0-9_-]{3,32}$")]
     pub coupon_code: Option<String>,
 }
 
@@ -607,15 +633,20 @@ pub async fn admin_get_order(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CouponIn {
     /// 3 to 32 letters, digits, `-` or `_`; matched without case.
+    #[schema(pattern = "^[A-Za-z0-9_-]{3,32}$")]
     pub code: String,
     /// `percent` or `fixed`.
-    #[schema(example = "percent")]
+    #[schema(example = "percent", pattern = "^(percent|fixed)$")]
     pub kind: String,
     /// 1 to 100, for `percent`.
+    #[schema(minimum = 1, maximum = 100)]
     pub percent: Option<i64>,
     /// For `fixed`.
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub amount_cents: Option<i64>,
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<String>,
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub min_spend_cents: Option<i64>,
     /// Now when absent.
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -625,7 +656,9 @@ pub struct CouponIn {
     #[schema(value_type = String, format = DateTime)]
     pub ends_at: OffsetDateTime,
     /// Uses across all users.
+    #[schema(minimum = 1, maximum = 4_294_967_295_i64)]
     pub max_uses: Option<i64>,
+    #[schema(minimum = 1, maximum = 4_294_967_295_i64)]
     pub per_user_limit: Option<i64>,
 }
 

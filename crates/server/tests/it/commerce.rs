@@ -337,17 +337,17 @@ async fn forged_or_replayed_notifications_change_nothing() {
         b.clone(),
     )
     .await
-    .assert_error(StatusCode::BAD_REQUEST, 40002);
+    .assert_error(StatusCode::UNAUTHORIZED, 40002);
     notify(String::new(), b.clone())
         .await
-        .assert_error(StatusCode::BAD_REQUEST, 40002);
+        .assert_error(StatusCode::UNAUTHORIZED, 40002);
     let stale = t - flashmart_sandbox::TOLERANCE_SECS - 1;
     notify(
         flashmart_sandbox::sign(secret, stale, b.as_bytes()),
         b.clone(),
     )
     .await
-    .assert_error(StatusCode::BAD_REQUEST, 40002);
+    .assert_error(StatusCode::UNAUTHORIZED, 40002);
     let cheap = body(1, "evt_cheap");
     notify(flashmart_sandbox::sign(secret, t, cheap.as_bytes()), cheap)
         .await

@@ -52,7 +52,7 @@ async fn switch_on(app: &TestApp, token: &str) -> (Vec<u8>, Vec<String>) {
         .json(&json!({"code": "000000"}))
         .send()
         .await
-        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+        .assert_error(StatusCode::UNAUTHORIZED, 10007);
     let confirmed = app
         .post("/api/v1/auth/totp/confirm")
         .bearer(token)
