@@ -13,6 +13,17 @@ use uuid::Uuid;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Empty {}
 
+/// A list's `?status=` filter parsed as `T`; an unknown status is a bad query string (400).
+pub fn status_filter<T>(raw: Option<&str>) -> Result<Option<T>, crate::error::ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    raw.map(str::parse::<T>)
+        .transpose()
+        .map_err(|e| crate::error::ApiError::bad_request(e.to_string()))
+}
+
 /// The highest page number a list answers for.
 pub const MAX_PAGE: u32 = 10_000_000;
 

@@ -58,12 +58,7 @@ pub(crate) async fn sales_page(
     sales: &FlashSales,
     params: SaleListParams,
 ) -> Result<Reply<PageOf<SaleOut>>, ApiError> {
-    let phase = params
-        .status
-        .as_deref()
-        .map(str::parse::<SalePhase>)
-        .transpose()
-        .map_err(ApiError::bad_request)?;
+    let phase = crate::views::status_filter::<SalePhase>(params.status.as_deref())?;
     let page = PageParams {
         page: params.page,
         per_page: params.per_page,

@@ -265,12 +265,7 @@ pub async fn admin_list_refunds(
     _admin: AdminAuth,
     Query(params): Query<RefundListParams>,
 ) -> Result<Reply<PageOf<RefundOut>>, ApiError> {
-    let status = params
-        .status
-        .as_deref()
-        .map(str::parse::<RefundStatus>)
-        .transpose()
-        .map_err(ApiError::bad_request)?;
+    let status = crate::views::status_filter::<RefundStatus>(params.status.as_deref())?;
     let refunds = payments
         .refunds(status, PageRequest::new(params.page, params.per_page))
         .await?;

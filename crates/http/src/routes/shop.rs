@@ -517,12 +517,7 @@ pub async fn list_orders(
     Auth(me): Auth,
     Query(params): Query<OrderListParams>,
 ) -> Result<Reply<PageOf<OrderOut>>, ApiError> {
-    let status = params
-        .status
-        .as_deref()
-        .map(str::parse::<OrderStatus>)
-        .transpose()
-        .map_err(ApiError::bad_request)?;
+    let status = crate::views::status_filter::<OrderStatus>(params.status.as_deref())?;
     let orders = shop
         .orders_of(
             me.user_id,
@@ -601,12 +596,7 @@ pub async fn admin_list_orders(
     _admin: AdminAuth,
     Query(params): Query<OrderListParams>,
 ) -> Result<Reply<PageOf<OrderOut>>, ApiError> {
-    let status = params
-        .status
-        .as_deref()
-        .map(str::parse::<OrderStatus>)
-        .transpose()
-        .map_err(ApiError::bad_request)?;
+    let status = crate::views::status_filter::<OrderStatus>(params.status.as_deref())?;
     let orders = shop
         .all_orders(status, PageRequest::new(params.page, params.per_page))
         .await?;
