@@ -171,7 +171,7 @@ impl Payments {
             .payments_for_order(order.id)
             .await?
             .into_iter()
-            .find(|p| p.status == PaymentStatus::Succeeded && order.paid_at.is_some())
+            .find(|p| p.status == PaymentStatus::Succeeded)
             .ok_or(PaymentError::NotPayable(order.status))?;
         let left = order.total.cents() - order.refunded.cents();
         let amount = Money::new(amount_cents.unwrap_or(left), order.total.currency())
@@ -276,11 +276,27 @@ impl Payments {
                         .order(current.order_id)
                         .await?
                         .ok_or(PaymentError::OrderNotFound)?;
-                    Some(
-                        order
-                            .status
-                            .after_refund(order.total, order.refunded, current.amount)?,
-                    )
+                    match order
+                        .status
+                        .after_refund(order.total, order.refunded, current.amount)
+                    {
+                        Ok(next) => Some(next),
+                        // The order can no longer take it (changed by hand?): the refund is
+                        // failed rather than retried for ever, and admins see why.
+                        Err(why) => {
+                            tracing::error!(refund = %current.id, %why, "a pending refund no longer fits its order");
+                            self.store
+                                .settle_refund(
+                                    &current,
+                                    &RefundSettlement::Failed {
+                                        reason: why.to_string(),
+                                    },
+                                    self.clock.now(),
+                                )
+                                .await?;
+                            continue;
+                        }
+                    }
                 }
             };
             match self.ask_provider(&current, &payment, order_status).await {
