@@ -301,6 +301,7 @@ impl From<SaleError> for ApiError {
                 "reservation expired",
             ),
             SaleError::Invalid(details) => Self::validation(details),
+            e @ SaleError::ScheduleNameTaken => Self::status(S::CONFLICT, e.to_string()),
             e @ SaleError::ProductShort { .. } => {
                 Self::new(S::CONFLICT, codes::PRODUCT_SHORT, e.to_string())
             }
@@ -369,7 +370,8 @@ impl From<ShopError> for ApiError {
             ShopError::CartLineNotFound => {
                 Self::new(S::NOT_FOUND, codes::CART_LINE_NOT_FOUND, message)
             }
-            ShopError::EmptyCart => Self::new(S::UNPROCESSABLE_ENTITY, codes::CART_EMPTY, message),
+            // The cart's state, not the request, stands in the way.
+            ShopError::EmptyCart => Self::new(S::CONFLICT, codes::CART_EMPTY, message),
             ShopError::Unavailable { product_id, .. } => {
                 Self::new(S::CONFLICT, codes::PRODUCT_UNAVAILABLE, message.clone()).with_details(
                     vec![FieldError::new(format!("items.{product_id}"), message)],

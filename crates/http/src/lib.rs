@@ -112,6 +112,7 @@ fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
 pub fn openapi(options: RouteOptions) -> OpenApiDoc {
     let mut doc = documented_routes(options).split_for_parts().1;
     openapi::complete_responses(&mut doc);
+    openapi::cross_field_rules(&mut doc);
     doc
 }
 
@@ -130,6 +131,7 @@ pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppSt
     };
     let (routes, mut doc) = documented_routes(options).split_for_parts();
     openapi::complete_responses(&mut doc);
+    openapi::cross_field_rules(&mut doc);
     let routes = routes.merge(extra).merge(
         SwaggerUi::new("/docs")
             .url("/openapi.json", doc)
@@ -157,6 +159,7 @@ pub fn compat_router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(routes::compat::routes())
         .split_for_parts();
     openapi::complete_responses(&mut doc);
+    openapi::cross_field_rules(&mut doc);
     let routes = routes.route(
         "/openapi.json",
         axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),

@@ -84,3 +84,51 @@ pub fn complete_responses(doc: &mut OpenApi) {
         }
     }
 }
+
+/// Rules between two fields that JSON Schema can state (`if`/`then`, `not`), added to the
+/// request schemas they belong to, since the derive cannot say them.
+pub fn cross_field_rules(doc: &mut OpenApi) {
+    let rules: [(&str, Vec<(&str, serde_json::Value)>); 2] = [
+        // An hourly schedule's sales last at most the hour.
+        (
+            "CreateScheduleRequest",
+            vec![
+                (
+                    "if",
+                    serde_json::json!({"properties": {"recurrence": {"const": "hourly"}}}),
+                ),
+                (
+                    "then",
+                    serde_json::json!({"properties": {"duration_secs": {"maximum": 3600}}}),
+                ),
+            ],
+        ),
+        // A saved address or one given with the order, not both.
+        (
+            "CheckoutIn",
+            vec![(
+                "not",
+                serde_json::json!({
+                    "required": ["address_id", "shipping_address"],
+                    "properties": {
+                        "address_id": {"type": "string"},
+                        "shipping_address": {"type": "object"},
+                    },
+                }),
+            )],
+        ),
+    ];
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (name, keywords) in rules {
+        if let Some(RefOr::T(utoipa::openapi::Schema::Object(object))) =
+            components.schemas.get_mut(name)
+        {
+            let extensions = object.extensions.get_or_insert_with(Default::default);
+            for (key, value) in keywords {
+                extensions.insert(key.to_owned(), value);
+            }
+        }
+    }
+}

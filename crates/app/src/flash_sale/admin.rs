@@ -402,12 +402,7 @@ impl FlashSales {
         };
         match self.store.insert_schedule(&schedule).await {
             Ok(()) => {}
-            Err(crate::StoreError::Conflict { .. }) => {
-                return Err(SaleError::Invalid(vec![FieldError::new(
-                    "name",
-                    "a schedule with this name exists",
-                )]));
-            }
+            Err(crate::StoreError::Conflict { .. }) => return Err(SaleError::ScheduleNameTaken),
             Err(e) => return Err(e.into()),
         }
         self.run_schedules().await?;

@@ -53,6 +53,8 @@ pub enum SaleError {
     ReservationExpired,
     #[error("invalid input")]
     Invalid(Vec<FieldError>),
+    #[error("a schedule with this name exists")]
+    ScheduleNameTaken,
     #[error("product {product_id} has only {available} in stock")]
     ProductShort {
         product_id: uuid::Uuid,

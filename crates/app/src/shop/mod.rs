@@ -548,7 +548,7 @@ impl Shop {
         match self.coupons.insert_coupon(&coupon).await {
             Ok(()) => Ok(coupon),
             Err(StoreError::Conflict { .. }) => {
-                Err(invalid("code", "a coupon with this code exists"))
+                Err(ShopError::Conflict("a coupon with this code exists"))
             }
             Err(e) => Err(e.into()),
         }

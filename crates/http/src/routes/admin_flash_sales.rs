@@ -366,6 +366,7 @@ impl From<Schedule> for ScheduleOut {
     request_body = CreateScheduleRequest,
     responses(
         (status = 201, description = "Created", body = Envelope<ScheduleOut>),
+        (status = 409, description = "A schedule with this name exists", body = ErrorEnvelope),
         (status = 422, description = "Invalid schedule", body = ErrorEnvelope),
     ))]
 pub async fn create_schedule(

@@ -468,8 +468,8 @@ impl From<OrderRecord> for OrderOut {
     responses(
         (status = 201, description = "Order placed, awaiting payment", body = Envelope<OrderOut>),
         (status = 404, description = "10010 address or 30010 coupon not found", body = ErrorEnvelope),
-        (status = 409, description = "50003 out of stock or 50004 no longer available, naming the item; 50006 more units of one product than an order may hold; 30003 orders.max_open_per_user unpaid orders open already", body = ErrorEnvelope),
-        (status = 422, description = "50002 empty cart, 50005 mixed currencies, 30011 coupon refused, or an invalid address", body = ErrorEnvelope),
+        (status = 409, description = "50002 the cart is empty; 50003 out of stock or 50004 no longer available, naming the item; 50006 more units of one product than an order may hold; 30003 orders.max_open_per_user unpaid orders open already", body = ErrorEnvelope),
+        (status = 422, description = "50005 mixed currencies, 30011 coupon refused, or an invalid address", body = ErrorEnvelope),
     ))]
 pub async fn checkout(
     State(shop): State<Arc<Shop>>,
@@ -704,7 +704,8 @@ impl From<Coupon> for CouponOut {
     request_body = CouponIn,
     responses(
         (status = 201, description = "Created", body = Envelope<CouponOut>),
-        (status = 422, description = "Invalid coupon, or the code is taken", body = ErrorEnvelope),
+        (status = 409, description = "A coupon with this code exists", body = ErrorEnvelope),
+        (status = 422, description = "Invalid coupon", body = ErrorEnvelope),
     ))]
 pub async fn create_coupon(
     State(shop): State<Arc<Shop>>,

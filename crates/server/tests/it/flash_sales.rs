@@ -517,7 +517,7 @@ async fn a_schedule_makes_the_current_hours_sale() {
         }))
         .send()
         .await
-        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+        .assert_error(StatusCode::CONFLICT, 409);
     let listed = app
         .get("/api/v1/admin/flash-sale-schedules")
         .bearer(&op)
