@@ -111,8 +111,7 @@ fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
 /// The OpenAPI document of every route `router` serves.
 pub fn openapi(options: RouteOptions) -> OpenApiDoc {
     let mut doc = documented_routes(options).split_for_parts().1;
-    openapi::complete_responses(&mut doc);
-    openapi::cross_field_rules(&mut doc);
+    openapi::finish(&mut doc);
     doc
 }
 
@@ -130,8 +129,7 @@ pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppSt
         sandbox_pages: state.sandbox.is_some(),
     };
     let (routes, mut doc) = documented_routes(options).split_for_parts();
-    openapi::complete_responses(&mut doc);
-    openapi::cross_field_rules(&mut doc);
+    openapi::finish(&mut doc);
     let routes = routes.merge(extra).merge(
         SwaggerUi::new("/docs")
             .url("/openapi.json", doc)
@@ -158,8 +156,7 @@ pub fn compat_router(state: AppState, settings: &HttpSettings) -> Router {
     let (routes, mut doc) = OpenApiRouter::with_openapi(CompatDoc::openapi())
         .merge(routes::compat::routes())
         .split_for_parts();
-    openapi::complete_responses(&mut doc);
-    openapi::cross_field_rules(&mut doc);
+    openapi::finish(&mut doc);
     let routes = routes.route(
         "/openapi.json",
         axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),

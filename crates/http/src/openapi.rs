@@ -40,8 +40,14 @@ fn operations(item: &mut PathItem) -> Vec<(axum::http::Method, &mut Operation)> 
     .collect()
 }
 
+/// Everything the derived document cannot say by itself.
+pub fn finish(doc: &mut OpenApi) {
+    complete_responses(doc);
+    cross_field_rules(doc);
+}
+
 /// Adds to every operation the statuses the layers around it can answer.
-pub fn complete_responses(doc: &mut OpenApi) {
+fn complete_responses(doc: &mut OpenApi) {
     for (path, item) in doc.paths.paths.iter_mut() {
         for (method, op) in operations(item) {
             let group = Group::of(&method, path);
@@ -87,7 +93,7 @@ pub fn complete_responses(doc: &mut OpenApi) {
 
 /// Rules between two fields that JSON Schema can state (`if`/`then`, `not`), added to the
 /// request schemas they belong to, since the derive cannot say them.
-pub fn cross_field_rules(doc: &mut OpenApi) {
+fn cross_field_rules(doc: &mut OpenApi) {
     let rules: [(&str, Vec<(&str, serde_json::Value)>); 2] = [
         // An hourly schedule's sales last at most the hour.
         (
