@@ -19,6 +19,14 @@ pub async fn operator(app: &TestApp) -> String {
     .await
 }
 
+/// Creates a product as `token` and returns its id.
+pub async fn product_id(app: &TestApp, token: &str, body: Value) -> String {
+    product(app, token, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 pub async fn product(app: &TestApp, token: &str, body: Value) -> Value {
     let res = app
         .post("/api/v1/admin/products")

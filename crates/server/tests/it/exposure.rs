@@ -5,7 +5,7 @@
 use axum::http::{Method, StatusCode, header};
 use serde_json::json;
 
-use crate::catalog::{operator, product};
+use crate::catalog::{operator, product_id};
 use crate::commerce::{address, app, put_in_cart};
 use crate::support::TestApp;
 
@@ -43,15 +43,12 @@ async fn readiness_shows_no_driver_error_text() {
 
 async fn open_payment(app: &TestApp) -> String {
     let op = operator(app).await;
-    let item = product(
+    let item = product_id(
         app,
         &op,
         json!({"name": "Mug", "price_cents": 1500, "stock": 3}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let (buyer, _) = app.customer("mug@example.com", "mug password").await;
     put_in_cart(app, &buyer, &item, 1).await;
     let order = app
@@ -137,15 +134,12 @@ async fn the_sandbox_can_be_switched_off() {
     assert!(app.services.state.sandbox.is_none());
     assert!(!app.config.data_dir.join("sandbox.db").exists());
     let op = operator(&app).await;
-    let item = product(
+    let item = product_id(
         &app,
         &op,
         json!({"name": "Mug", "price_cents": 1500, "stock": 3}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let (buyer, _) = app.customer("mug@example.com", "mug password").await;
     put_in_cart(&app, &buyer, &item, 1).await;
     let order = app

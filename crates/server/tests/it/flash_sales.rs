@@ -591,15 +591,12 @@ async fn load_test_buyers_need_the_setting_and_an_admin() {
 async fn a_sale_item_from_a_product_moves_its_stock() {
     let app = TestApp::start().await;
     let token = operator(&app).await;
-    let product = crate::catalog::product(
+    let product = crate::catalog::product_id(
         &app,
         &token,
         json!({"name": "Drop sneaker", "price_cents": 20000, "stock": 10}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let stock = |app: &TestApp| {
         let path = format!("/api/v1/products/{product}");
         let req = app.get(&path);

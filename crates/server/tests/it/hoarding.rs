@@ -9,20 +9,17 @@ use serde_json::{Value, json};
 use time::Duration;
 use time::format_description::well_known::Rfc3339;
 
-use crate::catalog::{operator, product};
+use crate::catalog::{operator, product_id};
 use crate::commerce::{address, app, put_in_cart, stock};
 use crate::support::TestApp;
 
 async fn new_product(app: &TestApp, op: &str, name: &str, stock: i64) -> String {
-    product(
+    product_id(
         app,
         op,
         json!({"name": name, "price_cents": 6000, "stock": stock}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    .await
 }
 
 async fn checkout(

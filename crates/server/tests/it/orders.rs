@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::catalog::{operator, product};
+use crate::catalog::{operator, product, product_id};
 use crate::commerce::{address, app, put_in_cart};
 use crate::support::{Server, TestApp};
 
@@ -12,15 +12,12 @@ use crate::support::{Server, TestApp};
 async fn a_shoppers_orders_filter_by_status() {
     let app = app().await;
     let op = operator(&app).await;
-    let item = product(
+    let item = product_id(
         &app,
         &op,
         json!({"name": "Pen", "price_cents": 300, "stock": 10}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let (buyer, _) = app.customer("pen@example.com", "pen password").await;
     let mut ids = Vec::new();
     for _ in 0..2 {

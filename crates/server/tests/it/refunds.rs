@@ -8,7 +8,7 @@ use flashmart_sandbox::RefundFault;
 use serde_json::{Value, json};
 use time::Duration;
 
-use crate::catalog::{operator, product};
+use crate::catalog::{operator, product_id};
 use crate::commerce::{address, app, pay, put_in_cart};
 use crate::support::TestApp;
 
@@ -22,15 +22,12 @@ struct PaidOrder {
 /// An order of 50.00 in `pending_payment` with its payment started, and an admin.
 async fn unpaid_order(app: &TestApp) -> (String, String, Value) {
     let op = operator(app).await;
-    let item = product(
+    let item = product_id(
         app,
         &op,
         json!({"name": "Kettle", "price_cents": 5000, "stock": 5}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    .await;
     let (customer, _) = app.customer("payer@example.com", "payer password").await;
     put_in_cart(app, &customer, &item, 1).await;
     let order = app

@@ -14,7 +14,7 @@ use flashmart_sandbox::RETRY_SCHEDULE_SECS;
 use serde_json::json;
 use time::Duration;
 
-use crate::catalog::{operator, product};
+use crate::catalog::{operator, product_id};
 use crate::commerce::{address, app, put_in_cart};
 use crate::support::TestApp;
 
@@ -62,15 +62,12 @@ async fn order_with_payment(app: &TestApp, token: &str, item: &str) -> (String, 
 
 async fn item(app: &TestApp) -> String {
     let op = operator(app).await;
-    product(
+    product_id(
         app,
         &op,
         json!({"name": "Lamp", "price_cents": 2500, "stock": 50}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    .await
 }
 
 #[tokio::test]
