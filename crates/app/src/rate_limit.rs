@@ -86,16 +86,17 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 #[derive(Debug)]
 pub struct FailureCounter<K: Hash + Eq> {
     limit: u32,
-    window: Duration,
     counts: DashMap<K, (Instant, u32)>,
 }
+
+/// The window failures are counted in.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 impl<K: Hash + Eq> FailureCounter<K> {
     /// `limit == 0` or `enabled == false`: no limit.
     pub fn per_minute(limit: u32, enabled: bool) -> Self {
         Self {
             limit: if enabled { limit } else { 0 },
-            window: Duration::from_secs(60),
             counts: DashMap::new(),
         }
     }
@@ -109,8 +110,8 @@ impl<K: Hash + Eq> FailureCounter<K> {
         };
         let (since, failures) = *entry;
         let elapsed = since.elapsed();
-        if elapsed < self.window && failures >= self.limit {
-            Err(RetryAfter(self.window - elapsed))
+        if elapsed < FAILURE_WINDOW && failures >= self.limit {
+            Err(RetryAfter(FAILURE_WINDOW - elapsed))
         } else {
             Ok(())
         }
@@ -121,7 +122,7 @@ impl<K: Hash + Eq> FailureCounter<K> {
             return;
         }
         let mut entry = self.counts.entry(key).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= self.window {
+        if entry.0.elapsed() >= FAILURE_WINDOW {
             *entry = (Instant::now(), 0);
         }
         entry.1 = entry.1.saturating_add(1);
@@ -130,7 +131,7 @@ impl<K: Hash + Eq> FailureCounter<K> {
     /// Forgets keys whose window is over.
     pub fn retain_recent(&self) {
         self.counts
-            .retain(|_, (since, _)| since.elapsed() < self.window);
+            .retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
     }
 }
 

@@ -308,29 +308,23 @@ impl FlashSaleStore for SqliteStore {
 
     async fn return_unsold(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let items: Vec<(Uuid, i64, Uuid, i64, i64, i64)> = sqlx::query_as(
+        // Per item: units still held (reserved) and units bought.
+        let items: Vec<(Uuid, i64, Uuid, i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT i.sale_id, i.no, i.product_id, i.stock, i.returned, \
-               (SELECT coalesce(sum(r.quantity), 0) FROM reservations r \
-                WHERE r.sale_id = i.sale_id AND r.item_no = i.no \
-                  AND r.status IN ('reserved', 'purchased')) AS kept \
+               coalesce(sum(r.quantity) FILTER (WHERE r.status = 'reserved'), 0), \
+               coalesce(sum(r.quantity) FILTER (WHERE r.status = 'purchased'), 0) \
              FROM flash_sale_items i JOIN flash_sales s ON s.id = i.sale_id \
-             WHERE i.product_id IS NOT NULL AND i.settled = 0 AND s.ends_at <= ? LIMIT 500",
+             LEFT JOIN reservations r ON r.sale_id = i.sale_id AND r.item_no = i.no \
+             WHERE i.product_id IS NOT NULL AND i.settled = 0 AND s.ends_at <= ? \
+             GROUP BY i.sale_id, i.no LIMIT 500",
         )
         .bind(micros(now))
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
         let mut given = 0;
-        for (sale, no, product, stock, returned, kept) in items {
-            let held: i64 = sqlx::query_scalar(
-                "SELECT coalesce(sum(quantity), 0) FROM reservations \
-                 WHERE sale_id = ? AND item_no = ? AND status = 'reserved'",
-            )
-            .bind(sale)
-            .bind(no)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        for (sale, no, product, stock, returned, held, bought) in items {
+            let kept = held + bought;
             // After the end nothing more is reserved, so `kept` only shrinks: what is neither
             // kept nor given back yet is the product's again.
             let give = (stock - kept - returned).max(0);

@@ -72,15 +72,8 @@ fn payment_from_row(row: &SqliteRow) -> Result<PaymentRecord, StoreError> {
 impl PaymentStore for SqliteStore {
     async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let open = sqlx::query(select_payments!(
-            "WHERE p.order_id = ? AND p.status = 'pending' ORDER BY p.created_at DESC LIMIT 1"
-        ))
-        .bind(p.order_id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if let Some(open) = open {
-            return payment_from_row(&open).map(Some);
+        if let Some(open) = open_payment(&mut tx, p.order_id).await? {
+            return Ok(Some(open));
         }
         sqlx::query(
             "INSERT INTO payments (id, order_id, provider, provider_ref, status, amount_cents, \
@@ -139,16 +132,8 @@ impl PaymentStore for SqliteStore {
         &self,
         order: OrderId,
     ) -> Result<Option<PaymentRecord>, StoreError> {
-        sqlx::query(select_payments!(
-            "WHERE p.order_id = ? AND p.status = 'pending' ORDER BY p.created_at DESC LIMIT 1"
-        ))
-        .bind(order.as_uuid())
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(map_err)?
-        .as_ref()
-        .map(payment_from_row)
-        .transpose()
+        let mut conn = self.writer.acquire().await.map_err(map_err)?;
+        open_payment(&mut conn, order).await
     }
 
     async fn payments_for_order(&self, order: OrderId) -> Result<Vec<PaymentRecord>, StoreError> {
@@ -451,6 +436,23 @@ impl PaymentStore for SqliteStore {
         .map_err(map_err)?;
         Ok(())
     }
+}
+
+/// The order's pending payment, newest first.
+async fn open_payment(
+    conn: &mut sqlx::SqliteConnection,
+    order: OrderId,
+) -> Result<Option<PaymentRecord>, StoreError> {
+    sqlx::query(select_payments!(
+        "WHERE p.order_id = ? AND p.status = 'pending' ORDER BY p.created_at DESC LIMIT 1"
+    ))
+    .bind(order.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?
+    .as_ref()
+    .map(payment_from_row)
+    .transpose()
 }
 
 async fn insert_refund(

@@ -243,26 +243,21 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         }
     }
     let mut listeners = vec![("http", public, services.router())];
-    let mut also = Vec::new();
-    if let Some(ops_addr) = config.ops.addr {
-        let ops = bind(ops_addr, "ops.addr").await?;
-        also.push(("ops_addr", ops.local_addr()?.to_string()));
+    let (mut ops_addr, mut compat_addr) = (None, None);
+    if let Some(wanted) = config.ops.addr {
+        let ops = bind(wanted, "ops.addr").await?;
+        ops_addr = Some(ops.local_addr()?.to_string());
         listeners.push(("ops", ops, services.ops_router()));
     }
     if config.compat.contest {
         let compat = bind(config.compat.addr, "compat.addr").await?;
-        also.push(("compat_addr", compat.local_addr()?.to_string()));
+        compat_addr = Some(compat.local_addr()?.to_string());
         listeners.push(("compat", compat, services.compat_router()));
     }
-    let field = |name: &str| {
-        also.iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, a)| a.as_str())
-    };
     tracing::info!(
         %addr,
-        ops_addr = field("ops_addr"),
-        compat_addr = field("compat_addr"),
+        ops_addr = ops_addr.as_deref(),
+        compat_addr = compat_addr.as_deref(),
         data_dir = %config.data_dir.display(),
         "flashmart listening on http://{addr}"
     );

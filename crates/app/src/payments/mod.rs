@@ -356,7 +356,6 @@ impl Payments {
             payment.amount,
             "paid after the order ended",
             now,
-            refunds::REQUESTER_GRACE,
         );
         let applied = self
             .store

@@ -94,14 +94,14 @@ pub struct RefundRecord {
 }
 
 impl RefundRecord {
-    /// A refund to ask the provider for; the worker leaves it to its requester for `grace`.
+    /// A refund to ask the provider for; the worker leaves it to its requester for
+    /// `REQUESTER_GRACE`.
     pub fn pending(
         payment: &PaymentRecord,
         kind: RefundKind,
         amount: Money,
         reason: &str,
         now: OffsetDateTime,
-        grace: Duration,
     ) -> Self {
         Self {
             id: RefundId::new(),
@@ -112,7 +112,7 @@ impl RefundRecord {
             reason: reason.to_owned(),
             status: RefundStatus::Pending,
             attempts: 0,
-            next_attempt_at: now + grace,
+            next_attempt_at: now + REQUESTER_GRACE,
             last_error: None,
             created_at: now,
             completed_at: None,
@@ -140,7 +140,7 @@ pub enum RefundSettlement {
 }
 
 /// How long a refund's requester has before the worker may ask the provider in its place.
-pub const REQUESTER_GRACE: Duration = Duration::seconds(30);
+const REQUESTER_GRACE: Duration = Duration::seconds(30);
 /// The longest wait between two attempts of the worker.
 const MAX_BACKOFF: Duration = Duration::hours(1);
 
@@ -186,7 +186,6 @@ impl Payments {
             amount,
             reason.unwrap_or(""),
             now,
-            REQUESTER_GRACE,
         );
         match self
             .store

@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use flashmart_app::page::PageRequest;
 use flashmart_app::payments::{Applied, PaymentRecord, Payments, RefundRecord, RefundStatus};
 use flashmart_domain::{OrderId, PaymentId};
-use flashmart_sandbox::{Sandbox, SandboxError};
+use flashmart_sandbox::{DeadLetter, Sandbox, SandboxError};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -304,7 +304,7 @@ pub async fn admin_dead_letters(
     _admin: AdminAuth,
     Query(params): Query<PageParams>,
 ) -> Result<Reply<PageOf<DeadLetterOut>>, ApiError> {
-    let page = PageRequest::new(params.page, params.per_page);
+    let page: PageRequest = params.into();
     let (items, total) = match sandbox {
         Some(sandbox) => sandbox
             .dead_letters(page.per_page(), page.offset())
@@ -312,9 +312,15 @@ pub async fn admin_dead_letters(
             .map_err(ApiError::unavailable)?,
         None => (Vec::new(), 0),
     };
-    let items = items
-        .into_iter()
-        .map(|d| DeadLetterOut {
+    Ok(ok(PageOf::from_page(
+        flashmart_app::page::Page::new(page, items, total),
+        DeadLetterOut::from,
+    )))
+}
+
+impl From<DeadLetter> for DeadLetterOut {
+    fn from(d: DeadLetter) -> Self {
+        Self {
             event_id: d.event_id,
             payment_ref: d.payment_ref,
             body: d.body,
@@ -323,12 +329,8 @@ pub async fn admin_dead_letters(
             last_error: d.last_error,
             created_at: d.created_at,
             dead_at: d.dead_at,
-        })
-        .collect();
-    Ok(ok(PageOf::from_page(
-        flashmart_app::page::Page::new(page, items, total),
-        |d| d,
-    )))
+        }
+    }
 }
 
 // ---- the sandbox provider's pages ---------------------------------------------------------------
