@@ -10,6 +10,9 @@ pub enum ImageKind {
 }
 
 impl ImageKind {
+    /// Every accepted kind.
+    pub const ALL: [Self; 4] = [Self::Jpeg, Self::Png, Self::Gif, Self::Webp];
+
     /// What the bytes are, if they start as one of the accepted image formats.
     pub fn sniff(bytes: &[u8]) -> Option<Self> {
         if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {

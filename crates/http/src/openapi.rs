@@ -44,6 +44,76 @@ fn operations(item: &mut PathItem) -> Vec<(axum::http::Method, &mut Operation)> 
 pub fn finish(doc: &mut OpenApi) {
     complete_responses(doc);
     cross_field_rules(doc);
+    uuid_patterns(doc);
+    upload_types(doc);
+}
+
+/// The image types an upload accepts, as the multipart encoding of its `file` field (the server
+/// reads the type from the bytes, and the document says which types those may be), and the form
+/// closed to other fields.
+fn upload_types(doc: &mut OpenApi) {
+    use utoipa::openapi::encoding::EncodingBuilder;
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    if let Some(RefOr::T(Schema::Object(form))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("UploadForm"))
+    {
+        form.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+    }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.ends_with("/admin/uploads") {
+            continue;
+        }
+        let Some(RefOr::T(body)) = item.post.as_mut().and_then(|op| op.request_body.as_mut())
+        else {
+            continue;
+        };
+        if let Some(RefOr::T(form)) = body.content.get_mut("multipart/form-data") {
+            // The form has that one field (any other is refused with 422).
+            form.encoding.insert(
+                "file".to_owned(),
+                EncodingBuilder::new()
+                    .content_type(Some(
+                        flashmart_domain::image::ImageKind::ALL
+                            .map(flashmart_domain::image::ImageKind::content_type)
+                            .join(", "),
+                    ))
+                    .build(),
+            );
+        }
+    }
+}
+
+/// Every spelling of a UUID the server parses (hyphenated, 32 digits, braced, URN). JSON Schema
+/// treats `format` as a note, so without a pattern an empty string would be a valid id.
+const UUID_PATTERN: &str = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-\
+    [0-9a-fA-F]{4}-[0-9a-fA-F]{12}|\\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-\
+    [0-9a-fA-F]{12}\\}|urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-\
+    [0-9a-fA-F]{12})$";
+
+/// Gives every UUID-formatted property of a component schema the pattern of what parses.
+fn uuid_patterns(doc: &mut OpenApi) {
+    use utoipa::openapi::schema::{KnownFormat, Schema, SchemaFormat};
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for schema in components.schemas.values_mut() {
+        let RefOr::T(Schema::Object(object)) = schema else {
+            continue;
+        };
+        for property in object.properties.values_mut() {
+            if let RefOr::T(Schema::Object(field)) = property
+                && matches!(
+                    field.format,
+                    Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))
+                )
+                && field.pattern.is_none()
+            {
+                field.pattern = Some(UUID_PATTERN.to_owned());
+            }
+        }
+    }
 }
 
 /// Adds to every operation the statuses the layers around it can answer.
@@ -91,10 +161,11 @@ fn complete_responses(doc: &mut OpenApi) {
     }
 }
 
-/// Rules between two fields that JSON Schema can state (`if`/`then`, `not`), added to the
-/// request schemas they belong to, since the derive cannot say them.
+/// Rules between two fields that JSON Schema can state (`if`/`then`, `oneOf`, `not`), added to
+/// the request schemas they belong to, since the derive cannot say them. (Rules that compare two
+/// times, or a time with the present, are beyond JSON Schema: the field descriptions say them.)
 fn cross_field_rules(doc: &mut OpenApi) {
-    let rules: [(&str, Vec<(&str, serde_json::Value)>); 2] = [
+    let rules: [(&str, Vec<(&str, serde_json::Value)>); 4] = [
         // An hourly schedule's sales last at most the hour.
         (
             "CreateScheduleRequest",
@@ -108,6 +179,37 @@ fn cross_field_rules(doc: &mut OpenApi) {
                     serde_json::json!({"properties": {"duration_secs": {"maximum": 3600}}}),
                 ),
             ],
+        ),
+        // Listed items or generated ones, exactly one of the two.
+        (
+            "CreateSaleRequest",
+            vec![(
+                "oneOf",
+                serde_json::json!([
+                    {"required": ["items"], "properties": {"items": {"type": "array"}}},
+                    {"required": ["generate_items"],
+                     "properties": {"generate_items": {"type": "object"}}},
+                ]),
+            )],
+        ),
+        // A percent coupon names its percent, a fixed one its amount (more than zero).
+        (
+            "CouponIn",
+            vec![(
+                "allOf",
+                serde_json::json!([
+                    {
+                        "if": {"properties": {"kind": {"const": "percent"}}},
+                        "then": {"required": ["percent"],
+                                 "properties": {"percent": {"type": "integer"}}},
+                    },
+                    {
+                        "if": {"properties": {"kind": {"const": "fixed"}}},
+                        "then": {"required": ["amount_cents"],
+                                 "properties": {"amount_cents": {"type": "integer", "minimum": 1}}},
+                    },
+                ]),
+            )],
         ),
         // A saved address or one given with the order, not both.
         (

@@ -485,8 +485,9 @@ impl Shop {
             }
         };
         let money = |field: &'static str, cents: Option<i64>, errors: &mut Vec<FieldError>| {
+            // Capped like a price: the document's maximum, and no total near overflow.
             cents.and_then(|c| {
-                Money::new(c, currency)
+                Money::price(c, currency)
                     .map_err(|e| errors.push(FieldError::new(field, e)))
                     .ok()
             })

@@ -48,8 +48,8 @@ pub struct UploadForm {
     file: Vec<u8>,
 }
 
-/// Uploads an image (multipart field `file`). Its type is taken from its bytes, never its name;
-/// it is stored under its content hash. Operators and admins.
+/// Uploads an image (multipart field `file`, the form's only field). Its type is taken from its
+/// bytes, never its name; it is stored under its content hash. Operators and admins.
 #[utoipa::path(post, path = "/admin/uploads", tag = "admin",
     security(("bearer" = [])),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
@@ -57,7 +57,7 @@ pub struct UploadForm {
         (status = 201, description = "Stored", body = Envelope<UploadOut>),
         (status = 413, description = "70001: larger than uploads.max_bytes", body = ErrorEnvelope),
         (status = 415, description = "70002: not a JPEG, PNG, GIF or WebP image", body = ErrorEnvelope),
-        (status = 422, description = "70003: no `file` field, or an empty one", body = ErrorEnvelope),
+        (status = 422, description = "70003: no `file` field, an empty one, or another field", body = ErrorEnvelope),
     ))]
 pub async fn upload_image(
     State(uploads): State<Arc<Uploads>>,
@@ -71,9 +71,16 @@ pub async fn upload_image(
             ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
         }
     };
+    // The whole form is read before anything is stored: it has one field, `file`, given once.
+    let mut file: Option<Vec<u8>> = None;
     while let Some(mut field) = form.next_field().await.map_err(malformed)? {
-        if field.name() != Some("file") {
-            continue;
+        if field.name() != Some("file") || file.is_some() {
+            let name = field.name().unwrap_or("(unnamed)");
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                codes::UPLOAD_MISSING,
+                format!("the form has one field, `file`, given once; not `{name}`"),
+            ));
         }
         let mut bytes = Vec::new();
         while let Some(chunk) = field.chunk().await.map_err(malformed)? {
@@ -82,18 +89,21 @@ pub async fn upload_image(
             }
             bytes.extend_from_slice(&chunk);
         }
-        let stored = uploads.store(&bytes).await?;
-        return Ok(created(UploadOut {
-            url: stored.url(),
-            content_type: stored.kind.content_type(),
-            size: stored.size,
-        }));
+        file = Some(bytes);
     }
-    Err(ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        codes::UPLOAD_MISSING,
-        "no file: send it in the multipart field `file`",
-    ))
+    let Some(bytes) = file else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            codes::UPLOAD_MISSING,
+            "no file: send it in the multipart field `file`",
+        ));
+    };
+    let stored = uploads.store(&bytes).await?;
+    Ok(created(UploadOut {
+        url: stored.url(),
+        content_type: stored.kind.content_type(),
+        size: stored.size,
+    }))
 }
 
 /// An uploaded image, with its type and `X-Content-Type-Options: nosniff`.

@@ -283,6 +283,34 @@ async fn uploads_are_checked_by_their_bytes_and_served_back_identical() {
         .send()
         .await
         .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 70003);
+    // The form has one field: a second one, even beside a good file, is refused.
+    let (ct, mut body) = multipart("file", "a.png", "image/png", &png);
+    let tail = b"--\r\n".len();
+    body.truncate(body.len() - tail);
+    body.extend_from_slice(
+        b"\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n\
+          --flashmart-test-boundary--\r\n",
+    );
+    app.post("/api/v1/admin/uploads")
+        .bearer(&op)
+        .raw(&ct, body)
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 70003);
+    // The form has one field: a second one, even beside a good file, is refused.
+    let (ct, mut body) = multipart("file", "a.png", "image/png", &png);
+    let tail = b"--\r\n".len();
+    body.truncate(body.len() - tail);
+    body.extend_from_slice(
+        b"\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n\
+          --flashmart-test-boundary--\r\n",
+    );
+    app.post("/api/v1/admin/uploads")
+        .bearer(&op)
+        .raw(&ct, body)
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 70003);
     let (customer, _) = app.customer("c@example.com", "customer password").await;
     let (ct, body) = multipart("file", "a.png", "image/png", &png);
     app.post("/api/v1/admin/uploads")

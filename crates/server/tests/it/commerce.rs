@@ -115,6 +115,17 @@ async fn the_whole_commerce_story() {
         .await;
     assert_eq!(coupon.status, StatusCode::CREATED, "{}", coupon.text());
     assert_eq!(coupon.data()["code"], "WELCOME10");
+    // Amounts are capped like prices (the document's maximum).
+    app.post("/api/v1/admin/coupons")
+        .bearer(&op)
+        .json(&json!({
+            "code": "toomuch", "kind": "fixed", "amount_cents": 100,
+            "min_spend_cents": 100_000_000_001_i64,
+            "ends_at": (now(&app) + Duration::days(7)).format(&Rfc3339).unwrap(),
+        }))
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
 
     // The customer saves an address and fills a cart; prices come from the catalog.
     let (customer, _) = app.customer("ada@example.com", "analytical engine").await;
