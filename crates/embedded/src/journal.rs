@@ -71,7 +71,7 @@ impl ReservationJournal for SqliteStore {
 /// Rows per multi-row statement, largest first. A batch is split greedily into chunks of these
 /// sizes, so only a handful of statement texts ever exist and every one stays prepared in the
 /// connection's statement cache (preparing a fresh text for every batch size cost the SQLite
-/// thread a fifth of its time). 512 rows bind 512 x 29 values, under SQLite's 32,766.
+/// thread a fifth of its time). 512 rows bind 512 x 20 values, under SQLite's 32,766.
 const CHUNKS: [usize; 5] = [512, 128, 32, 8, 1];
 
 /// Splits `items` into chunks of the sizes in `CHUNKS`.
@@ -86,21 +86,24 @@ fn chunked<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 
 /// `(?, ?, ...)` repeated `rows` times, comma-separated.
 fn placeholders(sql: &mut String, rows: usize, columns: usize) {
-    for row in 0..rows {
-        if row > 0 {
+    rows_of(sql, rows, &"?, ".repeat(columns)[..columns * 3 - 2]);
+}
+
+/// `(row)` repeated `rows` times, comma-separated.
+fn rows_of(sql: &mut String, rows: usize, row: &str) {
+    for n in 0..rows {
+        if n > 0 {
             sql.push_str(", ");
         }
         sql.push('(');
-        for col in 0..columns {
-            sql.push_str(if col == 0 { "?" } else { ", ?" });
-        }
+        sql.push_str(row);
         sql.push(')');
     }
 }
 
-/// Reservations, and for those made through the API their `pending_payment` order and its one
-/// line (with the item's name as it was): three statements sent as one, so a chunk costs one
-/// round trip to the connection's thread.
+/// Reservations, and for those made through the API their `pending_payment` order (whose one
+/// line is read from the reservation's item, never written): two statements sent as one, so a
+/// chunk costs one round trip to the connection's thread.
 async fn insert_reservations(
     conn: &mut SqliteConnection,
     reserves: &[&NewReservation],
@@ -130,27 +133,28 @@ async fn insert_chunk(
              status, created_at, expires_at, order_id, idempotency_key, \
              idempotency_fingerprint) VALUES ",
     );
-    placeholders(&mut sql, chunk.len(), 12);
+    // Every new reservation is `reserved` and every new order `pending_payment`: constants in
+    // the text, not values bound per row.
+    rows_of(
+        &mut sql,
+        chunk.len(),
+        "?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?",
+    );
     if !ordered.is_empty() {
         sql.push_str(
             "; INSERT INTO orders (id, user_id, status, currency, subtotal_cents, \
                  total_cents, reservation_id, created_at, updated_at, expires_at) VALUES ",
         );
-        placeholders(&mut sql, ordered.len(), 10);
-        sql.push_str(
-            "; INSERT INTO order_items (order_id, line, sale_id, item_no, name, \
-                 unit_price_cents, quantity) \
-                 SELECT v.column1, 1, v.column2, v.column3, i.name, v.column4, v.column5 \
-                 FROM (VALUES ",
-        );
-        placeholders(&mut sql, ordered.len(), 5);
-        sql.push_str(
-            ") AS v JOIN flash_sale_items i ON i.sale_id = v.column2 AND i.no = v.column3",
+        rows_of(
+            &mut sql,
+            ordered.len(),
+            "?, ?, 'pending_payment', ?, ?, ?, ?, ?, ?, ?",
         );
     }
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for r in chunk {
         let rec = &r.record;
+        debug_assert_eq!(rec.status, ReservationStatus::Reserved);
         query = query
             .bind(*rec.id.as_uuid())
             .bind(*rec.sale_id.as_uuid())
@@ -158,7 +162,6 @@ async fn insert_chunk(
             .bind(rec.buyer.0)
             .bind(rec.buyer_ref.as_deref())
             .bind(i64::from(rec.quantity))
-            .bind(rec.status.as_str())
             .bind(micros(rec.created_at))
             .bind(micros(rec.expires_at))
             .bind(rec.order_id.map(|o| *o.as_uuid()))
@@ -176,7 +179,6 @@ async fn insert_chunk(
         query = query
             .bind(rec.order_id.map(|o| *o.as_uuid()))
             .bind(r.user_id.map(|u| *u.as_uuid()))
-            .bind("pending_payment")
             .bind(r.currency.as_str())
             .bind(total)
             .bind(total)
@@ -184,15 +186,6 @@ async fn insert_chunk(
             .bind(micros(rec.created_at))
             .bind(micros(rec.created_at))
             .bind(micros(rec.expires_at));
-    }
-    for r in ordered {
-        let rec = &r.record;
-        query = query
-            .bind(rec.order_id.map(|o| *o.as_uuid()))
-            .bind(*rec.sale_id.as_uuid())
-            .bind(i64::from(rec.item_no))
-            .bind(r.unit_price_cents)
-            .bind(i64::from(rec.quantity));
     }
     query.execute(&mut *conn).await.map_err(map_err)?;
     Ok(())

@@ -388,15 +388,32 @@ async fn with_lines(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    // A flash-sale order's one line is not stored: it is its reservation's item, whose name and
+    // price never change once the sale exists.
+    let ids: Vec<Uuid> = rows
+        .iter()
+        .map(|row| get::<Uuid>(row, "id"))
+        .collect::<Result<_, _>>()?;
     let mut qb = QueryBuilder::<Sqlite>::new(
         "SELECT order_id, line, product_id, sale_id, item_no, name, unit_price_cents, quantity \
          FROM order_items WHERE order_id IN (",
     );
-    let mut ids = qb.separated(", ");
-    for row in &rows {
-        ids.push_bind(get::<Uuid>(row, "id")?);
+    let mut list = qb.separated(", ");
+    for id in &ids {
+        list.push_bind(id);
     }
-    qb.push(") ORDER BY order_id, line");
+    qb.push(
+        ") UNION ALL \
+         SELECT o.id, 1, NULL, r.sale_id, r.item_no, i.name, i.price_cents, r.quantity \
+         FROM orders o JOIN reservations r ON r.id = o.reservation_id \
+         JOIN flash_sale_items i ON i.sale_id = r.sale_id AND i.no = r.item_no \
+         WHERE o.id IN (",
+    );
+    let mut list = qb.separated(", ");
+    for id in &ids {
+        list.push_bind(id);
+    }
+    qb.push(") ORDER BY 1, 2");
     let mut lines: std::collections::HashMap<OrderId, Vec<OrderLine>> =
         std::collections::HashMap::new();
     for row in qb.build().fetch_all(&mut *conn).await.map_err(map_err)? {
@@ -541,8 +558,10 @@ async fn page_of_orders(
         .map_err(map_err)?;
     let mut rows_q = QueryBuilder::<Sqlite>::new(format!("SELECT {ORDER_COLUMNS} FROM orders"));
     push_orders_filter(&mut rows_q, filter);
+    // Newest first by id: ids are UUID v7, ordered by their creation within the process, so no
+    // index on the creation time is kept up at every reservation.
     rows_q
-        .push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push(" ORDER BY id DESC LIMIT ")
         .push_bind(i64::from(page.per_page()))
         .push(" OFFSET ")
         .push_bind(i64::try_from(page.offset()).unwrap_or(i64::MAX));

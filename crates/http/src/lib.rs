@@ -15,8 +15,6 @@ pub mod state;
 pub mod streams;
 pub mod views;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -29,7 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
 pub use error::ApiError;
-pub use state::{AppState, HttpSettings, Probes};
+pub use state::{AppServices, AppState, HttpSettings, Probes};
 
 /// Base path of the versioned API.
 pub const API_BASE: &str = "/api/v1";
@@ -174,11 +172,6 @@ struct CompatDoc;
 
 /// The layers every listener's routes run inside, outermost last.
 fn with_middleware(routes: Router<AppState>, state: AppState, settings: &HttpSettings) -> Router {
-    let limiter = limits::Limiter {
-        limits: Arc::clone(&state.limits),
-        auth: Arc::clone(&state.auth),
-        proxies: state.proxies.clone(),
-    };
     routes
         .fallback(observe::no_route)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
@@ -187,7 +180,10 @@ fn with_middleware(routes: Router<AppState>, state: AppState, settings: &HttpSet
             settings.request_timeout,
         ))
         .layer(CatchPanicLayer::custom(observe::panic_response))
-        .layer(axum::middleware::from_fn_with_state(limiter, limits::limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit,
+        ))
         .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }

@@ -4,17 +4,16 @@
 //! the `Auth` extractor, so a request's token is checked once.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use flashmart_app::auth::{AuthService, Principal};
+use flashmart_app::auth::Principal;
 use flashmart_app::rate_limit::{KeyedLimiter, RetryAfter, client_key};
 use flashmart_domain::UserId;
 
-use crate::client_ip::TrustedProxies;
+use crate::AppState;
 use crate::error::ApiError;
 
 /// Routes that share one set of limits.
@@ -158,19 +157,13 @@ impl RateLimits {
     }
 }
 
-/// What the limiter middleware needs.
-#[derive(Debug, Clone)]
-pub struct Limiter {
-    pub limits: Arc<RateLimits>,
-    pub auth: Arc<AuthService>,
-    pub proxies: TrustedProxies,
-}
-
 /// The client address as the limits and the login limit see it.
 #[derive(Debug, Clone, Copy)]
 pub struct ResolvedClient(pub IpAddr);
 
-pub async fn limit(State(limiter): State<Limiter>, mut req: Request, next: Next) -> Response {
+/// The rate-limit middleware: resolves the client address, verifies a bearer token once (the
+/// `Auth` extractor reuses the principal) and checks the route group's budgets.
+pub async fn limit(State(limiter): State<AppState>, mut req: Request, next: Next) -> Response {
     let group = req
         .extensions()
         .get::<MatchedPath>()

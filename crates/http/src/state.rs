@@ -1,5 +1,6 @@
-//! The state every handler can reach: built once by the server, cloned cheaply per request
-//! (everything inside is an `Arc`), and split into sub-states with `FromRef`.
+//! The state every handler can reach: built once by the server, cloned per request (one
+//! reference count: axum clones the state for every request, at every layer that holds it), and
+//! split into sub-states with `FromRef`, each extractor taking only what it uses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,54 @@ use flashmart_app::uploads::Uploads;
 use flashmart_sandbox::Sandbox;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-#[derive(Clone, Debug, FromRef)]
-pub struct AppState {
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<AppServices>);
+
+impl AppState {
+    pub fn new(services: AppServices) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppServices;
+
+    fn deref(&self) -> &AppServices {
+        &self.0
+    }
+}
+
+/// Every sub-state an extractor can ask for by its type, as `#[derive(FromRef)]` would give.
+macro_rules! sub_states {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        $(impl FromRef<AppState> for $ty {
+            fn from_ref(state: &AppState) -> Self {
+                state.0.$field.clone()
+            }
+        })*
+    };
+}
+
+sub_states! {
+    auth: Arc<AuthService>,
+    flash_sales: Arc<FlashSales>,
+    catalog: Arc<Catalog>,
+    shop: Arc<Shop>,
+    payments: Arc<Payments>,
+    sandbox: Option<Arc<Sandbox>>,
+    uploads: Arc<Uploads>,
+    loadtest: LoadTest,
+    limits: Arc<crate::limits::RateLimits>,
+    proxies: crate::client_ip::TrustedProxies,
+    probes: Probes,
+    metrics: PrometheusHandle,
+    shutdown: crate::streams::Shutdown,
+    streams: Arc<crate::streams::EventStreams>,
+    workers: Arc<flashmart_app::health::Workers>,
+}
+
+#[derive(Debug)]
+pub struct AppServices {
     pub auth: Arc<AuthService>,
     pub flash_sales: Arc<FlashSales>,
     pub catalog: Arc<Catalog>,

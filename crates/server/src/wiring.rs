@@ -20,7 +20,7 @@ use flashmart_http::client_ip::TrustedProxies;
 use flashmart_http::limits::{GroupLimit, LimitSettings, RateLimits};
 use flashmart_http::state::LoadTest;
 use flashmart_http::streams::{EventStreams, Shutdown, StreamLimits};
-use flashmart_http::{AppState, HttpSettings, Probes};
+use flashmart_http::{AppServices, AppState, HttpSettings, Probes};
 use flashmart_sandbox::Sandbox;
 use tokio::net::TcpListener;
 
@@ -143,7 +143,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
     workers.register(flash_sales.commit_heartbeat());
     let (stop, shutdown) = Shutdown::channel();
     Ok(Services {
-        state: AppState {
+        state: AppState::new(AppServices {
             auth: Arc::new(auth),
             flash_sales,
             catalog: Arc::new(Catalog::new(shared, Arc::clone(&clock))),
@@ -172,7 +172,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
                 total: config.flash_sale.max_event_streams,
                 per_ip: config.flash_sale.max_event_streams_per_ip,
             })),
-        },
+        }),
         http: HttpSettings {
             body_limit_bytes: config.http.body_limit_bytes,
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),

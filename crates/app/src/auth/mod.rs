@@ -7,6 +7,7 @@ mod revoked;
 mod second_factor;
 mod tokens;
 pub mod totp;
+mod verified;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -12,10 +12,13 @@ use sha2::{Digest as _, Sha256};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+use super::verified::VerifiedTokens;
 use crate::ports::TokenHash;
 
 const ISSUER: &str = "flashmart";
 const REFRESH_TOKEN_BYTES: usize = 32;
+/// Tokens kept verified at most (about 300 bytes each).
+const VERIFIED_CAPACITY: usize = 16_384;
 
 /// Who is calling, as proven by a valid access token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,7 @@ pub struct AccessTokens {
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    verified: VerifiedTokens,
 }
 
 impl std::fmt::Debug for AccessTokens {
@@ -75,6 +79,7 @@ impl AccessTokens {
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl,
+            verified: VerifiedTokens::new(VERIFIED_CAPACITY),
         }
     }
 
@@ -111,19 +116,27 @@ impl AccessTokens {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
 
+    /// The token's principal: from the cache of tokens verified lately, or by its signature and
+    /// expiry (and then cached).
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Principal, TokenError> {
+        let now = now.unix_timestamp();
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| TokenError::Invalid)?;
         let claims = data.claims;
-        if claims.exp <= now.unix_timestamp() {
+        if claims.exp <= now {
             return Err(TokenError::Expired);
         }
-        Ok(Principal {
+        let principal = Principal {
             user_id: UserId::from_uuid(claims.sub),
             role: claims.role,
             session_id: SessionId::from_uuid(claims.sid),
             second_factor: claims.tfa,
-        })
+        };
+        self.verified.insert(token, principal, now, claims.exp);
+        Ok(principal)
     }
 }
 
