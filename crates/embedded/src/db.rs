@@ -56,9 +56,9 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         // The writer keeps the hot end of every index in its own page cache (4 MiB), so a group
         // commit does not read them back from the OS for each batch; a bigger cache costs more
-        // at every commit (SQLite walks it to drop pages past the end of the file). It lets the
-        // WAL grow to 8,192 pages (32 MiB) before copying it back into the database, so that a
-        // page rewritten by many commits is copied once, and fewer commits pay for a checkpoint.
+        // at every commit (SQLite walks it to drop pages past the end of the file). The WAL is
+        // checkpointed at SQLite's default 1,000 pages: a longer WAL (8,192 pages was tried)
+        // makes each checkpoint a pause that shows in the p99 (docs/BENCHMARKS.md).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -67,9 +67,7 @@ impl SqliteStore {
                 base.clone()
                     .create_if_missing(true)
                     .pragma("cache_size", "-4096")
-                    .pragma("temp_store", "memory")
-                    .pragma("wal_autocheckpoint", "8192")
-                    .pragma("journal_size_limit", "67108864"),
+                    .pragma("temp_store", "memory"),
             )
             .await
             .map_err(map_err)?;
