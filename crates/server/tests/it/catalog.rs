@@ -211,17 +211,26 @@ async fn browsing_searches_filters_and_pages_in_a_stable_order() {
 }
 
 fn multipart(field: &str, filename: &str, content_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    multipart_parts(&[(field, Some(filename), content_type, bytes)])
+}
+
+/// A multipart body of `(field, filename, content type, bytes)` parts, and its content type.
+fn multipart_parts(parts: &[(&str, Option<&str>, &str, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "flashmart-test-boundary";
     let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; \
-             filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    for (field, filename, content_type, bytes) in parts {
+        let filename = filename.map_or(String::new(), |f| format!("; filename=\"{f}\""));
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"{filename}\r\n\
+                 Content-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
@@ -284,27 +293,10 @@ async fn uploads_are_checked_by_their_bytes_and_served_back_identical() {
         .await
         .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 70003);
     // The form has one field: a second one, even beside a good file, is refused.
-    let (ct, mut body) = multipart("file", "a.png", "image/png", &png);
-    let tail = b"--\r\n".len();
-    body.truncate(body.len() - tail);
-    body.extend_from_slice(
-        b"\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n\
-          --flashmart-test-boundary--\r\n",
-    );
-    app.post("/api/v1/admin/uploads")
-        .bearer(&op)
-        .raw(&ct, body)
-        .send()
-        .await
-        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 70003);
-    // The form has one field: a second one, even beside a good file, is refused.
-    let (ct, mut body) = multipart("file", "a.png", "image/png", &png);
-    let tail = b"--\r\n".len();
-    body.truncate(body.len() - tail);
-    body.extend_from_slice(
-        b"\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n\
-          --flashmart-test-boundary--\r\n",
-    );
+    let (ct, body) = multipart_parts(&[
+        ("file", Some("a.png"), "image/png", png.as_slice()),
+        ("note", None, "text/plain", b"hi".as_slice()),
+    ]);
     app.post("/api/v1/admin/uploads")
         .bearer(&op)
         .raw(&ct, body)

@@ -125,15 +125,9 @@ async fn an_upload_is_durable_before_it_is_answered() {
         &[],
     );
     let client = reqwest::Client::new();
-    let login: serde_json::Value = client
-        .post(format!("{}/api/v1/auth/login", server.base))
-        .json(&json!({"email": "ops@example.com", "password": "operator password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = server
+        .login(&client, "ops@example.com", "operator password")
+        .await;
     let token = login["data"]["access_token"].as_str().unwrap().to_owned();
     let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
     let boundary = "b0undary";

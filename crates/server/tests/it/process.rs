@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::Server;
 
@@ -31,15 +31,9 @@ async fn the_readme_run_command_serves_healthz_from_a_fresh_directory() {
 
     // Demo data is there: the demo admin can log in over a real socket (where per-IP limits
     // see the client's address).
-    let login: Value = client
-        .post(format!("{}/api/v1/auth/login", server.base))
-        .json(&json!({"email": "admin@demo.flashmart.dev", "password": "demo-admin-pass"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = server
+        .login(&client, "admin@demo.flashmart.dev", "demo-admin-pass")
+        .await;
     assert_eq!(login["code"], 0, "{login}");
 
     // And a live sale, made by the demo schedule.

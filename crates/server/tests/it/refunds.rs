@@ -210,16 +210,7 @@ async fn the_refund_owed_for_a_late_payment_survives_a_provider_outage() {
         .data();
     // The order is cancelled while its payment is still open at the provider (the closer has
     // not run yet); the buyer then pays anyway.
-    let me: UserId = app
-        .get("/api/v1/users/me")
-        .bearer(&customer)
-        .send()
-        .await
-        .data()["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let me: UserId = app.user_id(&customer).await;
     app.services
         .state
         .shop

@@ -47,16 +47,7 @@ async fn order_with_payment(app: &TestApp, token: &str, item: &str) -> (String, 
         .send()
         .await
         .data();
-    let me = app
-        .get("/api/v1/users/me")
-        .bearer(token)
-        .send()
-        .await
-        .data()["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let me = app.user_id(token).await;
     (id, payment["pay_url"].as_str().unwrap().to_owned(), me)
 }
 

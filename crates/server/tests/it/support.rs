@@ -191,6 +191,19 @@ impl TestApp {
         self.login(email, password).await.0
     }
 
+    /// The id of the user `token` belongs to.
+    pub async fn user_id(&self, token: &str) -> flashmart_domain::UserId {
+        self.get("/api/v1/users/me")
+            .bearer(token)
+            .send()
+            .await
+            .data()["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> (String, String) {
         let res = self
             .post("/api/v1/auth/login")
@@ -423,6 +436,19 @@ impl Server {
 }
 
 impl Server {
+    /// `POST /api/v1/auth/login` over the server's socket; the whole answer.
+    pub async fn login(&self, client: &reqwest::Client, email: &str, password: &str) -> Value {
+        client
+            .post(format!("{}/api/v1/auth/login", self.base))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// SIGKILL: no shutdown, no flush, as a crash.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
