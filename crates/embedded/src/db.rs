@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flashmart_app::StoreError;
@@ -9,6 +10,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use time::OffsetDateTime;
+
+use crate::order_index::{IndexerState, count_waiting};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -38,6 +41,7 @@ impl FromStr for Durability {
 pub struct SqliteStore {
     pub(crate) writer: SqlitePool,
     pub(crate) reader: SqlitePool,
+    pub(crate) indexer: Arc<IndexerState>,
     path: PathBuf,
 }
 
@@ -81,11 +85,14 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await
             .map_err(map_err)?;
-        Ok(Self {
+        let mut store = Self {
             writer,
             reader,
+            indexer: Arc::new(IndexerState::new(0)),
             path: path.to_owned(),
-        })
+        };
+        store.indexer = Arc::new(IndexerState::new(count_waiting(&store).await?));
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {

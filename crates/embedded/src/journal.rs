@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::SqliteStore;
 use crate::db::{corrupt, map_err, micros};
 use crate::flash_sale::reservation_from_row;
+use crate::order_index::LOWER_PENDING_FROM;
 
 fn hex(id: &Uuid) -> String {
     id.simple().to_string()
@@ -40,9 +41,11 @@ impl ReservationJournal for SqliteStore {
             }
         }
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        if !reserves.is_empty() {
-            insert_reservations(&mut tx, &reserves).await?;
-        }
+        let orders = if reserves.is_empty() {
+            0
+        } else {
+            insert_reservations(&mut tx, &reserves).await?
+        };
         if !attempts.is_empty() {
             insert_attempts(&mut tx, &attempts).await?;
         }
@@ -52,6 +55,7 @@ impl ReservationJournal for SqliteStore {
             purchase(&mut tx, &purchases).await?
         };
         tx.commit().await.map_err(map_err)?;
+        self.indexer.committed(orders);
         Ok(ops
             .iter()
             .map(|op| match op {
@@ -103,11 +107,12 @@ fn rows_of(sql: &mut String, rows: usize, row: &str) {
 
 /// Reservations, and for those made through the API their `pending_payment` order (whose one
 /// line is read from the reservation's item, never written): two statements sent as one, so a
-/// chunk costs one round trip to the connection's thread.
+/// chunk costs one round trip to the connection's thread. The orders are left for the order
+/// indexer to list under their users (`order_index`). Returns how many orders were written.
 async fn insert_reservations(
     conn: &mut SqliteConnection,
     reserves: &[&NewReservation],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let (with_order, without): (Vec<&NewReservation>, Vec<&NewReservation>) = reserves
         .iter()
         .copied()
@@ -118,7 +123,14 @@ async fn insert_reservations(
     for chunk in chunked(&without) {
         insert_chunk(conn, chunk, false).await?;
     }
-    Ok(())
+    if let Some(first) = with_order.iter().filter_map(|r| r.record.order_id).min() {
+        sqlx::query(LOWER_PENDING_FROM)
+            .bind(*first.as_uuid())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(with_order.len() as u64)
 }
 
 async fn insert_chunk(

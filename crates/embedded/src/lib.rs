@@ -8,8 +8,10 @@ mod catalog;
 mod db;
 mod flash_sale;
 mod journal;
+mod order_index;
 mod payments;
 mod second_factor;
 mod shop;
 
 pub use db::{Durability, SqliteStore};
+pub use order_index::IndexStep;

@@ -531,7 +531,23 @@ enum OrdersOf {
 fn push_orders_filter(qb: &mut QueryBuilder<Sqlite>, filter: OrdersOf) {
     match filter {
         OrdersOf::User(user, status) => {
-            qb.push(" WHERE user_id = ").push_bind(*user.as_uuid());
+            // Checkout orders by orders_user; flash-sale orders by flash_order_owners, and those
+            // the order indexer has not reached yet by a range of the primary key
+            // (order_index.rs).
+            let user = *user.as_uuid();
+            qb.push(
+                " WHERE id IN (SELECT id FROM orders WHERE reservation_id IS NULL AND user_id = ",
+            )
+            .push_bind(user)
+            .push(" UNION ALL SELECT order_id FROM flash_order_owners WHERE user_id = ")
+            .push_bind(user)
+            .push(
+                " UNION ALL SELECT id FROM orders \
+                     WHERE id >= (SELECT pending_from FROM flash_order_index WHERE id = 1) \
+                       AND reservation_id IS NOT NULL AND user_id = ",
+            )
+            .push_bind(user)
+            .push(")");
             if let Some(status) = status {
                 qb.push(" AND status = ").push_bind(status.as_str());
             }

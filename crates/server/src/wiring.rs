@@ -262,7 +262,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         "flashmart listening on http://{addr}"
     );
 
-    let workers = crate::workers::spawn(&services.state, config);
+    let workers = crate::workers::spawn(&services.state, &services.store, config);
     let mut servers = tokio::task::JoinSet::new();
     for (name, listener, router) in listeners {
         let mut stop = services.stop.subscribe();

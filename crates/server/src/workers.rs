@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashmart_app::health::{Heartbeat, StopGuard, Workers};
+use flashmart_embedded::SqliteStore;
 use flashmart_http::AppState;
 use futures_util::FutureExt as _;
 use tokio::task::JoinHandle;
@@ -18,9 +19,14 @@ use crate::config::Config;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The background work of a single-process deployment: expiry, live events, schedules, and
-/// housekeeping.
-pub fn spawn(state: &AppState, config: &Config) -> Vec<JoinHandle<()>> {
+/// How often the order indexer looks for flash-sale orders to list under their users: it works
+/// when the writer has been idle for a moment (or the backlog is long), so a peak is indexed
+/// within a fraction of a second of its end.
+const ORDER_INDEXER_PERIOD: Duration = Duration::from_millis(250);
+
+/// The background work of a single-process deployment: expiry, live events, schedules, the
+/// order indexer, and housekeeping.
+pub fn spawn(state: &AppState, store: &SqliteStore, config: &Config) -> Vec<JoinHandle<()>> {
     let ms = Duration::from_millis;
     let sales = Arc::clone(&state.flash_sales);
     let sweeper = every(
@@ -105,6 +111,20 @@ pub fn spawn(state: &AppState, config: &Config) -> Vec<JoinHandle<()>> {
             }
         },
     );
+    let store = store.clone();
+    let indexer = every(
+        &state.workers,
+        "order_indexer",
+        ORDER_INDEXER_PERIOD,
+        move || {
+            let store = store.clone();
+            async move {
+                if let Err(err) = store.run_order_indexer().await {
+                    tracing::warn!(%err, "indexing flash-sale orders by user failed; will retry");
+                }
+            }
+        },
+    );
     let workers = Arc::clone(&state.workers);
     let resend = state.sandbox.clone().map(|sandbox| {
         // Retries fall due on the sandbox's schedule (1 s at first), so it looks every second.
@@ -149,6 +169,7 @@ pub fn spawn(state: &AppState, config: &Config) -> Vec<JoinHandle<()>> {
         scheduler,
         upkeep,
         housekeeping,
+        indexer,
     ];
     workers.extend(resend);
     workers

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use flashmart_domain::flash_sale::{
     Recurrence, ReservationStatus, SalePhase, SaleRules, SaleWindow,
 };
+use flashmart_domain::order::OrderStatus;
 use flashmart_domain::{Currency, OrderId, ReservationId, SaleId, ScheduleId, UserId};
 use time::{Duration, OffsetDateTime};
 
@@ -15,7 +16,7 @@ use crate::flash_sale::model::{
     NewReservation, PurchaseOutcome, Released, ReservationRecord, SaleInsert, SaleRecord, Schedule,
 };
 use crate::page::PageRequest;
-use crate::ports::{AccountStore, FlashSaleStore, ReservationJournal};
+use crate::ports::{AccountStore, FlashSaleStore, OrderStore, ReservationJournal};
 
 /// What the flash-sale contract needs of one adapter.
 pub trait FlashSaleAdapter: FlashSaleStore + ReservationJournal + AccountStore {}
@@ -490,4 +491,88 @@ pub async fn expiry_releases_stock<S: FlashSaleAdapter + ?Sized>(store: &S) {
         .await
         .unwrap();
     assert!(released.is_empty());
+}
+
+/// A buyer's flash-sale orders are in their order list from the moment the journal commits them,
+/// newest first, whatever upkeep an adapter does behind the scenes: `settle` runs one step of it
+/// and says whether more is left (an adapter with none passes a step that does nothing), and the
+/// list is the same before, between and after the steps. An order whose id is older than orders
+/// already settled, committed late, is listed too.
+pub async fn flash_sale_orders_are_listed_for_their_buyer<S, F, Fut>(store: &S, mut settle: F)
+where
+    S: FlashSaleAdapter + OrderStore + ?Sized,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let s = sale(t0(), t0() + Duration::hours(1), &[50]);
+    store.insert_sale(&s, &items(&[50])).await.unwrap();
+    let alice = customer(store, "alice@example.com").await;
+    let bob = customer(store, "bob@example.com").await;
+    let at = t0() + Duration::minutes(1);
+    // Made first, committed last: its order id is older than every other one.
+    let late = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
+    let mut alices = Vec::new();
+    let mut ops = Vec::new();
+    for n in 0..5 {
+        let r = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
+        ops.push(reserve_op(&r, Some(alice), None));
+        alices.push(r.order_id.unwrap());
+        if n % 2 == 0 {
+            let r = reservation(&s, 1, BuyerId::user(bob), 1, at, true);
+            ops.push(reserve_op(&r, Some(bob), None));
+        }
+    }
+    store.commit(&ops).await.unwrap();
+
+    let listed = |user: UserId, status: Option<OrderStatus>| async move {
+        let page = store
+            .orders_of(user, status, PageRequest::new(Some(1), Some(100)))
+            .await
+            .unwrap();
+        assert_eq!(page.total, page.items.len() as u64);
+        page.items.iter().map(|o| o.id).collect::<Vec<_>>()
+    };
+    let newest_first = |ids: &[OrderId]| ids.iter().rev().copied().collect::<Vec<_>>();
+    let expect_alice = newest_first(&alices);
+    // Checked after every single step of upkeep.
+    for _ in 0..100 {
+        assert_eq!(listed(alice, None).await, expect_alice);
+        assert_eq!(listed(bob, None).await.len(), 3);
+        if !settle().await {
+            break;
+        }
+    }
+
+    store
+        .commit(&[reserve_op(&late, Some(alice), None)])
+        .await
+        .unwrap();
+    let mut expect_alice = expect_alice;
+    expect_alice.push(late.order_id.unwrap());
+    assert_eq!(
+        listed(alice, None).await,
+        expect_alice,
+        "the late order is listed"
+    );
+    for _ in 0..100 {
+        assert_eq!(listed(alice, None).await, expect_alice, "and stays listed");
+        if !settle().await {
+            break;
+        }
+    }
+    assert_eq!(
+        listed(alice, Some(OrderStatus::PendingPayment)).await,
+        expect_alice
+    );
+    assert!(listed(alice, Some(OrderStatus::Paid)).await.is_empty());
+    assert_eq!(listed(bob, None).await.len(), 3);
+    let page = store
+        .orders_of(alice, None, PageRequest::new(Some(2), Some(4)))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 6);
+    assert_eq!(
+        page.items.iter().map(|o| o.id).collect::<Vec<_>>(),
+        expect_alice[4..]
+    );
 }
