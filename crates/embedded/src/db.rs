@@ -63,13 +63,19 @@ impl SqliteStore {
         // at every commit (SQLite walks it to drop pages past the end of the file). The WAL is
         // checkpointed at SQLite's default 1,000 pages: a longer WAL (8,192 pages was tried)
         // makes each checkpoint a pause that shows in the p99 (docs/BENCHMARKS.md).
+        // A connection to a local file does not go stale, so it is not pinged (a round trip to
+        // its thread) every time it is taken from the pool.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
+                    // A batch's text depends on its size class (journal.rs): a few dozen texts,
+                    // each kept prepared beside the other writers' statements.
+                    .statement_cache_capacity(256)
                     .pragma("cache_size", "-4096")
                     .pragma("temp_store", "memory"),
             )
@@ -81,6 +87,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Other(Box::new(e)))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(base.read_only(true))
             .await

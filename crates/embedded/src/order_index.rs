@@ -107,7 +107,8 @@ impl IndexerState {
 /// What the group commit runs in its transaction for a batch with flash-sale orders, bound to
 /// the batch's smallest order id.
 pub(crate) const LOWER_PENDING_FROM: &str = "UPDATE flash_order_index \
-     SET pending_from = min(coalesce(pending_from, ?1), ?1) WHERE id = 1";
+     SET pending_from = (SELECT min(v) FROM (SELECT pending_from AS v UNION ALL SELECT ?)) \
+     WHERE id = 1";
 
 /// The flash-sale orders not yet indexed, counted when the store opens.
 pub(crate) async fn count_waiting(store: &SqliteStore) -> Result<u64, StoreError> {

@@ -56,6 +56,7 @@ contract!(
     a_failed_batch_leaves_nothing,
     purchases_by_code,
     expiry_releases_stock,
+    large_batches_are_written_whole,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -334,6 +334,13 @@ pub async fn a_failed_batch_leaves_nothing<S: FlashSaleAdapter + ?Sized>(store: 
     assert!(err.is_err());
     assert!(store.reservation(good.id).await.unwrap().is_none());
     assert_eq!(store.stats(s.id).await.unwrap().reserved, 0);
+    // Nothing of the failed batch lingers to spoil the next one.
+    store
+        .commit(&[reserve_op(&good, Some(alice), None)])
+        .await
+        .unwrap();
+    assert_eq!(store.reservation(good.id).await.unwrap(), Some(good));
+    assert_eq!(store.stats(s.id).await.unwrap().reserved, 1);
 }
 
 pub async fn purchases_by_code<S: FlashSaleAdapter + ?Sized>(store: &S) {
@@ -575,4 +582,45 @@ where
         page.items.iter().map(|o| o.id).collect::<Vec<_>>(),
         expect_alice[4..]
     );
+}
+
+/// A batch of any size is written whole: more rows than one statement takes, of every kind.
+pub async fn large_batches_are_written_whole<S: FlashSaleAdapter + ?Sized>(store: &S) {
+    let s = sale(t0(), t0() + Duration::hours(1), &[5000]);
+    store.insert_sale(&s, &items(&[5000])).await.unwrap();
+    let alice = customer(store, "alice@example.com").await;
+    let at = t0() + Duration::minutes(1);
+    let mut ops = Vec::new();
+    let mut last = None;
+    for n in 0..1500 {
+        let r = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
+        ops.push(reserve_op(&r, Some(alice), Some(&format!("key-{n}"))));
+        last = Some(r);
+    }
+    for _ in 0..300 {
+        let r = reservation(&s, 1, BuyerId::external("ext-user"), 1, at, false);
+        ops.push(reserve_op(&r, None, None));
+    }
+    for n in 0..1100 {
+        ops.push(JournalOp::Attempt(Box::new(CheckoutAttempt {
+            sale_id: (n % 2 == 0).then_some(s.id),
+            item_no: 1,
+            buyer_ref: "ext-user".into(),
+            at,
+            outcome: "sold_out",
+            code: None,
+        })));
+    }
+    let outcomes = store.commit(&ops).await.unwrap();
+    assert_eq!(outcomes.len(), ops.len());
+    let stats = store.stats(s.id).await.unwrap();
+    assert_eq!(stats.reserved, 1800);
+    assert_eq!(stats.attempts, 550, "the attempts that name the sale");
+    let last = last.unwrap();
+    assert_eq!(store.reservation(last.id).await.unwrap(), Some(last));
+    let listed = store
+        .reservations(s.id, PageRequest::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 1800);
 }
