@@ -2,8 +2,8 @@
 //! thread as one text. Every hop to that thread and back costs a wake-up on each side (about
 //! 0.1 to 0.2 ms on two busy cores, measured): a batch written as `BEGIN`, a statement per chunk
 //! of rows and `COMMIT` spent most of its time in those hops, not in SQLite. So a batch is one
-//! text (`BEGIN IMMEDIATE`, one multi-row `INSERT` per table, the order indexer's mark,
-//! `COMMIT`), and so that only a few texts ever exist (each stays prepared in the connection's
+//! text (`BEGIN IMMEDIATE`, one multi-row `INSERT` per table, the order indexer's mark, the
+//! contest's purchases and their rows read back, `COMMIT`), and so that only a few texts ever exist (each stays prepared in the connection's
 //! statement cache), each `INSERT` takes its rows from a `VALUES` list padded with NULL rows to
 //! the next power of two, which the statement filters out. (Earlier versions passed rows as JSON
 //! to `json_each`, where SQLite spent more time decoding the JSON than inserting the rows, then
@@ -21,8 +21,8 @@ use flashmart_app::ports::ReservationJournal;
 use flashmart_domain::flash_sale::ReservationStatus;
 use flashmart_domain::{Currency, ReservationId};
 use serde_json::{Value, json};
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{AssertSqlSafe, Row as _, Sqlite, SqliteConnection};
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -48,37 +48,29 @@ impl ReservationJournal for SqliteStore {
             }
         }
         let orders = rows.orders().count() as u64;
-        let purchased = if purchases.is_empty() {
-            // The hot path: the whole transaction in one text.
-            let (sql, args) = rows.text(true)?;
-            let mut conn = self.writer.acquire().await.map_err(map_err)?;
-            if let Err(err) = sqlx::query_with(AssertSqlSafe(sql), args)
-                .execute(&mut *conn)
-                .await
-            {
+        let (mut sql, mut args) = rows.text()?;
+        if !purchases.is_empty() {
+            purchase_statements(&mut sql, &mut args, &purchases)?;
+        }
+        sql.push_str("COMMIT");
+        let mut conn = self.writer.acquire().await.map_err(map_err)?;
+        // The whole transaction in one text; purchases read their rows back inside it.
+        let read = sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_all(&mut *conn)
+            .await;
+        let found = match read {
+            Ok(found) => found,
+            Err(err) => {
                 // The text stopped at the statement that failed, inside its transaction.
                 if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    // Already rolled back by SQLite (some errors do that), or the connection is
-                    // broken; either way it is not handed out again in an unknown state.
+                    // Already rolled back by SQLite (some errors do that), or the connection
+                    // is broken; either way it is not handed out again in an unknown state.
                     conn.close_on_drop();
                 }
                 return Err(map_err(err));
             }
-            HashMap::new()
-        } else {
-            // Purchases read rows back, so they take a transaction of several statements.
-            let mut tx = self.writer.begin().await.map_err(map_err)?;
-            if !rows.is_empty() {
-                let (sql, args) = rows.text(false)?;
-                sqlx::query_with(AssertSqlSafe(sql), args)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-            }
-            let purchased = purchase(&mut tx, &purchases).await?;
-            tx.commit().await.map_err(map_err)?;
-            purchased
         };
+        let purchased = purchase_outcomes(&found)?;
         self.indexer.committed(orders);
         Ok(ops
             .iter()
@@ -108,10 +100,6 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    fn is_empty(&self) -> bool {
-        self.reserves.is_empty() && self.attempts.is_empty()
-    }
-
     /// The reservations made through the API: they get a `pending_payment` order, whose one
     /// line is read from the reservation's item, never written.
     fn orders(&self) -> impl Iterator<Item = &NewReservation> {
@@ -121,14 +109,10 @@ impl Rows<'_> {
             .filter(|r| r.record.order_id.is_some() && r.user_id.is_some())
     }
 
-    /// The batch's statements as one text with its arguments; `framed` puts them between
-    /// `BEGIN IMMEDIATE` and `COMMIT`.
-    fn text(&self, framed: bool) -> Result<(String, SqliteArguments), StoreError> {
-        let mut sql = String::new();
+    /// `BEGIN IMMEDIATE` and the batch's inserts, as one text with its arguments.
+    fn text(&self) -> Result<(String, SqliteArguments), StoreError> {
+        let mut sql = String::from("BEGIN IMMEDIATE; ");
         let mut args = SqliteArguments::default();
-        if framed {
-            sql.push_str("BEGIN IMMEDIATE; ");
-        }
         // Every new reservation is `reserved` and every new order `pending_payment`: constants
         // in the text, not values bound per row.
         let reserves: Vec<&NewReservation> = self.reserves.clone();
@@ -212,9 +196,6 @@ impl Rows<'_> {
                 add(args, a.code.clone())
             },
         )?;
-        if framed {
-            sql.push_str("COMMIT");
-        }
         Ok((sql, args))
     }
 }
@@ -267,43 +248,42 @@ fn insert<T>(
 /// then reads them all back: purchased now or before, the answer is the same. Only contest
 /// reservations (a caller-named buyer, no order) can be bought this way; any other reservation's
 /// code is not found here, and the reservation is left as it is: it is paid through its order.
-async fn purchase(
-    conn: &mut SqliteConnection,
+fn purchase_statements(
+    sql: &mut String,
+    args: &mut SqliteArguments,
     purchases: &[(ReservationId, OffsetDateTime)],
-) -> Result<HashMap<ReservationId, PurchaseOutcome>, StoreError> {
+) -> Result<(), StoreError> {
     let rows: Vec<Value> = purchases
         .iter()
         .map(|(id, at)| json!([hex(id.as_uuid()), micros(*at)]))
         .collect();
     let rows = Value::Array(rows).to_string();
-    sqlx::query(
+    sql.push_str(
         "UPDATE reservations SET status = 'purchased', purchased_at = j.value ->> 1 \
          FROM json_each(?) AS j \
          WHERE reservations.id = unhex(j.value ->> 0) \
            AND reservations.status = 'reserved' \
            AND reservations.buyer_ref IS NOT NULL AND reservations.order_id IS NULL \
-           AND reservations.expires_at > j.value ->> 1",
-    )
-    .bind(&rows)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?;
-    let found = sqlx::query(
-        "SELECT r.id, r.sale_id, r.item_no, r.buyer_id, r.buyer_ref, r.quantity, \
+           AND reservations.expires_at > j.value ->> 1; \
+         SELECT r.id, r.sale_id, r.item_no, r.buyer_id, r.buyer_ref, r.quantity, \
          r.status, r.created_at, r.expires_at, r.order_id, r.purchased_at, \
          i.name AS item_name, i.price_cents AS item_price, s.currency AS currency \
          FROM reservations r \
          JOIN flash_sale_items i ON i.sale_id = r.sale_id AND i.no = r.item_no \
          JOIN flash_sales s ON s.id = r.sale_id \
          WHERE r.id IN (SELECT unhex(value ->> 0) FROM json_each(?)) \
-           AND r.buyer_ref IS NOT NULL AND r.order_id IS NULL",
-    )
-    .bind(&rows)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(map_err)?;
+           AND r.buyer_ref IS NOT NULL AND r.order_id IS NULL; ",
+    );
+    add(args, rows.clone())?;
+    add(args, rows)
+}
+
+/// What each purchase found, from the rows `purchase_statements` read back.
+fn purchase_outcomes(
+    found: &[SqliteRow],
+) -> Result<HashMap<ReservationId, PurchaseOutcome>, StoreError> {
     let mut outcomes = HashMap::with_capacity(found.len());
-    for row in &found {
+    for row in found {
         let reservation = reservation_from_row(row)?;
         let outcome = if reservation.status == ReservationStatus::Purchased {
             let currency: String = row.try_get("currency").map_err(map_err)?;
