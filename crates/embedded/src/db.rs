@@ -62,9 +62,9 @@ impl SqliteStore {
         // commit does not read them back from the OS for each batch; a bigger cache costs more
         // at every commit (SQLite walks it to drop pages past the end of the file). The WAL is
         // checkpointed at SQLite's default 1,000 pages: a longer WAL (8,192 pages was tried)
-        // makes each checkpoint a pause that shows in the p99 (docs/BENCHMARKS.md).
-        // A connection to a local file does not go stale, so it is not pinged (a round trip to
-        // its thread) every time it is taken from the pool.
+        // makes each checkpoint a pause that shows in the p99 (docs/BENCHMARKS.md). A connection
+        // to a local file does not go stale, so it is not pinged (a round trip to its thread)
+        // every time it is taken from the pool.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)

@@ -3,9 +3,10 @@
 //! 0.1 to 0.2 ms on two busy cores, measured): a batch written as `BEGIN`, a statement per chunk
 //! of rows and `COMMIT` spent most of its time in those hops, not in SQLite. So a batch is one
 //! text (`BEGIN IMMEDIATE`, one multi-row `INSERT` per table, the order indexer's mark, the
-//! contest's purchases and their rows read back, `COMMIT`), and so that only a few texts ever exist (each stays prepared in the connection's
-//! statement cache), each `INSERT` takes its rows from a `VALUES` list padded with NULL rows to
-//! the next power of two, which the statement filters out. (Earlier versions passed rows as JSON
+//! contest's purchases and their rows read back, `COMMIT`), and so that only a few texts ever
+//! exist (each stays prepared in the connection's statement cache), each `INSERT` takes its rows
+//! from a `VALUES` list padded with NULL rows to the next power of two, which the statement
+//! filters out. (Earlier versions passed rows as JSON
 //! to `json_each`, where SQLite spent more time decoding the JSON than inserting the rows, then
 //! sent fixed-size chunks one statement at a time.)
 
@@ -115,7 +116,6 @@ impl Rows<'_> {
         let mut args = SqliteArguments::default();
         // Every new reservation is `reserved` and every new order `pending_payment`: constants
         // in the text, not values bound per row.
-        let reserves: Vec<&NewReservation> = self.reserves.clone();
         insert(
             &mut sql,
             &mut args,
@@ -125,7 +125,7 @@ impl Rows<'_> {
              column6, 'reserved', column7, column8, column9, column10, column11",
             11,
             "column1",
-            &reserves,
+            &self.reserves,
             |args, r| {
                 let rec = &r.record;
                 debug_assert_eq!(rec.status, ReservationStatus::Reserved);
