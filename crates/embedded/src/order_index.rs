@@ -133,12 +133,16 @@ impl SqliteStore {
     /// Indexes up to `max` waiting flash-sale orders (the oldest first) in one transaction.
     pub async fn index_flash_orders(&self, max: u32) -> Result<IndexStep, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
+        // Read while this transaction holds the writer: it counts every commit before it and
+        // none after, so what it clears at the end never includes a later commit's orders.
+        let counted = self.indexer.waiting.load(Ordering::Relaxed);
         let from: Option<Uuid> =
             sqlx::query_scalar("SELECT pending_from FROM flash_order_index WHERE id = 1")
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map_err)?;
         let Some(from) = from else {
+            self.indexer.indexed(counted);
             return Ok(IndexStep::default());
         };
         let taken = sqlx::query(
@@ -169,11 +173,11 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        if next.is_none() {
-            self.indexer.waiting.store(0, Ordering::Relaxed);
+        self.indexer.indexed(if next.is_none() {
+            counted
         } else {
-            self.indexer.indexed(u64::from(max));
-        }
+            u64::from(max).min(counted)
+        });
         Ok(IndexStep {
             indexed: taken,
             more: next.is_some(),
