@@ -92,14 +92,13 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await
             .map_err(map_err)?;
-        let mut store = Self {
+        let waiting = count_waiting(&writer).await?;
+        Ok(Self {
             writer,
             reader,
-            indexer: Arc::new(IndexerState::new(0)),
+            indexer: Arc::new(IndexerState::new(waiting)),
             path: path.to_owned(),
-        };
-        store.indexer = Arc::new(IndexerState::new(count_waiting(&store).await?));
-        Ok(store)
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -6,9 +6,9 @@
 //! contest's purchases and their rows read back, `COMMIT`), and so that only a few texts ever
 //! exist (each stays prepared in the connection's statement cache), each `INSERT` takes its rows
 //! from a `VALUES` list padded with NULL rows to the next power of two, which the statement
-//! filters out. (Earlier versions passed rows as JSON
-//! to `json_each`, where SQLite spent more time decoding the JSON than inserting the rows, then
-//! sent fixed-size chunks one statement at a time.)
+//! filters out. (Earlier versions passed rows as JSON to `json_each`, where SQLite spent more
+//! time decoding the JSON than inserting the rows, then sent fixed-size chunks one statement at
+//! a time.)
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -48,8 +48,7 @@ impl ReservationJournal for SqliteStore {
                 JournalOp::Purchase { id, at } => purchases.push((*id, *at)),
             }
         }
-        let orders = rows.orders().count() as u64;
-        let (mut sql, mut args) = rows.text()?;
+        let (mut sql, mut args, orders) = rows.text()?;
         if !purchases.is_empty() {
             purchase_statements(&mut sql, &mut args, &purchases)?;
         }
@@ -110,8 +109,9 @@ impl Rows<'_> {
             .filter(|r| r.record.order_id.is_some() && r.user_id.is_some())
     }
 
-    /// `BEGIN IMMEDIATE` and the batch's inserts, as one text with its arguments.
-    fn text(&self) -> Result<(String, SqliteArguments), StoreError> {
+    /// `BEGIN IMMEDIATE` and the batch's inserts, as one text with its arguments, and how many
+    /// orders it writes.
+    fn text(&self) -> Result<(String, SqliteArguments, u64), StoreError> {
         let mut sql = String::from("BEGIN IMMEDIATE; ");
         let mut args = SqliteArguments::default();
         // Every new reservation is `reserved` and every new order `pending_payment`: constants
@@ -196,7 +196,7 @@ impl Rows<'_> {
                 add(args, a.code.clone())
             },
         )?;
-        Ok((sql, args))
+        Ok((sql, args, orders.len() as u64))
     }
 }
 

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flashmart_app::StoreError;
+use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::SqliteStore;
@@ -111,13 +112,13 @@ pub(crate) const LOWER_PENDING_FROM: &str = "UPDATE flash_order_index \
      WHERE id = 1";
 
 /// The flash-sale orders not yet indexed, counted when the store opens.
-pub(crate) async fn count_waiting(store: &SqliteStore) -> Result<u64, StoreError> {
+pub(crate) async fn count_waiting(writer: &SqlitePool) -> Result<u64, StoreError> {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM orders \
          WHERE id >= (SELECT pending_from FROM flash_order_index WHERE id = 1) \
            AND reservation_id IS NOT NULL",
     )
-    .fetch_one(&store.writer)
+    .fetch_one(writer)
     .await
     .map_err(map_err)?;
     Ok(u64::try_from(n).unwrap_or(0))
@@ -127,7 +128,7 @@ impl SqliteStore {
     /// Flash-sale orders committed and not yet in the by-user index (they are listed all the
     /// same, from the unindexed tail).
     pub async fn flash_orders_waiting(&self) -> Result<u64, StoreError> {
-        count_waiting(self).await
+        count_waiting(&self.writer).await
     }
 
     /// Indexes up to `max` waiting flash-sale orders (the oldest first) in one transaction.
