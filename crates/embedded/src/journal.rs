@@ -148,8 +148,8 @@ impl Rows<'_> {
             &mut args,
             "INSERT INTO orders (id, user_id, status, currency, subtotal_cents, total_cents, \
              reservation_id, created_at, updated_at, expires_at) SELECT column1, column2, \
-             'pending_payment', column3, column4, column5, column6, column7, column8, column9",
-            9,
+             'pending_payment', column3, column4, column4, column5, column6, column6, column7",
+            7,
             "column1",
             &orders,
             |args, r| {
@@ -161,13 +161,13 @@ impl Rows<'_> {
                     .unit_price_cents
                     .checked_mul(i64::from(rec.quantity))
                     .ok_or_else(|| corrupt("reservation total", "does not fit in 64 bits"))?;
+                // Bound once each: the subtotal is the total (no discount on a sale), and the
+                // order is last updated when it is made.
                 add(args, rec.order_id.map(|o| *o.as_uuid()))?;
                 add(args, r.user_id.map(|u| *u.as_uuid()))?;
                 add(args, r.currency.as_str())?;
                 add(args, total)?;
-                add(args, total)?;
                 add(args, *rec.id.as_uuid())?;
-                add(args, micros(rec.created_at))?;
                 add(args, micros(rec.created_at))?;
                 add(args, micros(rec.expires_at))
             },
