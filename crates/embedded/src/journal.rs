@@ -21,20 +21,14 @@ use flashmart_app::flash_sale::model::{
 use flashmart_app::ports::ReservationJournal;
 use flashmart_domain::flash_sale::ReservationStatus;
 use flashmart_domain::{Currency, ReservationId};
-use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::SqliteStore;
 use crate::db::{corrupt, map_err, micros};
 use crate::flash_sale::reservation_from_row;
 use crate::order_index::LOWER_PENDING_FROM;
-
-fn hex(id: &Uuid) -> String {
-    id.simple().to_string()
-}
 
 #[async_trait]
 impl ReservationJournal for SqliteStore {
@@ -253,11 +247,17 @@ fn purchase_statements(
     args: &mut SqliteArguments,
     purchases: &[(ReservationId, OffsetDateTime)],
 ) -> Result<(), StoreError> {
-    let rows: Vec<Value> = purchases
-        .iter()
-        .map(|(id, at)| json!([hex(id.as_uuid()), micros(*at)]))
-        .collect();
-    let rows = Value::Array(rows).to_string();
+    // `[["<id in hex>", <micros>], ...]`, written directly: hex digits and integers need no
+    // escaping.
+    let mut rows = String::with_capacity(2 + purchases.len() * 52);
+    rows.push('[');
+    for (n, (id, at)) in purchases.iter().enumerate() {
+        if n > 0 {
+            rows.push(',');
+        }
+        let _ = write!(rows, "[\"{}\",{}]", id.as_uuid().simple(), micros(*at));
+    }
+    rows.push(']');
     sql.push_str(
         "UPDATE reservations SET status = 'purchased', purchased_at = j.value ->> 1 \
          FROM json_each(?) AS j \
