@@ -4,8 +4,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use flashmart_app::flash_sale::FlashSales;
 use flashmart_app::flash_sale::ledger::SaleSnapshot;
@@ -26,6 +27,31 @@ use crate::streams::{EventStreams, Shutdown};
 use crate::views::{ItemOut, PageOf, PageParams, ReservationOut, SaleOut};
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The request's `Idempotency-Key` header, if any: only that value is taken from the request
+/// (taking the whole `HeaderMap` would copy every header of every reservation).
+#[derive(Debug)]
+pub struct IdempotencyKey(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(IDEMPOTENCY_KEY).cloned()))
+    }
+}
+
+impl IdempotencyKey {
+    fn as_str(&self) -> Result<Option<&str>, ApiError> {
+        self.0
+            .as_ref()
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))
+            })
+            .transpose()
+    }
+}
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -243,16 +269,10 @@ pub async fn create_reservation(
     State(sales): State<Arc<FlashSales>>,
     Auth(principal): Auth,
     Path(id): Path<Uuid>,
-    headers: HeaderMap,
+    key: IdempotencyKey,
     Json(body): Json<ReservationRequest>,
 ) -> Result<Reply<ReservationOut>, ApiError> {
-    let key = headers
-        .get(IDEMPOTENCY_KEY)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))
-        })
-        .transpose()?;
+    let key = key.as_str()?;
     let record = sales
         .reserve(
             principal.user_id,
