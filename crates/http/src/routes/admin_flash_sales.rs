@@ -98,7 +98,7 @@ pub struct CreateSaleRequest {
 }
 
 /// Creates a sale with listed or generated items. Operators and admins.
-#[utoipa::path(post, path = "/admin/flash-sales", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/admin/flash-sales", tag = "admin",
     security(("bearer" = [])),
     request_body = CreateSaleRequest,
     responses(
@@ -152,7 +152,7 @@ pub async fn create_sale(
 }
 
 /// All sales, any status unless filtered. Operators and admins.
-#[utoipa::path(get, path = "/admin/flash-sales", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/flash-sales", tag = "admin",
     security(("bearer" = [])),
     params(SaleListParams),
     responses(
@@ -168,7 +168,7 @@ pub async fn admin_list_sales(
 }
 
 /// One sale. Operators and admins.
-#[utoipa::path(get, path = "/admin/flash-sales/{id}", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/flash-sales/{id}", tag = "admin",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Sale id")),
     responses(
@@ -216,7 +216,7 @@ impl From<SaleStats> for StatsOut {
 }
 
 /// Stock, reserved, sold, remaining, released and buyers of a sale. Operators and admins.
-#[utoipa::path(get, path = "/admin/flash-sales/{id}/stats", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/flash-sales/{id}/stats", tag = "admin",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Sale id")),
     responses(
@@ -273,7 +273,7 @@ pub struct ReservationListParams {
 }
 
 /// Every reservation of a sale, oldest first. Operators and admins.
-#[utoipa::path(get, path = "/admin/flash-sales/{id}/reservations", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/flash-sales/{id}/reservations", tag = "admin",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Sale id"), ReservationListParams),
     responses(
@@ -362,7 +362,7 @@ impl From<Schedule> for ScheduleOut {
 }
 
 /// Creates a recurring sale; the current slot's sale is made at once. Operators and admins.
-#[utoipa::path(post, path = "/admin/flash-sale-schedules", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/admin/flash-sale-schedules", tag = "admin",
     security(("bearer" = [])),
     request_body = CreateScheduleRequest,
     responses(
@@ -391,7 +391,7 @@ pub async fn create_schedule(
 }
 
 /// Recurring schedules. Operators and admins.
-#[utoipa::path(get, path = "/admin/flash-sale-schedules", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/flash-sale-schedules", tag = "admin",
     security(("bearer" = [])),
     params(PageParams),
     responses((status = 200, description = "A page of schedules", body = Envelope<PageOf<ScheduleOut>>)))]
@@ -425,7 +425,7 @@ pub struct MintedBuyers {
 /// Creates customer accounts that cannot log in, each with a session and an access token, for
 /// load tests (`flashmart stampede`). Admins only, and only with `loadtest.enabled = true`;
 /// otherwise 404.
-#[utoipa::path(post, path = "/admin/loadtest/buyers", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/admin/loadtest/buyers", tag = "admin",
     security(("bearer" = [])),
     request_body = MintBuyersRequest,
     responses(

@@ -44,7 +44,7 @@ pub struct RegisterRequest {
 }
 
 /// Creates a customer account.
-#[utoipa::path(post, path = "/auth/register", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth",
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Account created", body = Envelope<UserView>),
@@ -94,7 +94,7 @@ impl From<TokenPair> for TokenView {
 
 /// Opens a session. Failed attempts are limited per (email, client address), per client
 /// address and, far higher, per email (429 with `Retry-After`); a success costs nothing.
-#[utoipa::path(post, path = "/auth/login", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = Envelope<TokenView>),
@@ -120,7 +120,7 @@ pub struct RefreshRequest {
 
 /// Exchanges a refresh token for a new pair. A token works once: presenting a used one again
 /// revokes its whole session (10004).
-#[utoipa::path(post, path = "/auth/refresh", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth",
     request_body = RefreshRequest,
     responses(
         (status = 200, description = "Rotated", body = Envelope<TokenView>),
@@ -135,7 +135,7 @@ pub async fn refresh_tokens(
 }
 
 /// Ends the caller's session: its access token and refresh tokens stop working at once.
-#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Logged out", body = Envelope<Empty>),
@@ -156,7 +156,7 @@ pub struct ChangePasswordRequest {
 }
 
 /// Changes the password. Every session of the user ends, this one included: log in again.
-#[utoipa::path(put, path = "/auth/password", tag = "auth",
+#[utoipa::path(put, path = "/api/v1/auth/password", tag = "auth",
     security(("bearer" = [])),
     request_body = ChangePasswordRequest,
     responses(
@@ -188,7 +188,7 @@ pub struct TotpEnrollment {
 /// Starts enrolling a second factor (TOTP: SHA-1, 6 digits, 30 s): a new secret, shown once,
 /// that waits for its first code at `/auth/totp/confirm`. Enrolling again before confirming
 /// replaces the secret.
-#[utoipa::path(post, path = "/auth/totp/enroll", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/auth/totp/enroll", tag = "auth", security(("bearer" = [])),
     responses(
         (status = 200, description = "The secret to enrol", body = Envelope<TotpEnrollment>),
         (status = 401, description = "10003: token invalid", body = ErrorEnvelope),
@@ -220,7 +220,7 @@ pub struct RecoveryCodes {
 
 /// Switches the second factor on with a first code; from then on login needs `totp_code`.
 /// Tokens issued before carry no second factor: log in again to get one that does.
-#[utoipa::path(post, path = "/auth/totp/confirm", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/auth/totp/confirm", tag = "auth", security(("bearer" = [])),
     request_body = TotpConfirmRequest,
     responses(
         (status = 200, description = "On; the recovery codes", body = Envelope<RecoveryCodes>),

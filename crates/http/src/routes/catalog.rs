@@ -98,7 +98,7 @@ async fn list(
 }
 
 /// Active products, newest first; `q` searches names and descriptions, `category` filters.
-#[utoipa::path(get, path = "/products", tag = "catalog",
+#[utoipa::path(get, path = "/api/v1/products", tag = "catalog",
     params(ProductQuery),
     responses((status = 200, description = "A page of products", body = Envelope<PageOf<ProductOut>>)))]
 pub async fn list_products(
@@ -109,7 +109,7 @@ pub async fn list_products(
 }
 
 /// One active product.
-#[utoipa::path(get, path = "/products/{id}", tag = "catalog",
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog",
     params(("id" = Uuid, Path, description = "Product id")),
     responses(
         (status = 200, description = "The product", body = Envelope<ProductOut>),
@@ -158,7 +158,7 @@ pub struct ProductIn {
 }
 
 /// Creates a product. Operators and admins.
-#[utoipa::path(post, path = "/admin/products", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/admin/products", tag = "admin",
     security(("bearer" = [])),
     request_body = ProductIn,
     responses(
@@ -187,7 +187,7 @@ pub async fn create_product(
 }
 
 /// Every product, inactive ones too. Operators and admins.
-#[utoipa::path(get, path = "/admin/products", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/products", tag = "admin",
     security(("bearer" = [])),
     params(ProductQuery),
     responses((status = 200, description = "A page of products", body = Envelope<PageOf<ProductOut>>)))]
@@ -200,7 +200,7 @@ pub async fn admin_list_products(
 }
 
 /// One product, active or not. Operators and admins.
-#[utoipa::path(get, path = "/admin/products/{id}", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/products/{id}", tag = "admin",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Product id")),
     responses(
@@ -248,7 +248,7 @@ pub struct ProductPatchIn {
 }
 
 /// Changes a product. Operators and admins.
-#[utoipa::path(patch, path = "/admin/products/{id}", tag = "admin",
+#[utoipa::path(patch, path = "/api/v1/admin/products/{id}", tag = "admin",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Product id")),
     request_body = ProductPatchIn,
@@ -282,7 +282,7 @@ pub async fn update_product(
 }
 
 /// Deletes a product (softly: orders keep their copy of it). Operators and admins.
-#[utoipa::path(delete, path = "/admin/products/{id}", tag = "admin",
+#[utoipa::path(delete, path = "/api/v1/admin/products/{id}", tag = "admin",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Product id")),
     responses(

@@ -94,7 +94,7 @@ pub(crate) async fn sales_page(
 }
 
 /// Sales by status: upcoming and live ones soonest first, ended ones latest first.
-#[utoipa::path(get, path = "/flash-sales", tag = "flash-sales",
+#[utoipa::path(get, path = "/api/v1/flash-sales", tag = "flash-sales",
     params(SaleListParams),
     responses(
         (status = 200, description = "A page of sales", body = Envelope<PageOf<SaleOut>>),
@@ -108,7 +108,7 @@ pub async fn list_sales(
 }
 
 /// One sale, with its live remaining stock.
-#[utoipa::path(get, path = "/flash-sales/{id}", tag = "flash-sales",
+#[utoipa::path(get, path = "/api/v1/flash-sales/{id}", tag = "flash-sales",
     params(("id" = Uuid, Path, description = "Sale id")),
     responses(
         (status = 200, description = "The sale", body = Envelope<SaleOut>),
@@ -123,7 +123,7 @@ pub async fn get_sale(
 
 /// A sale's items in order, each with what remains of it. An item's `id` is its number in the
 /// sale, the `item_id` a reservation names.
-#[utoipa::path(get, path = "/flash-sales/{id}/items", tag = "flash-sales",
+#[utoipa::path(get, path = "/api/v1/flash-sales/{id}/items", tag = "flash-sales",
     params(("id" = Uuid, Path, description = "Sale id"), PageParams),
     responses(
         (status = 200, description = "A page of items", body = Envelope<PageOf<ItemOut>>),
@@ -167,7 +167,7 @@ fn event(sale: SaleId, snapshot: SaleSnapshot) -> Event {
 /// ends after the sale has ended, and when the server stops. Open streams are capped in total
 /// (`flash_sale.max_event_streams`, then 503) and per client address
 /// (`flash_sale.max_event_streams_per_ip`, then 429).
-#[utoipa::path(get, path = "/flash-sales/{id}/events", tag = "flash-sales",
+#[utoipa::path(get, path = "/api/v1/flash-sales/{id}/events", tag = "flash-sales",
     params(("id" = Uuid, Path, description = "Sale id")),
     responses(
         (status = 200, description = "`text/event-stream`; each `data` is a SaleEvent", content_type = "text/event-stream", body = SaleEvent),
@@ -249,7 +249,7 @@ fn one() -> i64 {
 /// Reserves stock. The answer comes once the reservation and its `pending_payment` order are
 /// durable. With an `Idempotency-Key` header, a repeat within 24 hours gets the first answer and
 /// reserves nothing more; the same key with another body is refused (60006).
-#[utoipa::path(post, path = "/flash-sales/{id}/reservations", tag = "flash-sales",
+#[utoipa::path(post, path = "/api/v1/flash-sales/{id}/reservations", tag = "flash-sales",
     security(("bearer" = [])),
     params(
         ("id" = Uuid, Path, description = "Sale id"),
@@ -286,7 +286,7 @@ pub async fn create_reservation(
 }
 
 /// One of the caller's reservations; anyone else's is "not found".
-#[utoipa::path(get, path = "/flash-sales/reservations/{id}", tag = "flash-sales",
+#[utoipa::path(get, path = "/api/v1/flash-sales/reservations/{id}", tag = "flash-sales",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Reservation id")),
     responses(

@@ -75,7 +75,7 @@ impl From<PaymentRecord> for PaymentOut {
 }
 
 /// Starts paying one of the caller's orders (or answers the payment already open for it).
-#[utoipa::path(post, path = "/orders/{id}/payments", tag = "payments", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/orders/{id}/payments", tag = "payments", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 201, description = "Payment to complete at pay_url", body = Envelope<PaymentOut>),
@@ -92,7 +92,7 @@ pub async fn start_payment(
 }
 
 /// A payment of one of the caller's orders.
-#[utoipa::path(get, path = "/payments/{id}", tag = "payments", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/payments/{id}", tag = "payments", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Payment id")),
     responses(
         (status = 200, description = "The payment", body = Envelope<PaymentOut>),
@@ -121,7 +121,7 @@ pub struct NotificationAck {
 /// header `sandbox-signature: t=...,v1=...`), checked in constant time, refused when older than
 /// five minutes, and must match the payment's amount and currency. A repeated notification
 /// changes nothing.
-#[utoipa::path(post, path = "/payments/notify", tag = "payments",
+#[utoipa::path(post, path = "/api/v1/payments/notify", tag = "payments",
     params(("sandbox-signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">`")),
     request_body(content = String, content_type = "application/json", description = "The provider's signed notification"),
     responses(
@@ -163,7 +163,7 @@ pub struct RefundIn {
 /// is recorded before the provider is asked, with an id the provider uses as its idempotency
 /// key; refunds of one order take turns. When the provider does not answer, the refund stays
 /// pending (503, 40008) and is asked again until the provider confirms it.
-#[utoipa::path(post, path = "/admin/orders/{id}/refund", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/admin/orders/{id}/refund", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Order id")),
     request_body = RefundIn,
     responses(
@@ -253,7 +253,7 @@ impl From<RefundRecord> for RefundOut {
 
 /// Every refund, newest first: what admins refunded and what is owed for payments that came
 /// after their order ended, with whether the provider confirmed it. Admins.
-#[utoipa::path(get, path = "/admin/refunds", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/refunds", tag = "admin", security(("bearer" = [])),
     params(RefundListParams),
     responses(
         (status = 200, description = "A page of refunds", body = Envelope<PageOf<RefundOut>>),
@@ -293,7 +293,7 @@ pub struct DeadLetterOut {
 /// Payment notifications the sandbox provider gave up on after its whole retry schedule (11
 /// attempts over about 16 hours): each one is a payment this shop may not know the outcome of.
 /// Newest first; empty without the sandbox. Admins.
-#[utoipa::path(get, path = "/admin/payments/dead-letters", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/payments/dead-letters", tag = "admin", security(("bearer" = [])),
     params(PageParams),
     responses(
         (status = 200, description = "A page of dead letters", body = Envelope<PageOf<DeadLetterOut>>),

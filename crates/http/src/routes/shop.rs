@@ -147,7 +147,7 @@ impl From<AddressRecord> for AddressOut {
 }
 
 /// The caller's addresses, oldest first.
-#[utoipa::path(get, path = "/users/me/addresses", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/users/me/addresses", tag = "shop", security(("bearer" = [])),
     responses((status = 200, description = "Addresses", body = Envelope<Vec<AddressOut>>)))]
 pub async fn list_addresses(
     State(shop): State<Arc<Shop>>,
@@ -158,7 +158,7 @@ pub async fn list_addresses(
 }
 
 /// Saves an address (at most 20).
-#[utoipa::path(post, path = "/users/me/addresses", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/users/me/addresses", tag = "shop", security(("bearer" = [])),
     request_body = AddressIn,
     responses(
         (status = 201, description = "Saved", body = Envelope<AddressOut>),
@@ -177,7 +177,7 @@ pub async fn add_address(
 }
 
 /// One of the caller's addresses.
-#[utoipa::path(get, path = "/users/me/addresses/{id}", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/users/me/addresses/{id}", tag = "shop", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Address id")),
     responses(
         (status = 200, description = "The address", body = Envelope<AddressOut>),
@@ -195,7 +195,7 @@ pub async fn get_address(
 }
 
 /// Replaces one of the caller's addresses.
-#[utoipa::path(put, path = "/users/me/addresses/{id}", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(put, path = "/api/v1/users/me/addresses/{id}", tag = "shop", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Address id")),
     request_body = AddressIn,
     responses(
@@ -216,7 +216,7 @@ pub async fn update_address(
 }
 
 /// Deletes one of the caller's addresses; if it was the default, the oldest left becomes it.
-#[utoipa::path(delete, path = "/users/me/addresses/{id}", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/users/me/addresses/{id}", tag = "shop", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Address id")),
     responses(
         (status = 200, description = "Deleted", body = Envelope<Empty>),
@@ -233,7 +233,7 @@ pub async fn delete_address(
 }
 
 /// Makes one of the caller's addresses the default.
-#[utoipa::path(post, path = "/users/me/addresses/{id}/default", tag = "shop",
+#[utoipa::path(post, path = "/api/v1/users/me/addresses/{id}/default", tag = "shop",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Address id")),
     responses(
@@ -309,7 +309,7 @@ impl From<CartView> for CartOut {
 }
 
 /// The caller's cart with today's prices and stock.
-#[utoipa::path(get, path = "/cart", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/cart", tag = "shop", security(("bearer" = [])),
     responses((status = 200, description = "The cart", body = Envelope<CartOut>)))]
 pub async fn get_cart(
     State(shop): State<Arc<Shop>>,
@@ -326,7 +326,7 @@ pub struct CartItemIn {
 }
 
 /// Puts a product in the cart (or changes its quantity).
-#[utoipa::path(put, path = "/cart/items/{product_id}", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(put, path = "/api/v1/cart/items/{product_id}", tag = "shop", security(("bearer" = [])),
     params(("product_id" = Uuid, Path, description = "Product id")),
     request_body = CartItemIn,
     responses(
@@ -348,7 +348,7 @@ pub async fn set_cart_item(
 }
 
 /// Takes a product out of the cart.
-#[utoipa::path(delete, path = "/cart/items/{product_id}", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/cart/items/{product_id}", tag = "shop", security(("bearer" = [])),
     params(("product_id" = Uuid, Path, description = "Product id")),
     responses(
         (status = 200, description = "The cart", body = Envelope<CartOut>),
@@ -366,7 +366,7 @@ pub async fn remove_cart_item(
 }
 
 /// Empties the cart.
-#[utoipa::path(delete, path = "/cart", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/cart", tag = "shop", security(("bearer" = [])),
     responses((status = 200, description = "Emptied", body = Envelope<Empty>)))]
 pub async fn clear_cart(
     State(shop): State<Arc<Shop>>,
@@ -463,7 +463,7 @@ impl From<OrderRecord> for OrderOut {
 
 /// Places an order from the cart: every line's stock is taken in one transaction (all or
 /// nothing), the coupon applied and counted, the cart emptied. The order then waits for payment.
-#[utoipa::path(post, path = "/cart/checkout", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/cart/checkout", tag = "shop", security(("bearer" = [])),
     request_body = CheckoutIn,
     responses(
         (status = 201, description = "Order placed, awaiting payment", body = Envelope<OrderOut>),
@@ -507,7 +507,7 @@ pub async fn checkout(
 }
 
 /// The caller's orders, newest first, optionally in one status.
-#[utoipa::path(get, path = "/orders", tag = "shop", security(("bearer" = [])), params(OrderListParams),
+#[utoipa::path(get, path = "/api/v1/orders", tag = "shop", security(("bearer" = [])), params(OrderListParams),
     responses(
         (status = 200, description = "A page of orders", body = Envelope<PageOf<OrderOut>>),
         (status = 400, description = "Unknown status", body = ErrorEnvelope),
@@ -529,7 +529,7 @@ pub async fn list_orders(
 }
 
 /// One of the caller's orders; anyone else's is "not found".
-#[utoipa::path(get, path = "/orders/{id}", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "shop", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, description = "The order", body = Envelope<OrderOut>),
@@ -547,7 +547,7 @@ pub async fn get_order(
 }
 
 /// Cancels one of the caller's orders awaiting payment; its stock goes back on sale.
-#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "shop", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "shop", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, description = "Cancelled", body = Envelope<OrderOut>),
@@ -585,7 +585,7 @@ pub struct OrderListParams {
 }
 
 /// Every order, newest first. Admins.
-#[utoipa::path(get, path = "/admin/orders", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/orders", tag = "admin", security(("bearer" = [])),
     params(OrderListParams),
     responses(
         (status = 200, description = "A page of orders", body = Envelope<PageOf<OrderOut>>),
@@ -604,7 +604,7 @@ pub async fn admin_list_orders(
 }
 
 /// Any order. Admins.
-#[utoipa::path(get, path = "/admin/orders/{id}", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/orders/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, description = "The order", body = Envelope<OrderOut>),
@@ -701,7 +701,7 @@ impl From<Coupon> for CouponOut {
 }
 
 /// Creates a coupon. Operators and admins.
-#[utoipa::path(post, path = "/admin/coupons", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/admin/coupons", tag = "admin", security(("bearer" = [])),
     request_body = CouponIn,
     responses(
         (status = 201, description = "Created", body = Envelope<CouponOut>),
@@ -731,7 +731,7 @@ pub async fn create_coupon(
 }
 
 /// Coupons, newest first, with how often each was used. Operators and admins.
-#[utoipa::path(get, path = "/admin/coupons", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/coupons", tag = "admin", security(("bearer" = [])),
     params(PageParams),
     responses((status = 200, description = "A page of coupons", body = Envelope<PageOf<CouponOut>>)))]
 pub async fn list_coupons(

@@ -50,7 +50,7 @@ pub struct UploadForm {
 
 /// Uploads an image (multipart field `file`, the form's only field). Its type is taken from its
 /// bytes, never its name; it is stored under its content hash. Operators and admins.
-#[utoipa::path(post, path = "/admin/uploads", tag = "admin",
+#[utoipa::path(post, path = "/api/v1/admin/uploads", tag = "admin",
     security(("bearer" = [])),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(

@@ -23,7 +23,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The caller's account.
-#[utoipa::path(get, path = "/users/me", tag = "users",
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = Envelope<UserView>),
@@ -41,7 +41,7 @@ pub async fn get_me(
 }
 
 /// All accounts, newest first. Admins only.
-#[utoipa::path(get, path = "/admin/users", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin",
     security(("bearer" = [])),
     params(PageParams),
     responses(
@@ -59,7 +59,7 @@ pub async fn list_users(
 }
 
 /// One account. Admins only.
-#[utoipa::path(get, path = "/admin/users/{id}", tag = "admin",
+#[utoipa::path(get, path = "/api/v1/admin/users/{id}", tag = "admin",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "User id")),
     responses(
