@@ -137,8 +137,11 @@ impl<T: Serialize> IntoResponse for Reply<T> {
             data: &self.data,
             trace_id: trace_id.as_str(),
         };
-        match serde_json::to_vec(&body) {
-            Ok(bytes) => json_response(self.status, bytes),
+        // Room for a typical answer at once, instead of growing from nothing (a reservation's
+        // answer is about 400 bytes).
+        let mut bytes = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut bytes, &body) {
+            Ok(()) => json_response(self.status, bytes),
             Err(err) => crate::error::ApiError::internal(err).into_response(),
         }
     }

@@ -99,6 +99,11 @@ fn integral_floats_as_integers(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn parse_json_as_sent<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Tracking the path copies every key read; only a body that fails is read again to say
+    // where.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();

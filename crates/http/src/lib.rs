@@ -177,11 +177,8 @@ struct CompatDoc;
 /// another thread, for a reservation that waited for its commit).
 fn with_middleware(routes: Router<AppState>, state: AppState, settings: &HttpSettings) -> Router {
     let layers = ServiceBuilder::new()
-        .layer(axum::middleware::from_fn(observe::observe))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            limits::limit,
-        ))
+        .layer(observe::ObserveLayer)
+        .layer(limits::LimitLayer::new(state.clone()))
         .layer(CatchPanicLayer::custom(observe::panic_response))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -3,15 +3,20 @@
 //! handler; over the limit is a 429 with `Retry-After`. The token verified here is handed on to
 //! the `Auth` extractor, so a request's token is checked once.
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::net::{IpAddr, SocketAddr};
+use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flashmart_app::auth::Principal;
 use flashmart_app::rate_limit::{KeyedLimiter, RetryAfter, client_key};
 use flashmart_domain::UserId;
+use futures_util::FutureExt as _;
+use futures_util::future::{Either, Map};
+use tower::{Layer, Service};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -161,9 +166,77 @@ impl RateLimits {
 #[derive(Debug, Clone, Copy)]
 pub struct ResolvedClient(pub IpAddr);
 
-/// The rate-limit middleware: resolves the client address, verifies a bearer token once (the
-/// `Auth` extractor reuses the principal) and checks the route group's budgets.
-pub async fn limit(State(limiter): State<AppState>, mut req: Request, next: Next) -> Response {
+/// The rate-limit layer: resolves the client address, verifies a bearer token once (the `Auth`
+/// extractor reuses the principal) and checks the route group's budgets before the route runs.
+/// All of it is decided before the inner service is called, so its future is the inner one's or
+/// a ready refusal, never a box.
+#[derive(Debug, Clone)]
+pub struct LimitLayer {
+    state: AppState,
+}
+
+impl LimitLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+
+    fn layer(&self, inner: S) -> Limit<S> {
+        Limit {
+            state: self.state.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limit<S> {
+    state: AppState,
+    inner: S,
+}
+
+type Answered<F, R> = Map<F, fn(Result<R, Infallible>) -> Result<Response, Infallible>>;
+
+/// The inner layers' answer (tower-http's bodies) as axum's.
+fn answer<R: IntoResponse>(answer: Result<R, Infallible>) -> Result<Response, Infallible> {
+    let Ok(response) = answer;
+    Ok(response.into_response())
+}
+
+impl<S> Service<Request> for Limit<S>
+where
+    S: Service<Request, Error = Infallible>,
+    S::Response: IntoResponse,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, Answered<S::Future, S::Response>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        match admit(&self.state, &mut req) {
+            Ok(()) => Either::Right(
+                self.inner
+                    .call(req)
+                    .map(answer::<S::Response> as fn(_) -> _),
+            ),
+            Err(retry) => Either::Left(ready(Ok(ApiError::too_many_requests(
+                retry.as_secs_ceil(),
+            )
+            .into_response()))),
+        }
+    }
+}
+
+/// Lets `req` through, with its client address and verified caller in its extensions, or says
+/// when the caller may try again (a 429).
+fn admit(limiter: &AppState, req: &mut Request) -> Result<(), RetryAfter> {
     let group = req
         .extensions()
         .get::<MatchedPath>()
@@ -195,9 +268,9 @@ pub async fn limit(State(limiter): State<AppState>, mut req: Request, next: Next
         .check(group, ip, principal.map(|p| p.user_id))
     {
         metrics::counter!("rate_limited_total", "group" => group.as_str()).increment(1);
-        return ApiError::too_many_requests(retry.as_secs_ceil()).into_response();
+        return Err(retry);
     }
-    next.run(req).await
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,13 +4,21 @@
 //! its own (405, 413, …) into the envelope.
 
 use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt as _;
+use futures_util::future::Map;
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
 use tracing::Instrument as _;
+use tracing::instrument::Instrumented;
 
 use crate::envelope::{CURRENT_TRACE_ID, TraceId};
 use crate::error::{ApiError, ErrorCause};
@@ -21,58 +29,147 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// not create a metric series per path.
 const UNMATCHED: &str = "unmatched";
 
-pub async fn observe(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let trace_id = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(TraceId::from_header)
-        .unwrap_or_else(TraceId::random);
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, MatchedPath::as_str)
-        .to_owned();
-    let span = tracing::info_span!(
-        "request",
-        trace_id = %trace_id,
-        method = %method,
-        route = %route,
-    );
+/// The outermost layer of every route. A hand-written service rather than a `from_fn`
+/// middleware, which boxes its future and the rest of the stack for every request: a
+/// reservation keeps those boxes while it waits for its commit and frees them on whichever
+/// thread the commit woke it on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObserveLayer;
 
-    tracing::trace!(parent: &span, "request started");
-    let mut response = CURRENT_TRACE_ID
-        .scope(
-            trace_id.clone(),
-            async move { into_envelope(next.run(req).await) }.instrument(span.clone()),
-        )
-        .await;
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
 
-    let status = response.status();
-    let elapsed = started.elapsed();
-    if let Some(ErrorCause(cause)) = response.extensions_mut().remove::<ErrorCause>() {
-        tracing::error!(parent: &span, status = status.as_u16(), %cause, "request failed");
-    } else {
-        tracing::debug!(
-            parent: &span,
-            status = status.as_u16(),
-            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            "request served"
-        );
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
     }
-    response
-        .headers_mut()
-        .insert(REQUEST_ID, trace_id.header_value());
+}
 
-    let labels = [
-        ("method", method_label(&method).to_owned()),
-        ("route", route),
-        ("status", status.as_u16().to_string()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
-    response
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+type Enveloped<F> = Map<F, fn(Result<Response, Infallible>) -> Result<Response, Infallible>>;
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let started = Instant::now();
+        let trace_id = req
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(TraceId::from_header)
+            .unwrap_or_else(TraceId::random);
+        let method = req.method().clone();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let span = tracing::info_span!(
+            "request",
+            trace_id = %trace_id,
+            method = %method,
+            route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
+        );
+        tracing::trace!(parent: &span, "request started");
+        // The inner layers' own work (the rate limits' refusal, say) and the envelope put on the
+        // answer run inside the trace id's scope and the span, as the handler does: an error
+        // answer carries the request's id.
+        let inner = &mut self.inner;
+        let enveloped: Enveloped<S::Future> = CURRENT_TRACE_ID
+            .sync_scope(trace_id.clone(), || {
+                let _entered = span.enter();
+                inner.call(req)
+            })
+            .map(|answer| {
+                let Ok(response) = answer;
+                Ok(into_envelope(response))
+            });
+        ObserveFuture {
+            inner: CURRENT_TRACE_ID.scope(trace_id.clone(), enveloped.instrument(span.clone())),
+            request: Some(Observed {
+                started,
+                trace_id,
+                method,
+                route,
+                span,
+            }),
+        }
+    }
+}
+
+/// What the answer is logged and counted with.
+struct Observed {
+    started: Instant,
+    trace_id: TraceId,
+    method: Method,
+    route: Option<MatchedPath>,
+    span: tracing::Span,
+}
+
+pin_project_lite::pin_project! {
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: TaskLocalFuture<TraceId, Instrumented<Enveloped<F>>>,
+        request: Option<Observed>,
+    }
+}
+
+impl<F> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = ready!(this.inner.poll(cx));
+        if let Some(request) = this.request.take() {
+            request.finish(&mut response);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+impl Observed {
+    /// Logs a server error once, gives the answer its request id, and counts and times it by
+    /// route template.
+    fn finish(self, response: &mut Response) {
+        let status = response.status();
+        let elapsed = self.started.elapsed();
+        if let Some(ErrorCause(cause)) = response.extensions_mut().remove::<ErrorCause>() {
+            tracing::error!(parent: &self.span, status = status.as_u16(), %cause, "request failed");
+        } else {
+            tracing::debug!(
+                parent: &self.span,
+                status = status.as_u16(),
+                micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                "request served"
+            );
+        }
+        response
+            .headers_mut()
+            .insert(REQUEST_ID, self.trace_id.header_value());
+        let route = self
+            .route
+            .as_ref()
+            .map_or(UNMATCHED, MatchedPath::as_str)
+            .to_owned();
+        let labels = [
+            ("method", method_label(&self.method).to_owned()),
+            ("route", route),
+            ("status", status.as_u16().to_string()),
+        ];
+        metrics::counter!("http_requests_total", &labels).increment(1);
+        metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    }
 }
 
 /// The method as a metric label: the standard methods by name, anything a client made up as

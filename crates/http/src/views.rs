@@ -1,7 +1,9 @@
 //! Shapes shared by several routers' answers and queries.
 
 use flashmart_app::flash_sale::SaleView;
-use flashmart_app::flash_sale::model::{ItemRecord, ReservationRecord};
+use flashmart_app::flash_sale::model::{
+    CODE_LEN, ItemRecord, ReservationRecord, reservation_code_bytes,
+};
 use flashmart_app::{Page, PageRequest};
 use flashmart_domain::User;
 use serde::{Deserialize, Serialize};
@@ -199,29 +201,66 @@ pub struct ReservationOut {
     pub id: Uuid,
     /// The reservation's id in base 32 (26 characters): what the compatibility API's purchase
     /// takes.
-    pub code: String,
+    #[schema(value_type = String)]
+    pub code: ReservationCode,
     pub sale_id: Uuid,
     pub item_id: u32,
     pub quantity: u32,
     /// `reserved`, `purchased`, `expired` or `cancelled`.
     #[schema(example = "reserved")]
     pub status: &'static str,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(serialize_with = "rfc3339_inline")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     /// When the reservation lapses unless its order is paid.
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(serialize_with = "rfc3339_inline")]
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
     /// The `pending_payment` order made with the reservation.
     pub order_id: Option<Uuid>,
 }
 
+/// A reservation's code, written out from the stack (an answer to every reservation carries
+/// one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservationCode([u8; CODE_LEN]);
+
+impl ReservationCode {
+    pub fn as_str(&self) -> &str {
+        // The code alphabet is ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl Serialize for ReservationCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// RFC 3339, as `time::serde::rfc3339` writes it, formatted into a buffer on the stack instead of
+/// a `String`.
+fn rfc3339_inline<S: serde::Serializer>(
+    t: &OffsetDateTime,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    // "-999999-12-31T23:59:59.999999999+23:59" is 38 bytes; timestamps here are far shorter.
+    let mut buf = [0u8; 40];
+    let mut rest = &mut buf[..];
+    t.format_into(&mut rest, &time::format_description::well_known::Rfc3339)
+        .map_err(serde::ser::Error::custom)?;
+    // What is left of the buffer says how much was written: the count `format_into` returns
+    // came out short with a fraction of a second (21 of 30 bytes, in the test below).
+    let written = 40 - rest.len();
+    let text = std::str::from_utf8(&buf[..written]).map_err(serde::ser::Error::custom)?;
+    serializer.serialize_str(text)
+}
+
 impl From<&ReservationRecord> for ReservationOut {
     fn from(r: &ReservationRecord) -> Self {
         Self {
             id: *r.id.as_uuid(),
-            code: r.code(),
+            code: ReservationCode(reservation_code_bytes(r.id)),
             sale_id: *r.sale_id.as_uuid(),
             item_id: r.item_no,
             quantity: r.quantity,
@@ -229,6 +268,49 @@ impl From<&ReservationRecord> for ReservationOut {
             created_at: r.created_at,
             expires_at: r.expires_at,
             order_id: r.order_id.map(|o| *o.as_uuid()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flashmart_app::flash_sale::model::{BuyerId, reservation_code};
+    use flashmart_domain::flash_sale::ReservationStatus;
+    use flashmart_domain::{OrderId, ReservationId, SaleId, UserId};
+    use time::format_description::well_known::Rfc3339;
+
+    use super::*;
+
+    /// The answer's code and times read exactly as the `String`-making forms wrote them.
+    #[test]
+    fn a_reservation_is_written_as_before() {
+        let times = [
+            OffsetDateTime::UNIX_EPOCH,
+            OffsetDateTime::from_unix_timestamp_nanos(1_796_000_000_123_456_789).unwrap(),
+            OffsetDateTime::from_unix_timestamp(4_102_444_800).unwrap(),
+            OffsetDateTime::from_unix_timestamp_nanos(1_796_000_000_100_000_000)
+                .unwrap()
+                .to_offset(time::UtcOffset::from_hms(5, 30, 0).unwrap()),
+        ];
+        for t in times {
+            let record = ReservationRecord {
+                id: ReservationId::new(),
+                sale_id: SaleId::new(),
+                item_no: 3,
+                buyer: BuyerId::user(UserId::new()),
+                buyer_ref: None,
+                quantity: 2,
+                status: ReservationStatus::Reserved,
+                created_at: t,
+                expires_at: t,
+                order_id: Some(OrderId::new()),
+                purchased_at: None,
+            };
+            let json = serde_json::to_value(ReservationOut::from(&record)).unwrap();
+            let want = t.format(&Rfc3339).unwrap();
+            assert_eq!(json["created_at"], want.as_str());
+            assert_eq!(json["expires_at"], want.as_str());
+            assert_eq!(json["code"], reservation_code(record.id).as_str());
         }
     }
 }

@@ -102,16 +102,26 @@ impl ReservationRecord {
 
 /// Crockford's base-32 alphabet: no I, L, O or U, so a code read aloud or typed is unambiguous.
 const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-const CODE_LEN: usize = 26;
+pub const CODE_LEN: usize = 26;
 
 /// A reservation's code: its id in base 32 (26 characters). Deriving the code from the id means
 /// storage needs no second unique index, and a code finds its reservation by primary key.
 pub fn reservation_code(id: ReservationId) -> String {
-    let n = id.as_uuid().as_u128();
-    (0..CODE_LEN)
-        .rev()
-        .map(|i| char::from(CODE_ALPHABET[((n >> (i * 5)) & 31) as usize]))
+    reservation_code_bytes(id)
+        .iter()
+        .map(|b| char::from(*b))
         .collect()
+}
+
+/// The code's ASCII characters, for writing it out without a `String`.
+pub fn reservation_code_bytes(id: ReservationId) -> [u8; CODE_LEN] {
+    let n = id.as_uuid().as_u128();
+    let mut code = [0; CODE_LEN];
+    for (pos, digit) in code.iter_mut().enumerate() {
+        let shift = (CODE_LEN - 1 - pos) * 5;
+        *digit = CODE_ALPHABET[((n >> shift) & 31) as usize];
+    }
+    code
 }
 
 /// The reservation a code names; `None` for anything that is not a code. Lower case is accepted.
