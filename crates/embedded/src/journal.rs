@@ -20,7 +20,7 @@ use flashmart_app::flash_sale::model::{
 };
 use flashmart_app::ports::ReservationJournal;
 use flashmart_domain::flash_sale::ReservationStatus;
-use flashmart_domain::{Currency, ReservationId};
+use flashmart_domain::{Currency, OrderId, ReservationId, UserId};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use time::OffsetDateTime;
@@ -86,6 +86,13 @@ impl ReservationJournal for SqliteStore {
 /// larger batch has several.
 const MAX_ROWS: usize = 1024;
 
+/// The `pending_payment` order of a reservation made through the API.
+struct NewOrder<'a> {
+    id: OrderId,
+    user: UserId,
+    reservation: &'a NewReservation,
+}
+
 /// What a batch inserts.
 #[derive(Default)]
 struct Rows<'a> {
@@ -96,11 +103,14 @@ struct Rows<'a> {
 impl Rows<'_> {
     /// The reservations made through the API: they get a `pending_payment` order, whose one
     /// line is read from the reservation's item, never written.
-    fn orders(&self) -> impl Iterator<Item = &NewReservation> {
-        self.reserves
-            .iter()
-            .copied()
-            .filter(|r| r.record.order_id.is_some() && r.user_id.is_some())
+    fn orders(&self) -> impl Iterator<Item = NewOrder<'_>> {
+        self.reserves.iter().filter_map(|r| {
+            Some(NewOrder {
+                id: r.record.order_id?,
+                user: r.user_id?,
+                reservation: r,
+            })
+        })
     }
 
     /// `BEGIN IMMEDIATE` and the batch's inserts, as one text with its arguments, and how many
@@ -143,7 +153,7 @@ impl Rows<'_> {
                 add(args, r.idempotency.as_ref().map(|i| i.fingerprint.to_vec()))
             },
         )?;
-        let orders: Vec<&NewReservation> = self.orders().collect();
+        let orders: Vec<NewOrder<'_>> = self.orders().collect();
         insert(
             &mut sql,
             &mut args,
@@ -154,7 +164,8 @@ impl Rows<'_> {
             4,
             "column1",
             &orders,
-            |args, r| {
+            |args, order| {
+                let r = order.reservation;
                 let rec = &r.record;
                 // The engine refuses a reservation whose total does not fit before it is
                 // queued; one that got here anyway is a bug, and fails its batch rather than
@@ -163,16 +174,13 @@ impl Rows<'_> {
                     .unit_price_cents
                     .checked_mul(i64::from(rec.quantity))
                     .ok_or_else(|| corrupt("reservation total", "does not fit in 64 bits"))?;
-                let (Some(order), Some(user)) = (rec.order_id, r.user_id) else {
-                    return Err(corrupt("reservation order", "an order without its user"));
-                };
                 // The order's id, its user's and its reservation's, then its currency code,
                 // in one value (see `insert`). Bound once each: the subtotal is the total (no
                 // discount on a sale), and the order is last updated when it is made.
                 let currency = r.currency.as_str().as_bytes();
                 let mut packed = Vec::with_capacity(48 + currency.len());
-                packed.extend_from_slice(order.as_uuid().as_bytes());
-                packed.extend_from_slice(user.as_uuid().as_bytes());
+                packed.extend_from_slice(order.id.as_uuid().as_bytes());
+                packed.extend_from_slice(order.user.as_uuid().as_bytes());
                 packed.extend_from_slice(rec.id.as_uuid().as_bytes());
                 packed.extend_from_slice(currency);
                 add(args, packed)?;
@@ -182,7 +190,7 @@ impl Rows<'_> {
             },
         )?;
         // The order indexer's mark: every order of the batch is at or after it (order_index.rs).
-        if let Some(first) = orders.iter().filter_map(|r| r.record.order_id).min() {
+        if let Some(first) = orders.iter().map(|o| o.id).min() {
             sql.push_str(LOWER_PENDING_FROM);
             sql.push_str("; ");
             add(&mut args, *first.as_uuid())?;

@@ -3,6 +3,7 @@
 //! middleware, so handlers and error conversions never have to thread it through.
 
 use std::fmt;
+use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -10,20 +11,22 @@ use rand::RngCore as _;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// 32 lower-case hex digits (the W3C trace-id form), or an id a trusted front end sent.
+/// 32 lower-case hex digits (the W3C trace-id form), or an id a trusted front end sent. Shared,
+/// not copied: a request's id is held by its task-local, its span and its answer at once.
 #[derive(Clone, PartialEq, Eq)]
-pub struct TraceId(Box<str>);
+pub struct TraceId(Arc<str>);
 
 impl TraceId {
     pub fn random() -> Self {
         let mut bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut bytes);
-        let mut hex = String::with_capacity(32);
-        for b in bytes {
-            hex.push(char::from(HEX[usize::from(b >> 4)]));
-            hex.push(char::from(HEX[usize::from(b & 0xf)]));
+        let mut hex = [0u8; 32];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
         }
-        Self(hex.into_boxed_str())
+        // Hex digits are ASCII.
+        Self(Arc::from(std::str::from_utf8(&hex).unwrap_or_default()))
     }
 
     /// Accepts an incoming `x-request-id` only if it is short and plain, so that a client cannot

@@ -246,12 +246,13 @@ fn rfc3339_inline<S: serde::Serializer>(
 ) -> Result<S::Ok, S::Error> {
     // "-999999-12-31T23:59:59.999999999+23:59" is 38 bytes; timestamps here are far shorter.
     let mut buf = [0u8; 40];
+    let room = buf.len();
     let mut rest = &mut buf[..];
     t.format_into(&mut rest, &time::format_description::well_known::Rfc3339)
         .map_err(serde::ser::Error::custom)?;
     // What is left of the buffer says how much was written: the count `format_into` returns
     // came out short with a fraction of a second (21 of 30 bytes, in the test below).
-    let written = 40 - rest.len();
+    let written = room - rest.len();
     let text = std::str::from_utf8(&buf[..written]).map_err(serde::ser::Error::custom)?;
     serializer.serialize_str(text)
 }
