@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 };
 use time::OffsetDateTime;
 
+use crate::journal::{Outbox, outbox_path};
 use crate::order_index::{IndexerState, count_waiting};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -42,11 +43,14 @@ pub struct SqliteStore {
     pub(crate) writer: SqlitePool,
     pub(crate) reader: SqlitePool,
     pub(crate) indexer: Arc<IndexerState>,
+    pub(crate) outbox: Arc<Outbox>,
     path: PathBuf,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// Opens (creating if needed) the database at `path` and its outbox beside it, brings their
+    /// schemas up to date, and applies what the outbox still holds (left by a process that
+    /// stopped before applying it).
     pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let synchronous = match durability {
             Durability::Normal => SqliteSynchronous::Normal,
@@ -93,12 +97,30 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         let waiting = count_waiting(&writer).await?;
-        Ok(Self {
+        let applied: i64 = sqlx::query_scalar("SELECT seq FROM outbox_applied WHERE id = 1")
+            .fetch_one(&writer)
+            .await
+            .map_err(map_err)?;
+        let applied = u64::try_from(applied).map_err(|e| corrupt("outbox_applied.seq", e))?;
+        let outbox = Outbox::open(&outbox_path(path), synchronous, applied).await?;
+        let store = Self {
             writer,
             reader,
             indexer: Arc::new(IndexerState::new(waiting)),
+            outbox: Arc::new(outbox),
             path: path.to_owned(),
-        })
+        };
+        let left = store.outbox_backlog();
+        if left > 0 {
+            let started = std::time::Instant::now();
+            store.settled().await?;
+            tracing::info!(
+                reservations = left,
+                ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "applied the reservations the outbox still held"
+            );
+        }
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
@@ -115,13 +137,20 @@ impl SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(map_err)?;
-        Ok(())
+        self.outbox.ping().await?;
+        self.outbox.health()
     }
 
-    /// Waits for in-flight queries and closes every connection (checkpointing the WAL).
+    /// Applies what the outbox holds, waits for in-flight queries and closes every connection
+    /// (checkpointing the WALs). Whatever cannot be applied now stays in the outbox for the next
+    /// start.
     pub async fn close(&self) {
+        if let Err(err) = self.settled().await {
+            tracing::warn!(%err, "the outbox could not be applied before closing; the next start will");
+        }
         self.reader.close().await;
         self.writer.close().await;
+        self.outbox.close().await;
     }
 }
 

@@ -307,6 +307,7 @@ impl FlashSaleStore for SqliteStore {
     }
 
     async fn return_unsold(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        self.settled().await?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         // Per item: units still held (reserved) and units bought.
         let items: Vec<(Uuid, i64, Uuid, i64, i64, i64, i64)> = sqlx::query_as(
@@ -462,6 +463,7 @@ impl FlashSaleStore for SqliteStore {
     }
 
     async fn live_sales(&self, since: OffsetDateTime) -> Result<Vec<LiveSaleState>, StoreError> {
+        self.settled().await?;
         // One read transaction: every sale's stock and holdings from the same snapshot.
         let mut tx = self.reader.begin().await.map_err(map_err)?;
         let sales = sqlx::query(select_sales!("WHERE ends_at > ? ORDER BY starts_at"))
@@ -481,6 +483,7 @@ impl FlashSaleStore for SqliteStore {
     }
 
     async fn live_sale(&self, id: SaleId) -> Result<Option<LiveSaleState>, StoreError> {
+        self.settled().await?;
         // A reader: each read transaction sees every commit made before it began, and the
         // writer stays free for the group commit.
         let mut tx = self.reader.begin().await.map_err(map_err)?;
@@ -501,6 +504,7 @@ impl FlashSaleStore for SqliteStore {
         &self,
         id: ReservationId,
     ) -> Result<Option<ReservationRecord>, StoreError> {
+        self.settled().await?;
         sqlx::query(select_reservations!("WHERE r.id = ?"))
             .bind(id.as_uuid())
             .fetch_optional(&self.reader)
@@ -517,6 +521,7 @@ impl FlashSaleStore for SqliteStore {
         page: PageRequest,
         after: Option<ReservationId>,
     ) -> Result<Page<ReservationRecord>, StoreError> {
+        self.settled().await?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reservations WHERE sale_id = ?")
             .bind(sale.as_uuid())
             .fetch_one(&self.reader)
@@ -553,6 +558,7 @@ impl FlashSaleStore for SqliteStore {
     }
 
     async fn stats(&self, sale: SaleId) -> Result<StoredStats, StoreError> {
+        self.settled().await?;
         let row = sqlx::query(
             "SELECT \
                (SELECT total_stock FROM flash_sales WHERE id = ?1) AS stock, \
@@ -587,6 +593,7 @@ impl FlashSaleStore for SqliteStore {
         &self,
         since: OffsetDateTime,
     ) -> Result<Vec<StoredIdempotency>, StoreError> {
+        self.settled().await?;
         let rows = sqlx::query(select_reservations!(
             "WHERE r.idempotency_key IS NOT NULL AND r.created_at >= ?"
         ))
@@ -618,6 +625,7 @@ impl FlashSaleStore for SqliteStore {
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Released>, StoreError> {
+        self.settled().await?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let rows: Vec<(Option<Uuid>, Uuid, i64, Uuid, i64)> = sqlx::query_as(
             "UPDATE reservations SET status = 'expired', released_at = ?1 \

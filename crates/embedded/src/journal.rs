@@ -1,71 +1,112 @@
-//! The group commit's journal in SQLite: one transaction per batch, sent to the connection's
-//! thread as one text. Every hop to that thread and back costs a wake-up on each side (about
-//! 0.1 to 0.2 ms on two busy cores, measured): a batch written as `BEGIN`, a statement per chunk
-//! of rows and `COMMIT` spent most of its time in those hops, not in SQLite. So a batch is one
-//! text (`BEGIN IMMEDIATE`, one multi-row `INSERT` per table, the order indexer's mark, the
-//! contest's purchases and their rows read back, `COMMIT`), and so that only a few texts ever
-//! exist (each stays prepared in the connection's statement cache), each `INSERT` takes its rows
-//! from a `VALUES` list padded with NULL rows to the next power of two, which the statement
-//! filters out. (Earlier versions passed rows as JSON to `json_each`, where SQLite spent more
-//! time decoding the JSON than inserting the rows, then sent fixed-size chunks one statement at
-//! a time.)
+//! The group commit's journal: an outbox first, the tables after.
+//!
+//! A reservation is answered once its batch is durable, and a batch is durable once it is one row
+//! in the outbox (`flashmart.outbox.db`, beside the main database): a single value per batch
+//! (`codec.rs`), appended in a transaction of its own on the outbox's own connection. Writing the
+//! batch's rows into the tables' B-trees at that moment (a reservation, an order, their indexes)
+//! cost several times more, and on one connection that every other writer shares; measured, it
+//! was most of what limited reservations per second (docs/BENCHMARKS.md).
+//!
+//! The applier then writes queued batches into the main database in large transactions (a
+//! background worker runs it every few milliseconds, `run_outbox`), each transaction also
+//! recording the last batch it applied (`outbox_applied`), and deletes them from the outbox. So a
+//! batch is applied exactly once, whatever is killed when: at start, batches up to that mark are
+//! deleted and the rest applied before anything else is read.
+//!
+//! Nothing reads around it. Every read or write of reservations and orders (other than the hot
+//! path's own append) first waits until every batch appended before it began is applied
+//! (`settled`), applying them itself if the worker has not yet: a buyer who was answered sees
+//! the reservation and its order in every later request. The sold-out and other refusals, and
+//! catalog, accounts and carts, never wait for it.
+//!
+//! Contest purchases change rows already applied, so a batch holding purchases is written
+//! straight to the main database after everything queued before it, in one transaction with its
+//! reservations.
+//!
+//! Under `database.synchronous = full` both files sync at every commit, so a batch is applied
+//! durably before it is deleted from the outbox. Under `normal` either file may lose its last
+//! commits in a power failure (never in a killed process): recent reservations can be lost, as
+//! that setting says, but never applied twice, because an applied batch's number is never reused.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
+mod codec;
+mod outbox;
+mod rows;
+
+use std::time::Instant;
 
 use async_trait::async_trait;
 use flashmart_app::StoreError;
-use flashmart_app::flash_sale::model::{
-    CheckoutAttempt, JournalOp, JournalOutcome, NewReservation, PurchaseOutcome,
-};
+use flashmart_app::flash_sale::model::{JournalOp, JournalOutcome, PurchaseOutcome};
 use flashmart_app::ports::ReservationJournal;
-use flashmart_domain::flash_sale::ReservationStatus;
-use flashmart_domain::{Currency, OrderId, ReservationId, UserId};
+use flashmart_domain::ReservationId;
+use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use time::OffsetDateTime;
 
+use self::codec::Decoded;
+pub(crate) use self::outbox::{Outbox, path_for as outbox_path};
+use self::rows::add;
 use crate::SqliteStore;
-use crate::db::{corrupt, map_err, micros};
-use crate::flash_sale::reservation_from_row;
+use crate::db::map_err;
 use crate::order_index::LOWER_PENDING_FROM;
+
+/// Reservations one apply transaction takes at most (whole batches; at least one): big enough
+/// that each page of a table or index is written once for many rows, small enough that a
+/// checkout or payment waiting for the writer waits tens of milliseconds at most.
+const APPLY_MAX: u64 = 8192;
+
+/// Reservations appended and not applied past which a new batch first waits for the applier: it
+/// bounds the memory the queue holds (about 150 bytes a reservation) and how long a read may wait
+/// for what is before it.
+const BACKLOG_MAX: u64 = 262_144;
+
+/// A batch written straight to the tables, with the contest purchases it carries.
+#[derive(Debug, Clone, Copy)]
+struct Direct<'a> {
+    body: &'a [u8],
+    purchases: &'a [(ReservationId, OffsetDateTime)],
+}
 
 #[async_trait]
 impl ReservationJournal for SqliteStore {
     async fn commit(&self, ops: &[JournalOp]) -> Result<Vec<JournalOutcome>, StoreError> {
-        let mut rows = Rows::default();
-        let mut purchases: Vec<(ReservationId, OffsetDateTime)> = Vec::new();
-        for op in ops {
-            match op {
-                JournalOp::Reserve(r) => rows.reserves.push(r),
-                JournalOp::Attempt(a) => rows.attempts.push(a),
-                JournalOp::Purchase { id, at } => purchases.push((*id, *at)),
-            }
-        }
-        let (mut sql, mut args, orders) = rows.text()?;
-        if !purchases.is_empty() {
-            purchase_statements(&mut sql, &mut args, &purchases)?;
-        }
-        sql.push_str("COMMIT");
-        let mut conn = self.writer.acquire().await.map_err(map_err)?;
-        // The whole transaction in one text; purchases read their rows back inside it.
-        let read = sqlx::query_with(AssertSqlSafe(sql), args)
-            .fetch_all(&mut *conn)
-            .await;
-        let found = match read {
-            Ok(found) => found,
-            Err(err) => {
-                // The text stopped at the statement that failed, inside its transaction.
-                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    // Already rolled back by SQLite (some errors do that), or the connection
-                    // is broken; either way it is not handed out again in an unknown state.
-                    conn.close_on_drop();
+        let purchases: Vec<(ReservationId, OffsetDateTime)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                JournalOp::Purchase { id, at } => Some((*id, *at)),
+                _ => None,
+            })
+            .collect();
+        let encoded = codec::encode(ops)?;
+        if purchases.is_empty() {
+            if encoded.body.len() > 1 {
+                let _order = self.outbox.append.lock().await;
+                if self.outbox.backlog() >= BACKLOG_MAX {
+                    // The applier has fallen far behind: catch up before adding more.
+                    let _apply = self.outbox.apply.lock().await;
+                    while self.outbox.backlog() >= BACKLOG_MAX / 2 {
+                        self.apply_locked(None).await?;
+                    }
                 }
-                return Err(map_err(err));
+                self.outbox
+                    .append(encoded.body, encoded.reservations)
+                    .await?;
             }
-        };
-        let purchased = purchase_outcomes(&found)?;
-        self.indexer.committed(orders);
+            return Ok(vec![JournalOutcome::Done; ops.len()]);
+        }
+        // Purchases need the rows they change: everything queued goes first, then this batch's
+        // rows and its purchases in one transaction.
+        let _apply = self.outbox.apply.lock().await;
+        while self.outbox.backlog() > APPLY_MAX {
+            self.apply_locked(None).await?;
+        }
+        let found = self
+            .apply_locked(Some(Direct {
+                body: &encoded.body,
+                purchases: &purchases,
+            }))
+            .await?;
+        let purchased = rows::purchase_outcomes(&found)?;
         Ok(ops
             .iter()
             .map(|op| match op {
@@ -82,256 +123,128 @@ impl ReservationJournal for SqliteStore {
     }
 }
 
-/// The most rows one `INSERT` takes (1,024 x 8 values, under SQLite's 32,766 per statement); a
-/// larger batch has several.
-const MAX_ROWS: usize = 1024;
-
-/// The `pending_payment` order of a reservation made through the API.
-struct NewOrder<'a> {
-    id: OrderId,
-    user: UserId,
-    reservation: &'a NewReservation,
-}
-
-/// What a batch inserts.
-#[derive(Default)]
-struct Rows<'a> {
-    reserves: Vec<&'a NewReservation>,
-    attempts: Vec<&'a CheckoutAttempt>,
-}
-
-impl Rows<'_> {
-    /// The reservations made through the API: they get a `pending_payment` order, whose one
-    /// line is read from the reservation's item, never written.
-    fn orders(&self) -> impl Iterator<Item = NewOrder<'_>> {
-        self.reserves.iter().filter_map(|r| {
-            Some(NewOrder {
-                id: r.record.order_id?,
-                user: r.user_id?,
-                reservation: r,
-            })
-        })
+impl SqliteStore {
+    /// Waits until every batch appended before the call is applied, applying them if need be.
+    /// Every read or write of reservations and orders starts here.
+    pub(crate) async fn settled(&self) -> Result<(), StoreError> {
+        let target = self.outbox.committed();
+        if self.outbox.applied() >= target {
+            return Ok(());
+        }
+        let _apply = self.outbox.apply.lock().await;
+        while self.outbox.applied() < target {
+            self.apply_locked(None).await?;
+        }
+        Ok(())
     }
 
-    /// `BEGIN IMMEDIATE` and the batch's inserts, as one text with its arguments, and how many
-    /// orders it writes.
-    fn text(&self) -> Result<(String, SqliteArguments, u64), StoreError> {
+    /// One run of the applier (the server runs it every few milliseconds): applies what is
+    /// queued, in transactions of up to `APPLY_MAX` reservations. Returns the reservations
+    /// applied.
+    pub async fn run_outbox(&self) -> Result<u64, StoreError> {
+        let mut applied = 0;
+        let target = self.outbox.committed();
+        while self.outbox.applied() < target {
+            let _apply = self.outbox.apply.lock().await;
+            let before = self.outbox.backlog();
+            self.apply_locked(None).await?;
+            applied += before.saturating_sub(self.outbox.backlog());
+        }
+        metrics::gauge!("flash_sale_outbox_backlog").set(self.outbox.backlog() as f64);
+        Ok(applied)
+    }
+
+    /// Reservations appended to the outbox and not yet applied.
+    pub fn outbox_backlog(&self) -> u64 {
+        self.outbox.backlog()
+    }
+
+    /// Applies the oldest queued batches (up to `APPLY_MAX` reservations) and, with `direct`, a
+    /// batch that skips the outbox, in one transaction of the main database; returns the rows
+    /// the purchases read back. The caller holds `apply`.
+    async fn apply_locked(&self, direct: Option<Direct<'_>>) -> Result<Vec<SqliteRow>, StoreError> {
+        let entries = self.outbox.oldest(APPLY_MAX);
+        let last = entries.last().map(|e| e.seq);
+        if last.is_none() && direct.is_none() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let result = self.apply_transaction(&entries, last, direct).await;
+        match &result {
+            Ok(_) => {
+                if let Some(last) = last {
+                    self.outbox.applied_through(last);
+                    // Applied whatever becomes of this: a batch left behind is deleted at the
+                    // next apply, or at the next start.
+                    if let Err(err) = self.outbox.forget_through(last).await {
+                        tracing::warn!(%err, "deleting applied batches from the outbox failed");
+                    }
+                }
+                let reservations: u64 = entries.iter().map(|e| u64::from(e.reservations)).sum();
+                metrics::histogram!("flash_sale_outbox_apply_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("flash_sale_outbox_apply_batch_size")
+                    .record(reservations as f64);
+            }
+            Err(err) => {
+                tracing::error!(%err, batches = entries.len(), "applying the outbox failed; will retry");
+                metrics::counter!("flash_sale_outbox_apply_failures_total").increment(1);
+                self.outbox.failed(err);
+            }
+        }
+        result
+    }
+
+    async fn apply_transaction(
+        &self,
+        entries: &[outbox::Entry],
+        last: Option<u64>,
+        direct: Option<Direct<'_>>,
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let mut decoded = Decoded::default();
+        for entry in entries {
+            decoded.read(&entry.body)?;
+        }
+        if let Some(direct) = &direct {
+            decoded.read(direct.body)?;
+        }
         let mut sql = String::from("BEGIN IMMEDIATE; ");
         let mut args = SqliteArguments::default();
-        // Every new reservation is `reserved` and every new order `pending_payment`: constants
-        // in the text, not values bound per row.
-        insert(
-            &mut sql,
-            &mut args,
-            "INSERT INTO reservations (id, sale_id, item_no, buyer_id, buyer_ref, quantity, \
-             status, created_at, expires_at, order_id, idempotency_key, \
-             idempotency_fingerprint) SELECT substr(column1, 1, 16), substr(column1, 17, 16), \
-             column2, substr(column1, 33, 16), column3, column4, 'reserved', column5, column6, \
-             nullif(substr(column1, 49, 16), x''), column7, column8",
-            8,
-            "column1",
-            &self.reserves,
-            |args, r| {
-                let rec = &r.record;
-                debug_assert_eq!(rec.status, ReservationStatus::Reserved);
-                // Its id, its sale's and its buyer's, then its order's if it has one, in one
-                // value (see `insert`).
-                let mut ids = Vec::with_capacity(64);
-                ids.extend_from_slice(rec.id.as_uuid().as_bytes());
-                ids.extend_from_slice(rec.sale_id.as_uuid().as_bytes());
-                ids.extend_from_slice(rec.buyer.0.as_bytes());
-                if let Some(order) = rec.order_id {
-                    ids.extend_from_slice(order.as_uuid().as_bytes());
-                }
-                add(args, ids)?;
-                add(args, i64::from(rec.item_no))?;
-                add(args, rec.buyer_ref.clone())?;
-                add(args, i64::from(rec.quantity))?;
-                add(args, micros(rec.created_at))?;
-                add(args, micros(rec.expires_at))?;
-                add(args, r.idempotency.as_ref().map(|i| i.key.clone()))?;
-                add(args, r.idempotency.as_ref().map(|i| i.fingerprint.to_vec()))
-            },
-        )?;
-        let orders: Vec<NewOrder<'_>> = self.orders().collect();
-        insert(
-            &mut sql,
-            &mut args,
-            "INSERT INTO orders (id, user_id, status, currency, subtotal_cents, total_cents, \
-             reservation_id, created_at, updated_at, expires_at) SELECT substr(column1, 1, 16), \
-             substr(column1, 17, 16), 'pending_payment', CAST(substr(column1, 49) AS TEXT), \
-             column2, column2, substr(column1, 33, 16), column3, column3, column4",
-            4,
-            "column1",
-            &orders,
-            |args, order| {
-                let r = order.reservation;
-                let rec = &r.record;
-                // The engine refuses a reservation whose total does not fit before it is
-                // queued; one that got here anyway is a bug, and fails its batch rather than
-                // storing a wrong total.
-                let total = r
-                    .unit_price_cents
-                    .checked_mul(i64::from(rec.quantity))
-                    .ok_or_else(|| corrupt("reservation total", "does not fit in 64 bits"))?;
-                // The order's id, its user's and its reservation's, then its currency code,
-                // in one value (see `insert`). Bound once each: the subtotal is the total (no
-                // discount on a sale), and the order is last updated when it is made.
-                let currency = r.currency.as_str().as_bytes();
-                let mut packed = Vec::with_capacity(48 + currency.len());
-                packed.extend_from_slice(order.id.as_uuid().as_bytes());
-                packed.extend_from_slice(order.user.as_uuid().as_bytes());
-                packed.extend_from_slice(rec.id.as_uuid().as_bytes());
-                packed.extend_from_slice(currency);
-                add(args, packed)?;
-                add(args, total)?;
-                add(args, micros(rec.created_at))?;
-                add(args, micros(rec.expires_at))
-            },
-        )?;
-        // The order indexer's mark: every order of the batch is at or after it (order_index.rs).
-        if let Some(first) = orders.iter().map(|o| o.id).min() {
+        let (orders, first_order) = rows::inserts(&mut sql, &mut args, &decoded)?;
+        // The order indexer's mark: every order written here is at or after it (order_index.rs).
+        if let Some(first) = first_order {
             sql.push_str(LOWER_PENDING_FROM);
             sql.push_str("; ");
-            add(&mut args, *first.as_uuid())?;
+            add(&mut args, first)?;
         }
-        insert(
-            &mut sql,
-            &mut args,
-            "INSERT INTO checkout_attempts (sale_id, item_no, buyer_ref, at, outcome, code) \
-             SELECT column1, column2, column3, column4, column5, column6",
-            6,
-            // A refusal for an unknown sale has no sale id; every attempt has a time.
-            "column4",
-            &self.attempts,
-            |args, a| {
-                add(args, a.sale_id.map(|s| *s.as_uuid()))?;
-                add(args, a.item_no)?;
-                add(args, a.buyer_ref.clone())?;
-                add(args, micros(a.at))?;
-                add(args, a.outcome)?;
-                add(args, a.code.clone())
-            },
-        )?;
-        Ok((sql, args, orders.len() as u64))
-    }
-}
-
-fn add<'q, T>(args: &mut SqliteArguments, value: T) -> Result<(), StoreError>
-where
-    T: sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + 'q,
-{
-    use sqlx::Arguments as _;
-    args.add(value)
-        .map_err(|e| corrupt("journal argument", e.to_string()))
-}
-
-/// `head FROM (VALUES ...) WHERE present IS NOT NULL;` for each run of up to `MAX_ROWS` of
-/// `items`, every run padded with NULL rows to the next power of two.
-///
-/// A row's ids travel as one value, their 16-byte forms one after the other, which `head` cuts
-/// apart with `substr`: sqlx copies every bound blob or text into two allocations of its own
-/// (made on the request side, freed on the SQLite thread), so four ids bound apart cost eight
-/// allocations a row where one packed value costs two.
-fn insert<T>(
-    sql: &mut String,
-    args: &mut SqliteArguments,
-    head: &str,
-    columns: usize,
-    present: &str,
-    items: &[T],
-    mut bind: impl FnMut(&mut SqliteArguments, &T) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    use sqlx::Arguments as _;
-    let row = format!("({})", vec!["?"; columns].join(", "));
-    for run in items.chunks(MAX_ROWS) {
-        let padded = run.len().next_power_of_two();
-        args.reserve(padded * columns, 0);
-        sql.push_str(head);
-        sql.push_str(" FROM (VALUES ");
-        for n in 0..padded {
-            if n > 0 {
-                sql.push_str(", ");
+        if let Some(last) = last {
+            sql.push_str("UPDATE outbox_applied SET seq = ? WHERE id = 1; ");
+            add(&mut args, i64::try_from(last).unwrap_or(i64::MAX))?;
+        }
+        if let Some(direct) = direct
+            && !direct.purchases.is_empty()
+        {
+            rows::purchase_statements(&mut sql, &mut args, direct.purchases)?;
+        }
+        sql.push_str("COMMIT");
+        let mut conn = self.writer.acquire().await.map_err(map_err)?;
+        // The whole transaction in one text; purchases read their rows back inside it.
+        let found = match sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(found) => found,
+            Err(err) => {
+                // The text stopped at the statement that failed, inside its transaction.
+                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    // Already rolled back by SQLite (some errors do that), or the connection
+                    // is broken; either way it is not handed out again in an unknown state.
+                    conn.close_on_drop();
+                }
+                return Err(map_err(err));
             }
-            sql.push_str(&row);
-        }
-        let _ = write!(sql, ") WHERE {present} IS NOT NULL; ");
-        for item in run {
-            bind(args, item)?;
-        }
-        for _ in run.len()..padded {
-            for _ in 0..columns {
-                add(args, None::<i64>)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Marks every contest reservation named live and unexpired as purchased (at its request's time),
-/// then reads them all back: purchased now or before, the answer is the same. Only contest
-/// reservations (a caller-named buyer, no order) can be bought this way; any other reservation's
-/// code is not found here, and the reservation is left as it is: it is paid through its order.
-fn purchase_statements(
-    sql: &mut String,
-    args: &mut SqliteArguments,
-    purchases: &[(ReservationId, OffsetDateTime)],
-) -> Result<(), StoreError> {
-    // `[["<id in hex>", <micros>], ...]`, written directly: hex digits and integers need no
-    // escaping.
-    let mut rows = String::with_capacity(2 + purchases.len() * 52);
-    rows.push('[');
-    for (n, (id, at)) in purchases.iter().enumerate() {
-        if n > 0 {
-            rows.push(',');
-        }
-        let _ = write!(rows, "[\"{}\",{}]", id.as_uuid().simple(), micros(*at));
-    }
-    rows.push(']');
-    sql.push_str(
-        "UPDATE reservations SET status = 'purchased', purchased_at = j.value ->> 1 \
-         FROM json_each(?) AS j \
-         WHERE reservations.id = unhex(j.value ->> 0) \
-           AND reservations.status = 'reserved' \
-           AND reservations.buyer_ref IS NOT NULL AND reservations.order_id IS NULL \
-           AND reservations.expires_at > j.value ->> 1; \
-         SELECT r.id, r.sale_id, r.item_no, r.buyer_id, r.buyer_ref, r.quantity, \
-         r.status, r.created_at, r.expires_at, r.order_id, r.purchased_at, \
-         i.name AS item_name, i.price_cents AS item_price, s.currency AS currency \
-         FROM reservations r \
-         JOIN flash_sale_items i ON i.sale_id = r.sale_id AND i.no = r.item_no \
-         JOIN flash_sales s ON s.id = r.sale_id \
-         WHERE r.id IN (SELECT unhex(value ->> 0) FROM json_each(?)) \
-           AND r.buyer_ref IS NOT NULL AND r.order_id IS NULL; ",
-    );
-    add(args, rows.clone())?;
-    add(args, rows)
-}
-
-/// What each purchase found, from the rows `purchase_statements` read back.
-fn purchase_outcomes(
-    found: &[SqliteRow],
-) -> Result<HashMap<ReservationId, PurchaseOutcome>, StoreError> {
-    let mut outcomes = HashMap::with_capacity(found.len());
-    for row in found {
-        let reservation = reservation_from_row(row)?;
-        let outcome = if reservation.status == ReservationStatus::Purchased {
-            let currency: String = row.try_get("currency").map_err(map_err)?;
-            PurchaseOutcome::Purchased {
-                item_name: row.try_get("item_name").map_err(map_err)?,
-                unit_price_cents: row.try_get("item_price").map_err(map_err)?,
-                currency: Currency::parse(&currency)
-                    .map_err(|e| corrupt("flash_sales.currency", e))?,
-                reservation: Box::new(reservation),
-            }
-        } else {
-            PurchaseOutcome::Expired
         };
-        let id = match &outcome {
-            PurchaseOutcome::Purchased { reservation, .. } => reservation.id,
-            _ => ReservationId::from_uuid(row.try_get("id").map_err(map_err)?),
-        };
-        outcomes.insert(id, outcome);
+        self.indexer.committed(orders);
+        Ok(found)
     }
-    Ok(outcomes)
 }

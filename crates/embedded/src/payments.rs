@@ -71,6 +71,7 @@ fn payment_from_row(row: &SqliteRow) -> Result<PaymentRecord, StoreError> {
 #[async_trait]
 impl PaymentStore for SqliteStore {
     async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError> {
+        self.settled().await?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         if let Some(open) = open_payment(&mut tx, p.order_id).await? {
             return Ok(Some(open));
@@ -157,6 +158,7 @@ impl PaymentStore for SqliteStore {
         late_refund: &RefundRecord,
         now: OffsetDateTime,
     ) -> Result<Applied, StoreError> {
+        self.settled().await?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let kind = match n.kind {
             NotificationKind::Succeeded => "succeeded",
@@ -240,6 +242,7 @@ impl PaymentStore for SqliteStore {
         refund: &RefundRecord,
         order_as_read: Option<(Money, OrderStatus)>,
     ) -> Result<RefundStart, StoreError> {
+        self.settled().await?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let pending: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM refunds WHERE payment_id = ? AND status = 'pending')",
@@ -277,6 +280,7 @@ impl PaymentStore for SqliteStore {
         settlement: &RefundSettlement,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        self.settled().await?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let (status, error) = match settlement {
             RefundSettlement::Succeeded { .. } => (RefundStatus::Succeeded, None),
@@ -409,6 +413,7 @@ impl PaymentStore for SqliteStore {
         after: Option<PaymentId>,
         limit: u32,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.settled().await?;
         sqlx::query(select_payments!(
             "JOIN orders o ON o.id = p.order_id \
              WHERE p.status = 'pending' AND o.status != 'pending_payment' \

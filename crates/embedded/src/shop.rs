@@ -771,6 +771,7 @@ impl OrderStore for SqliteStore {
     }
 
     async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+        self.settled().await?;
         let mut conn = self.reader.acquire().await.map_err(map_err)?;
         load_order(&mut conn, id).await
     }
@@ -781,6 +782,7 @@ impl OrderStore for SqliteStore {
         status: Option<OrderStatus>,
         page: PageRequest,
     ) -> Result<Page<OrderRecord>, StoreError> {
+        self.settled().await?;
         page_of_orders(self, OrdersOf::User(user, status), page).await
     }
 
@@ -789,6 +791,7 @@ impl OrderStore for SqliteStore {
         status: Option<OrderStatus>,
         page: PageRequest,
     ) -> Result<Page<OrderRecord>, StoreError> {
+        self.settled().await?;
         page_of_orders(self, OrdersOf::Status(status), page).await
     }
 
@@ -797,6 +800,7 @@ impl OrderStore for SqliteStore {
         id: OrderId,
         now: OffsetDateTime,
     ) -> Result<(CancelOutcome, Option<Released>), StoreError> {
+        self.settled().await?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let row: Option<(String, Option<Uuid>)> =
             sqlx::query_as("SELECT status, reservation_id FROM orders WHERE id = ?")

@@ -24,8 +24,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// within seconds of its end (about 2 s for 448,049 orders, docs/OPERATIONS.md).
 const ORDER_INDEXER_PERIOD: Duration = Duration::from_millis(250);
 
+/// How often the outbox applier moves accepted reservations from the outbox into the database's
+/// tables, each time in one transaction (a read that needs them applies them itself if it comes
+/// first). Longer makes each transaction bigger and cheaper per reservation, but the pause it
+/// makes on two cores longer; 10, 50 and 200 ms measured alike (docs/BENCHMARKS.md).
+const OUTBOX_PERIOD: Duration = Duration::from_millis(50);
+
 /// The background work of a single-process deployment: expiry, live events, schedules, the
-/// order indexer, and housekeeping.
+/// outbox applier, the order indexer, and housekeeping.
 pub fn spawn(state: &AppState, store: &SqliteStore, config: &Config) -> Vec<JoinHandle<()>> {
     let ms = Duration::from_millis;
     let sales = Arc::clone(&state.flash_sales);
@@ -111,6 +117,15 @@ pub fn spawn(state: &AppState, store: &SqliteStore, config: &Config) -> Vec<Join
             }
         },
     );
+    let applier_store = store.clone();
+    let applier = every(&state.workers, "outbox_applier", OUTBOX_PERIOD, move || {
+        let store = applier_store.clone();
+        async move {
+            if let Err(err) = store.run_outbox().await {
+                tracing::warn!(%err, "applying the reservation outbox failed; will retry");
+            }
+        }
+    });
     let store = store.clone();
     let indexer = every(
         &state.workers,
@@ -170,6 +185,7 @@ pub fn spawn(state: &AppState, store: &SqliteStore, config: &Config) -> Vec<Join
         upkeep,
         housekeeping,
         indexer,
+        applier,
     ];
     workers.extend(resend);
     workers

@@ -1,0 +1,261 @@
+//! The reservation outbox: an answered reservation is in the outbox file before its answer, is
+//! seen by every later read even before the applier ran, and is applied to the tables exactly once
+//! whatever stopped the process and when.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flashmart_app::flash_sale::model::ReservationRecord;
+use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales, ItemDraft, ItemsDraft, SaleDraft};
+use flashmart_app::ports::{AccountStore, FlashSaleStore, OrderStore, ReservationJournal};
+use flashmart_app::{Clock, ManualClock, PageRequest};
+use flashmart_domain::{DisplayName, Email, Role, SaleId, User, UserId};
+use flashmart_embedded::{Durability, SqliteStore};
+use sqlx::Connection as _;
+use sqlx::sqlite::SqliteConnection;
+use tempfile::TempDir;
+use time::Duration;
+
+struct World {
+    dir: TempDir,
+    clock: ManualClock,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            clock: ManualClock::starting_mid_hour(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("shop.db")
+    }
+
+    async fn open(&self) -> Arc<SqliteStore> {
+        Arc::new(
+            SqliteStore::open(&self.path(), Durability::Normal)
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn engine(&self, store: &Arc<SqliteStore>) -> FlashSales {
+        let (engine, _task) = FlashSales::start(
+            Arc::clone(store) as Arc<dyn FlashSaleStore>,
+            Arc::clone(store) as Arc<dyn ReservationJournal>,
+            Arc::new(self.clock.clone()),
+            FlashSaleSettings::default(),
+        )
+        .await
+        .unwrap();
+        engine
+    }
+
+    async fn users(&self, store: &SqliteStore, n: usize) -> Vec<UserId> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let user = User {
+                id: UserId::new(),
+                email: Email::parse(&format!("buyer{i}@example.com")).unwrap(),
+                name: DisplayName::parse("Buyer").unwrap(),
+                role: Role::Customer,
+                created_at: self.clock.now(),
+            };
+            store.insert_user(&user, "h").await.unwrap();
+            ids.push(user.id);
+        }
+        ids
+    }
+
+    async fn sale(&self, engine: &FlashSales) -> SaleId {
+        let now = self.clock.now();
+        let sale = engine
+            .create_sale(SaleDraft {
+                name: "Drop".into(),
+                starts_at: now - Duration::minutes(1),
+                ends_at: now + Duration::hours(1),
+                per_user_limit: 10,
+                reservation_ttl_secs: 600,
+                currency: None,
+                items: ItemsDraft::Listed(vec![ItemDraft {
+                    name: "Sneaker".into(),
+                    product_id: None,
+                    image_url: None,
+                    price_cents: 9900,
+                    stock: 100,
+                }]),
+            })
+            .await
+            .unwrap();
+        sale.record.id
+    }
+}
+
+/// The outbox file's rows, read behind the store's back.
+async fn outbox_rows(db: &Path) -> Vec<(i64, Vec<u8>)> {
+    let mut conn = SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        db.with_file_name("shop.outbox.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query_as("SELECT seq, body FROM batches ORDER BY seq")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn put_outbox_rows(db: &Path, rows: &[(i64, Vec<u8>)]) {
+    let mut conn = SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        db.with_file_name("shop.outbox.db").display()
+    ))
+    .await
+    .unwrap();
+    for (seq, body) in rows {
+        sqlx::query("INSERT INTO batches (seq, body) VALUES (?, ?)")
+            .bind(seq)
+            .bind(body)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Every reservation of `sale` as stored, and each one's order (by its user's list).
+async fn stored(store: &SqliteStore, sale: SaleId, users: &[UserId]) -> Vec<ReservationRecord> {
+    let page = store
+        .reservations(sale, PageRequest::new(Some(1), Some(100)), None)
+        .await
+        .unwrap();
+    assert_eq!(page.total as usize, page.items.len());
+    let mut orders = 0;
+    for user in users {
+        let listed = store
+            .orders_of(*user, None, PageRequest::new(Some(1), Some(100)))
+            .await
+            .unwrap();
+        for order in &listed.items {
+            let reservation = page
+                .items
+                .iter()
+                .find(|r| r.order_id == Some(order.id) && order.reservation_id == Some(r.id))
+                .expect("every flash-sale order has its reservation");
+            assert_eq!(order.total.cents(), 9900 * i64::from(reservation.quantity));
+        }
+        orders += listed.items.len();
+    }
+    assert_eq!(orders, page.items.len(), "every reservation has its order");
+    page.items
+}
+
+#[tokio::test]
+async fn an_answered_reservation_is_read_back_before_the_applier_runs() {
+    let world = World::new();
+    let store = world.open().await;
+    let users = world.users(&store, 1).await;
+    let engine = world.engine(&store).await;
+    let sale = world.sale(&engine).await;
+
+    let r = engine.reserve(users[0], sale, 1, 2, None).await.unwrap();
+    assert_eq!(store.outbox_backlog(), 1, "queued, not yet in the tables");
+    assert_eq!(
+        outbox_rows(&world.path()).await.len(),
+        1,
+        "in the outbox file"
+    );
+    // No applier runs in this test: the read applies what is before it.
+    assert_eq!(store.reservation(r.id).await.unwrap(), Some((*r).clone()));
+    assert_eq!(store.outbox_backlog(), 0);
+    assert!(
+        outbox_rows(&world.path()).await.is_empty(),
+        "deleted once applied"
+    );
+    let order = store.order(r.order_id.unwrap()).await.unwrap().unwrap();
+    assert_eq!(order.total.cents(), 2 * 9900);
+}
+
+#[tokio::test]
+async fn a_stopped_process_leaves_its_outbox_to_the_next_start() {
+    let world = World::new();
+    let store = world.open().await;
+    let users = world.users(&store, 3).await;
+    let engine = world.engine(&store).await;
+    let sale = world.sale(&engine).await;
+    let mut answered = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        for _ in 0..=i {
+            answered.push(engine.reserve(*user, sale, 1, 1, None).await.unwrap().id);
+        }
+    }
+    assert_eq!(store.outbox_backlog(), 6);
+    // Gone without closing: nothing applied the outbox.
+    drop(engine);
+    drop(store);
+
+    let store = world.open().await;
+    assert_eq!(store.outbox_backlog(), 0, "applied while opening");
+    assert!(outbox_rows(&world.path()).await.is_empty());
+    let mut ids: Vec<_> = stored(&store, sale, &users)
+        .await
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    answered.sort();
+    assert_eq!(ids, answered, "every answered reservation stored once");
+    // The ledger rebuilt from the tables holds them.
+    let engine = world.engine(&store).await;
+    let stats = engine.stats(sale).await.unwrap();
+    assert_eq!((stats.reserved, stats.remaining), (6, 94));
+}
+
+#[tokio::test]
+async fn a_batch_applied_but_not_yet_deleted_is_not_applied_again() {
+    let world = World::new();
+    let store = world.open().await;
+    let users = world.users(&store, 2).await;
+    let engine = world.engine(&store).await;
+    let sale = world.sale(&engine).await;
+    for user in &users {
+        engine.reserve(*user, sale, 1, 1, None).await.unwrap();
+    }
+    let batches = outbox_rows(&world.path()).await;
+    assert_eq!(batches.len(), 2);
+    drop(engine);
+    // Closing applies them and deletes them from the outbox; putting them back is what a kill
+    // between the two would leave.
+    store.close().await;
+    drop(store);
+    put_outbox_rows(&world.path(), &batches).await;
+
+    let store = world.open().await;
+    assert!(outbox_rows(&world.path()).await.is_empty());
+    assert_eq!(stored(&store, sale, &users).await.len(), 2);
+    // Numbers go on after the applied ones: a new batch is not taken for an old one.
+    let engine = world.engine(&store).await;
+    engine.reserve(users[0], sale, 1, 1, None).await.unwrap();
+    let new = outbox_rows(&world.path()).await;
+    assert_eq!(new.len(), 1);
+    assert!(new[0].0 > batches[1].0);
+    assert_eq!(stored(&store, sale, &users).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_damaged_outbox_stops_the_start_instead_of_losing_it() {
+    let world = World::new();
+    let store = world.open().await;
+    store.close().await;
+    drop(store);
+    put_outbox_rows(&world.path(), &[(1, vec![9, 9, 9])]).await;
+    let err = SqliteStore::open(&world.path(), Durability::Normal)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("outbox batch"), "{err}");
+    // Left where it is, for whoever looks into it.
+    assert_eq!(outbox_rows(&world.path()).await.len(), 1);
+}
