@@ -102,7 +102,7 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         let applied = u64::try_from(applied).map_err(|e| corrupt("outbox_applied.seq", e))?;
-        let outbox = Outbox::open(&outbox_path(path), synchronous, applied).await?;
+        let outbox = Outbox::open(&outbox_path(path), durability == Durability::Full, applied)?;
         let store = Self {
             writer,
             reader,
@@ -137,7 +137,6 @@ impl SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(map_err)?;
-        self.outbox.ping().await?;
         self.outbox.health()
     }
 
@@ -150,7 +149,6 @@ impl SqliteStore {
         }
         self.reader.close().await;
         self.writer.close().await;
-        self.outbox.close().await;
     }
 }
 

@@ -1,17 +1,18 @@
 //! The group commit's journal: an outbox first, the tables after.
 //!
-//! A reservation is answered once its batch is durable, and a batch is durable once it is one row
-//! in the outbox (`flashmart.outbox.db`, beside the main database): a single value per batch
-//! (`codec.rs`), appended in a transaction of its own on the outbox's own connection. Writing the
-//! batch's rows into the tables' B-trees at that moment (a reservation, an order, their indexes)
-//! cost several times more, and on one connection that every other writer shares; measured, it
-//! was most of what limited reservations per second (docs/BENCHMARKS.md).
+//! A reservation is answered once its batch is durable, and a batch is durable once it is one
+//! record appended to the outbox, a log beside the main database (`flashmart.outbox/`,
+//! `outbox.rs`): the whole batch as one value (`codec.rs`), written with one system call on the
+//! commit task itself (and synced, under `database.synchronous = full`). Writing the batch's rows
+//! into the tables' B-trees at that moment (a reservation, an order, their indexes) cost several
+//! times more, on a connection every other writer shares, and a round trip to that connection's
+//! thread; measured, it was most of what limited reservations per second (docs/BENCHMARKS.md).
 //!
 //! The applier then writes queued batches into the main database in large transactions (a
-//! background worker runs it every few milliseconds, `run_outbox`), each transaction also
-//! recording the last batch it applied (`outbox_applied`), and deletes them from the outbox. So a
+//! background worker runs it every few tens of milliseconds, `run_outbox`), each transaction also
+//! recording the last batch it applied (`outbox_applied`), and drops them from the outbox. So a
 //! batch is applied exactly once, whatever is killed when: at start, batches up to that mark are
-//! deleted and the rest applied before anything else is read.
+//! skipped and the rest applied before anything else is read.
 //!
 //! Nothing reads around it. Every read or write of reservations and orders (other than the hot
 //! path's own append) first waits until every batch appended before it began is applied
@@ -23,15 +24,17 @@
 //! straight to the main database after everything queued before it, in one transaction with its
 //! reservations.
 //!
-//! Under `database.synchronous = full` both files sync at every commit, so a batch is applied
-//! durably before it is deleted from the outbox. Under `normal` either file may lose its last
-//! commits in a power failure (never in a killed process): recent reservations can be lost, as
-//! that setting says, but never applied twice, because an applied batch's number is never reused.
+//! Under `database.synchronous = full` the outbox and the database both sync at every commit, so
+//! a batch is applied durably before it is dropped from the outbox. Under `normal` either may
+//! lose its last writes in a power failure (never in a killed process): recent reservations can
+//! be lost, as that setting says, but never applied twice, because a batch number is never
+//! reused.
 
 mod codec;
 mod outbox;
 mod rows;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -88,9 +91,18 @@ impl ReservationJournal for SqliteStore {
                         self.apply_locked(None).await?;
                     }
                 }
-                self.outbox
-                    .append(encoded.body, encoded.reservations)
-                    .await?;
+                if self.outbox.syncs() {
+                    // A sync takes milliseconds: not on an async worker.
+                    let outbox = Arc::clone(&self.outbox);
+                    tokio::task::spawn_blocking(move || {
+                        outbox.append(encoded.body, encoded.reservations)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("outbox append: {e}")))??;
+                } else {
+                    // A write to the page cache: microseconds, done here.
+                    self.outbox.append(encoded.body, encoded.reservations)?;
+                }
             }
             return Ok(vec![JournalOutcome::Done; ops.len()]);
         }
@@ -176,7 +188,7 @@ impl SqliteStore {
                     self.outbox.applied_through(last);
                     // Applied whatever becomes of this: a batch left behind is deleted at the
                     // next apply, or at the next start.
-                    if let Err(err) = self.outbox.forget_through(last).await {
+                    if let Err(err) = self.outbox.forget_through(last) {
                         tracing::warn!(%err, "deleting applied batches from the outbox failed");
                     }
                 }

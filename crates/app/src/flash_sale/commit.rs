@@ -190,6 +190,19 @@ async fn run(
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut ops: Vec<JournalOp> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.len() < MAX_BATCH {
+            // Requests already running on this worker queue their writes before this batch is
+            // taken: one more poll of this task per batch, where a write that outruns its
+            // requests makes batches of one, a system call and a wake-up each (measured: 1.1
+            // reservations a batch without it, 19 with it, at 64 connections).
+            tokio::task::yield_now().await;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
         ops.extend(batch.iter_mut().filter_map(|p| p.op.take()));
         let started = Instant::now();
         beat.started();
