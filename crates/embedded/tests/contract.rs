@@ -55,6 +55,7 @@ contract!(
     journal_makes_reservations_durable,
     a_failed_batch_leaves_nothing,
     purchases_by_code,
+    decided_purchases_are_recorded,
     expiry_releases_stock,
     large_batches_are_written_whole,
 );

@@ -693,3 +693,60 @@ async fn the_contest_api_checks_out_and_purchases_by_code() {
     assert_eq!(stats.attempts, 13);
     assert_eq!((stats.reserved, stats.sold, stats.buyers), (9, 1, 1));
 }
+
+/// A contest purchase is decided in memory (the engine made the reservation) and answered once
+/// durable; after a restart storage answers the very same; and the sweeper never expires a
+/// reservation whose purchase was answered, nor lets one be bought once it swept it.
+#[tokio::test]
+async fn contest_purchases_in_memory_agree_with_storage_and_with_the_sweeper() {
+    let mut world = World::new().await;
+    let engine = world.engine_with(Arc::clone(&world.store) as _, true).await;
+    engine.run_schedules().await.unwrap();
+    let bought = engine.contest_checkout("user-1", 1).await.unwrap();
+    let late = engine.contest_checkout("user-1", 2).await.unwrap();
+    let swept = engine.contest_checkout("user-2", 3).await.unwrap();
+    let sale = engine
+        .list_sales(None, PageRequest::default())
+        .await
+        .unwrap()
+        .items[0]
+        .record
+        .id;
+
+    // Its last microsecond: bought, and the sweep at its end leaves it purchased.
+    let expires_at = engine
+        .reservations(sale, PageRequest::default(), None)
+        .await
+        .unwrap()
+        .items[0]
+        .expires_at;
+    world.clock.set(expires_at - Duration::nanoseconds(1_000));
+    let first = engine.contest_purchase(&bought).await.unwrap();
+    world.clock.set(expires_at);
+    assert_eq!(engine.sweep_expired().await.unwrap(), 2, "the other two");
+    assert!(matches!(
+        engine.contest_purchase(&late).await,
+        Err(SaleError::ReservationExpired)
+    ));
+    assert!(matches!(
+        engine.contest_purchase(&swept).await,
+        Err(SaleError::ReservationExpired)
+    ));
+    assert_eq!(
+        engine.contest_purchase(&bought).await.unwrap(),
+        first,
+        "repeated after its end"
+    );
+    let stats = engine.stats(sale).await.unwrap();
+    assert_eq!((stats.reserved, stats.sold, stats.released), (0, 1, 2));
+
+    // Storage holds the same purchase: after a restart it answers it, to the microsecond.
+    drop(engine);
+    world.reopen().await;
+    let engine = world.engine_with(Arc::clone(&world.store) as _, true).await;
+    assert_eq!(engine.contest_purchase(&bought).await.unwrap(), first);
+    assert!(matches!(
+        engine.contest_purchase(&late).await,
+        Err(SaleError::ReservationExpired)
+    ));
+}

@@ -8,6 +8,7 @@ use flashmart_domain::flash_sale::Recurrence;
 use flashmart_domain::{Currency, SaleId, ScheduleId};
 use time::OffsetDateTime;
 
+use super::contest_book::Decision;
 use super::reserve::Reserver;
 use super::{FlashSales, SaleError};
 use crate::error::StoreError;
@@ -70,7 +71,10 @@ impl FlashSales {
             Err(e) => Err(e.clone()),
         };
         let (outcome, code) = match &result {
-            Ok(record) => ("reserved", Some(record.code())),
+            Ok(record) => {
+                self.book_checkout(record);
+                ("reserved", Some(record.code()))
+            }
             Err(e) => (attempt_label(e), None),
         };
         self.commit
@@ -124,9 +128,57 @@ impl FlashSales {
         self.reserve_as(who, sale, item_no, 1, None).await
     }
 
+    /// Enters a checkout just made in the contest book, with what its purchase answers.
+    fn book_checkout(&self, record: &Arc<ReservationRecord>) {
+        let Some(sale) = self.ledger.get(&record.sale_id) else {
+            return;
+        };
+        if let Some((name, price)) = sale.item(record.item_no) {
+            self.contest_book
+                .add(Arc::clone(record), name, price, sale.record.currency);
+        }
+    }
+
     /// Confirms the reservation with this code; the same answer however often it is repeated.
+    /// A reservation checked out since start is decided in memory and its purchase made durable
+    /// by the group commit (contest_book.rs); any other is looked up in storage.
     pub async fn contest_purchase(&self, code: &str) -> Result<PurchaseOutcome, SaleError> {
         let id = parse_reservation_code(code).ok_or(SaleError::ReservationNotFound)?;
+        let slot = self
+            .commit
+            .slot()
+            .await
+            .map_err(|e| SaleError::Unavailable(e.0))?;
+        // Storage keeps whole microseconds: the answer must be the same after a restart.
+        let now = self.clock.now();
+        let now = now - time::Duration::nanoseconds(i64::from(now.nanosecond() % 1_000));
+        let decision = self.contest_book.purchase(id, now, |at| {
+            slot.send(JournalOp::MarkPurchased { id, at }, None)
+        });
+        match decision {
+            Decision::Expired => return Err(SaleError::ReservationExpired),
+            Decision::Purchased {
+                outcome,
+                at,
+                queued,
+            } => {
+                return match queued.await {
+                    Ok(Ok(_)) => {
+                        self.contest_book.committed(id, at);
+                        Ok(outcome)
+                    }
+                    Ok(Err(failed)) => {
+                        self.contest_book.failed(id);
+                        Err(SaleError::Unavailable(failed.0))
+                    }
+                    Err(_) => {
+                        self.contest_book.failed(id);
+                        Err(SaleError::Unavailable("the commit task has stopped".into()))
+                    }
+                };
+            }
+            Decision::Unknown => {}
+        }
         let outcome = self
             .commit
             .submit(JournalOp::Purchase {

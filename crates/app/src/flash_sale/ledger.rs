@@ -177,6 +177,12 @@ impl LiveSale {
         }
     }
 
+    /// Item `no`'s name and price.
+    pub fn item(&self, no: u32) -> Option<(Arc<str>, i64)> {
+        let item = self.items.get(usize::try_from(no).ok()?.checked_sub(1)?)?;
+        Some((Arc::clone(&item.name), item.price_cents))
+    }
+
     pub fn remaining(&self) -> u64 {
         self.remaining.load(Ordering::Acquire)
     }

@@ -4,6 +4,7 @@
 mod admin;
 pub mod commit;
 mod compat;
+mod contest_book;
 pub mod idempotency;
 pub mod ledger;
 pub mod model;
@@ -23,6 +24,7 @@ pub use compat::CONTEST_SCHEDULE;
 use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::flash_sale::commit::GroupCommit;
+use crate::flash_sale::contest_book::ContestBook;
 use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
 use crate::ports::{FlashSaleStore, ReservationJournal};
@@ -143,6 +145,8 @@ pub struct FlashSales {
     ledger: Ledger,
     commit: GroupCommit,
     keys: Arc<IdempotencyTable>,
+    /// The contest reservations made since start, for purchases decided in memory.
+    contest_book: ContestBook,
     settings: FlashSaleSettings,
     contest: Option<ScheduleId>,
 }
@@ -186,6 +190,7 @@ impl FlashSales {
                 ledger,
                 commit,
                 keys,
+                contest_book: ContestBook::default(),
                 settings,
                 contest,
             },
@@ -219,9 +224,17 @@ impl FlashSales {
     /// many expired.
     pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
         const BATCH: u32 = 1000;
+        // One time for the whole sweep: the contest book marks what is due by it, and storage
+        // expires only what is due by it, after every purchase decided before the mark is
+        // committed (contest_book.rs).
+        let now = self.clock.now();
+        if self.contest.is_some() {
+            self.contest_book.expire_due(now);
+            self.commit.flush().await;
+        }
         let mut total = 0;
         loop {
-            let released = self.store.expire_due(self.clock.now(), BATCH).await?;
+            let released = self.store.expire_due(now, BATCH).await?;
             for r in &released {
                 self.ledger.release(r);
             }
@@ -259,6 +272,7 @@ impl FlashSales {
     pub fn housekeeping(&self) {
         let now = self.clock.now();
         self.keys.prune(now);
+        self.contest_book.prune(now - Duration::MINUTE);
         self.ledger.drop_ended(now - self.settings.keep_ended_for);
     }
 

@@ -178,8 +178,15 @@ pub struct CheckoutAttempt {
 #[derive(Debug, Clone)]
 pub enum JournalOp {
     Reserve(Box<NewReservation>),
-    /// Marks the reservation purchased (compatibility API), unless it expired.
+    /// Marks the reservation purchased (compatibility API), unless it expired, and answers what
+    /// storage then holds: for a reservation the engine has no entry of.
     Purchase {
+        id: ReservationId,
+        at: OffsetDateTime,
+    },
+    /// A purchase the engine decided (compatibility API): the reservation is purchased at `at`.
+    /// Storage only records it (a reservation no longer `reserved` is left as it is).
+    MarkPurchased {
         id: ReservationId,
         at: OffsetDateTime,
     },

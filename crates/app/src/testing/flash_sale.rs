@@ -436,6 +436,55 @@ pub async fn purchases_by_code<S: FlashSaleAdapter + ?Sized>(store: &S) {
     assert_eq!(unchanged.purchased_at, None);
 }
 
+/// A purchase the engine decided is recorded as it is, in the same batch as its reservation or
+/// a later one; it never buys a reservation that is past its time, already bought, or a
+/// shopper's (which has an order).
+pub async fn decided_purchases_are_recorded<S: FlashSaleAdapter + ?Sized>(store: &S) {
+    let s = sale(t0(), t0() + Duration::hours(1), &[5]);
+    store.insert_sale(&s, &items(&[5])).await.unwrap();
+    let at = t0() + Duration::minutes(1);
+    let early = reservation(&s, 1, BuyerId::external("a"), 1, at, false);
+    let same_batch = reservation(&s, 1, BuyerId::external("b"), 1, at, false);
+    let stale = reservation(&s, 1, BuyerId::external("c"), 1, at, false);
+    let alice = customer(store, "alice@example.com").await;
+    let ordinary = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
+    let mark = |id: ReservationId, at| JournalOp::MarkPurchased { id, at };
+    let paid_at = at + Duration::minutes(1);
+    store
+        .commit(&[
+            reserve_op(&early, None, None),
+            reserve_op(&stale, None, None),
+            reserve_op(&ordinary, Some(alice), None),
+        ])
+        .await
+        .unwrap();
+    let outcomes = store
+        .commit(&[
+            reserve_op(&same_batch, None, None),
+            mark(same_batch.id, paid_at),
+            mark(early.id, paid_at),
+            mark(stale.id, stale.expires_at),
+            mark(ordinary.id, paid_at),
+            // A repeat with another time changes nothing.
+            mark(early.id, paid_at + Duration::minutes(1)),
+        ])
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, JournalOutcome::Done)));
+    for id in [early.id, same_batch.id] {
+        let r = store.reservation(id).await.unwrap().unwrap();
+        assert_eq!(r.status, ReservationStatus::Purchased);
+        assert_eq!(r.purchased_at, Some(paid_at));
+    }
+    for id in [stale.id, ordinary.id] {
+        let r = store.reservation(id).await.unwrap().unwrap();
+        assert_eq!(r.status, ReservationStatus::Reserved, "{id:?}");
+        assert_eq!(r.purchased_at, None);
+    }
+    let stats = store.stats(s.id).await.unwrap();
+    assert_eq!((stats.reserved, stats.sold), (2, 2));
+}
+
 pub async fn expiry_releases_stock<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[4]);
     store.insert_sale(&s, &items(&[4])).await.unwrap();

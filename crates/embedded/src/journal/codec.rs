@@ -17,6 +17,12 @@
 //! 2u8 flags:u8 [sale:[16]] item_no:i64 at:i64 outcome:text buyer_ref:text [code:text]
 //! ```
 //!
+//! A purchase the engine decided (the contest API):
+//!
+//! ```text
+//! 3u8 reservation:[16] at:i64
+//! ```
+//!
 //! Times are unix microseconds, as every table stores them.
 
 use flashmart_app::StoreError;
@@ -29,6 +35,7 @@ const VERSION: u8 = 1;
 
 const RESERVATION: u8 = 1;
 const ATTEMPT: u8 = 2;
+const PURCHASED: u8 = 3;
 
 // Reservation flags.
 const HAS_ORDER: u8 = 1;
@@ -48,8 +55,8 @@ pub(crate) struct Encoded {
     pub reservations: u32,
 }
 
-/// Writes the reservations and checkout attempts of `ops` as one batch (purchases are not
-/// records: they change rows already applied). Two reservations with one id refuse the batch
+/// Writes the reservations, checkout attempts and decided purchases of `ops` as one batch
+/// (purchases to look up are not records: they read rows already applied). Two reservations with one id refuse the batch
 /// whole, as the table's primary key would: the outbox checks no constraint of its own.
 pub(crate) fn encode(ops: &[JournalOp]) -> Result<Encoded, StoreError> {
     let mut body = Vec::with_capacity(1 + ops.len() * 128);
@@ -62,6 +69,11 @@ pub(crate) fn encode(ops: &[JournalOp]) -> Result<Encoded, StoreError> {
                 ids.push(r.record.id.as_uuid().as_u128());
             }
             JournalOp::Attempt(a) => attempt(&mut body, a),
+            JournalOp::MarkPurchased { id, at } => {
+                body.push(PURCHASED);
+                body.extend_from_slice(id.as_uuid().as_bytes());
+                body.extend_from_slice(&micros(*at).to_le_bytes());
+            }
             JournalOp::Purchase { .. } => {}
         }
     }
@@ -181,6 +193,8 @@ pub(crate) struct AttemptRow<'a> {
 pub(crate) struct Decoded<'a> {
     pub reservations: Vec<ReservationRow<'a>>,
     pub attempts: Vec<AttemptRow<'a>>,
+    /// Decided purchases: the reservation and the time, in microseconds.
+    pub purchased: Vec<([u8; 16], i64)>,
 }
 
 impl<'a> Decoded<'a> {
@@ -255,6 +269,11 @@ impl<'a> Decoded<'a> {
                         buyer_ref,
                         code,
                     });
+                }
+                PURCHASED => {
+                    let id = r.id()?;
+                    let at = i64::from_le_bytes(r.array()?);
+                    self.purchased.push((id, at));
                 }
                 other => return Err(corrupt("outbox batch", format!("record type {other}"))),
             }
@@ -370,6 +389,10 @@ mod tests {
                 id: ReservationId::new(),
                 at: datetime!(2026-12-03 10:00:02 UTC),
             },
+            JournalOp::MarkPurchased {
+                id: ReservationId::from_uuid(uuid::Uuid::from_u128(7)),
+                at: datetime!(2026-12-03 10:00:02.5 UTC),
+            },
             reserve(None, Some("user-2"), None),
             JournalOp::Attempt(Box::new(CheckoutAttempt {
                 sale_id: None,
@@ -387,7 +410,14 @@ mod tests {
         assert_eq!(decoded.reservations.len(), 2);
         assert_eq!(decoded.attempts.len(), 2);
 
-        for (row, op) in decoded.reservations.iter().zip([&ops[0], &ops[3]]) {
+        assert_eq!(
+            decoded.purchased,
+            [(
+                *uuid::Uuid::from_u128(7).as_bytes(),
+                micros(datetime!(2026-12-03 10:00:02.5 UTC))
+            )]
+        );
+        for (row, op) in decoded.reservations.iter().zip([&ops[0], &ops[4]]) {
             let JournalOp::Reserve(r) = op else {
                 unreachable!()
             };

@@ -5,7 +5,7 @@
 //! statement filters out. (Rows passed as JSON to `json_each` were tried first: SQLite spent more
 //! time decoding the JSON than inserting the rows.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use flashmart_app::StoreError;
@@ -139,6 +139,20 @@ pub(crate) fn inserts(
             add(args, a.code.map(str::to_owned))
         },
     )?;
+    if !rows.purchased.is_empty() {
+        // After the inserts: a purchase's reservation may be in the same transaction. One
+        // statement updates a row once, with whichever of its matches: the first mark of a
+        // reservation is the one kept.
+        let mut seen = HashSet::with_capacity(rows.purchased.len());
+        let first: Vec<(Uuid, i64)> = rows
+            .purchased
+            .iter()
+            .filter(|(id, _)| seen.insert(*id))
+            .map(|(id, at)| (Uuid::from_bytes(*id), *at))
+            .collect();
+        sql.push_str(MARK_PURCHASED);
+        add(args, purchase_list(first.into_iter()))?;
+    }
     let first_order = orders.iter().map(|o| Uuid::from_bytes(o.id)).min();
     Ok((orders.len() as u64, first_order))
 }
@@ -193,6 +207,29 @@ fn insert<T>(
     Ok(())
 }
 
+/// Marks every contest reservation named (a caller-named buyer, no order) that is live and
+/// unexpired as purchased at its time; bound to a `purchase_list`.
+const MARK_PURCHASED: &str = "UPDATE reservations SET status = 'purchased', \
+     purchased_at = j.value ->> 1 FROM json_each(?) AS j \
+     WHERE reservations.id = unhex(j.value ->> 0) AND reservations.status = 'reserved' \
+       AND reservations.buyer_ref IS NOT NULL AND reservations.order_id IS NULL \
+       AND reservations.expires_at > j.value ->> 1; ";
+
+/// `[["<id in hex>", <micros>], ...]`, written directly: hex digits and integers need no
+/// escaping.
+fn purchase_list(purchases: impl ExactSizeIterator<Item = (Uuid, i64)>) -> String {
+    let mut rows = String::with_capacity(2 + purchases.len() * 52);
+    rows.push('[');
+    for (n, (id, at)) in purchases.enumerate() {
+        if n > 0 {
+            rows.push(',');
+        }
+        let _ = write!(rows, "[\"{}\",{}]", id.simple(), at);
+    }
+    rows.push(']');
+    rows
+}
+
 /// Marks every contest reservation named live and unexpired as purchased (at its request's time),
 /// then reads them all back: purchased now or before, the answer is the same. Only contest
 /// reservations (a caller-named buyer, no order) can be bought this way; any other reservation's
@@ -202,25 +239,14 @@ pub(crate) fn purchase_statements(
     args: &mut SqliteArguments,
     purchases: &[(ReservationId, OffsetDateTime)],
 ) -> Result<(), StoreError> {
-    // `[["<id in hex>", <micros>], ...]`, written directly: hex digits and integers need no
-    // escaping.
-    let mut rows = String::with_capacity(2 + purchases.len() * 52);
-    rows.push('[');
-    for (n, (id, at)) in purchases.iter().enumerate() {
-        if n > 0 {
-            rows.push(',');
-        }
-        let _ = write!(rows, "[\"{}\",{}]", id.as_uuid().simple(), micros(*at));
-    }
-    rows.push(']');
+    let rows = purchase_list(
+        purchases
+            .iter()
+            .map(|(id, at)| (*id.as_uuid(), micros(*at))),
+    );
+    sql.push_str(MARK_PURCHASED);
     sql.push_str(
-        "UPDATE reservations SET status = 'purchased', purchased_at = j.value ->> 1 \
-         FROM json_each(?) AS j \
-         WHERE reservations.id = unhex(j.value ->> 0) \
-           AND reservations.status = 'reserved' \
-           AND reservations.buyer_ref IS NOT NULL AND reservations.order_id IS NULL \
-           AND reservations.expires_at > j.value ->> 1; \
-         SELECT r.id, r.sale_id, r.item_no, r.buyer_id, r.buyer_ref, r.quantity, \
+        "SELECT r.id, r.sale_id, r.item_no, r.buyer_id, r.buyer_ref, r.quantity, \
          r.status, r.created_at, r.expires_at, r.order_id, r.purchased_at, \
          i.name AS item_name, i.price_cents AS item_price, s.currency AS currency \
          FROM reservations r \
