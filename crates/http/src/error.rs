@@ -16,7 +16,9 @@ use flashmart_app::shop::ShopError;
 use flashmart_app::uploads::UploadError;
 use flashmart_app::{FieldError, StoreError};
 
-use crate::envelope::{ErrorEnvelope, FieldIssue, TraceId, json_response};
+use serde::Serialize;
+
+use crate::envelope::{FieldIssue, TraceId, json_response};
 
 /// The stable codes of the API contract.
 pub mod codes {
@@ -162,6 +164,16 @@ impl ApiError {
     }
 }
 
+/// What `ErrorEnvelope` describes, as written.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: u32,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Vec<FieldIssue>>,
+    trace_id: &'a str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let trace_id = TraceId::current();
@@ -174,15 +186,18 @@ impl IntoResponse for ApiError {
                 })
                 .collect()
         });
-        let body = ErrorEnvelope {
+        // `ErrorEnvelope`'s fields, borrowed: a refusal (a sold-out answer, say) copies neither
+        // its message nor the trace id on the way out.
+        let body = ErrorBody {
             code: self.code,
-            message: self.message.into_owned(),
+            message: &self.message,
             details,
-            trace_id: trace_id.as_str().to_owned(),
+            trace_id: trace_id.as_str(),
         };
-        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
-            br#"{"code":500,"message":"internal error","trace_id":""}"#.to_vec()
-        });
+        let mut bytes = Vec::with_capacity(128);
+        if serde_json::to_writer(&mut bytes, &body).is_err() {
+            bytes = br#"{"code":500,"message":"internal error","trace_id":""}"#.to_vec();
+        }
         let mut response = json_response(self.status, bytes);
         if let Some(secs) = self.retry_after_secs {
             response

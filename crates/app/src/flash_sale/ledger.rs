@@ -117,6 +117,25 @@ impl LiveSale {
 
     /// Takes `quantity` of item `no` for `buyer`, if the window, the buyer's limit and the stock
     /// allow. Touches no storage; a sold-out item is refused before any lock is taken.
+    /// The refusals `try_hold` would give without taking anything: no such item, outside the
+    /// window, sold out. Taking stock checks them again; this only spares a refused request the
+    /// rest of the way (a place in the commit queue).
+    pub fn precheck(&self, no: u32, quantity: u32, now: OffsetDateTime) -> Result<(), HoldError> {
+        let item = usize::try_from(no)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| self.items.get(i))
+            .ok_or(HoldError::NoSuchItem)?;
+        self.record
+            .rules
+            .admit(now, quantity, 0)
+            .map_err(HoldError::Rule)?;
+        if item.remaining.load(Ordering::Acquire) < quantity {
+            return Err(HoldError::Rule(FlashSaleError::SoldOut));
+        }
+        Ok(())
+    }
+
     pub fn try_hold(
         self: &Arc<Self>,
         no: u32,

@@ -5,6 +5,7 @@ mod admin;
 pub mod commit;
 mod compat;
 mod contest_book;
+mod counters;
 pub mod idempotency;
 pub mod ledger;
 pub mod model;
@@ -25,6 +26,7 @@ use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::flash_sale::commit::GroupCommit;
 use crate::flash_sale::contest_book::ContestBook;
+use crate::flash_sale::counters::Counters;
 use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
 use crate::ports::{FlashSaleStore, ReservationJournal};
@@ -147,6 +149,7 @@ pub struct FlashSales {
     keys: Arc<IdempotencyTable>,
     /// The contest reservations made since start, for purchases decided in memory.
     contest_book: ContestBook,
+    counters: Counters,
     settings: FlashSaleSettings,
     contest: Option<ScheduleId>,
 }
@@ -191,6 +194,7 @@ impl FlashSales {
                 commit,
                 keys,
                 contest_book: ContestBook::default(),
+                counters: Counters::default(),
                 settings,
                 contest,
             },

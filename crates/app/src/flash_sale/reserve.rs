@@ -6,6 +6,7 @@ use std::sync::Arc;
 use flashmart_domain::flash_sale::{MAX_PER_USER_LIMIT, ReservationStatus, SalePhase};
 use flashmart_domain::{OrderId, ReservationId, SaleId, UserId};
 
+use super::counters::Counted;
 use super::{FlashSales, SaleError};
 use crate::error::FieldError;
 use crate::flash_sale::commit::Pledge;
@@ -54,8 +55,7 @@ impl FlashSales {
                 match self.keys.begin(buyer, key, fingerprint, self.clock.now()) {
                     Begin::Fresh(claim) => Some(claim),
                     Begin::Replay(answer) => {
-                        metrics::counter!("flash_sale_reservations_total", "result" => "replayed")
-                            .increment(1);
+                        self.counters.count(Counted::Replayed);
                         return match answer {
                             Answer::Reserved(record) => Ok(record),
                             Answer::Refused(refusal) => Err(refusal.into()),
@@ -88,12 +88,17 @@ impl FlashSales {
             Some(sale) => sale,
             None => match self.load_sale(sale_id).await {
                 Ok(Ok(sale)) => sale,
-                Ok(Err(refusal)) => return Err(refuse(claim, refusal)),
+                Ok(Err(refusal)) => return Err(self.refuse(claim, refusal)),
                 // Storage could not say: nothing is answered for the key (the claim is dropped
                 // and the key freed), the client may retry.
                 Err(err) => return Err(err),
             },
         };
+        // What is refused without taking stock is refused before anything else (a stampede is
+        // mostly sold-out answers).
+        if let Err(err) = sale.precheck(item_no, quantity, self.clock.now()) {
+            return Err(self.refuse(claim, err.into()));
+        }
         // Room in the commit queue first: between taking stock and queueing its write there is
         // no await, so no way for the request to be dropped with stock held.
         let slot = self
@@ -104,7 +109,7 @@ impl FlashSales {
         let now = self.clock.now();
         let hold = match sale.try_hold(item_no, who.buyer, quantity, now) {
             Ok(hold) => hold,
-            Err(err) => return Err(refuse(claim, err.into())),
+            Err(err) => return Err(self.refuse(claim, err.into())),
         };
         if hold
             .price_cents()
@@ -146,13 +151,11 @@ impl FlashSales {
         let committed = slot.send(op, Some(pledge)).await;
         match committed {
             Ok(Ok(_)) => {
-                metrics::counter!("flash_sale_reservations_total", "result" => "reserved")
-                    .increment(1);
+                self.counters.count(Counted::Reserved);
                 Ok(record)
             }
             Ok(Err(failed)) => {
-                metrics::counter!("flash_sale_reservations_total", "result" => "unavailable")
-                    .increment(1);
+                self.counters.count(Counted::Unavailable);
                 Err(SaleError::Unavailable(failed.0))
             }
             Err(_) => Err(SaleError::Unavailable("the commit task has stopped".into())),
@@ -185,19 +188,21 @@ impl FlashSales {
     }
 }
 
-/// Settles the idempotency claim with a refusal and counts it. A refusal for a sale that does
-/// not exist is not remembered (the claim is dropped and its key freed): made-up sale ids must not
-/// fill the table.
-fn refuse(claim: Option<Claim>, refusal: Refusal) -> SaleError {
-    metrics::counter!("flash_sale_reservations_total", "result" => refusal.label()).increment(1);
-    if let Some(claim) = claim {
-        if refusal == Refusal::SaleNotFound {
-            claim.abandon();
-        } else {
-            claim.answer(Answer::Refused(refusal));
+impl FlashSales {
+    /// Settles the idempotency claim with a refusal and counts it. A refusal for a sale that
+    /// does not exist is not remembered (the claim is dropped and its key freed): made-up sale
+    /// ids must not fill the table.
+    fn refuse(&self, claim: Option<Claim>, refusal: Refusal) -> SaleError {
+        self.counters.count(Counted::Refused(refusal));
+        if let Some(claim) = claim {
+            if refusal == Refusal::SaleNotFound {
+                claim.abandon();
+            } else {
+                claim.answer(Answer::Refused(refusal));
+            }
         }
+        refusal.into()
     }
-    refusal.into()
 }
 
 fn validate_key(key: &str) -> Result<(), SaleError> {
