@@ -19,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::envelope::{Envelope, ErrorEnvelope, Reply, created, ok};
+use crate::envelope::{Envelope, ErrorEnvelope, Reply, Written, created_written, ok};
 use crate::error::ApiError;
 use crate::extract::{Auth, ClientIp, Json, Path, Query};
 use crate::state::AppState;
@@ -271,7 +271,7 @@ pub async fn create_reservation(
     Path(id): Path<Uuid>,
     key: IdempotencyKey,
     Json(body): Json<ReservationRequest>,
-) -> Result<Reply<ReservationOut>, ApiError> {
+) -> Result<Written<ReservationOut>, ApiError> {
     let key = key.as_str()?;
     let record = sales
         .reserve(
@@ -282,7 +282,7 @@ pub async fn create_reservation(
             key,
         )
         .await?;
-    Ok(created(ReservationOut::from(record.as_ref())))
+    Ok(created_written(ReservationOut::from(record.as_ref())))
 }
 
 /// One of the caller's reservations; anyone else's is "not found".
