@@ -11,13 +11,15 @@ use flashmart_app::flash_sale::model::{JournalOp, JournalOutcome, PurchaseOutcom
 use flashmart_app::flash_sale::{
     FlashSaleSettings, FlashSales, ItemDraft, ItemsDraft, SaleDraft, SaleError, ScheduleDraft,
 };
-use flashmart_app::ports::{AccountStore, FlashSaleStore, ReservationJournal};
+use flashmart_app::ports::{FlashSaleStore, ReservationJournal};
 use flashmart_app::{Clock, ManualClock, PageRequest, StoreError};
 use flashmart_domain::flash_sale::ReservationStatus;
-use flashmart_domain::{DisplayName, Email, Role, SaleId, User, UserId};
+use flashmart_domain::{SaleId, UserId};
 use flashmart_embedded::{Durability, SqliteStore};
 use tempfile::TempDir;
 use time::{Duration, OffsetDateTime};
+
+mod support;
 
 struct World {
     dir: TempDir,
@@ -74,20 +76,18 @@ impl World {
     }
 
     async fn users(&self, n: usize) -> Vec<UserId> {
-        let mut ids = Vec::with_capacity(n);
-        for i in 0..n {
-            let user = User {
-                id: UserId::new(),
-                email: Email::parse(&format!("buyer{i}@example.com")).unwrap(),
-                name: DisplayName::parse("Buyer").unwrap(),
-                role: Role::Customer,
-                created_at: self.clock.now(),
-            };
-            self.store.insert_user(&user, "h").await.unwrap();
-            ids.push(user.id);
-        }
-        ids
+        support::customers(&self.store, self.clock.now(), n).await
     }
+}
+
+/// The one sale there is (the contest's, in its tests).
+async fn only_sale(engine: &FlashSales) -> SaleId {
+    let sales = engine
+        .list_sales(None, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(sales.total, 1);
+    sales.items[0].record.id
 }
 
 fn draft(now: OffsetDateTime, stock: &[i64], limit: i64) -> SaleDraft {
@@ -682,13 +682,7 @@ async fn the_contest_api_checks_out_and_purchases_by_code() {
 
     // Every attempt was recorded, successful or not.
     engine.flush().await;
-    let sale = engine
-        .list_sales(None, PageRequest::default())
-        .await
-        .unwrap()
-        .items[0]
-        .record
-        .id;
+    let sale = only_sale(&engine).await;
     let stats = engine.stats(sale).await.unwrap();
     assert_eq!(stats.attempts, 13);
     assert_eq!((stats.reserved, stats.sold, stats.buyers), (9, 1, 1));
@@ -705,13 +699,7 @@ async fn contest_purchases_in_memory_agree_with_storage_and_with_the_sweeper() {
     let bought = engine.contest_checkout("user-1", 1).await.unwrap();
     let late = engine.contest_checkout("user-1", 2).await.unwrap();
     let swept = engine.contest_checkout("user-2", 3).await.unwrap();
-    let sale = engine
-        .list_sales(None, PageRequest::default())
-        .await
-        .unwrap()
-        .items[0]
-        .record
-        .id;
+    let sale = only_sale(&engine).await;
 
     // Its last microsecond: bought, and the sweep at its end leaves it purchased.
     let expires_at = engine

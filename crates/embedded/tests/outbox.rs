@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use flashmart_app::flash_sale::model::ReservationRecord;
 use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales, ItemDraft, ItemsDraft, SaleDraft};
-use flashmart_app::ports::{AccountStore, FlashSaleStore, OrderStore, ReservationJournal};
+use flashmart_app::ports::{FlashSaleStore, OrderStore, ReservationJournal};
 use flashmart_app::{Clock, ManualClock, PageRequest};
-use flashmart_domain::{DisplayName, Email, Role, SaleId, User, UserId};
+use flashmart_domain::{SaleId, UserId};
 use flashmart_embedded::{Durability, SqliteStore};
 use tempfile::TempDir;
 use time::Duration;
+
+mod support;
 
 struct World {
     dir: TempDir,
@@ -54,19 +56,7 @@ impl World {
     }
 
     async fn users(&self, store: &SqliteStore, n: usize) -> Vec<UserId> {
-        let mut ids = Vec::with_capacity(n);
-        for i in 0..n {
-            let user = User {
-                id: UserId::new(),
-                email: Email::parse(&format!("buyer{i}@example.com")).unwrap(),
-                name: DisplayName::parse("Buyer").unwrap(),
-                role: Role::Customer,
-                created_at: self.clock.now(),
-            };
-            store.insert_user(&user, "h").await.unwrap();
-            ids.push(user.id);
-        }
-        ids
+        support::customers(store, self.clock.now(), n).await
     }
 
     async fn sale(&self, engine: &FlashSales) -> SaleId {

@@ -144,11 +144,7 @@ impl FlashSales {
     /// by the group commit (contest_book.rs); any other is looked up in storage.
     pub async fn contest_purchase(&self, code: &str) -> Result<PurchaseOutcome, SaleError> {
         let id = parse_reservation_code(code).ok_or(SaleError::ReservationNotFound)?;
-        let slot = self
-            .commit
-            .slot()
-            .await
-            .map_err(|e| SaleError::Unavailable(e.0))?;
+        let slot = self.commit_slot().await?;
         // Storage keeps whole microseconds: the answer must be the same after a restart.
         let now = self.clock.now();
         let now = now - time::Duration::nanoseconds(i64::from(now.nanosecond() % 1_000));

@@ -202,6 +202,15 @@ impl FlashSales {
         ))
     }
 
+    /// A place in the commit queue (waiting for one is the backpressure when storage falls
+    /// behind).
+    async fn commit_slot(&self) -> Result<commit::Slot<'_>, SaleError> {
+        self.commit
+            .slot()
+            .await
+            .map_err(|e| SaleError::Unavailable(e.0))
+    }
+
     /// The group commit's heartbeat, for readiness.
     pub fn commit_heartbeat(&self) -> Arc<crate::health::Heartbeat> {
         self.commit.heartbeat()

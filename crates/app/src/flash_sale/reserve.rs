@@ -101,11 +101,7 @@ impl FlashSales {
         }
         // Room in the commit queue first: between taking stock and queueing its write there is
         // no await, so no way for the request to be dropped with stock held.
-        let slot = self
-            .commit
-            .slot()
-            .await
-            .map_err(|e| SaleError::Unavailable(e.0))?;
+        let slot = self.commit_slot().await?;
         let now = self.clock.now();
         let hold = match sale.try_hold(item_no, who.buyer, quantity, now) {
             Ok(hold) => hold,
