@@ -10,7 +10,9 @@ use flashmart_server::{commands, logging, wiring};
 use mimalloc::MiMalloc;
 
 /// glibc's allocator spent a tenth of the server's time under reservation load (arena locks,
-/// consolidation); mimalloc's thread-local free lists do not.
+/// consolidation); mimalloc's thread-local free lists do not. Built without its transparent huge
+/// pages (feature `no_thp`): with them every first touch of a 2 MiB region zeroes all of it, which
+/// was a fifth of the workers' time in the contest sale (docs/BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
