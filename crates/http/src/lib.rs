@@ -74,13 +74,15 @@ pub struct RouteOptions {
     pub upload_max_bytes: usize,
     /// `/readyz` and `/metrics` are on the ops listener, not this one.
     pub ops_apart: bool,
-    /// The sandbox provider's pay pages (`payments.provider = "sandbox"`).
-    pub sandbox_pages: bool,
 }
 
-/// Every route of the public listener. The contest API is never among them: it trusts the
-/// caller-named user, so it has a listener of its own (`compat_router`).
-fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
+/// Every route of the public listener, with `mounted`: documented routes from outside this
+/// crate (the sandbox payment provider's pay pages). The contest API is never among them: it
+/// trusts the caller-named user, so it has a listener of its own (`compat_router`).
+fn documented_routes(
+    options: RouteOptions,
+    mounted: OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::new()
         .merge(routes::auth::routes())
         .merge(routes::users::routes())
@@ -101,33 +103,39 @@ fn documented_routes(options: RouteOptions) -> OpenApiRouter<AppState> {
     if !options.ops_apart {
         root = root.merge(routes::ops::internals());
     }
-    if options.sandbox_pages {
-        root = root.merge(routes::payments::sandbox_pages());
-    }
-    root
+    root.merge(mounted)
 }
 
 /// The OpenAPI document of every route `router` serves.
-pub fn openapi(options: RouteOptions) -> OpenApiDoc {
-    let mut doc = documented_routes(options).split_for_parts().1;
+pub fn openapi(options: RouteOptions, mounted: OpenApiRouter<AppState>) -> OpenApiDoc {
+    let mut doc = documented_routes(options, mounted).split_for_parts().1;
     openapi::finish(&mut doc);
     doc
 }
 
-/// The whole HTTP application.
-pub fn router(state: AppState, settings: &HttpSettings) -> Router {
-    router_with(state, settings, Router::new())
+/// The whole HTTP application, with `mounted`: documented routes that other crates serve
+/// under the same middleware (the server mounts the sandbox provider's pay pages there).
+pub fn router(
+    state: AppState,
+    settings: &HttpSettings,
+    mounted: OpenApiRouter<AppState>,
+) -> Router {
+    router_with(state, settings, mounted, Router::new())
 }
 
-/// The application with `extra` routes mounted under the same middleware; tests use it to mount
-/// routes that misbehave on purpose (a handler that panics).
-pub fn router_with(state: AppState, settings: &HttpSettings, extra: Router<AppState>) -> Router {
+/// The application with `extra`, undocumented routes mounted under the same middleware too;
+/// tests use it to mount routes that misbehave on purpose (a handler that panics).
+pub fn router_with(
+    state: AppState,
+    settings: &HttpSettings,
+    mounted: OpenApiRouter<AppState>,
+    extra: Router<AppState>,
+) -> Router {
     let options = RouteOptions {
         upload_max_bytes: state.uploads.max_bytes(),
         ops_apart: settings.ops_apart,
-        sandbox_pages: state.sandbox.is_some(),
     };
-    let (routes, mut doc) = documented_routes(options).split_for_parts();
+    let (routes, mut doc) = documented_routes(options, mounted).split_for_parts();
     openapi::finish(&mut doc);
     let routes = routes.merge(extra).merge(
         SwaggerUi::new("/docs")

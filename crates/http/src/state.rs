@@ -13,7 +13,6 @@ use flashmart_app::payments::Payments;
 use flashmart_app::ports::Probe;
 use flashmart_app::shop::Shop;
 use flashmart_app::uploads::Uploads;
-use flashmart_sandbox::Sandbox;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 #[derive(Clone, Debug)]
@@ -50,7 +49,6 @@ sub_states! {
     catalog: Arc<Catalog>,
     shop: Arc<Shop>,
     payments: Arc<Payments>,
-    sandbox: Option<Arc<Sandbox>>,
     uploads: Arc<Uploads>,
     loadtest: LoadTest,
     limits: Arc<crate::limits::RateLimits>,
@@ -69,9 +67,6 @@ pub struct AppServices {
     pub catalog: Arc<Catalog>,
     pub shop: Arc<Shop>,
     pub payments: Arc<Payments>,
-    /// The built-in sandbox provider, whose pay pages this server serves; `None` with
-    /// `payments.provider = "none"`.
-    pub sandbox: Option<Arc<Sandbox>>,
     pub uploads: Arc<Uploads>,
     pub loadtest: LoadTest,
     pub limits: Arc<crate::limits::RateLimits>,

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use flashmart_app::payments::DeadLetter;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -13,20 +14,6 @@ use crate::{Sandbox, SandboxError, sign};
 /// The wait after each failed attempt before the next, in seconds: 11 attempts over about 16
 /// hours. After the last the notification is dead.
 pub const RETRY_SCHEDULE_SECS: [i64; 10] = [1, 5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800];
-
-/// A notification the merchant never acknowledged, given up on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub event_id: String,
-    pub payment_ref: String,
-    pub body: String,
-    pub attempts: u32,
-    /// The merchant's last HTTP status, if it answered at all.
-    pub last_status: Option<u16>,
-    pub last_error: Option<String>,
-    pub created_at: OffsetDateTime,
-    pub dead_at: OffsetDateTime,
-}
 
 fn at(unix: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -189,12 +176,13 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Notifications given up on, newest first, and how many there are.
-    pub async fn dead_letters(
+    /// Notifications given up on, newest first, and how many there are (the provider port's
+    /// `dead_letters`).
+    pub(crate) async fn read_dead_letters(
         &self,
         limit: u32,
         offset: u64,
-    ) -> Result<(Vec<DeadLetter>, u64), SandboxError> {
+    ) -> Result<(Vec<DeadLetter>, u64), sqlx::Error> {
         let total: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM sandbox_events WHERE dead_at IS NOT NULL")
                 .fetch_one(&self.pool)

@@ -5,6 +5,7 @@
 //! merchant side knows it only through the `PaymentProvider` port.
 
 mod delivery;
+mod pages;
 mod signature;
 mod transport;
 
@@ -15,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flashmart_app::Clock;
 use flashmart_app::payments::{
-    CreatePayment, Notification, NotificationKind, NotifyError, PaymentProvider, ProviderError,
-    ProviderPayment, ProviderState,
+    CreatePayment, DeadLetter, Notification, NotificationKind, NotifyError, PaymentProvider,
+    ProviderError, ProviderPayment, ProviderState,
 };
 use flashmart_domain::{Currency, Money};
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-pub use delivery::{DeadLetter, RETRY_SCHEDULE_SECS};
+pub use delivery::RETRY_SCHEDULE_SECS;
+pub use pages::pay_pages;
 pub use signature::{TOLERANCE_SECS, sign};
 pub use transport::{HttpTransport, Transport};
 
@@ -417,6 +419,14 @@ impl PaymentProvider for Sandbox {
             occurred_at: OffsetDateTime::from_unix_timestamp(n.occurred_at)
                 .map_err(|e| NotifyError::Malformed(e.to_string()))?,
         })
+    }
+
+    async fn dead_letters(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<DeadLetter>, u64), ProviderError> {
+        self.read_dead_letters(limit, offset).await.map_err(storage)
     }
 }
 

@@ -23,6 +23,7 @@ use flashmart_http::streams::{EventStreams, Shutdown, StreamLimits};
 use flashmart_http::{AppServices, AppState, HttpSettings, Probes};
 use flashmart_sandbox::Sandbox;
 use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{Config, GroupLimitConfig, ProviderChoice, Synchronous};
 use crate::secrets;
@@ -33,6 +34,9 @@ pub struct Services {
     pub state: AppState,
     pub http: HttpSettings,
     pub store: SqliteStore,
+    /// The built-in sandbox payment provider, whose pay pages this server serves; `None` with
+    /// `payments.provider = "none"`.
+    pub sandbox: Option<Arc<Sandbox>>,
     /// Raised when the server starts to stop (event streams end).
     pub stop: tokio::sync::watch::Sender<bool>,
     /// The group commit's task (it ends when the flash-sale service is dropped).
@@ -41,7 +45,14 @@ pub struct Services {
 
 impl Services {
     pub fn router(&self) -> axum::Router {
-        flashmart_http::router(self.state.clone(), &self.http)
+        flashmart_http::router(self.state.clone(), &self.http, self.mounted())
+    }
+
+    /// Documented routes served beside the API: the sandbox provider's pay pages.
+    pub fn mounted(&self) -> OpenApiRouter<AppState> {
+        self.sandbox
+            .clone()
+            .map_or_else(OpenApiRouter::new, flashmart_sandbox::pay_pages)
     }
 
     /// The ops listener's router (`ops.addr`).
@@ -149,7 +160,6 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             catalog: Arc::new(Catalog::new(shared, Arc::clone(&clock))),
             shop: Arc::new(shop),
             payments: Arc::new(payments),
-            sandbox,
             uploads: Arc::new(Uploads::new(
                 config.data_dir.join("uploads"),
                 config.uploads.max_bytes,
@@ -179,6 +189,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             ops_apart: config.ops.addr.is_some(),
         },
         store,
+        sandbox,
         stop,
         commit_task,
     })
@@ -227,7 +238,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let services = build(config, Arc::new(SystemClock)).await?;
     let public = bind(config.http.addr, "http.addr").await?;
     let addr = public.local_addr()?;
-    if let Some(sandbox) = &services.state.sandbox {
+    if let Some(sandbox) = &services.sandbox {
         if config.payments.notify_url.is_none() {
             // The sandbox notifies this very server; an unspecified address is reached on
             // loopback.
@@ -262,7 +273,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         "flashmart listening on http://{addr}"
     );
 
-    let workers = crate::workers::spawn(&services.state, &services.store, config);
+    let workers = crate::workers::spawn(&services, config);
     let mut servers = tokio::task::JoinSet::new();
     for (name, listener, router) in listeners {
         let mut stop = services.stop.subscribe();

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashmart_app::health::{Heartbeat, StopGuard, Workers};
-use flashmart_embedded::SqliteStore;
-use flashmart_http::AppState;
 use futures_util::FutureExt as _;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::wiring::Services;
 
 /// The first wait after a panic; it doubles with every panic in a row, up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -32,7 +31,8 @@ const OUTBOX_PERIOD: Duration = Duration::from_millis(50);
 
 /// The background work of a single-process deployment: expiry, live events, schedules, the
 /// outbox applier, the order indexer, and housekeeping.
-pub fn spawn(state: &AppState, store: &SqliteStore, config: &Config) -> Vec<JoinHandle<()>> {
+pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
+    let (state, store) = (&services.state, &services.store);
     let ms = Duration::from_millis;
     let sales = Arc::clone(&state.flash_sales);
     let sweeper = every(
@@ -141,7 +141,7 @@ pub fn spawn(state: &AppState, store: &SqliteStore, config: &Config) -> Vec<Join
         },
     );
     let workers = Arc::clone(&state.workers);
-    let resend = state.sandbox.clone().map(|sandbox| {
+    let resend = services.sandbox.clone().map(|sandbox| {
         // Retries fall due on the sandbox's schedule (1 s at first), so it looks every second.
         every(&workers, "sandbox_resender", Duration::from_secs(1), move || {
             let sandbox = Arc::clone(&sandbox);

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use crate::clock::Clock;
 use crate::error::StoreError;
+use crate::page::{Page, PageRequest};
 use crate::ports::{OrderStore, PaymentStore};
 use crate::shop::model::OrderRecord;
 pub use disabled::NoProvider;
@@ -121,6 +122,21 @@ pub enum ProviderError {
     Unavailable(String),
 }
 
+/// A notification the provider gave up delivering to this shop after its whole retry schedule:
+/// a payment whose outcome the shop may not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub event_id: String,
+    pub payment_ref: String,
+    pub body: String,
+    pub attempts: u32,
+    /// The shop's last HTTP status, if it answered at all.
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub dead_at: OffsetDateTime,
+}
+
 /// What a provider knows of a payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderState {
@@ -154,6 +170,16 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug + 'static {
         body: &[u8],
         now: OffsetDateTime,
     ) -> Result<Notification, NotifyError>;
+    /// Notifications the provider gave up delivering, newest first, and how many there are. A
+    /// provider that keeps no such list has none.
+    async fn dead_letters(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<DeadLetter>, u64), ProviderError> {
+        let _ = (limit, offset);
+        Ok((Vec::new(), 0))
+    }
 }
 
 // ---- what storage decides --------------------------------------------------------------------
@@ -232,6 +258,15 @@ impl Payments {
             clock,
             turns: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
+    }
+
+    /// A page of the provider's dead letters (for admins).
+    pub async fn dead_letters(&self, page: PageRequest) -> Result<Page<DeadLetter>, ProviderError> {
+        let (items, total) = self
+            .provider
+            .dead_letters(page.per_page(), page.offset())
+            .await?;
+        Ok(Page::new(page, items, total))
     }
 
     async fn own_order(&self, user: UserId, order: OrderId) -> Result<OrderRecord, PaymentError> {

@@ -1,16 +1,16 @@
-//! Paying orders: starting a payment, reading it, the provider's notifications, refunds; and the
-//! sandbox provider's pay page.
+//! Paying orders: starting a payment, reading it, the provider's notifications, refunds, and the
+//! notifications the provider gave up on.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Form, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::extract::State;
+use axum::http::HeaderMap;
 use flashmart_app::page::PageRequest;
-use flashmart_app::payments::{Applied, PaymentRecord, Payments, RefundRecord, RefundStatus};
+use flashmart_app::payments::{
+    Applied, DeadLetter, PaymentRecord, Payments, RefundRecord, RefundStatus,
+};
 use flashmart_domain::{OrderId, PaymentId};
-use flashmart_sandbox::{DeadLetter, Sandbox, SandboxError};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -33,13 +33,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(refund_order))
         .routes(routes!(admin_list_refunds))
         .routes(routes!(admin_dead_letters))
-}
-
-pub fn sandbox_pages() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(sandbox_pay_page))
-        .routes(routes!(sandbox_pay))
-        .routes(routes!(sandbox_fail))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -300,22 +293,15 @@ pub struct DeadLetterOut {
         (status = 403, description = "Not an admin", body = ErrorEnvelope),
     ))]
 pub async fn admin_dead_letters(
-    State(sandbox): State<Option<Arc<Sandbox>>>,
+    State(payments): State<Arc<Payments>>,
     _admin: AdminAuth,
     Query(params): Query<PageParams>,
 ) -> Result<Reply<PageOf<DeadLetterOut>>, ApiError> {
-    let page: PageRequest = params.into();
-    let (items, total) = match sandbox {
-        Some(sandbox) => sandbox
-            .dead_letters(page.per_page(), page.offset())
-            .await
-            .map_err(ApiError::unavailable)?,
-        None => (Vec::new(), 0),
-    };
-    Ok(ok(PageOf::from_page(
-        flashmart_app::page::Page::new(page, items, total),
-        DeadLetterOut::from,
-    )))
+    let page = payments
+        .dead_letters(params.into())
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(ok(PageOf::from_page(page, DeadLetterOut::from)))
 }
 
 impl From<DeadLetter> for DeadLetterOut {
@@ -331,209 +317,4 @@ impl From<DeadLetter> for DeadLetterOut {
             dead_at: d.dead_at,
         }
     }
-}
-
-// ---- the sandbox provider's pages ---------------------------------------------------------------
-
-fn page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{title}</title><style>body{{font-family:sans-serif;max-width:30rem;\
-         margin:3rem auto;padding:0 1rem}}button{{font-size:1.1rem;padding:.6rem 1.4rem;\
-         margin-right:.8rem}}.note{{color:#666}}</style></head><body>\
-         <h1>{title}</h1>{body}<p class=\"note\">flashmart sandbox payment provider: no real \
-         money moves.</p></body></html>"
-    ))
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn sandbox_error(e: SandboxError) -> Response {
-    let (status, text) = match &e {
-        SandboxError::NotFound => (StatusCode::NOT_FOUND, "No such payment."),
-        SandboxError::NotOpen(_) | SandboxError::Expired => {
-            (StatusCode::CONFLICT, "This payment can no longer be paid.")
-        }
-        SandboxError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "Try again shortly."),
-    };
-    if matches!(e, SandboxError::Storage(_)) {
-        tracing::error!(err = %e, "sandbox storage failed");
-    }
-    let mut response = page("Payment", &format!("<p>{text}</p>")).into_response();
-    *response.status_mut() = status;
-    response
-}
-
-/// The cookie holding the browser's nonce for the pay page's anti-forgery tokens.
-const NONCE_COOKIE: &str = "sandbox_nonce";
-/// No script, no framing (against clickjacking the Pay button), forms only to this server.
-const PAY_PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
-                            frame-ancestors 'none'; base-uri 'none'";
-
-fn nonce_from(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, value)| *name == NONCE_COOKIE && !value.is_empty())
-        .map(|(_, value)| value.to_owned())
-}
-
-/// Headers every sandbox page carries.
-fn guarded(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(PAY_PAGE_CSP),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-/// The sandbox's pay page: the amount, and Pay and Fail buttons. Each button is a form with an
-/// anti-forgery token bound to this browser's nonce cookie (same-site only) and the payment.
-#[utoipa::path(get, path = "/sandbox/pay/{reference}", tag = "payments",
-    params(("reference" = String, Path, description = "The sandbox payment reference")),
-    responses(
-        (status = 200, description = "HTML page", content_type = "text/html", body = String),
-        (status = 404, description = "No such payment", content_type = "text/html", body = String),
-    ))]
-pub async fn sandbox_pay_page(
-    State(sandbox): State<Option<Arc<Sandbox>>>,
-    headers: HeaderMap,
-    Path(reference): Path<String>,
-) -> Response {
-    // Not mounted without a sandbox; answered as an unknown payment all the same.
-    let Some(sandbox) = sandbox else {
-        return sandbox_error(SandboxError::NotFound);
-    };
-    let (nonce, fresh) = match nonce_from(&headers) {
-        Some(nonce) => (nonce, false),
-        None => (Uuid::new_v4().simple().to_string(), true),
-    };
-    let mut response = match sandbox.payment(&reference).await {
-        Err(e) => sandbox_error(e),
-        Ok(p) => {
-            let amount = format!(
-                "{}.{:02} {}",
-                p.amount.cents() / 100,
-                p.amount.cents() % 100,
-                p.amount.currency()
-            );
-            let r = escape(&p.reference);
-            let body = if p.status == "open" {
-                let token = escape(&sandbox.form_token(&nonce, &p.reference));
-                format!(
-                    "<p>{}</p><p><strong>{amount}</strong></p>\
-                     <form method=\"post\" action=\"/sandbox/pay/{r}/pay\" style=\"display:inline\">\
-                     <input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
-                     <button type=\"submit\">Pay</button></form>\
-                     <form method=\"post\" action=\"/sandbox/pay/{r}/fail\" style=\"display:inline\">\
-                     <input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
-                     <button type=\"submit\">Fail</button></form>",
-                    escape(&p.description)
-                )
-            } else {
-                format!(
-                    "<p>{}</p><p><strong>{amount}</strong>: {}.</p>",
-                    escape(&p.description),
-                    escape(&p.status)
-                )
-            };
-            page("Pay", &body).into_response()
-        }
-    };
-    if fresh
-        && let Ok(cookie) = HeaderValue::from_str(&format!(
-            "{NONCE_COOKIE}={nonce}; Path=/sandbox/pay; HttpOnly; SameSite=Strict"
-        ))
-    {
-        response.headers_mut().insert(header::SET_COOKIE, cookie);
-    }
-    guarded(response)
-}
-
-/// What the pay page's forms post.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct PayForm {
-    /// The page's anti-forgery token.
-    #[serde(default)]
-    pub csrf: String,
-}
-
-async fn complete(
-    sandbox: Option<Arc<Sandbox>>,
-    headers: &HeaderMap,
-    reference: String,
-    form: &PayForm,
-    paid: bool,
-) -> Response {
-    // Not mounted without a sandbox; answered as an unknown payment all the same.
-    let Some(sandbox) = sandbox else {
-        return sandbox_error(SandboxError::NotFound);
-    };
-    let genuine = nonce_from(headers)
-        .is_some_and(|nonce| sandbox.check_form_token(&nonce, &reference, &form.csrf));
-    if !genuine {
-        let mut response = page(
-            "Payment",
-            "<p>This form did not come from this payment's page. Open the page and press the \
-             button again.</p>",
-        )
-        .into_response();
-        *response.status_mut() = StatusCode::FORBIDDEN;
-        return guarded(response);
-    }
-    match sandbox.complete(&reference, paid).await {
-        Ok(()) => Redirect::to(&format!("/sandbox/pay/{}", escape(&reference))).into_response(),
-        Err(e) => guarded(sandbox_error(e)),
-    }
-}
-
-/// The Pay button: the sandbox marks the payment paid and notifies the merchant. The form must
-/// carry the page's token and the browser its nonce cookie (403 otherwise).
-#[utoipa::path(post, path = "/sandbox/pay/{reference}/pay", tag = "payments",
-    params(("reference" = String, Path, description = "The sandbox payment reference")),
-    request_body(content = PayForm, content_type = "application/x-www-form-urlencoded"),
-    responses(
-        (status = 303, description = "Back to the pay page"),
-        (status = 403, description = "The form's token is missing or not this page's", content_type = "text/html", body = String),
-        (status = 404, description = "No such payment", content_type = "text/html", body = String),
-        (status = 409, description = "The payment is no longer open", content_type = "text/html", body = String),
-    ))]
-pub async fn sandbox_pay(
-    State(sandbox): State<Option<Arc<Sandbox>>>,
-    headers: HeaderMap,
-    Path(reference): Path<String>,
-    Form(form): Form<PayForm>,
-) -> Response {
-    complete(sandbox, &headers, reference, &form, true).await
-}
-
-/// The Fail button: the sandbox marks the payment failed and notifies the merchant.
-#[utoipa::path(post, path = "/sandbox/pay/{reference}/fail", tag = "payments",
-    params(("reference" = String, Path, description = "The sandbox payment reference")),
-    request_body(content = PayForm, content_type = "application/x-www-form-urlencoded"),
-    responses(
-        (status = 303, description = "Back to the pay page"),
-        (status = 403, description = "The form's token is missing or not this page's", content_type = "text/html", body = String),
-        (status = 404, description = "No such payment", content_type = "text/html", body = String),
-        (status = 409, description = "The payment is no longer open", content_type = "text/html", body = String),
-    ))]
-pub async fn sandbox_fail(
-    State(sandbox): State<Option<Arc<Sandbox>>>,
-    headers: HeaderMap,
-    Path(reference): Path<String>,
-    Form(form): Form<PayForm>,
-) -> Response {
-    complete(sandbox, &headers, reference, &form, false).await
 }

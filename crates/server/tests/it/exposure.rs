@@ -131,7 +131,7 @@ async fn the_sandbox_can_be_switched_off() {
         c.payments.provider = flashmart_server::config::ProviderChoice::None;
     })
     .await;
-    assert!(app.services.state.sandbox.is_none());
+    assert!(app.services.sandbox.is_none());
     assert!(!app.config.data_dir.join("sandbox.db").exists());
     let op = operator(&app).await;
     let item = product_id(

@@ -62,8 +62,13 @@ impl TestApp {
         extra: Router<flashmart_http::AppState>,
     ) -> Self {
         let peer = MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000)));
-        let router =
-            flashmart_http::router_with(services.state.clone(), &services.http, extra).layer(peer);
+        let router = flashmart_http::router_with(
+            services.state.clone(),
+            &services.http,
+            services.mounted(),
+            extra,
+        )
+        .layer(peer);
         let compat = services.compat_router().layer(peer);
         let ops = services.ops_router().layer(peer);
         // The sandbox provider notifies this application in process.
@@ -71,7 +76,7 @@ impl TestApp {
             router: router.clone(),
             sent: Default::default(),
         });
-        if let Some(sandbox) = &services.state.sandbox {
+        if let Some(sandbox) = &services.sandbox {
             sandbox.set_transport(transport.clone());
             sandbox.set_notify_url("http://flashmart.test/api/v1/payments/notify".into());
         }
@@ -99,7 +104,6 @@ impl TestApp {
     /// The sandbox provider (`payments.provider = "sandbox"`, the default).
     pub fn sandbox(&self) -> &Arc<flashmart_sandbox::Sandbox> {
         self.services
-            .state
             .sandbox
             .as_ref()
             .expect("the sandbox provider is on")
