@@ -1,5 +1,5 @@
 //! `ApiError`: every failure a handler or extractor can produce, mapped to an HTTP status and a
-//! stable numeric code (DESIGN.md section 7). Server-side failures are opaque to the client; their
+//! stable numeric code (the table in docs/API.md, "Error codes"). Server-side failures are opaque to the client; their
 //! cause travels to the request middleware in a response extension and is logged there, once,
 //! with the trace id.
 

@@ -24,7 +24,7 @@ pub trait PaymentStore: Send + Sync + std::fmt::Debug + 'static {
         provider: &str,
         provider_ref: &str,
     ) -> Result<Option<PaymentRecord>, StoreError>;
-    /// The order's pending payment that has not expired, if any.
+    /// The order's newest pending payment, if any (the one `insert_payment` would return).
     async fn open_payment_for_order(
         &self,
         order: OrderId,

@@ -43,13 +43,13 @@ fn address() -> Address {
     .unwrap()
 }
 
-async fn customer<S: ShopAdapter + ?Sized>(store: &S, email: &str) -> UserId {
+pub(super) async fn customer<S: ShopAdapter + ?Sized>(store: &S, email: &str) -> UserId {
     let u = user(email, t0());
     store.insert_user(&u, "h").await.unwrap();
     u.id
 }
 
-async fn product<S: ShopAdapter + ?Sized>(
+pub(super) async fn product<S: ShopAdapter + ?Sized>(
     store: &S,
     name: &str,
     price: i64,
@@ -73,7 +73,7 @@ async fn product<S: ShopAdapter + ?Sized>(
     p.id
 }
 
-fn checkout_of(user: UserId, coupon: Option<&str>) -> CheckoutRequest {
+pub(super) fn checkout_of(user: UserId, coupon: Option<&str>) -> CheckoutRequest {
     CheckoutRequest {
         order_id: OrderId::new(),
         user_id: user,
