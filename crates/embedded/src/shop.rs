@@ -7,12 +7,13 @@ use flashmart_app::shop::model::{
     AddressRecord, CancelOutcome, CartLine, CheckoutOutcome, CheckoutRequest, Coupon, OrderLine,
     OrderRecord,
 };
+use flashmart_app::shop::pricing;
 use flashmart_app::{Page, PageRequest, StoreError};
 use flashmart_domain::address::{Address, AddressFields};
 use flashmart_domain::coupon::{CouponRules, Discount};
 use flashmart_domain::{
-    AddressId, CouponId, Currency, Money, MoneyError, OrderId, OrderStatus, ProductId,
-    ReservationId, SaleId, UserId,
+    AddressId, CouponId, Currency, Money, OrderId, OrderStatus, ProductId, ReservationId, SaleId,
+    UserId,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
@@ -611,48 +612,18 @@ impl OrderStore for SqliteStore {
         if open >= i64::from(req.max_open_orders) {
             return Ok(CheckoutOutcome::TooManyOpenOrders);
         }
-        let mut products = Vec::with_capacity(lines.len());
-        for line in &lines {
-            match &line.product {
-                Some(p) if p.active && line.quantity > req.max_units_per_product => {
-                    return Ok(CheckoutOutcome::TooManyUnits {
-                        product_id: p.id,
-                        name: p.name.clone(),
-                    });
-                }
-                Some(p) if p.active => products.push((p, line.quantity)),
-                other => {
-                    return Ok(CheckoutOutcome::Unavailable {
-                        product_id: line.product_id,
-                        name: other.as_ref().map(|p| p.name.clone()),
-                    });
-                }
-            }
-        }
-        let currency = products[0].0.price.currency();
-        let mut subtotal = Money::zero(currency);
-        for (p, quantity) in &products {
-            let Some(line) = flashmart_domain::Quantity::new(i64::from(*quantity))
-                .ok()
-                .and_then(|q| p.price.checked_mul(q).ok())
-            else {
-                return Ok(CheckoutOutcome::TooLarge { field: "quantity" });
-            };
-            subtotal = match subtotal.checked_add(line) {
-                Ok(s) => s,
-                Err(MoneyError::CurrencyMismatch(..)) => {
-                    return Ok(CheckoutOutcome::MixedCurrencies);
-                }
-                Err(_) => return Ok(CheckoutOutcome::TooLarge { field: "total" }),
-            };
-        }
+        let priced = match pricing::price_for_order(&lines, req.max_units_per_product) {
+            Ok(priced) => priced,
+            Err(refused) => return Ok(refused),
+        };
         // Take every line's stock; the first short one undoes all (the transaction is dropped).
-        for (p, quantity) in &products {
+        for line in &priced.lines {
+            let p = line.product;
             let taken = sqlx::query(
                 "UPDATE products SET stock = stock - ?1, sold = sold + ?1, version = version + 1 \
                  WHERE id = ?2 AND stock >= ?1 AND active = 1 AND deleted_at IS NULL",
             )
-            .bind(i64::from(*quantity))
+            .bind(i64::from(line.quantity))
             .bind(p.id.as_uuid())
             .execute(&mut *tx)
             .await
@@ -671,60 +642,59 @@ impl OrderStore for SqliteStore {
                 });
             }
         }
-        let mut discount = Money::zero(currency);
-        if let Some(code) = &req.coupon_code {
-            let row = QueryBuilder::<Sqlite>::new(format!(
-                "SELECT {COUPON_COLUMNS} FROM coupons WHERE active = 1 AND code = "
-            ))
-            .push_bind(code.as_str())
-            .build()
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            let Some(row) = row else {
-                return Ok(CheckoutOutcome::CouponNotFound);
-            };
-            let coupon = coupon_from_row(&row)?;
-            let user_uses: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM coupon_redemptions WHERE coupon_id = ? AND user_id = ?",
-            )
-            .bind(coupon.id.as_uuid())
-            .bind(req.user_id.as_uuid())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            discount = match coupon.rules.discount_for(
-                subtotal,
-                req.now,
-                coupon.uses,
-                u32::try_from(user_uses).unwrap_or(u32::MAX),
-            ) {
-                Ok(d) => d,
-                Err(e) => return Ok(CheckoutOutcome::Coupon(e)),
-            };
-            // The single writer makes read-then-count safe inside this transaction; the
-            // condition states the invariant anyway.
-            sqlx::query("UPDATE coupons SET uses = uses + 1 WHERE id = ? AND uses = ?")
+        let totals = match &req.coupon_code {
+            None => priced.totals(),
+            Some(code) => {
+                let row = QueryBuilder::<Sqlite>::new(format!(
+                    "SELECT {COUPON_COLUMNS} FROM coupons WHERE active = 1 AND code = "
+                ))
+                .push_bind(code.as_str())
+                .build()
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let Some(row) = row else {
+                    return Ok(CheckoutOutcome::CouponNotFound);
+                };
+                let coupon = coupon_from_row(&row)?;
+                let user_uses: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM coupon_redemptions WHERE coupon_id = ? AND user_id = ?",
+                )
                 .bind(coupon.id.as_uuid())
-                .bind(i64::from(coupon.uses))
+                .bind(req.user_id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let totals = match priced.totals_with(
+                    &coupon,
+                    req.now,
+                    u32::try_from(user_uses).unwrap_or(u32::MAX),
+                ) {
+                    Ok(totals) => totals,
+                    Err(refused) => return Ok(refused),
+                };
+                // The single writer makes read-then-count safe inside this transaction; the
+                // condition states the invariant anyway.
+                sqlx::query("UPDATE coupons SET uses = uses + 1 WHERE id = ? AND uses = ?")
+                    .bind(coupon.id.as_uuid())
+                    .bind(i64::from(coupon.uses))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query(
+                    "INSERT INTO coupon_redemptions (coupon_id, user_id, order_id, at) \
+                     VALUES (?, ?, ?, ?)",
+                )
+                .bind(coupon.id.as_uuid())
+                .bind(req.user_id.as_uuid())
+                .bind(req.order_id.as_uuid())
+                .bind(micros(req.now))
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            sqlx::query(
-                "INSERT INTO coupon_redemptions (coupon_id, user_id, order_id, at) \
-                 VALUES (?, ?, ?, ?)",
-            )
-            .bind(coupon.id.as_uuid())
-            .bind(req.user_id.as_uuid())
-            .bind(req.order_id.as_uuid())
-            .bind(micros(req.now))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
-        let total = subtotal
-            .saturating_sub(discount)
-            .map_err(|e| corrupt("checkout", e))?;
+                totals
+            }
+        };
         let shipping = serde_json::to_string(req.shipping.fields()).map_err(StoreError::other)?;
         sqlx::query(
             "INSERT INTO orders (id, user_id, status, currency, subtotal_cents, discount_cents, \
@@ -733,10 +703,10 @@ impl OrderStore for SqliteStore {
         )
         .bind(req.order_id.as_uuid())
         .bind(req.user_id.as_uuid())
-        .bind(currency.as_str())
-        .bind(subtotal.cents())
-        .bind(discount.cents())
-        .bind(total.cents())
+        .bind(priced.currency().as_str())
+        .bind(totals.subtotal.cents())
+        .bind(totals.discount.cents())
+        .bind(totals.total.cents())
         .bind(shipping)
         .bind(req.coupon_code.as_deref())
         .bind(micros(req.now))
@@ -749,13 +719,13 @@ impl OrderStore for SqliteStore {
             "INSERT INTO order_items (order_id, line, product_id, name, unit_price_cents, \
              quantity) ",
         );
-        qb.push_values(products.iter().enumerate(), |mut b, (i, (p, quantity))| {
+        qb.push_values(priced.order_lines(), |mut b, line| {
             b.push_bind(*req.order_id.as_uuid())
-                .push_bind(i64::try_from(i + 1).unwrap_or(i64::MAX))
-                .push_bind(*p.id.as_uuid())
-                .push_bind(p.name.clone())
-                .push_bind(p.price.cents())
-                .push_bind(i64::from(*quantity));
+                .push_bind(i64::from(line.line))
+                .push_bind(line.product_id.map(|id| *id.as_uuid()))
+                .push_bind(line.name)
+                .push_bind(line.unit_price_cents)
+                .push_bind(i64::from(line.quantity));
         });
         qb.build().execute(&mut *tx).await.map_err(map_err)?;
         sqlx::query("DELETE FROM cart_items WHERE user_id = ?")

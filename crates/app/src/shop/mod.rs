@@ -2,6 +2,7 @@
 //! catalog, never from the client; stock is taken by a conditional update inside one transaction.
 
 pub mod model;
+pub mod pricing;
 
 use std::sync::Arc;
 
@@ -256,33 +257,26 @@ impl Shop {
 
     // ---- cart ------------------------------------------------------------------------------
 
-    /// The cart with today's prices and stock, and what would stop a checkout.
+    /// The cart with today's prices and stock, and what would stop a checkout: priced by the
+    /// rules checkout applies (`pricing`).
     pub async fn cart(&self, user: UserId) -> Result<CartView, ShopError> {
         let lines = self.carts.cart(user).await?;
-        let mut subtotal: Option<Money> = None;
-        let mut mixed = false;
-        let mut ready = !lines.is_empty();
+        let priced = pricing::price_for_order(&lines, self.settings.max_units_per_product);
+        let in_stock = lines
+            .iter()
+            .all(|l| l.product.as_ref().is_some_and(|p| p.stock >= l.quantity));
+        let ready = priced.is_ok() && in_stock;
+        let subtotal = pricing::subtotal(&lines);
         let views = lines
             .into_iter()
             .map(|line| {
                 let (line_total, problem) = match &line.product {
-                    Some(p) if p.active => {
-                        let total = flashmart_domain::Quantity::new(i64::from(line.quantity))
-                            .ok()
-                            .and_then(|q| p.price.checked_mul(q).ok());
-                        let problem =
-                            (p.stock < line.quantity).then_some(CartProblem::OnlyLeft(p.stock));
-                        (total, problem)
-                    }
+                    Some(p) if p.active => (
+                        pricing::line_total(p.price, line.quantity),
+                        (p.stock < line.quantity).then_some(CartProblem::OnlyLeft(p.stock)),
+                    ),
                     _ => (None, Some(CartProblem::Unavailable)),
                 };
-                if let Some(t) = line_total {
-                    subtotal = match subtotal {
-                        None => Some(t),
-                        Some(s) => s.checked_add(t).map_err(|_| mixed = true).ok(),
-                    };
-                }
-                ready &= problem.is_none();
                 CartLineView {
                     line,
                     line_total,
@@ -292,8 +286,8 @@ impl Shop {
             .collect();
         Ok(CartView {
             lines: views,
-            subtotal: subtotal.filter(|_| !mixed),
-            ready: ready && !mixed,
+            subtotal,
+            ready,
         })
     }
 
