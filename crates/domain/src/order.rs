@@ -57,6 +57,17 @@ impl OrderStatus {
         )
     }
 
+    /// Every status that may become `self`: what a guarded write that moves an order to `self`
+    /// checks the stored status against.
+    pub const fn sources(self) -> &'static [OrderStatus] {
+        use OrderStatus::*;
+        match self {
+            Paid | Cancelled | Expired => &[PendingPayment],
+            Refunded | PartiallyRefunded => &[Paid, PartiallyRefunded],
+            PendingPayment => &[],
+        }
+    }
+
     pub fn transition(self, next: OrderStatus) -> Result<OrderStatus, IllegalTransition> {
         if self.can_become(next) {
             Ok(next)
@@ -158,6 +169,11 @@ mod tests {
                     from.can_become(to),
                     allowed.contains(&(from, to)),
                     "{from} -> {to}"
+                );
+                assert_eq!(
+                    to.sources().contains(&from),
+                    from.can_become(to),
+                    "{to}'s sources and {from}"
                 );
             }
             assert_eq!(from.as_str().parse::<OrderStatus>().unwrap(), from);

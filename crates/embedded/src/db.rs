@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashmart_app::StoreError;
+use flashmart_domain::OrderStatus;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -174,6 +175,18 @@ pub(crate) fn map_err(err: sqlx::Error) -> StoreError {
 }
 
 /// Times are stored as unix microseconds: exact, ordered, and cheap to compare in SQL.
+/// The guard of a write that moves an order to `next`: `status IN (...)` with the statuses the
+/// order state machine (`OrderStatus::sources`) lets become `next`, so the rule is the domain's
+/// and the write only checks it.
+pub(crate) fn order_may_become(next: OrderStatus) -> String {
+    let sources: Vec<String> = next
+        .sources()
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!("status IN ({})", sources.join(", "))
+}
+
 pub(crate) fn micros(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }

@@ -9,14 +9,14 @@ use flashmart_app::flash_sale::model::{
 use flashmart_app::ports::FlashSaleStore;
 use flashmart_app::{Page, PageRequest, StoreError};
 use flashmart_domain::flash_sale::{SalePhase, SaleRules, SaleWindow};
-use flashmart_domain::{Currency, OrderId, ReservationId, SaleId, ScheduleId};
+use flashmart_domain::{Currency, OrderId, OrderStatus, ReservationId, SaleId, ScheduleId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::SqliteStore;
-use crate::db::{corrupt, from_micros, map_err, micros};
+use crate::db::{corrupt, from_micros, map_err, micros, order_may_become};
 
 macro_rules! select_sales {
     ($rest:literal) => {
@@ -641,10 +641,14 @@ impl FlashSaleStore for SqliteStore {
         .map_err(map_err)?;
         let orders: Vec<Uuid> = rows.iter().filter_map(|r| r.0).collect();
         for chunk in chunks(&orders) {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("UPDATE orders SET status = 'expired', updated_at = ");
-            qb.push_bind(micros(now))
-                .push(" WHERE status = 'pending_payment' AND id IN (");
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "UPDATE orders SET status = '{}', updated_at = ",
+                OrderStatus::Expired.as_str()
+            ));
+            qb.push_bind(micros(now)).push(format!(
+                " WHERE {} AND id IN (",
+                order_may_become(OrderStatus::Expired)
+            ));
             let mut list = qb.separated(", ");
             for id in chunk {
                 list.push_bind(id);

@@ -10,12 +10,12 @@ use flashmart_app::payments::{
 use flashmart_app::ports::PaymentStore;
 use flashmart_domain::{Currency, Money, OrderId, OrderStatus, PaymentId, RefundId};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row as _, Sqlite};
+use sqlx::{AssertSqlSafe, Row as _, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::SqliteStore;
-use crate::db::{corrupt, from_micros, map_err, micros};
+use crate::db::{corrupt, from_micros, map_err, micros, order_may_become};
 
 macro_rules! select_payments {
     ($rest:literal) => {
@@ -196,10 +196,12 @@ impl PaymentStore for SqliteStore {
             tx.commit().await.map_err(map_err)?;
             return Ok(Applied::Failed);
         }
-        let paid: Option<Option<Uuid>> = sqlx::query_scalar(
-            "UPDATE orders SET status = 'paid', paid_at = ?1, updated_at = ?1 \
-             WHERE id = ?2 AND status = 'pending_payment' RETURNING reservation_id",
-        )
+        let paid: Option<Option<Uuid>> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "UPDATE orders SET status = '{}', paid_at = ?1, updated_at = ?1 \
+             WHERE id = ?2 AND {} RETURNING reservation_id",
+            OrderStatus::Paid.as_str(),
+            order_may_become(OrderStatus::Paid)
+        )))
         .bind(micros(now))
         .bind(payment.order_id.as_uuid())
         .fetch_optional(&mut *tx)

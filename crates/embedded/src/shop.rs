@@ -16,13 +16,13 @@ use flashmart_domain::{
     UserId,
 };
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::SqliteStore;
 use crate::catalog::product_from_row;
-use crate::db::{corrupt, from_micros, map_err, micros};
+use crate::db::{corrupt, from_micros, map_err, micros, order_may_become};
 
 fn get<'r, T>(row: &'r SqliteRow, col: &str) -> Result<T, StoreError>
 where
@@ -782,13 +782,14 @@ impl OrderStore for SqliteStore {
             return Ok((CancelOutcome::NotFound, None));
         };
         let status: OrderStatus = status.parse().map_err(|e| corrupt("orders.status", e))?;
-        if status != OrderStatus::PendingPayment {
+        if !status.can_become(OrderStatus::Cancelled) {
             return Ok((CancelOutcome::NotPending(status), None));
         }
-        sqlx::query(
-            "UPDATE orders SET status = 'cancelled', updated_at = ? \
-             WHERE id = ? AND status = 'pending_payment'",
-        )
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE orders SET status = '{}', updated_at = ? WHERE id = ? AND {}",
+            OrderStatus::Cancelled.as_str(),
+            order_may_become(OrderStatus::Cancelled)
+        )))
         .bind(micros(now))
         .bind(id.as_uuid())
         .execute(&mut *tx)
@@ -834,13 +835,15 @@ impl OrderStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<OrderId>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let due: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE orders SET status = 'expired', updated_at = ?1 \
+        let due: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "UPDATE orders SET status = '{}', updated_at = ?1 \
              WHERE id IN (SELECT id FROM orders \
-                          WHERE status = 'pending_payment' AND reservation_id IS NULL \
+                          WHERE {} AND reservation_id IS NULL \
                             AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
              RETURNING id",
-        )
+            OrderStatus::Expired.as_str(),
+            order_may_become(OrderStatus::Expired)
+        )))
         .bind(micros(now))
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
