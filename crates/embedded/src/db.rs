@@ -174,7 +174,6 @@ pub(crate) fn map_err(err: sqlx::Error) -> StoreError {
     }
 }
 
-/// Times are stored as unix microseconds: exact, ordered, and cheap to compare in SQL.
 /// The guard of a write that moves an order to `next`: `status IN (...)` with the statuses the
 /// order state machine (`OrderStatus::sources`) lets become `next`, so the rule is the domain's
 /// and the write only checks it.
@@ -187,6 +186,7 @@ pub(crate) fn order_may_become(next: OrderStatus) -> String {
     format!("status IN ({})", sources.join(", "))
 }
 
+/// Times are stored as unix microseconds: exact, ordered, and cheap to compare in SQL.
 pub(crate) fn micros(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
