@@ -1,0 +1,84 @@
+//! The connection pool, migrations and the mapping of driver errors.
+
+use std::time::Duration;
+
+use flashmart_app::StoreError;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// A pool of connections to one PostgreSQL database (and schema: the URL's `options` may set
+/// `search_path`).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pub(crate) pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects with at most `max_connections` and brings the schema up to date.
+    pub async fn connect(
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            // A request that needs the database answers 503 rather than hang when it is away.
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        MIGRATOR.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(err) => map_err(err),
+            other => StoreError::other(other),
+        })?;
+        Ok(Self { pool })
+    }
+
+    /// Closes every connection (the pool refuses new work from then on).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+/// Driver errors as the ports report them: a unique or check constraint by its name (the
+/// migrations name them as the application knows them), an unreachable or overloaded server as
+/// `Unavailable`.
+pub(crate) fn map_err(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(db) if db.is_unique_violation() || db.is_check_violation() => {
+            StoreError::Conflict {
+                constraint: db.constraint().unwrap_or("unknown").to_owned().into(),
+            }
+        }
+        sqlx::Error::Database(db) if is_unavailable(db.code().as_deref()) => {
+            StoreError::Unavailable(db.message().to_owned())
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(err.to_string())
+        }
+        other => StoreError::other(other),
+    }
+}
+
+/// SQLSTATE classes that mean "try again later": too many connections or out of resources
+/// (53), the server shutting down or restarting (57P0x), a serialization failure or deadlock
+/// (40001, 40P01).
+fn is_unavailable(code: Option<&str>) -> bool {
+    code.is_some_and(|c| {
+        c.starts_with("53") || c.starts_with("57P0") || c == "40001" || c == "40P01"
+    })
+}
+
+pub(crate) fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(format!("stored {what} is not valid: {err}").into())
+}
