@@ -5,9 +5,11 @@
 //! it (`users.email`). The schema is `migrations/postgres`, applied at connect.
 //!
 //! Ports arrive here one suite at a time, each proved by the same contract tests the SQLite
-//! adapter passes (`flashmart_app::port_contracts!`): today accounts and sessions.
+//! adapter passes (`flashmart_app::port_contracts!`): today accounts and sessions, and the
+//! catalog.
 
 mod accounts;
+mod catalog;
 mod db;
 
 pub use db::PgStore;

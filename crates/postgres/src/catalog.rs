@@ -1,0 +1,204 @@
+//! Products in PostgreSQL.
+
+use async_trait::async_trait;
+use flashmart_app::catalog::{Product, ProductFilter};
+use flashmart_app::ports::CatalogStore;
+use flashmart_app::{Page, PageRequest, StoreError};
+use flashmart_domain::{Currency, Money, ProductId};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, QueryBuilder, Row as _};
+use time::OffsetDateTime;
+
+use crate::PgStore;
+use crate::db::{corrupt, map_err};
+
+const PRODUCT_COLUMNS: &str = "id, name, description, price_cents, currency, stock, sold, \
+                               category, images, active, created_at, updated_at, version";
+
+macro_rules! select_products {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, name, description, price_cents, currency, stock, sold, category, images, \
+             active, created_at, updated_at, version FROM products ",
+            $rest
+        )
+    };
+}
+
+pub(crate) fn product_from_row(row: &PgRow) -> Result<Product, StoreError> {
+    let currency: String = row.try_get("currency").map_err(map_err)?;
+    let currency = Currency::parse(&currency).map_err(|e| corrupt("products.currency", e))?;
+    let stock: i64 = row.try_get("stock").map_err(map_err)?;
+    let sold: i64 = row.try_get("sold").map_err(map_err)?;
+    Ok(Product {
+        id: ProductId::from_uuid(row.try_get("id").map_err(map_err)?),
+        name: row.try_get("name").map_err(map_err)?,
+        description: row.try_get("description").map_err(map_err)?,
+        price: Money::new(row.try_get("price_cents").map_err(map_err)?, currency)
+            .map_err(|e| corrupt("products.price_cents", e))?,
+        stock: u32::try_from(stock).map_err(|e| corrupt("products.stock", e))?,
+        sold: u64::try_from(sold).map_err(|e| corrupt("products.sold", e))?,
+        category: row.try_get("category").map_err(map_err)?,
+        images: row.try_get("images").map_err(map_err)?,
+        active: row.try_get("active").map_err(map_err)?,
+        created_at: row.try_get("created_at").map_err(map_err)?,
+        updated_at: row.try_get("updated_at").map_err(map_err)?,
+        version: row.try_get("version").map_err(map_err)?,
+    })
+}
+
+/// `ILIKE` pattern matching `word` anywhere, case-insensitively, with the wildcards in it
+/// escaped.
+fn contains(word: &str) -> String {
+    let escaped = word
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// Most search words used; the rest are ignored.
+const MAX_WORDS: usize = 8;
+
+fn push_filter(qb: &mut QueryBuilder<Postgres>, filter: &ProductFilter) {
+    qb.push(" WHERE deleted_at IS NULL");
+    if !filter.include_inactive {
+        qb.push(" AND active");
+    }
+    if let Some(category) = &filter.category {
+        qb.push(" AND category = ").push_bind(category.clone());
+    }
+    if let Some(q) = &filter.q {
+        for word in q.split_whitespace().take(MAX_WORDS) {
+            let pattern = contains(word);
+            qb.push(" AND (name ILIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\' OR description ILIKE ")
+                .push_bind(pattern)
+                .push(" ESCAPE '\\')");
+        }
+    }
+}
+
+#[async_trait]
+impl CatalogStore for PgStore {
+    async fn insert_product(&self, p: &Product) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO products (id, name, description, price_cents, currency, stock, sold, \
+             category, images, active, created_at, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(p.id.as_uuid())
+        .bind(&p.name)
+        .bind(&p.description)
+        .bind(p.price.cents())
+        .bind(p.price.currency().as_str())
+        .bind(i64::from(p.stock))
+        .bind(i64::try_from(p.sold).unwrap_or(i64::MAX))
+        .bind(p.category.as_deref())
+        .bind(&p.images)
+        .bind(p.active)
+        .bind(p.created_at)
+        .bind(p.updated_at)
+        .bind(p.version)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn product(&self, id: ProductId) -> Result<Option<Product>, StoreError> {
+        sqlx::query(select_products!("WHERE id = $1 AND deleted_at IS NULL"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(product_from_row)
+            .transpose()
+    }
+
+    async fn update_product(&self, p: &Product) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE products SET name = $1, description = $2, price_cents = $3, currency = $4, \
+             stock = $5, category = $6, images = $7, active = $8, updated_at = $9, version = $10 \
+             WHERE id = $11 AND version = $12 AND deleted_at IS NULL",
+        )
+        .bind(&p.name)
+        .bind(&p.description)
+        .bind(p.price.cents())
+        .bind(p.price.currency().as_str())
+        .bind(i64::from(p.stock))
+        .bind(p.category.as_deref())
+        .bind(&p.images)
+        .bind(p.active)
+        .bind(p.updated_at)
+        .bind(p.version)
+        .bind(p.id.as_uuid())
+        .bind(p.version - 1)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_product(&self, id: ProductId, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let done = sqlx::query(
+            "UPDATE products SET deleted_at = $1, updated_at = $1, version = version + 1 \
+             WHERE id = $2 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        // A deleted product leaves every cart at once.
+        sqlx::query("DELETE FROM cart_items WHERE product_id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn list_products(
+        &self,
+        filter: &ProductFilter,
+        page: PageRequest,
+    ) -> Result<Page<Product>, StoreError> {
+        let mut count = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM products");
+        push_filter(&mut count, filter);
+        let total: i64 = count
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let mut qb =
+            QueryBuilder::<Postgres>::new(format!("SELECT {PRODUCT_COLUMNS} FROM products"));
+        push_filter(&mut qb, filter);
+        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(page.per_page()))
+            .push(" OFFSET ")
+            .push_bind(i64::try_from(page.offset()).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(map_err)?;
+        let items = rows
+            .iter()
+            .map(product_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(Page::new(page, items, u64::try_from(total).unwrap_or(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_words_cannot_smuggle_wildcards() {
+        assert_eq!(contains("50%"), "%50\\%%");
+        assert_eq!(contains("a_b"), "%a\\_b%");
+        assert_eq!(contains("c\\d"), "%c\\\\d%");
+    }
+}
