@@ -52,18 +52,6 @@ fn images_json(images: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(images).map_err(StoreError::other)
 }
 
-/// `LIKE` pattern matching `word` anywhere, with the wildcards in it escaped.
-fn contains(word: &str) -> String {
-    let escaped = word
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
-}
-
-/// Most search words used; the rest are ignored.
-const MAX_WORDS: usize = 8;
-
 fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &ProductFilter) {
     qb.push(" WHERE deleted_at IS NULL");
     if !filter.include_inactive {
@@ -72,15 +60,12 @@ fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &ProductFilter) {
     if let Some(category) = &filter.category {
         qb.push(" AND category = ").push_bind(category.as_str());
     }
-    if let Some(q) = &filter.q {
-        for word in q.split_whitespace().take(MAX_WORDS) {
-            let pattern = contains(word);
-            qb.push(" AND (name LIKE ")
-                .push_bind(pattern.clone())
-                .push(" ESCAPE '\\' OR description LIKE ")
-                .push_bind(pattern)
-                .push(" ESCAPE '\\')");
-        }
+    for pattern in filter.like_patterns() {
+        qb.push(" AND (name LIKE ")
+            .push_bind(pattern.clone())
+            .push(" ESCAPE '\\' OR description LIKE ")
+            .push_bind(pattern)
+            .push(" ESCAPE '\\')");
     }
 }
 
@@ -191,17 +176,5 @@ impl CatalogStore for SqliteStore {
             .map(product_from_row)
             .collect::<Result<_, _>>()?;
         Ok(Page::new(page, items, u64::try_from(total).unwrap_or(0)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn search_words_cannot_smuggle_wildcards() {
-        assert_eq!(contains("50%"), "%50\\%%");
-        assert_eq!(contains("a_b"), "%a\\_b%");
-        assert_eq!(contains("c\\d"), "%c\\\\d%");
     }
 }

@@ -46,6 +46,27 @@ pub struct ProductFilter {
     pub include_inactive: bool,
 }
 
+/// Most search words used; the rest are ignored.
+pub const MAX_SEARCH_WORDS: usize = 8;
+
+impl ProductFilter {
+    /// The search words every adapter matches, each as a SQL `LIKE` pattern that finds it
+    /// anywhere, literally: its `%`, `_` and `\` escaped for `ESCAPE '\'`.
+    pub fn like_patterns(&self) -> impl Iterator<Item = String> + '_ {
+        self.q
+            .iter()
+            .flat_map(|q| q.split_whitespace())
+            .take(MAX_SEARCH_WORDS)
+            .map(|word| {
+                let escaped = word
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                format!("%{escaped}%")
+            })
+    }
+}
+
 /// A new product as an operator describes it.
 #[derive(Debug, Clone)]
 pub struct ProductDraft {
@@ -308,5 +329,31 @@ impl Catalog {
             }
         }
         Ok(self.store.list_products(&filter, page).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patterns(q: &str) -> Vec<String> {
+        ProductFilter {
+            q: Some(q.to_owned()),
+            ..ProductFilter::default()
+        }
+        .like_patterns()
+        .collect()
+    }
+
+    #[test]
+    fn search_words_cannot_smuggle_wildcards() {
+        assert_eq!(patterns("50% a_b c\\d"), ["%50\\%%", "%a\\_b%", "%c\\\\d%"]);
+    }
+
+    #[test]
+    fn at_most_eight_words_are_searched() {
+        assert_eq!(patterns("  red   shoe ").len(), 2);
+        assert_eq!(patterns(&"w ".repeat(20)).len(), MAX_SEARCH_WORDS);
+        assert!(ProductFilter::default().like_patterns().next().is_none());
     }
 }
