@@ -5,11 +5,12 @@
 //! it (`users.email`). The schema is `migrations/postgres`, applied at connect.
 //!
 //! Ports arrive here one suite at a time, each proved by the same contract tests the SQLite
-//! adapter passes (`flashmart_app::port_contracts!`): today accounts and sessions, and the
-//! catalog.
+//! adapter passes (`flashmart_app::port_contracts!`): today accounts and sessions, second
+//! factors, and the catalog.
 
 mod accounts;
 mod catalog;
 mod db;
+mod second_factor;
 
 pub use db::PgStore;

@@ -10,24 +10,29 @@ mod accounts;
 mod catalog;
 mod flash_sale;
 mod payments;
+mod second_factor;
 mod shop;
 
 pub use accounts::*;
 pub use catalog::*;
 pub use flash_sale::*;
 pub use payments::*;
+pub use second_factor::*;
 pub use shop::*;
 
 /// Every contract of this module as a `#[tokio::test]` against one adapter:
 /// `port_contracts!(setup)`, where `setup` is an async fn returning `(guard, Arc<Store>)`, a fresh
 /// and empty store and whatever must outlive the test beside it (a temporary directory, a schema
 /// dropped afterwards). `port_contracts!(setup; accounts, catalog)` runs only the suites named
-/// (`accounts`, `catalog`, `shop`, `payments`, `flash_sales`), for an adapter that does not yet
-/// implement every port. A unit test below fails when a public contract is missing here.
+/// (`accounts`, `second_factor`, `catalog`, `shop`, `payments`, `flash_sales`), for an adapter
+/// that does not yet implement every port. A unit test below fails when a public contract is
+/// missing here.
 #[macro_export]
 macro_rules! port_contracts {
     ($setup:path) => {
-        $crate::port_contracts!($setup; accounts, catalog, shop, payments, flash_sales);
+        $crate::port_contracts!(
+            $setup; accounts, second_factor, catalog, shop, payments, flash_sales
+        );
     };
     ($setup:path; $($suite:ident),+ $(,)?) => {
         $($crate::port_contracts!(@suite $suite $setup);)+
@@ -52,6 +57,12 @@ macro_rules! port_contracts {
             )
             .await;
         }
+    };
+    (@suite second_factor $setup:path) => {
+        $crate::port_contracts!(@by_ref $setup;
+            a_secret_waits_for_its_first_code,
+            no_step_or_recovery_code_works_twice,
+        );
     };
     (@suite catalog $setup:path) => {
         $crate::port_contracts!(@by_ref $setup;
@@ -131,6 +142,7 @@ mod tests {
             include_str!("catalog.rs"),
             include_str!("flash_sale.rs"),
             include_str!("payments.rs"),
+            include_str!("second_factor.rs"),
             include_str!("shop.rs"),
         ];
         let this = include_str!("mod.rs");
