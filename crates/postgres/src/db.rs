@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use flashmart_app::StoreError;
+use flashmart_domain::OrderStatus;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -77,6 +78,17 @@ fn is_unavailable(code: Option<&str>) -> bool {
     code.is_some_and(|c| {
         c.starts_with("53") || c.starts_with("57P0") || c == "40001" || c == "40P01"
     })
+}
+
+/// The guard of a write that moves an order to `next`: `status IN (...)` with the statuses the
+/// order state machine (`OrderStatus::sources`) lets become `next`.
+pub(crate) fn order_may_become(next: OrderStatus) -> String {
+    let sources: Vec<String> = next
+        .sources()
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!("status IN ({})", sources.join(", "))
 }
 
 pub(crate) fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {

@@ -6,11 +6,12 @@
 //!
 //! Ports arrive here one suite at a time, each proved by the same contract tests the SQLite
 //! adapter passes (`flashmart_app::port_contracts!`): today accounts and sessions, second
-//! factors, and the catalog.
+//! factors, the catalog, and the shop (addresses, carts, coupons, cart orders).
 
 mod accounts;
 mod catalog;
 mod db;
 mod second_factor;
+mod shop;
 
 pub use db::PgStore;

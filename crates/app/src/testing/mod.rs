@@ -85,6 +85,18 @@ macro_rules! port_contracts {
             let (_guard, store) = $setup().await;
             $crate::testing::racing_for_the_last_unit(store).await;
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn racing_for_a_coupons_last_use() {
+            let (_guard, store) = $setup().await;
+            $crate::testing::racing_for_a_coupons_last_use(store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn one_buyers_parallel_checkouts_make_one_order() {
+            let (_guard, store) = $setup().await;
+            $crate::testing::one_buyers_parallel_checkouts_make_one_order(store).await;
+        }
     };
     (@suite payments $setup:path) => {
         $crate::port_contracts!(@by_ref $setup;

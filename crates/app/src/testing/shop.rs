@@ -398,3 +398,91 @@ pub async fn racing_for_the_last_unit<S: ShopAdapter>(store: Arc<S>) {
     assert_eq!(placed, 1);
     assert_eq!(stock_of(store.as_ref(), p).await, (0, 1));
 }
+
+/// Many customers race for a coupon's last use, each buying something else: exactly one order
+/// has it, and it is counted once.
+pub async fn racing_for_a_coupons_last_use<S: ShopAdapter>(store: Arc<S>) {
+    let coupon = Coupon {
+        id: CouponId::new(),
+        code: "LAST".into(),
+        rules: CouponRules::new(
+            Discount::Fixed { amount: usd(100) },
+            None,
+            t0() - Duration::days(1),
+            t0() + Duration::days(1),
+            Some(1),
+            None,
+        )
+        .unwrap(),
+        uses: 0,
+        active: true,
+        created_at: t0(),
+    };
+    store.insert_coupon(&coupon).await.unwrap();
+    // A product each, so that nothing but the coupon makes the checkouts wait for each other.
+    let mut users = Vec::new();
+    let mut products = Vec::new();
+    for i in 0..12 {
+        let u = customer(store.as_ref(), &format!("racer{i}@example.com")).await;
+        let p = product(store.as_ref(), &format!("Thing {i}"), 500, 1).await;
+        store.set_cart_line(u, p, 1, t0()).await.unwrap();
+        users.push(u);
+        products.push(p);
+    }
+    let tasks: Vec<_> = users
+        .into_iter()
+        .map(|u| {
+            let store = Arc::clone(&store);
+            tokio::spawn(
+                async move { store.checkout(&checkout_of(u, Some("LAST"))).await.unwrap() },
+            )
+        })
+        .collect();
+    let mut placed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            CheckoutOutcome::Placed(order) => {
+                assert_eq!(order.discount, usd(100));
+                placed += 1;
+            }
+            CheckoutOutcome::Coupon(CouponError::UsedUp) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(placed, 1);
+    let listed = store.coupons(PageRequest::default()).await.unwrap();
+    assert_eq!(listed.items[0].uses, 1);
+    let mut sold = 0;
+    for p in products {
+        sold += stock_of(store.as_ref(), p).await.1;
+    }
+    assert_eq!(sold, 1, "a refused coupon takes no stock");
+}
+
+/// One customer checks out from many tabs at once: the cap on unpaid orders holds, and the
+/// cart becomes one order.
+pub async fn one_buyers_parallel_checkouts_make_one_order<S: ShopAdapter>(store: Arc<S>) {
+    let p = product(store.as_ref(), "Plenty", 500, 100).await;
+    let alice = customer(store.as_ref(), "alice@example.com").await;
+    store.set_cart_line(alice, p, 2, t0()).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut request = checkout_of(alice, None);
+                request.max_open_orders = 1;
+                store.checkout(&request).await.unwrap()
+            })
+        })
+        .collect();
+    let mut placed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            CheckoutOutcome::Placed(_) => placed += 1,
+            CheckoutOutcome::EmptyCart | CheckoutOutcome::TooManyOpenOrders => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(placed, 1);
+    assert_eq!(stock_of(store.as_ref(), p).await, (98, 2));
+}
