@@ -6,11 +6,13 @@
 //!
 //! Ports arrive here one suite at a time, each proved by the same contract tests the SQLite
 //! adapter passes (`flashmart_app::port_contracts!`): today accounts and sessions, second
-//! factors, the catalog, and the shop (addresses, carts, coupons, cart orders).
+//! factors, the catalog, the shop (addresses, carts, coupons, cart orders), and payments
+//! and refunds.
 
 mod accounts;
 mod catalog;
 mod db;
+mod payments;
 mod second_factor;
 mod shop;
 
