@@ -494,7 +494,21 @@ pub(crate) async fn load_order(
     Ok(with_lines(conn, row.into_iter().collect()).await?.pop())
 }
 
-/// Gives back what an unpaid cart order held: its items' stock and its coupon use.
+/// Locks, in id order (the order every writer takes them in), the products of `orders`.
+async fn lock_products_of(conn: &mut PgConnection, orders: &[Uuid]) -> Result<(), StoreError> {
+    sqlx::query(
+        "SELECT 1 FROM products WHERE id IN (SELECT product_id FROM order_items \
+         WHERE order_id = ANY($1) AND product_id IS NOT NULL) ORDER BY id FOR UPDATE",
+    )
+    .bind(orders)
+    .execute(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Gives back what an unpaid cart order held: its items' stock and its coupon use. The caller
+/// has locked the order's products (`lock_products_of`).
 async fn give_back(conn: &mut PgConnection, order: OrderId) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE products p SET stock = p.stock + i.quantity, \
@@ -603,7 +617,11 @@ impl OrderStore for PgStore {
             Err(refused) => return Ok(refused),
         };
         // Take every line's stock; the first short one undoes all (the transaction is dropped).
-        for line in &priced.lines {
+        // Every writer locks products in one order, by id, so that two checkouts, or a checkout
+        // and an order giving its stock back, never wait for each other in a circle.
+        let mut taking: Vec<_> = priced.lines.iter().collect();
+        taking.sort_by_key(|line| line.product.id);
+        for line in taking {
             let p = line.product;
             let taken = sqlx::query(
                 "UPDATE products SET stock = stock - $1, sold = sold + $1, version = version + 1 \
@@ -800,6 +818,7 @@ impl OrderStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        lock_products_of(&mut tx, &[*id.as_uuid()]).await?;
         give_back(&mut tx, id).await?;
         let order = load_order(&mut tx, id)
             .await?
@@ -829,6 +848,7 @@ impl OrderStore for PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
+        lock_products_of(&mut tx, &due).await?;
         for id in &due {
             give_back(&mut tx, OrderId::from_uuid(*id)).await?;
         }

@@ -97,6 +97,12 @@ macro_rules! port_contracts {
             let (_guard, store) = $setup().await;
             $crate::testing::one_buyers_parallel_checkouts_make_one_order(store).await;
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn checkouts_sharing_products_all_go_through() {
+            let (_guard, store) = $setup().await;
+            $crate::testing::checkouts_sharing_products_all_go_through(store).await;
+        }
     };
     (@suite payments $setup:path) => {
         $crate::port_contracts!(@by_ref $setup;

@@ -486,3 +486,40 @@ pub async fn one_buyers_parallel_checkouts_make_one_order<S: ShopAdapter>(store:
     assert_eq!(placed, 1);
     assert_eq!(stock_of(store.as_ref(), p).await, (98, 2));
 }
+
+/// Customers whose carts hold the same products in different orders check out at once: every
+/// checkout goes through (no two wait for each other in a circle), and stock adds up.
+pub async fn checkouts_sharing_products_all_go_through<S: ShopAdapter>(store: Arc<S>) {
+    let mut products = Vec::new();
+    for i in 0..4 {
+        products.push(product(store.as_ref(), &format!("Shared {i}"), 100, 1_000).await);
+    }
+    let mut users = Vec::new();
+    for i in 0..12usize {
+        let u = customer(store.as_ref(), &format!("sharer{i}@example.com")).await;
+        // Each cart adds the products starting from another one, a second apart.
+        for k in 0..products.len() {
+            let p = products[(i + k) % products.len()];
+            let at = t0() + Duration::seconds(i64::try_from(k).unwrap());
+            store.set_cart_line(u, p, 1, at).await.unwrap();
+        }
+        users.push(u);
+    }
+    let tasks: Vec<_> = users
+        .into_iter()
+        .map(|u| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.checkout(&checkout_of(u, None)).await })
+        })
+        .collect();
+    for t in tasks {
+        let outcome = t.await.unwrap();
+        assert!(
+            matches!(outcome, Ok(CheckoutOutcome::Placed(_))),
+            "{outcome:?}"
+        );
+    }
+    for p in products {
+        assert_eq!(stock_of(store.as_ref(), p).await, (988, 12));
+    }
+}
