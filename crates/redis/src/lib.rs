@@ -1,0 +1,207 @@
+//! The scaled flash-sale engine's core: a sale's live state in Redis (its window, each item's
+//! remaining stock, what each buyer holds, the answers given for `Idempotency-Key`s, and a
+//! stream of the reservations made), and one Lua script that decides and records a reservation
+//! atomically. Every key of a sale carries the hash tag `{sale:ID}`, so a Redis Cluster keeps a
+//! sale on one shard and the script runs there whole.
+//!
+//! This is the piece the engine port (docs/ARCHITECTURE.md, "Scaled mode") will drive; it is
+//! not wired into the server yet.
+
+use flashmart_app::flash_sale::idempotency::Refusal;
+use flashmart_domain::{ReservationId, SaleId};
+use redis::aio::ConnectionLike;
+use redis::{RedisError, Script};
+use time::OffsetDateTime;
+
+/// The keys of one sale, under `prefix` (so that tests, or two shops on one Redis, do not meet).
+#[derive(Debug, Clone)]
+pub struct SaleKeys {
+    pub meta: String,
+    pub stock: String,
+    pub held: String,
+    pub keys: String,
+    pub log: String,
+}
+
+impl SaleKeys {
+    pub fn new(prefix: &str, sale: SaleId) -> Self {
+        let tag = format!("{prefix}{{sale:{}}}", sale.as_uuid());
+        Self {
+            meta: format!("{tag}:meta"),
+            stock: format!("{tag}:stock"),
+            held: format!("{tag}:held"),
+            keys: format!("{tag}:keys"),
+            log: format!("{tag}:log"),
+        }
+    }
+
+    fn all(&self) -> [&str; 5] {
+        [&self.meta, &self.stock, &self.held, &self.keys, &self.log]
+    }
+}
+
+/// A sale as Redis needs it to decide reservations.
+#[derive(Debug, Clone)]
+pub struct LiveSale {
+    pub id: SaleId,
+    pub starts_at: OffsetDateTime,
+    pub ends_at: OffsetDateTime,
+    pub per_user_limit: u32,
+    /// How long a reservation holds its stock.
+    pub reservation_ttl: time::Duration,
+    /// Each item's number and remaining stock.
+    pub items: Vec<(u32, u32)>,
+}
+
+/// One reservation request.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest<'a> {
+    pub sale: SaleId,
+    pub item: u32,
+    /// The buyer as the ledger names them (a user id, or the contest's caller-named user).
+    pub buyer: &'a str,
+    pub quantity: u32,
+    pub idempotency_key: Option<&'a str>,
+    pub now: OffsetDateTime,
+}
+
+/// What the script decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Reserved {
+        id: ReservationId,
+        expires_at: OffsetDateTime,
+        /// The answer given before for the same key and request.
+        replayed: bool,
+    },
+    Refused {
+        refusal: Refusal,
+        replayed: bool,
+    },
+    /// The key was used before with another request.
+    KeyReused,
+}
+
+fn micros(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+fn from_micros(us: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).ok()
+}
+
+fn protocol(what: &str) -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::TypeError,
+        "unexpected answer from the reservation script",
+        what.to_owned(),
+    ))
+}
+
+/// The reservation script and the key prefix it works under.
+#[derive(Debug, Clone)]
+pub struct RedisSales {
+    prefix: String,
+    script: Script,
+}
+
+impl RedisSales {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            script: Script::new(include_str!("reserve.lua")),
+        }
+    }
+
+    pub fn keys(&self, sale: SaleId) -> SaleKeys {
+        SaleKeys::new(&self.prefix, sale)
+    }
+
+    /// Writes a sale's window, limit and stock (replacing what Redis held of it), in one
+    /// transaction.
+    pub async fn load<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: &LiveSale,
+    ) -> Result<(), RedisError> {
+        let keys = self.keys(sale.id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&keys.stock)
+            .hset_multiple(
+                &keys.meta,
+                &[
+                    ("starts_at", micros(sale.starts_at)),
+                    ("ends_at", micros(sale.ends_at)),
+                    ("per_user_limit", i64::from(sale.per_user_limit)),
+                    (
+                        "ttl",
+                        i64::try_from(sale.reservation_ttl.whole_microseconds())
+                            .unwrap_or(i64::MAX),
+                    ),
+                ],
+            )
+            .ignore();
+        if !sale.items.is_empty() {
+            pipe.hset_multiple(&keys.stock, &sale.items).ignore();
+        }
+        pipe.query_async::<()>(conn).await
+    }
+
+    /// Runs the script for one reservation.
+    pub async fn reserve<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        request: &ReserveRequest<'_>,
+    ) -> Result<Decision, RedisError> {
+        let keys = self.keys(request.sale);
+        let id = ReservationId::new();
+        let fingerprint = format!("{}:{}", request.item, request.quantity);
+        let mut invocation = self.script.prepare_invoke();
+        for key in keys.all() {
+            invocation.key(key);
+        }
+        invocation
+            .arg(micros(request.now))
+            .arg(request.item)
+            .arg(request.buyer)
+            .arg(request.quantity)
+            .arg(request.idempotency_key.unwrap_or(""))
+            .arg(fingerprint)
+            .arg(id.as_uuid().to_string());
+        let reply: Vec<String> = invocation.invoke_async(conn).await?;
+        decide(&reply)
+    }
+}
+
+fn decide(reply: &[String]) -> Result<Decision, RedisError> {
+    let (replayed, rest) = match reply.split_first() {
+        Some((first, rest)) if first == "replayed" => (true, rest),
+        _ => (false, reply),
+    };
+    match rest {
+        [kind] if kind == "key_reused" => Ok(Decision::KeyReused),
+        [kind, reason] if kind == "refused" => Ok(Decision::Refused {
+            refusal: match reason.as_str() {
+                "no_sale" => Refusal::SaleNotFound,
+                "no_item" => Refusal::ItemNotFound,
+                "not_started" => Refusal::NotStarted,
+                "ended" => Refusal::Ended,
+                "sold_out" => Refusal::SoldOut,
+                "limit_reached" => Refusal::LimitReached,
+                other => return Err(protocol(other)),
+            },
+            replayed,
+        }),
+        [kind, id, expires_at] if kind == "reserved" => Ok(Decision::Reserved {
+            id: ReservationId::from_uuid(id.parse().map_err(|_| protocol(id))?),
+            expires_at: expires_at
+                .parse()
+                .ok()
+                .and_then(from_micros)
+                .ok_or_else(|| protocol(expires_at))?,
+            replayed,
+        }),
+        _ => Err(protocol(&format!("{reply:?}"))),
+    }
+}

@@ -1,0 +1,286 @@
+//! The reservation script against the local Redis (`FLASHMART_TEST_REDIS_URL`, by default
+//! redis://127.0.0.1:6379), each test under a key prefix of its own, deleted afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use flashmart_app::flash_sale::idempotency::Refusal;
+use flashmart_domain::SaleId;
+use flashmart_redis::{Decision, LiveSale, RedisSales, ReserveRequest};
+use redis::AsyncCommands as _;
+use redis::aio::MultiplexedConnection;
+use time::{Duration, OffsetDateTime};
+
+struct World {
+    conn: MultiplexedConnection,
+    sales: RedisSales,
+    prefix: String,
+}
+
+impl World {
+    async fn new() -> Self {
+        let url = std::env::var("FLASHMART_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Redis does not answer at {url}: {e} (scripts/setup starts the local one)")
+            });
+        let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+        Self {
+            conn,
+            sales: RedisSales::new(prefix.clone()),
+            prefix,
+        }
+    }
+
+    /// A sale live from a minute ago to an hour from now.
+    async fn sale(&mut self, limit: u32, items: &[(u32, u32)]) -> SaleId {
+        let id = SaleId::new();
+        self.sales
+            .load(
+                &mut self.conn,
+                &LiveSale {
+                    id,
+                    starts_at: now() - Duration::minutes(1),
+                    ends_at: now() + Duration::hours(1),
+                    per_user_limit: limit,
+                    reservation_ttl: Duration::minutes(15),
+                    items: items.to_vec(),
+                },
+            )
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn reserve(
+        &mut self,
+        sale: SaleId,
+        buyer: &str,
+        quantity: u32,
+        key: Option<&str>,
+    ) -> Decision {
+        self.sales
+            .reserve(
+                &mut self.conn,
+                &ReserveRequest {
+                    sale,
+                    item: 1,
+                    buyer,
+                    quantity,
+                    idempotency_key: key,
+                    now: now(),
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn remaining(&mut self, sale: SaleId) -> i64 {
+        self.conn
+            .hget(self.sales.keys(sale).stock, 1)
+            .await
+            .unwrap()
+    }
+
+    async fn logged(&mut self, sale: SaleId) -> usize {
+        self.conn.xlen(self.sales.keys(sale).log).await.unwrap()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Deleted from a runtime of its own: the test's is the one being left.
+        let prefix = self.prefix.clone();
+        let url = std::env::var("FLASHMART_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let _ = std::thread::spawn(move || {
+            let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query(&mut conn)?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(keys).query::<()>(&mut conn)?;
+            }
+            Ok::<_, redis::RedisError>(())
+        })
+        .join();
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn reserved(d: &Decision) -> bool {
+    matches!(
+        d,
+        Decision::Reserved {
+            replayed: false,
+            ..
+        }
+    )
+}
+
+#[tokio::test]
+async fn stock_is_sold_exactly_and_every_reservation_is_logged() {
+    let mut w = World::new().await;
+    let sale = w.sale(1, &[(1, 5)]).await;
+    let mut got = 0;
+    for i in 0..8 {
+        match w.reserve(sale, &format!("buyer{i}"), 1, None).await {
+            d if reserved(&d) => got += 1,
+            Decision::Refused {
+                refusal: Refusal::SoldOut,
+                ..
+            } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, 5);
+    assert_eq!(w.remaining(sale).await, 0);
+    assert_eq!(w.logged(sale).await, 5);
+}
+
+#[tokio::test]
+async fn a_buyer_gets_at_most_the_limit() {
+    let mut w = World::new().await;
+    let sale = w.sale(2, &[(1, 100)]).await;
+    assert!(reserved(&w.reserve(sale, "ada", 1, None).await));
+    assert!(reserved(&w.reserve(sale, "ada", 1, None).await));
+    assert_eq!(
+        w.reserve(sale, "ada", 1, None).await,
+        Decision::Refused {
+            refusal: Refusal::LimitReached,
+            replayed: false
+        }
+    );
+    assert!(reserved(&w.reserve(sale, "bob", 2, None).await));
+    assert_eq!(w.remaining(sale).await, 96);
+}
+
+#[tokio::test]
+async fn the_window_the_sale_and_the_item_are_checked() {
+    let mut w = World::new().await;
+    let sale = w.sale(1, &[(1, 10)]).await;
+    let ask = |item: u32, at: OffsetDateTime, sale: SaleId| ReserveRequest {
+        sale,
+        item,
+        buyer: "ada",
+        quantity: 1,
+        idempotency_key: None,
+        now: at,
+    };
+    let refused = |refusal| Decision::Refused {
+        refusal,
+        replayed: false,
+    };
+    let early = w
+        .sales
+        .reserve(&mut w.conn, &ask(1, now() - Duration::hours(1), sale))
+        .await
+        .unwrap();
+    assert_eq!(early, refused(Refusal::NotStarted));
+    let late = w
+        .sales
+        .reserve(&mut w.conn, &ask(1, now() + Duration::hours(2), sale))
+        .await
+        .unwrap();
+    assert_eq!(late, refused(Refusal::Ended));
+    let no_item = w
+        .sales
+        .reserve(&mut w.conn, &ask(7, now(), sale))
+        .await
+        .unwrap();
+    assert_eq!(no_item, refused(Refusal::ItemNotFound));
+    let no_sale = w
+        .sales
+        .reserve(&mut w.conn, &ask(1, now(), SaleId::new()))
+        .await
+        .unwrap();
+    assert_eq!(no_sale, refused(Refusal::SaleNotFound));
+    assert_eq!(w.remaining(sale).await, 10);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_gets_its_first_answer_again() {
+    let mut w = World::new().await;
+    let sale = w.sale(5, &[(1, 1)]).await;
+    let Decision::Reserved { id, expires_at, .. } = w.reserve(sale, "ada", 1, Some("k1")).await
+    else {
+        panic!("expected a reservation");
+    };
+    assert!(expires_at > now() + Duration::minutes(14));
+    // The same request with the same key: the same reservation, stock taken once.
+    assert_eq!(
+        w.reserve(sale, "ada", 1, Some("k1")).await,
+        Decision::Reserved {
+            id,
+            expires_at,
+            replayed: true
+        }
+    );
+    // Another request with the key is refused; another buyer's key of the same name is theirs.
+    assert_eq!(
+        w.reserve(sale, "ada", 2, Some("k1")).await,
+        Decision::KeyReused
+    );
+    assert_eq!(
+        w.reserve(sale, "bob", 1, Some("k1")).await,
+        Decision::Refused {
+            refusal: Refusal::SoldOut,
+            replayed: false
+        }
+    );
+    // A refusal is an answer too.
+    assert_eq!(
+        w.reserve(sale, "bob", 1, Some("k1")).await,
+        Decision::Refused {
+            refusal: Refusal::SoldOut,
+            replayed: true
+        }
+    );
+    assert_eq!(w.logged(sale).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_buyers_take_exactly_the_stock() {
+    let mut w = World::new().await;
+    let sale = w.sale(1, &[(1, 50)]).await;
+    let sales = Arc::new(w.sales.clone());
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (sales, mut conn) = (Arc::clone(&sales), w.conn.clone());
+            tokio::spawn(async move {
+                let buyer = format!("racer{i}");
+                sales
+                    .reserve(
+                        &mut conn,
+                        &ReserveRequest {
+                            sale,
+                            item: 1,
+                            buyer: &buyer,
+                            quantity: 1,
+                            idempotency_key: Some("once"),
+                            now: now(),
+                        },
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut got = 0;
+    for t in tasks {
+        if reserved(&t.await.unwrap()) {
+            got += 1;
+        }
+    }
+    assert_eq!(got, 50);
+    assert_eq!(w.remaining(sale).await, 0);
+    assert_eq!(w.logged(sale).await, 50);
+}
