@@ -1,8 +1,9 @@
 //! The scaled flash-sale engine's core: a sale's live state in Redis (its window, each item's
 //! remaining stock, what each buyer holds, the answers given for `Idempotency-Key`s, and a
-//! stream of the reservations made), and one Lua script that decides and records a reservation
-//! atomically. Every key of a sale carries the hash tag `{sale:ID}`, so a Redis Cluster keeps a
-//! sale on one shard and the script runs there whole.
+//! stream of the reservations made, each reservation's state), one Lua script that decides and
+//! records a reservation atomically (`reserve.lua`) and one that settles it once, returning its
+//! units unless it was paid for (`settle.lua`). Every key of a sale carries the hash tag
+//! `{sale:ID}`, so a Redis Cluster keeps a sale on one shard and each script runs there whole.
 //!
 //! This is the piece the engine port (docs/ARCHITECTURE.md, "Scaled mode") will drive; it is
 //! not wired into the server yet.
@@ -21,6 +22,7 @@ pub struct SaleKeys {
     pub held: String,
     pub keys: String,
     pub log: String,
+    pub reservations: String,
 }
 
 impl SaleKeys {
@@ -32,11 +34,19 @@ impl SaleKeys {
             held: format!("{tag}:held"),
             keys: format!("{tag}:keys"),
             log: format!("{tag}:log"),
+            reservations: format!("{tag}:reservations"),
         }
     }
 
-    fn all(&self) -> [&str; 5] {
-        [&self.meta, &self.stock, &self.held, &self.keys, &self.log]
+    fn for_reserve(&self) -> [&str; 6] {
+        [
+            &self.meta,
+            &self.stock,
+            &self.held,
+            &self.keys,
+            &self.log,
+            &self.reservations,
+        ]
     }
 }
 
@@ -98,18 +108,78 @@ fn protocol(what: &str) -> RedisError {
     ))
 }
 
-/// The reservation script and the key prefix it works under.
+/// Where a reservation goes when it stops holding its units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Its time ran out: the units go back on sale.
+    Expired,
+    /// Its order was cancelled: the units go back on sale.
+    Cancelled,
+    /// It was paid for: the units stay sold.
+    Purchased,
+}
+
+impl Settle {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+            Self::Purchased => "purchased",
+        }
+    }
+}
+
+/// What settling a reservation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// It was reserved and now is settled as asked (units returned unless purchased).
+    Changed,
+    /// It had been settled before, to this state: nothing changed.
+    Unchanged(String),
+    /// Redis holds no such reservation.
+    Unknown,
+}
+
+/// The sale scripts and the key prefix they work under.
 #[derive(Debug, Clone)]
 pub struct RedisSales {
     prefix: String,
-    script: Script,
+    reserve: Script,
+    settle: Script,
 }
 
 impl RedisSales {
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
-            script: Script::new(include_str!("reserve.lua")),
+            reserve: Script::new(include_str!("reserve.lua")),
+            settle: Script::new(include_str!("settle.lua")),
+        }
+    }
+
+    /// Settles a reservation once: the first of expiry, cancellation and payment wins.
+    pub async fn settle<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        reservation: ReservationId,
+        to: Settle,
+    ) -> Result<Settled, RedisError> {
+        let keys = self.keys(sale);
+        let reply: Vec<String> = self
+            .settle
+            .key(&keys.stock)
+            .key(&keys.held)
+            .key(&keys.reservations)
+            .arg(reservation.as_uuid().to_string())
+            .arg(to.as_str())
+            .invoke_async(conn)
+            .await?;
+        match reply.as_slice() {
+            [kind] if kind == "changed" => Ok(Settled::Changed),
+            [kind] if kind == "unknown" => Ok(Settled::Unknown),
+            [kind, state] if kind == "unchanged" => Ok(Settled::Unchanged(state.clone())),
+            _ => Err(protocol(&format!("{reply:?}"))),
         }
     }
 
@@ -117,8 +187,10 @@ impl RedisSales {
         SaleKeys::new(&self.prefix, sale)
     }
 
-    /// Writes a sale's window, limit and stock (replacing what Redis held of it), in one
-    /// transaction.
+    /// Writes a sale's window, limit and stock in one transaction, replacing the window and
+    /// stock Redis held for it (what buyers hold and the answers given for keys are left as
+    /// they are: rebuilding those after Redis lost them is the job of the reconciliation to
+    /// come).
     pub async fn load<C: ConnectionLike>(
         &self,
         conn: &mut C,
@@ -157,8 +229,8 @@ impl RedisSales {
         let keys = self.keys(request.sale);
         let id = ReservationId::new();
         let fingerprint = format!("{}:{}", request.item, request.quantity);
-        let mut invocation = self.script.prepare_invoke();
-        for key in keys.all() {
+        let mut invocation = self.reserve.prepare_invoke();
+        for key in keys.for_reserve() {
             invocation.key(key);
         }
         invocation

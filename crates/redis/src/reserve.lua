@@ -5,6 +5,7 @@
 -- KEYS: 1 meta (hash: starts_at, ends_at, per_user_limit, ttl; microseconds)
 --       2 stock (hash: item -> remaining)   3 held (hash: buyer -> units)
 --       4 keys (hash: buyer \31 key -> fingerprint \31 answer)   5 log (stream)
+--       6 reservations (hash: id -> state \31 item \31 buyer \31 quantity; see settle.lua)
 -- ARGV: 1 now (us)  2 item  3 buyer  4 quantity  5 idempotency key ("" for none)
 --       6 fingerprint of the request  7 reservation id
 -- Answers {"reserved", id, expires_at} or {"refused", reason}, or {"key_reused"}; an answer
@@ -60,6 +61,8 @@ if held + quantity > tonumber(meta[3]) then
 end
 redis.call("HINCRBY", KEYS[2], item, -quantity)
 redis.call("HINCRBY", KEYS[3], buyer, quantity)
+redis.call("HSET", KEYS[6], ARGV[7],
+  "reserved" .. "\31" .. item .. "\31" .. buyer .. "\31" .. ARGV[4])
 -- Microseconds pass 2^31: written with %.0f, never in Lua's exponent notation.
 local expires_at = string.format("%.0f", now + tonumber(meta[4]))
 redis.call("XADD", KEYS[5], "*", "id", ARGV[7], "item", item, "buyer", buyer,

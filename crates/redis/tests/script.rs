@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use flashmart_app::flash_sale::idempotency::Refusal;
 use flashmart_domain::SaleId;
-use flashmart_redis::{Decision, LiveSale, RedisSales, ReserveRequest};
+use flashmart_redis::{Decision, LiveSale, RedisSales, ReserveRequest, Settle, Settled};
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 use time::{Duration, OffsetDateTime};
@@ -283,4 +283,88 @@ async fn racing_buyers_take_exactly_the_stock() {
     assert_eq!(got, 50);
     assert_eq!(w.remaining(sale).await, 0);
     assert_eq!(w.logged(sale).await, 50);
+}
+
+#[tokio::test]
+async fn a_reservation_is_settled_once_and_its_units_come_back_once() {
+    let mut w = World::new().await;
+    let sale = w.sale(3, &[(1, 4)]).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let Decision::Reserved { id, .. } = w.reserve(sale, "ada", 1, None).await else {
+            panic!("expected a reservation");
+        };
+        ids.push(id);
+    }
+    assert_eq!(w.remaining(sale).await, 1);
+    let settle = |id, to| {
+        let (sales, mut conn) = (w.sales.clone(), w.conn.clone());
+        async move { sales.settle(&mut conn, sale, id, to).await.unwrap() }
+    };
+    // Expired: the unit goes back, once, and a late payment or cancellation changes nothing.
+    assert_eq!(settle(ids[0], Settle::Expired).await, Settled::Changed);
+    assert_eq!(
+        settle(ids[0], Settle::Expired).await,
+        Settled::Unchanged("expired".into())
+    );
+    assert_eq!(
+        settle(ids[0], Settle::Purchased).await,
+        Settled::Unchanged("expired".into())
+    );
+    // Purchased: the unit stays sold, and an expiry after it changes nothing.
+    assert_eq!(settle(ids[1], Settle::Purchased).await, Settled::Changed);
+    assert_eq!(
+        settle(ids[1], Settle::Expired).await,
+        Settled::Unchanged("purchased".into())
+    );
+    // Cancelled: back on sale too.
+    assert_eq!(settle(ids[2], Settle::Cancelled).await, Settled::Changed);
+    assert_eq!(
+        settle(flashmart_domain::ReservationId::new(), Settle::Expired).await,
+        Settled::Unknown
+    );
+    assert_eq!(w.remaining(sale).await, 3);
+    // What ada holds went down with each unit returned: she may reserve two more (limit 3).
+    assert!(reserved(&w.reserve(sale, "ada", 2, None).await));
+    assert_eq!(
+        w.reserve(sale, "ada", 1, None).await,
+        Decision::Refused {
+            refusal: Refusal::LimitReached,
+            replayed: false
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_settlements_return_units_once() {
+    let mut w = World::new().await;
+    let sale = w.sale(1, &[(1, 1)]).await;
+    let Decision::Reserved { id, .. } = w.reserve(sale, "ada", 1, None).await else {
+        panic!("expected a reservation");
+    };
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let (sales, mut conn) = (w.sales.clone(), w.conn.clone());
+            let to = [Settle::Expired, Settle::Cancelled, Settle::Purchased][i % 3];
+            tokio::spawn(async move { sales.settle(&mut conn, sale, id, to).await.unwrap() })
+        })
+        .collect();
+    let mut changed = 0;
+    for t in tasks {
+        if t.await.unwrap() == Settled::Changed {
+            changed += 1;
+        }
+    }
+    assert_eq!(changed, 1);
+    // The one that won decides whether the unit came back (once) or stayed sold.
+    let Settled::Unchanged(state) = w
+        .sales
+        .settle(&mut w.conn, sale, id, Settle::Expired)
+        .await
+        .unwrap()
+    else {
+        panic!("expected the reservation settled");
+    };
+    let back = i64::from(state != "purchased");
+    assert_eq!(w.remaining(sale).await, back);
 }

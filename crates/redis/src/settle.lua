@@ -1,0 +1,28 @@
+-- Moves one reservation out of `reserved`, once: to `expired` or `cancelled` (its units go back
+-- to the item's stock and leave what the buyer holds) or to `purchased` (they stay sold). The
+-- reservation's state here decides, so whichever of expiry, cancellation and payment comes
+-- first wins and the others change nothing.
+--
+-- KEYS: 1 stock  2 held  3 reservations (see reserve.lua)
+-- ARGV: 1 reservation id  2 the new state ("expired", "cancelled" or "purchased")
+-- Answers {"changed"} or {"unchanged", current state}, or {"unknown"}.
+
+local record = redis.call("HGET", KEYS[3], ARGV[1])
+if not record then
+  return {"unknown"}
+end
+local fields = {}
+for part in string.gmatch(record, "[^\31]+") do
+  table.insert(fields, part)
+end
+local state, item, buyer, quantity = fields[1], fields[2], fields[3], tonumber(fields[4])
+if state ~= "reserved" then
+  return {"unchanged", state}
+end
+if ARGV[2] ~= "purchased" then
+  redis.call("HINCRBY", KEYS[1], item, quantity)
+  redis.call("HINCRBY", KEYS[2], buyer, -quantity)
+end
+redis.call("HSET", KEYS[3], ARGV[1],
+  ARGV[2] .. "\31" .. item .. "\31" .. buyer .. "\31" .. fields[4])
+return {"changed"}
