@@ -226,6 +226,20 @@ impl RedisSales {
         conn: &mut C,
         request: &ReserveRequest<'_>,
     ) -> Result<Decision, RedisError> {
+        // The scripts join fields with the unit separator (0x1f): a buyer or key holding one
+        // would be read back as two fields. Keys are printable ASCII already; buyers are user
+        // ids or the contest's caller-named users.
+        if request.buyer.is_empty()
+            || request.buyer.contains('\u{1f}')
+            || request
+                .idempotency_key
+                .is_some_and(|k| k.contains('\u{1f}'))
+        {
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a buyer or key the reservation script cannot store",
+            )));
+        }
         let keys = self.keys(request.sale);
         let id = ReservationId::new();
         let fingerprint = format!("{}:{}", request.item, request.quantity);

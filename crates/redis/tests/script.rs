@@ -368,3 +368,19 @@ async fn racing_settlements_return_units_once() {
     let back = i64::from(state != "purchased");
     assert_eq!(w.remaining(sale).await, back);
 }
+
+#[tokio::test]
+async fn a_buyer_the_scripts_cannot_store_is_refused_before_redis() {
+    let mut w = World::new().await;
+    let sale = w.sale(1, &[(1, 1)]).await;
+    let request = ReserveRequest {
+        sale,
+        item: 1,
+        buyer: "two\u{1f}fields",
+        quantity: 1,
+        idempotency_key: None,
+        now: now(),
+    };
+    assert!(w.sales.reserve(&mut w.conn, &request).await.is_err());
+    assert_eq!(w.remaining(sale).await, 1);
+}
