@@ -1,0 +1,251 @@
+//! The sale scripts on a Redis Cluster of three masters, which the test starts itself from the
+//! `redis-server` binary (free loopback ports, a temporary directory, stopped at the end): sales
+//! spread over the shards by their hash tag, and each script runs whole on its sale's shard.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration as StdDuration, Instant};
+
+use flashmart_app::flash_sale::idempotency::Refusal;
+use flashmart_domain::SaleId;
+use flashmart_redis::{Decision, LiveSale, RedisSales, ReserveRequest, Settle, Settled};
+use redis::AsyncCommands as _;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use time::{Duration, OffsetDateTime};
+
+/// Three masters on loopback, killed when dropped.
+struct Cluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+/// A port free now whose cluster bus port (+10000) is free too.
+fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (scripts/setup installs Redis)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn start_cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < 3 {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let nodes = ports
+        .iter()
+        .map(|port| {
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (scripts/setup installs Redis)")
+        })
+        .collect();
+    let cluster = Cluster {
+        nodes,
+        ports,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + StdDuration::from_secs(20);
+    for port in &cluster.ports {
+        while redis_cli(*port, &["ping"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "node {port} did not start");
+            std::thread::sleep(StdDuration::from_millis(50));
+        }
+    }
+    let addrs: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let mut create = Command::new("redis-cli");
+    create
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null());
+    assert!(
+        create.status().unwrap().success(),
+        "the cluster was not created"
+    );
+    for port in &cluster.ports {
+        while !redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            std::thread::sleep(StdDuration::from_millis(50));
+        }
+    }
+    cluster
+}
+
+async fn connect(cluster: &Cluster) -> ClusterConnection {
+    let urls: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    ClusterClient::new(urls)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn live(id: SaleId, limit: u32, stock: u32) -> LiveSale {
+    LiveSale {
+        id,
+        starts_at: now() - Duration::minutes(1),
+        ends_at: now() + Duration::hours(1),
+        per_user_limit: limit,
+        reservation_ttl: Duration::minutes(15),
+        items: vec![(1, stock)],
+    }
+}
+
+fn ask<'a>(sale: SaleId, buyer: &'a str, key: Option<&'a str>) -> ReserveRequest<'a> {
+    ReserveRequest {
+        sale,
+        item: 1,
+        buyer,
+        quantity: 1,
+        idempotency_key: key,
+        now: now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sales_spread_over_three_shards_each_sell_exactly_their_stock() {
+    let cluster = start_cluster();
+    let mut conn = connect(&cluster).await;
+    let sales = RedisSales::new("cluster-test:");
+    // Enough sales that every shard holds some of them.
+    let ids: Vec<SaleId> = (0..12).map(|_| SaleId::new()).collect();
+    for id in &ids {
+        sales.load(&mut conn, &live(*id, 1, 10)).await.unwrap();
+    }
+    for port in &cluster.ports {
+        let keys: u64 = redis_cli(*port, &["dbsize"]).trim().parse().unwrap();
+        assert!(keys > 0, "the node on port {port} holds no sale");
+    }
+    // 30 buyers race for each sale's 10 units, all sales at once.
+    let mut tasks = Vec::new();
+    for id in &ids {
+        for i in 0..30 {
+            let (sales, mut conn, id) = (sales.clone(), conn.clone(), *id);
+            tasks.push(tokio::spawn(async move {
+                let buyer = format!("buyer{i}");
+                sales
+                    .reserve(&mut conn, &ask(id, &buyer, Some("k")))
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    let mut reserved = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Decision::Reserved { .. } => reserved += 1,
+            Decision::Refused {
+                refusal: Refusal::SoldOut,
+                ..
+            } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reserved, 12 * 10);
+    for id in &ids {
+        let keys = sales.keys(*id);
+        let left: i64 = conn.hget(&keys.stock, 1).await.unwrap();
+        let logged: usize = conn.xlen(&keys.log).await.unwrap();
+        assert_eq!((left, logged), (0, 10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_and_settlements_work_on_a_shard_as_on_one_redis() {
+    let cluster = start_cluster();
+    let mut conn = connect(&cluster).await;
+    let sales = RedisSales::new("cluster-test:");
+    let sale = SaleId::new();
+    sales.load(&mut conn, &live(sale, 2, 1)).await.unwrap();
+    let Decision::Reserved { id, .. } = sales
+        .reserve(&mut conn, &ask(sale, "ada", Some("k")))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a reservation");
+    };
+    assert!(matches!(
+        sales.reserve(&mut conn, &ask(sale, "ada", Some("k"))).await.unwrap(),
+        Decision::Reserved { replayed: true, id: again, .. } if again == id
+    ));
+    assert_eq!(
+        sales
+            .settle(&mut conn, sale, id, Settle::Expired)
+            .await
+            .unwrap(),
+        Settled::Changed
+    );
+    assert_eq!(
+        sales
+            .settle(&mut conn, sale, id, Settle::Purchased)
+            .await
+            .unwrap(),
+        Settled::Unchanged("expired".into())
+    );
+    assert!(matches!(
+        sales
+            .reserve(&mut conn, &ask(sale, "bob", None))
+            .await
+            .unwrap(),
+        Decision::Reserved {
+            replayed: false,
+            ..
+        }
+    ));
+}
