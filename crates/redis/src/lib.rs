@@ -8,11 +8,15 @@
 //! This is the piece the engine port (docs/ARCHITECTURE.md, "Scaled mode") will drive; it is
 //! not wired into the server yet.
 
+mod log;
+
 use flashmart_app::flash_sale::idempotency::Refusal;
 use flashmart_domain::{ReservationId, SaleId};
 use redis::aio::ConnectionLike;
 use redis::{RedisError, Script};
 use time::OffsetDateTime;
+
+pub use log::Logged;
 
 /// The keys of one sale, under `prefix` (so that tests, or two shops on one Redis, do not meet).
 #[derive(Debug, Clone)]

@@ -384,3 +384,150 @@ async fn a_buyer_the_scripts_cannot_store_is_refused_before_redis() {
     assert!(w.sales.reserve(&mut w.conn, &request).await.is_err());
     assert_eq!(w.remaining(sale).await, 1);
 }
+
+#[tokio::test]
+async fn the_stream_gives_each_reservation_to_one_consumer_until_it_is_acknowledged() {
+    let mut w = World::new().await;
+    let sale = w.sale(1, &[(1, 10)]).await;
+    w.sales
+        .ensure_group(&mut w.conn, sale, "writers")
+        .await
+        .unwrap();
+    w.sales
+        .ensure_group(&mut w.conn, sale, "writers")
+        .await
+        .unwrap();
+    let mut made = Vec::new();
+    for i in 0..6 {
+        let Decision::Reserved { id, .. } = w.reserve(sale, &format!("b{i}"), 1, None).await else {
+            panic!("expected a reservation");
+        };
+        made.push(id);
+    }
+    assert_eq!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap(), 6);
+    // Two consumers share the entries, each given to one of them.
+    let first = w
+        .sales
+        .read_new(&mut w.conn, sale, "writers", "worker-a", 4)
+        .await
+        .unwrap();
+    let second = w
+        .sales
+        .read_new(&mut w.conn, sale, "writers", "worker-b", 4)
+        .await
+        .unwrap();
+    assert_eq!((first.len(), second.len()), (4, 2));
+    let seen: Vec<_> = first.iter().chain(&second).map(|l| l.id).collect();
+    assert_eq!(seen, made, "in the order they were made");
+    assert_eq!(first[0].item, 1);
+    assert_eq!(first[0].quantity, 1);
+    assert_eq!(first[0].buyer, "b0");
+    assert_eq!(first[0].expires_at - first[0].at, Duration::minutes(15));
+    // Delivered but not acknowledged: still owed.
+    assert_eq!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap(), 6);
+    let entries: Vec<String> = second.iter().map(|l| l.entry.clone()).collect();
+    assert_eq!(
+        w.sales
+            .ack(&mut w.conn, sale, "writers", &entries)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        w.sales
+            .ack(&mut w.conn, sale, "writers", &entries)
+            .await
+            .unwrap(),
+        0,
+        "acknowledged once"
+    );
+    assert_eq!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap(), 4);
+    // worker-a died with its four: another consumer takes them over, and acknowledges them.
+    let taken = w
+        .sales
+        .claim_stale(
+            &mut w.conn,
+            sale,
+            "writers",
+            "worker-c",
+            std::time::Duration::ZERO,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken, first);
+    let entries: Vec<String> = taken.iter().map(|l| l.entry.clone()).collect();
+    w.sales
+        .ack(&mut w.conn, sale, "writers", &entries)
+        .await
+        .unwrap();
+    assert_eq!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap(), 0);
+    assert!(
+        w.sales
+            .read_new(&mut w.conn, sale, "writers", "worker-a", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn the_stream_is_trimmed_behind_what_the_group_still_needs() {
+    let mut w = World::new().await;
+    let sale = w.sale(1, &[(1, 10)]).await;
+    w.sales
+        .ensure_group(&mut w.conn, sale, "writers")
+        .await
+        .unwrap();
+    for i in 0..5 {
+        assert!(reserved(&w.reserve(sale, &format!("b{i}"), 1, None).await));
+    }
+    let read = w
+        .sales
+        .read_new(&mut w.conn, sale, "writers", "worker", 5)
+        .await
+        .unwrap();
+    // The first two are written; the third is not yet: it and what follows must stay.
+    let done: Vec<String> = [&read[0], &read[1], &read[3]]
+        .iter()
+        .map(|l| l.entry.clone())
+        .collect();
+    w.sales
+        .ack(&mut w.conn, sale, "writers", &done)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.sales
+            .trim_acknowledged(&mut w.conn, sale, "writers")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(w.logged(sale).await, 3);
+    let rest: Vec<String> = [&read[2], &read[4]]
+        .iter()
+        .map(|l| l.entry.clone())
+        .collect();
+    w.sales
+        .ack(&mut w.conn, sale, "writers", &rest)
+        .await
+        .unwrap();
+    // Nothing pending: all but the last delivered entry go.
+    assert_eq!(
+        w.sales
+            .trim_acknowledged(&mut w.conn, sale, "writers")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(w.logged(sale).await, 1);
+    // A reservation made since is still delivered.
+    assert!(reserved(&w.reserve(sale, "late", 1, None).await));
+    let late = w
+        .sales
+        .read_new(&mut w.conn, sale, "writers", "worker", 5)
+        .await
+        .unwrap();
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].buyer, "late");
+}

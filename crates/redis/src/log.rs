@@ -1,0 +1,218 @@
+//! Reading a sale's stream of reservations, as the workers that write them to PostgreSQL will:
+//! a consumer group per sale stream, each entry delivered to one consumer and kept pending until
+//! it is acknowledged, entries a dead consumer left taken over by another (`XAUTOCLAIM`), and
+//! the stream trimmed behind what the group has acknowledged.
+
+use std::time::Duration;
+
+use flashmart_domain::{ReservationId, SaleId};
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
+use redis::{RedisError, Value};
+use time::OffsetDateTime;
+
+use crate::{RedisSales, from_micros, protocol};
+
+/// A reservation as the stream carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// The stream entry's id, to acknowledge it by.
+    pub entry: String,
+    pub id: ReservationId,
+    pub item: u32,
+    pub buyer: String,
+    pub quantity: u32,
+    pub at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+fn text(entry: &StreamId, field: &str) -> Result<String, RedisError> {
+    match entry.map.get(field) {
+        Some(Value::BulkString(bytes)) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        Some(Value::SimpleString(s)) => Ok(s.clone()),
+        _ => Err(protocol(&format!(
+            "stream entry {} without {field}",
+            entry.id
+        ))),
+    }
+}
+
+fn logged(entry: &StreamId) -> Result<Logged, RedisError> {
+    let number = |field: &str| -> Result<i64, RedisError> {
+        let value = text(entry, field)?;
+        value.parse().map_err(|_| protocol(&value))
+    };
+    let time = |field: &str| -> Result<OffsetDateTime, RedisError> {
+        let us = number(field)?;
+        from_micros(us).ok_or_else(|| protocol(&us.to_string()))
+    };
+    let id = text(entry, "id")?;
+    Ok(Logged {
+        entry: entry.id.clone(),
+        id: ReservationId::from_uuid(id.parse().map_err(|_| protocol(&id))?),
+        item: u32::try_from(number("item")?).map_err(|_| protocol("item"))?,
+        buyer: text(entry, "buyer")?,
+        quantity: u32::try_from(number("quantity")?).map_err(|_| protocol("quantity"))?,
+        at: time("at")?,
+        expires_at: time("expires_at")?,
+    })
+}
+
+impl RedisSales {
+    /// Makes the consumer group `group` of the sale's stream (reading it from its start) unless
+    /// it exists.
+    pub async fn ensure_group<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        group: &str,
+    ) -> Result<(), RedisError> {
+        let made: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys(sale).log)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match made {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Up to `count` entries no consumer of the group has been given yet, now `consumer`'s
+    /// (pending until acknowledged).
+    pub async fn read_new<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Logged>, RedisError> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(self.keys(sale).log)
+            .arg(">")
+            .query_async(conn)
+            .await?;
+        reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|entry| logged(&entry))
+            .collect()
+    }
+
+    /// Up to `count` entries given to some consumer at least `min_idle` ago and never
+    /// acknowledged (a consumer that died with them), now `consumer`'s.
+    pub async fn claim_stale<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Logged>, RedisError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(self.keys(sale).log)
+            .arg(group)
+            .arg(consumer)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg("0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(conn)
+            .await?;
+        reply.claimed.iter().map(logged).collect()
+    }
+
+    /// Acknowledges entries (written where they belong); returns how many were pending.
+    pub async fn ack<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        group: &str,
+        entries: &[String],
+    ) -> Result<u64, RedisError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        redis::cmd("XACK")
+            .arg(self.keys(sale).log)
+            .arg(group)
+            .arg(entries)
+            .query_async(conn)
+            .await
+    }
+
+    /// Entries the group has not acknowledged yet: delivered and pending, or not delivered.
+    pub async fn lag<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        group: &str,
+    ) -> Result<u64, RedisError> {
+        let info: StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.keys(sale).log)
+            .query_async(conn)
+            .await?;
+        let found = info
+            .groups
+            .iter()
+            .find(|g| g.name == group)
+            .ok_or_else(|| protocol(&format!("no group {group}")))?;
+        let undelivered = found
+            .lag
+            .ok_or_else(|| protocol("the group's lag is unknown"))?;
+        Ok(u64::try_from(found.pending + undelivered).unwrap_or(u64::MAX))
+    }
+
+    /// Drops the entries before the oldest one the group still needs (the oldest pending, or
+    /// the last delivered when none is pending: that one is kept). Returns how many went.
+    pub async fn trim_acknowledged<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        group: &str,
+    ) -> Result<u64, RedisError> {
+        let log = self.keys(sale).log;
+        let pending: Vec<Value> = redis::cmd("XPENDING")
+            .arg(&log)
+            .arg(group)
+            .query_async(conn)
+            .await?;
+        let oldest_pending = match pending.get(1) {
+            Some(Value::BulkString(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            _ => None,
+        };
+        let keep_from = match oldest_pending {
+            Some(id) => id,
+            None => {
+                let info: StreamInfoGroupsReply = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&log)
+                    .query_async(conn)
+                    .await?;
+                match info.groups.into_iter().find(|g| g.name == group) {
+                    Some(g) => g.last_delivered_id,
+                    None => return Err(protocol(&format!("no group {group}"))),
+                }
+            }
+        };
+        redis::cmd("XTRIM")
+            .arg(&log)
+            .arg("MINID")
+            .arg(keep_from)
+            .query_async(conn)
+            .await
+    }
+}
