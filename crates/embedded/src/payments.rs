@@ -1,5 +1,7 @@
 //! Payments, their notifications and refunds in SQLite.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use flashmart_app::StoreError;
 use flashmart_app::page::{Page, PageRequest};
@@ -10,12 +12,22 @@ use flashmart_app::payments::{
 use flashmart_app::ports::PaymentStore;
 use flashmart_domain::{Currency, Money, OrderId, OrderStatus, PaymentId, RefundId};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Row as _, Sqlite};
+use sqlx::{Row as _, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::SqliteStore;
 use crate::db::{corrupt, from_micros, map_err, micros, order_may_become};
+
+/// An order paid, guarded by the state machine: built once, since every payment needs it.
+static MARK_PAID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE orders SET status = '{}', paid_at = ?1, updated_at = ?1 \
+         WHERE id = ?2 AND {} RETURNING reservation_id",
+        OrderStatus::Paid.as_str(),
+        order_may_become(OrderStatus::Paid)
+    )
+});
 
 macro_rules! select_payments {
     ($rest:literal) => {
@@ -196,17 +208,12 @@ impl PaymentStore for SqliteStore {
             tx.commit().await.map_err(map_err)?;
             return Ok(Applied::Failed);
         }
-        let paid: Option<Option<Uuid>> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "UPDATE orders SET status = '{}', paid_at = ?1, updated_at = ?1 \
-             WHERE id = ?2 AND {} RETURNING reservation_id",
-            OrderStatus::Paid.as_str(),
-            order_may_become(OrderStatus::Paid)
-        )))
-        .bind(micros(now))
-        .bind(payment.order_id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let paid: Option<Option<Uuid>> = sqlx::query_scalar(MARK_PAID.as_str())
+            .bind(micros(now))
+            .bind(payment.order_id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
         let applied = match paid {
             None => {
                 let mut late = payment.clone();

@@ -1,7 +1,7 @@
 //! `ApiError`: every failure a handler or extractor can produce, mapped to an HTTP status and a
-//! stable numeric code (the table in docs/API.md, "Error codes"). Server-side failures are opaque to the client; their
-//! cause travels to the request middleware in a response extension and is logged there, once,
-//! with the trace id.
+//! stable numeric code (the table in docs/API.md, "Error codes"). Server-side failures are
+//! opaque to the client; their cause travels to the request middleware in a response extension
+//! and is logged there, once, with the trace id.
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! read first locks the row the decision belongs to (the order for its one open payment, the
 //! payment for its one pending refund); the rest are guarded, conditional statements.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use flashmart_app::StoreError;
 use flashmart_app::page::{Page, PageRequest};
@@ -12,13 +14,23 @@ use flashmart_app::payments::{
 use flashmart_app::ports::PaymentStore;
 use flashmart_domain::{Currency, Money, OrderId, OrderStatus, PaymentId, RefundId};
 use sqlx::postgres::PgRow;
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
+use sqlx::{PgConnection, Postgres, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::PgStore;
 use crate::db::{corrupt, map_err, order_may_become};
 use crate::shop::load_order;
+
+/// An order paid, guarded by the state machine: built once, since every payment needs it.
+static MARK_PAID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE orders SET status = '{}', paid_at = $1, updated_at = $1 \
+         WHERE id = $2 AND {} RETURNING reservation_id",
+        OrderStatus::Paid.as_str(),
+        order_may_become(OrderStatus::Paid)
+    )
+});
 
 macro_rules! select_payments {
     ($rest:literal) => {
@@ -270,17 +282,12 @@ impl PaymentStore for PgStore {
             tx.commit().await.map_err(map_err)?;
             return Ok(Applied::Failed);
         }
-        let paid: Option<Option<Uuid>> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "UPDATE orders SET status = '{}', paid_at = $1, updated_at = $1 \
-             WHERE id = $2 AND {} RETURNING reservation_id",
-            OrderStatus::Paid.as_str(),
-            order_may_become(OrderStatus::Paid)
-        )))
-        .bind(now)
-        .bind(payment.order_id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let paid: Option<Option<Uuid>> = sqlx::query_scalar(MARK_PAID.as_str())
+            .bind(now)
+            .bind(payment.order_id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
         let applied = match paid {
             None => {
                 let mut late = payment.clone();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use flashmart_app::flash_sale::idempotency::Refusal;
 use flashmart_domain::SaleId;
-use flashmart_redis::{Decision, LiveSale, RedisSales, ReserveRequest, Settle, Settled};
+use flashmart_redis::{Decision, LiveSale, Logged, RedisSales, ReserveRequest, Settle, Settled};
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 use time::{Duration, OffsetDateTime};
@@ -18,10 +18,18 @@ struct World {
     prefix: String,
 }
 
+fn redis_url() -> String {
+    std::env::var("FLASHMART_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The stream entry ids of `logged`, to acknowledge them by.
+fn entries<'a>(logged: impl IntoIterator<Item = &'a Logged>) -> Vec<String> {
+    logged.into_iter().map(|l| l.entry.clone()).collect()
+}
+
 impl World {
     async fn new() -> Self {
-        let url = std::env::var("FLASHMART_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let url = redis_url();
         let client = redis::Client::open(url.as_str()).unwrap();
         let conn = client
             .get_multiplexed_async_connection()
@@ -96,8 +104,7 @@ impl Drop for World {
     fn drop(&mut self) {
         // Deleted from a runtime of its own: the test's is the one being left.
         let prefix = self.prefix.clone();
-        let url = std::env::var("FLASHMART_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let url = redis_url();
         let _ = std::thread::spawn(move || {
             let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
             let keys: Vec<String> = redis::cmd("KEYS")
@@ -425,17 +432,17 @@ async fn the_stream_gives_each_reservation_to_one_consumer_until_it_is_acknowled
     assert_eq!(first[0].expires_at - first[0].at, Duration::minutes(15));
     // Delivered but not acknowledged: still owed.
     assert_eq!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap(), 6);
-    let entries: Vec<String> = second.iter().map(|l| l.entry.clone()).collect();
+    let acked = entries(&second);
     assert_eq!(
         w.sales
-            .ack(&mut w.conn, sale, "writers", &entries)
+            .ack(&mut w.conn, sale, "writers", &acked)
             .await
             .unwrap(),
         2
     );
     assert_eq!(
         w.sales
-            .ack(&mut w.conn, sale, "writers", &entries)
+            .ack(&mut w.conn, sale, "writers", &acked)
             .await
             .unwrap(),
         0,
@@ -456,9 +463,8 @@ async fn the_stream_gives_each_reservation_to_one_consumer_until_it_is_acknowled
         .await
         .unwrap();
     assert_eq!(taken, first);
-    let entries: Vec<String> = taken.iter().map(|l| l.entry.clone()).collect();
     w.sales
-        .ack(&mut w.conn, sale, "writers", &entries)
+        .ack(&mut w.conn, sale, "writers", &entries(&taken))
         .await
         .unwrap();
     assert_eq!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap(), 0);
@@ -488,10 +494,7 @@ async fn the_stream_is_trimmed_behind_what_the_group_still_needs() {
         .await
         .unwrap();
     // The first two are written; the third is not yet: it and what follows must stay.
-    let done: Vec<String> = [&read[0], &read[1], &read[3]]
-        .iter()
-        .map(|l| l.entry.clone())
-        .collect();
+    let done = entries([&read[0], &read[1], &read[3]]);
     w.sales
         .ack(&mut w.conn, sale, "writers", &done)
         .await
@@ -504,10 +507,7 @@ async fn the_stream_is_trimmed_behind_what_the_group_still_needs() {
         2
     );
     assert_eq!(w.logged(sale).await, 3);
-    let rest: Vec<String> = [&read[2], &read[4]]
-        .iter()
-        .map(|l| l.entry.clone())
-        .collect();
+    let rest = entries([&read[2], &read[4]]);
     w.sales
         .ack(&mut w.conn, sale, "writers", &rest)
         .await
