@@ -6,12 +6,14 @@
 //!
 //! Ports arrive here one suite at a time, each proved by the same contract tests the SQLite
 //! adapter passes (`flashmart_app::port_contracts!`): today accounts and sessions, second
-//! factors, the catalog, the shop (addresses, carts, coupons, cart orders), and payments
-//! and refunds.
+//! factors, the catalog, the shop (addresses, carts, coupons, orders), payments and refunds,
+//! and flash sales with the reservation journal.
 
 mod accounts;
 mod catalog;
 mod db;
+mod flash_sale;
+mod journal;
 mod payments;
 mod second_factor;
 mod shop;

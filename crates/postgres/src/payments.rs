@@ -298,16 +298,19 @@ impl PaymentStore for PgStore {
                     refund: Box::new(late_refund.clone()),
                 }
             }
-            Some(Some(_reservation)) => {
-                // Flash-sale orders arrive with the scaled engine (not built yet); their
-                // reservation must be marked purchased in this same transaction, which this
-                // adapter cannot do yet. Nothing is written.
-                return Err(corrupt(
-                    "orders",
-                    "a flash-sale order, which this adapter cannot mark paid yet",
-                ));
-            }
-            Some(None) => {
+            Some(reservation) => {
+                if let Some(reservation) = reservation {
+                    // A flash-sale order's reservation is bought with it, in this transaction.
+                    sqlx::query(
+                        "UPDATE reservations SET status = 'purchased', purchased_at = $1 \
+                         WHERE id = $2 AND status = 'reserved'",
+                    )
+                    .bind(now)
+                    .bind(reservation)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
                 let order = load_order(&mut tx, payment.order_id)
                     .await?
                     .ok_or_else(|| corrupt("orders", "the order just paid is missing"))?;

@@ -4,7 +4,7 @@
 //! or the coupon, `FOR UPDATE`.
 
 use async_trait::async_trait;
-use flashmart_app::flash_sale::model::Released;
+use flashmart_app::flash_sale::model::{BuyerId, Released};
 use flashmart_app::ports::{AddressStore, CartStore, CouponStore, OrderStore};
 use flashmart_app::shop::model::{
     AddressRecord, CancelOutcome, CartLine, CheckoutOutcome, CheckoutRequest, Coupon, OrderLine,
@@ -800,14 +800,6 @@ impl OrderStore for PgStore {
         if !status.can_become(OrderStatus::Cancelled) {
             return Ok((CancelOutcome::NotPending(status), None));
         }
-        if reservation.is_some() {
-            // Flash-sale orders are written here by the scaled engine, which is not built yet:
-            // none can exist, and one that does is refused rather than half cancelled.
-            return Err(corrupt(
-                "orders",
-                "a flash-sale order, which this adapter cannot cancel yet",
-            ));
-        }
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE orders SET status = '{}', updated_at = $1 WHERE id = $2 AND {}",
             OrderStatus::Cancelled.as_str(),
@@ -818,13 +810,41 @@ impl OrderStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        lock_products_of(&mut tx, &[*id.as_uuid()]).await?;
-        give_back(&mut tx, id).await?;
+        let released = match reservation {
+            // A flash-sale order's reservation is cancelled with it; the engine puts its stock
+            // back on sale.
+            Some(reservation) => {
+                let row: Option<(Uuid, i32, Uuid, i32)> = sqlx::query_as(
+                    "UPDATE reservations SET status = 'cancelled', released_at = $1 \
+                     WHERE id = $2 AND status = 'reserved' \
+                     RETURNING sale_id, item_no, buyer_id, quantity",
+                )
+                .bind(now)
+                .bind(reservation)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                row.map(|(sale, item_no, buyer, quantity)| {
+                    Ok::<_, StoreError>(Released {
+                        sale_id: SaleId::from_uuid(sale),
+                        item_no: count(i64::from(item_no), "reservations.item_no")?,
+                        buyer: BuyerId(buyer),
+                        quantity: count(i64::from(quantity), "reservations.quantity")?,
+                    })
+                })
+                .transpose()?
+            }
+            None => {
+                lock_products_of(&mut tx, &[*id.as_uuid()]).await?;
+                give_back(&mut tx, id).await?;
+                None
+            }
+        };
         let order = load_order(&mut tx, id)
             .await?
             .ok_or_else(|| corrupt("orders", "the order just cancelled is missing"))?;
         tx.commit().await.map_err(map_err)?;
-        Ok((CancelOutcome::Cancelled(Box::new(order)), None))
+        Ok((CancelOutcome::Cancelled(Box::new(order)), released))
     }
 
     async fn expire_orders(

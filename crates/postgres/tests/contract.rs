@@ -107,4 +107,4 @@ async fn store() -> (Schema, Arc<PgStore>) {
     (Schema { options, name }, Arc::new(store))
 }
 
-flashmart_app::port_contracts!(store; accounts, second_factor, catalog, shop, payments);
+flashmart_app::port_contracts!(store);

@@ -6,7 +6,9 @@ use flashmart_domain::flash_sale::{
     Recurrence, ReservationStatus, SalePhase, SaleRules, SaleWindow,
 };
 use flashmart_domain::order::OrderStatus;
-use flashmart_domain::{Currency, OrderId, ReservationId, SaleId, ScheduleId, UserId};
+use flashmart_domain::{
+    Currency, Money, OrderId, PaymentId, ReservationId, SaleId, ScheduleId, UserId,
+};
 use time::{Duration, OffsetDateTime};
 
 use super::accounts::{t0, user};
@@ -16,7 +18,11 @@ use crate::flash_sale::model::{
     NewReservation, PurchaseOutcome, Released, ReservationRecord, SaleInsert, SaleRecord, Schedule,
 };
 use crate::page::PageRequest;
-use crate::ports::{AccountStore, FlashSaleStore, OrderStore, ReservationJournal};
+use crate::payments::{
+    Applied, Notification, NotificationKind, PaymentRecord, PaymentStatus, RefundKind, RefundRecord,
+};
+use crate::ports::{AccountStore, FlashSaleStore, OrderStore, PaymentStore, ReservationJournal};
+use crate::shop::model::CancelOutcome;
 
 /// What the flash-sale contract needs of one adapter.
 pub trait FlashSaleAdapter: FlashSaleStore + ReservationJournal + AccountStore {}
@@ -672,4 +678,222 @@ pub async fn large_batches_are_written_whole<S: FlashSaleAdapter + ?Sized>(store
         .await
         .unwrap();
     assert_eq!(listed.total, 1800);
+}
+
+/// What the flash-sale order contracts need of one adapter: the journal writes the orders, the
+/// order and payment stores move them.
+pub trait FlashOrderAdapter: FlashSaleAdapter + OrderStore + PaymentStore {}
+impl<T: FlashSaleAdapter + OrderStore + PaymentStore> FlashOrderAdapter for T {}
+
+/// `n` reservations of one unit of item 1, each by its own new customer with its order.
+async fn reserved_with_orders<S: FlashOrderAdapter + ?Sized>(
+    store: &S,
+    sale: &SaleRecord,
+    n: usize,
+) -> Vec<ReservationRecord> {
+    let at = t0() + Duration::minutes(1);
+    let mut ops = Vec::new();
+    let mut made = Vec::new();
+    for _ in 0..n {
+        let buyer = customer(store, &format!("{}@example.com", uuid::Uuid::new_v4())).await;
+        let r = reservation(sale, 1, BuyerId::user(buyer), 1, at, true);
+        ops.push(reserve_op(&r, Some(buyer), None));
+        made.push(r);
+    }
+    store.commit(&ops).await.unwrap();
+    made
+}
+
+/// A sandbox-like payment of a flash-sale order, stored, and its success notification.
+async fn flash_payment<S: FlashOrderAdapter + ?Sized>(
+    store: &S,
+    order: &crate::shop::model::OrderRecord,
+) -> (PaymentRecord, Notification) {
+    let reference = format!("ref-{}", order.id.as_uuid());
+    let payment = PaymentRecord {
+        id: PaymentId::new(),
+        order_id: order.id,
+        provider: "test".into(),
+        provider_ref: reference.clone(),
+        status: PaymentStatus::Pending,
+        amount: order.total,
+        refunded: Money::zero(order.total.currency()),
+        pay_url: format!("https://pay.example/{reference}"),
+        created_at: t0(),
+        updated_at: t0(),
+        expires_at: order.expires_at,
+    };
+    assert_eq!(store.insert_payment(&payment).await.unwrap(), None);
+    let n = Notification {
+        event_id: format!("paid-{reference}"),
+        provider_ref: reference,
+        kind: NotificationKind::Succeeded,
+        amount: payment.amount,
+        occurred_at: t0(),
+    };
+    (payment, n)
+}
+
+fn late_refund_of(payment: &PaymentRecord) -> RefundRecord {
+    RefundRecord::pending(
+        payment,
+        RefundKind::LatePayment,
+        payment.amount,
+        "paid after the order ended",
+        t0(),
+    )
+}
+
+/// A flash-sale order is its reservation's item at its price, and moves with its reservation:
+/// paid buys it, cancelled gives its unit back (once), expired expires both; whatever is done
+/// first, the other never happens to the same order.
+pub async fn flash_sale_orders_follow_their_reservation<S: FlashOrderAdapter + ?Sized>(store: &S) {
+    let s = sale(t0(), t0() + Duration::hours(1), &[10]);
+    store.insert_sale(&s, &items(&[10])).await.unwrap();
+    let made = reserved_with_orders(store, &s, 3).await;
+    let (paid, cancelled, expired) = (&made[0], &made[1], &made[2]);
+
+    let order = store.order(paid.order_id.unwrap()).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::PendingPayment);
+    assert_eq!(order.reservation_id, Some(paid.id));
+    assert_eq!(order.total.cents(), 250);
+    assert_eq!(order.total.currency(), Currency::EUR);
+    assert_eq!(order.lines.len(), 1);
+    let line = &order.lines[0];
+    assert_eq!(
+        (line.sale_id, line.item_no, line.name.as_str()),
+        (Some(s.id), Some(1), "Item 1")
+    );
+    assert_eq!((line.unit_price_cents, line.quantity), (250, 1));
+
+    let (payment, n) = flash_payment(store, &order).await;
+    let now = t0() + Duration::minutes(2);
+    let applied = store
+        .apply_notification("test", &n, &payment, &late_refund_of(&payment), now)
+        .await
+        .unwrap();
+    assert!(matches!(applied, Applied::Paid(_)), "{applied:?}");
+    let bought = store.reservation(paid.id).await.unwrap().unwrap();
+    assert_eq!(bought.status, ReservationStatus::Purchased);
+    assert_eq!(bought.purchased_at, Some(now));
+
+    let (outcome, released) = store
+        .cancel_order(cancelled.order_id.unwrap(), now)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CancelOutcome::Cancelled(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        released,
+        Some(Released {
+            sale_id: s.id,
+            item_no: 1,
+            buyer: cancelled.buyer,
+            quantity: 1
+        })
+    );
+    let (again, released) = store
+        .cancel_order(cancelled.order_id.unwrap(), now)
+        .await
+        .unwrap();
+    assert!(matches!(again, CancelOutcome::NotPending(_)), "{again:?}");
+    assert_eq!(released, None, "a unit comes back once");
+    assert_eq!(
+        store
+            .reservation(cancelled.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        ReservationStatus::Cancelled
+    );
+    let (paid_outcome, _) = store
+        .cancel_order(paid.order_id.unwrap(), now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        paid_outcome,
+        CancelOutcome::NotPending(OrderStatus::Paid)
+    ));
+
+    let swept = store.expire_due(expired.expires_at, 10).await.unwrap();
+    assert_eq!(swept.len(), 1, "only the reservation still held expires");
+    assert_eq!(
+        store
+            .order(expired.order_id.unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        OrderStatus::Expired
+    );
+    assert_eq!(
+        store.reservation(paid.id).await.unwrap().unwrap().status,
+        ReservationStatus::Purchased
+    );
+    let stats = store.stats(s.id).await.unwrap();
+    assert_eq!((stats.reserved, stats.sold, stats.released), (0, 1, 2));
+}
+
+/// Payments and the expiry sweep racing over the same flash-sale orders: each order ends either
+/// paid with its reservation purchased, or expired with its reservation expired and the payment
+/// owed back; never a mix, never an error (no deadlock between the two).
+pub async fn payments_racing_expiry_settle_each_order_once<S: FlashOrderAdapter>(store: Arc<S>) {
+    let s = sale(t0(), t0() + Duration::hours(1), &[40]);
+    store.insert_sale(&s, &items(&[40])).await.unwrap();
+    let made = reserved_with_orders(store.as_ref(), &s, 40).await;
+    let mut payments = Vec::new();
+    for r in &made {
+        let order = store.order(r.order_id.unwrap()).await.unwrap().unwrap();
+        payments.push(flash_payment(store.as_ref(), &order).await);
+    }
+    let due = made[0].expires_at;
+    let mut tasks = Vec::new();
+    for (payment, n) in payments {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store
+                .apply_notification("test", &n, &payment, &late_refund_of(&payment), due)
+                .await
+                .map(|_| 0)
+        }));
+    }
+    for _ in 0..4 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut swept = 0;
+            loop {
+                let released = store.expire_due(due, 5).await?;
+                if released.is_empty() {
+                    return Ok(swept);
+                }
+                swept += released.len();
+            }
+        }));
+    }
+    let mut swept = 0;
+    for task in tasks {
+        swept += task
+            .await
+            .unwrap()
+            .expect("no error: no deadlock, no conflict");
+    }
+    // A reservation skipped while its order was being paid is swept now, if it was not paid.
+    swept += store.expire_due(due, 100).await.unwrap().len();
+    let mut expired = 0;
+    for r in &made {
+        let order = store.order(r.order_id.unwrap()).await.unwrap().unwrap();
+        let reservation = store.reservation(r.id).await.unwrap().unwrap();
+        match (order.status, reservation.status) {
+            (OrderStatus::Paid, ReservationStatus::Purchased) => {}
+            (OrderStatus::Expired, ReservationStatus::Expired) => expired += 1,
+            other => panic!("order and reservation disagree: {other:?}"),
+        }
+    }
+    assert_eq!(swept, expired, "each expired reservation released once");
+    let stats = store.stats(s.id).await.unwrap();
+    assert_eq!(stats.sold + stats.released, 40);
+    assert_eq!(stats.reserved, 0);
 }

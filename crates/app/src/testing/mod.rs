@@ -126,7 +126,14 @@ macro_rules! port_contracts {
             decided_purchases_are_recorded,
             expiry_releases_stock,
             large_batches_are_written_whole,
+            flash_sale_orders_follow_their_reservation,
         );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn payments_racing_expiry_settle_each_order_once() {
+            let (_guard, store) = $setup().await;
+            $crate::testing::payments_racing_expiry_settle_each_order_once(store).await;
+        }
 
         #[tokio::test]
         async fn flash_sale_orders_are_listed_for_their_buyer() {

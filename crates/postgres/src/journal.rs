@@ -1,0 +1,313 @@
+//! The group commit's journal on PostgreSQL: a batch of accepted reservations (with their
+//! orders and order lines), compatibility-API attempts and purchases, written in one
+//! transaction with one statement per table (rows passed as arrays and `UNNEST`ed), so a batch
+//! costs a handful of round trips however many reservations it holds.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use flashmart_app::StoreError;
+use flashmart_app::flash_sale::model::{
+    JournalOp, JournalOutcome, NewReservation, PurchaseOutcome,
+};
+use flashmart_app::ports::ReservationJournal;
+use flashmart_domain::flash_sale::ReservationStatus;
+use flashmart_domain::{Currency, OrderStatus, ReservationId};
+use sqlx::{AssertSqlSafe, PgConnection};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::PgStore;
+use crate::db::{corrupt, map_err};
+use crate::flash_sale::{RESERVATION_COLUMNS, get, reservation_from_row};
+
+#[async_trait]
+impl ReservationJournal for PgStore {
+    async fn commit(&self, ops: &[JournalOp]) -> Result<Vec<JournalOutcome>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let reservations: Vec<&NewReservation> = ops
+            .iter()
+            .filter_map(|op| match op {
+                JournalOp::Reserve(r) => Some(&**r),
+                _ => None,
+            })
+            .collect();
+        insert_reservations(&mut tx, &reservations).await?;
+        insert_attempts(&mut tx, ops).await?;
+        // Purchases after the inserts (a purchase's reservation may be in this batch). The
+        // first purchase of a reservation in the batch is the one applied.
+        let mut seen = HashSet::new();
+        let marks: Vec<(Uuid, OffsetDateTime)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                JournalOp::Purchase { id, at } | JournalOp::MarkPurchased { id, at } => {
+                    Some((*id.as_uuid(), *at))
+                }
+                _ => None,
+            })
+            .filter(|(id, _)| seen.insert(*id))
+            .collect();
+        let mut found = HashMap::new();
+        if !marks.is_empty() {
+            mark_purchased(&mut tx, &marks).await?;
+            let asked: Vec<Uuid> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    JournalOp::Purchase { id, .. } => Some(*id.as_uuid()),
+                    _ => None,
+                })
+                .collect();
+            if !asked.is_empty() {
+                found = purchases(&mut tx, &asked).await?;
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(ops
+            .iter()
+            .map(|op| match op {
+                JournalOp::Purchase { id, .. } => JournalOutcome::Purchase(
+                    found.get(id).cloned().unwrap_or(PurchaseOutcome::NotFound),
+                ),
+                _ => JournalOutcome::Done,
+            })
+            .collect())
+    }
+}
+
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The reservations, then the `pending_payment` order of each one made through the API and
+/// that order's one line (the reservation's item).
+async fn insert_reservations(
+    conn: &mut PgConnection,
+    batch: &[&NewReservation],
+) -> Result<(), StoreError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let n = batch.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut sales = Vec::with_capacity(n);
+    let mut items = Vec::with_capacity(n);
+    let mut buyers = Vec::with_capacity(n);
+    let mut refs = Vec::with_capacity(n);
+    let mut quantities = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut expires = Vec::with_capacity(n);
+    let mut order_ids = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut fingerprints = Vec::with_capacity(n);
+    for r in batch {
+        let rec = &r.record;
+        ids.push(*rec.id.as_uuid());
+        sales.push(*rec.sale_id.as_uuid());
+        items.push(int(rec.item_no));
+        buyers.push(rec.buyer.0);
+        refs.push(rec.buyer_ref.as_deref());
+        quantities.push(int(rec.quantity));
+        created.push(rec.created_at);
+        expires.push(rec.expires_at);
+        order_ids.push(rec.order_id.map(|o| *o.as_uuid()));
+        keys.push(r.idempotency.as_ref().map(|k| k.key.as_str()));
+        fingerprints.push(r.idempotency.as_ref().map(|k| k.fingerprint.to_vec()));
+    }
+    sqlx::query(
+        "INSERT INTO reservations (id, sale_id, item_no, buyer_id, buyer_ref, quantity, status, \
+         created_at, expires_at, order_id, idempotency_key, idempotency_fingerprint) \
+         SELECT id, sale_id, item_no, buyer_id, buyer_ref, quantity, 'reserved', created_at, \
+           expires_at, order_id, key, fingerprint \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::integer[], $4::uuid[], $5::text[], \
+           $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], \
+           $11::bytea[]) AS t(id, sale_id, item_no, buyer_id, buyer_ref, quantity, created_at, \
+           expires_at, order_id, key, fingerprint)",
+    )
+    .bind(&ids)
+    .bind(&sales)
+    .bind(&items)
+    .bind(&buyers)
+    .bind(&refs)
+    .bind(&quantities)
+    .bind(&created)
+    .bind(&expires)
+    .bind(&order_ids)
+    .bind(&keys)
+    .bind(&fingerprints)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+
+    let mut orders = Vec::new();
+    let mut users = Vec::new();
+    let mut currencies = Vec::new();
+    let mut totals = Vec::new();
+    let mut of = Vec::new();
+    let mut at = Vec::new();
+    let mut due = Vec::new();
+    let mut line_sales = Vec::new();
+    let mut line_items = Vec::new();
+    let mut names = Vec::new();
+    let mut prices = Vec::new();
+    let mut line_quantities = Vec::new();
+    for r in batch {
+        let rec = &r.record;
+        let (Some(order), Some(user)) = (rec.order_id, r.user_id) else {
+            continue;
+        };
+        // The engine refuses a reservation whose total does not fit before it is queued; one
+        // that got here anyway is a bug, and fails its batch rather than storing a wrong total.
+        let total = r
+            .unit_price_cents
+            .checked_mul(i64::from(rec.quantity))
+            .ok_or_else(|| corrupt("reservation total", "does not fit in 64 bits"))?;
+        orders.push(*order.as_uuid());
+        users.push(*user.as_uuid());
+        currencies.push(r.currency.as_str());
+        totals.push(total);
+        of.push(*rec.id.as_uuid());
+        at.push(rec.created_at);
+        due.push(rec.expires_at);
+        line_sales.push(*rec.sale_id.as_uuid());
+        line_items.push(int(rec.item_no));
+        names.push(&*r.item_name);
+        prices.push(r.unit_price_cents);
+        line_quantities.push(int(rec.quantity));
+    }
+    if orders.is_empty() {
+        return Ok(());
+    }
+    // No discount on a sale: the subtotal is the total.
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO orders (id, user_id, status, currency, subtotal_cents, total_cents, \
+         reservation_id, created_at, updated_at, expires_at) \
+         SELECT id, user_id, '{}', currency, total, total, reservation_id, at, at, due \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::uuid[], \
+           $6::timestamptz[], $7::timestamptz[]) \
+           AS t(id, user_id, currency, total, reservation_id, at, due)",
+        OrderStatus::PendingPayment.as_str()
+    )))
+    .bind(&orders)
+    .bind(&users)
+    .bind(&currencies)
+    .bind(&totals)
+    .bind(&of)
+    .bind(&at)
+    .bind(&due)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    sqlx::query(
+        "INSERT INTO order_items (order_id, line, sale_id, item_no, name, unit_price_cents, \
+         quantity) SELECT order_id, 1, sale_id, item_no, name, price, quantity \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::integer[], $4::text[], $5::bigint[], \
+           $6::integer[]) AS t(order_id, sale_id, item_no, name, price, quantity)",
+    )
+    .bind(&orders)
+    .bind(&line_sales)
+    .bind(&line_items)
+    .bind(&names)
+    .bind(&prices)
+    .bind(&line_quantities)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+async fn insert_attempts(conn: &mut PgConnection, ops: &[JournalOp]) -> Result<(), StoreError> {
+    let attempts: Vec<_> = ops
+        .iter()
+        .filter_map(|op| match op {
+            JournalOp::Attempt(a) => Some(&**a),
+            _ => None,
+        })
+        .collect();
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let sales: Vec<Option<Uuid>> = attempts
+        .iter()
+        .map(|a| a.sale_id.map(|s| *s.as_uuid()))
+        .collect();
+    let items: Vec<i64> = attempts.iter().map(|a| a.item_no).collect();
+    let refs: Vec<&str> = attempts.iter().map(|a| a.buyer_ref.as_str()).collect();
+    let at: Vec<OffsetDateTime> = attempts.iter().map(|a| a.at).collect();
+    let outcomes: Vec<&str> = attempts.iter().map(|a| a.outcome).collect();
+    let codes: Vec<Option<&str>> = attempts.iter().map(|a| a.code.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO checkout_attempts (sale_id, item_no, buyer_ref, at, outcome, code) \
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], \
+           $5::text[], $6::text[])",
+    )
+    .bind(&sales)
+    .bind(&items)
+    .bind(&refs)
+    .bind(&at)
+    .bind(&outcomes)
+    .bind(&codes)
+    .execute(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Marks every contest reservation named (a caller-named buyer, no order) that is live and
+/// unexpired as purchased at its time. A shopper's reservation is paid through its order.
+async fn mark_purchased(
+    conn: &mut PgConnection,
+    marks: &[(Uuid, OffsetDateTime)],
+) -> Result<(), StoreError> {
+    let (ids, at): (Vec<Uuid>, Vec<OffsetDateTime>) = marks.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE reservations r SET status = 'purchased', purchased_at = m.at \
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS m(id, at) \
+         WHERE r.id = m.id AND r.status = 'reserved' AND r.buyer_ref IS NOT NULL \
+           AND r.order_id IS NULL AND r.expires_at > m.at",
+    )
+    .bind(&ids)
+    .bind(&at)
+    .execute(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// What each contest reservation asked for is now: purchased (now or before: the same answer),
+/// or expired; one that is not a contest reservation is not found.
+async fn purchases(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<ReservationId, PurchaseOutcome>, StoreError> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {RESERVATION_COLUMNS}, i.name AS item_name, i.price_cents AS item_price, \
+           s.currency AS currency \
+         FROM reservations r \
+         JOIN flash_sale_items i ON i.sale_id = r.sale_id AND i.no = r.item_no \
+         JOIN flash_sales s ON s.id = r.sale_id \
+         WHERE r.id = ANY($1) AND r.buyer_ref IS NOT NULL AND r.order_id IS NULL"
+    )))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)?;
+    let mut outcomes = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let reservation = reservation_from_row(row)?;
+        let id = reservation.id;
+        let outcome = if reservation.status == ReservationStatus::Purchased {
+            let currency: String = get(row, "currency")?;
+            PurchaseOutcome::Purchased {
+                item_name: get(row, "item_name")?,
+                unit_price_cents: get(row, "item_price")?,
+                currency: Currency::parse(&currency)
+                    .map_err(|e| corrupt("flash_sales.currency", e))?,
+                reservation: Box::new(reservation),
+            }
+        } else {
+            PurchaseOutcome::Expired
+        };
+        outcomes.insert(id, outcome);
+    }
+    Ok(outcomes)
+}
