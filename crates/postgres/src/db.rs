@@ -50,6 +50,43 @@ impl PgStore {
     }
 }
 
+/// The advisory lock key of the in-process flash-sale engine ("flashmar" in ASCII).
+const SOLE_ENGINE_KEY: i64 = 0x666c_6173_686d_6172;
+
+/// Proof that this process is the only one running the in-process flash-sale engine on this
+/// database: a session-level advisory lock, on a connection of its own that nothing else uses.
+/// Dropping it closes that connection, which releases the lock; so does the process dying.
+#[derive(Debug)]
+pub struct SoleEngine {
+    _conn: sqlx::PgConnection,
+}
+
+impl PgStore {
+    /// Takes the in-process engine's lock, or `None` when another session holds it. The
+    /// in-process engine keeps each sale's live stock in memory, so two processes running it on
+    /// one database would each sell the whole stock.
+    pub async fn claim_sole_engine(&self) -> Result<Option<SoleEngine>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err)?.detach();
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SOLE_ENGINE_KEY)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(held.then_some(SoleEngine { _conn: conn }))
+    }
+}
+
+#[async_trait::async_trait]
+impl flashmart_app::ports::Probe for PgStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.ping().await
+    }
+}
+
 /// Driver errors as the ports report them: a unique or check constraint by its name (the
 /// migrations name them as the application knows them), an unreachable or overloaded server as
 /// `Unavailable`.

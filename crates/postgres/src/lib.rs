@@ -17,5 +17,9 @@ mod journal;
 mod payments;
 mod second_factor;
 mod shop;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-pub use db::PgStore;
+pub use db::{PgStore, SoleEngine};
+/// How to reach the database: parsed from a `postgres://` URL.
+pub use sqlx::postgres::PgConnectOptions;

@@ -9,7 +9,7 @@ use flashmart_app::payments::DeadLetter;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::{Sandbox, SandboxError, sign};
+use crate::{Books, Sandbox, SandboxError, books, sign};
 
 /// The wait after each failed attempt before the next, in seconds: 11 attempts over about 16
 /// hours. After the last the notification is dead.
@@ -56,14 +56,14 @@ impl Sandbox {
     /// time has come) and not being made already, and waits for them. Called at start, once the
     /// notify URL is known, and then every second. Returns how many it made.
     pub async fn redeliver_due(self: &Arc<Self>) -> Result<usize, SandboxError> {
-        let due: Vec<(String, String)> = sqlx::query_as(
+        let due: Vec<(String, String)> = books!(&self.books, pool => sqlx::query_as(
             "SELECT event_id, body FROM sandbox_events \
-             WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= ? \
+             WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $1 \
              ORDER BY next_attempt_at, event_id LIMIT 100",
         )
         .bind(self.clock.now().unix_timestamp())
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         let mut made = 0;
         for (event_id, body) in due {
             if !self.claim(&event_id) {
@@ -99,15 +99,16 @@ impl Sandbox {
             .await;
         let now = self.clock.now().unix_timestamp();
         let recorded = match &result {
-            Ok(status) if (200..300).contains(status) => sqlx::query(
-                "UPDATE sandbox_events SET attempts = attempts + 1, delivered_at = ?, \
-                 last_status = ?, last_error = NULL WHERE event_id = ?",
+            Ok(status) if (200..300).contains(status) => books!(&self.books, pool => sqlx::query(
+                "UPDATE sandbox_events SET attempts = attempts + 1, delivered_at = $1, \
+                 last_status = $2, last_error = NULL WHERE event_id = $3",
             )
             .bind(now)
             .bind(i64::from(*status))
             .bind(event_id)
-            .execute(&self.pool)
+            .execute(pool)
             .await
+            .map(|done| done.rows_affected()))
             .map(|_| true),
             failed => self
                 .schedule_retry(event_id, failed, now)
@@ -132,11 +133,10 @@ impl Sandbox {
         failed: &Result<u16, String>,
         now: i64,
     ) -> Result<(), sqlx::Error> {
-        let attempts: i64 =
-            sqlx::query_scalar("SELECT attempts FROM sandbox_events WHERE event_id = ?")
+        let attempts: i64 = books!(&self.books, pool => sqlx::query_scalar("SELECT attempts FROM sandbox_events WHERE event_id = $1")
                 .bind(event_id)
-                .fetch_one(&self.pool)
-                .await?;
+                .fetch_one(pool)
+                .await)?;
         let (status, error) = match failed {
             Ok(status) => (Some(i64::from(*status)), None),
             Err(err) => (None, Some(err.as_str())),
@@ -148,29 +148,31 @@ impl Sandbox {
         match wait {
             Some(wait) => {
                 tracing::warn!(event = %event_id, ?status, error, attempt = attempts + 1, retry_in_secs = wait, "notification not acknowledged");
-                sqlx::query(
-                    "UPDATE sandbox_events SET attempts = attempts + 1, next_attempt_at = ?, \
-                     last_status = ?, last_error = ? WHERE event_id = ?",
+                books!(&self.books, pool => sqlx::query(
+                    "UPDATE sandbox_events SET attempts = attempts + 1, next_attempt_at = $1, \
+                     last_status = $2, last_error = $3 WHERE event_id = $4",
                 )
                 .bind(now + wait)
                 .bind(status)
                 .bind(error)
                 .bind(event_id)
-                .execute(&self.pool)
-                .await?;
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()))?;
             }
             None => {
                 tracing::error!(event = %event_id, ?status, error, attempts = attempts + 1, "notification given up on: dead-lettered");
-                sqlx::query(
-                    "UPDATE sandbox_events SET attempts = attempts + 1, dead_at = ?, \
-                     last_status = ?, last_error = ? WHERE event_id = ?",
+                books!(&self.books, pool => sqlx::query(
+                    "UPDATE sandbox_events SET attempts = attempts + 1, dead_at = $1, \
+                     last_status = $2, last_error = $3 WHERE event_id = $4",
                 )
                 .bind(now)
                 .bind(status)
                 .bind(error)
                 .bind(event_id)
-                .execute(&self.pool)
-                .await?;
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()))?;
             }
         }
         Ok(())
@@ -183,10 +185,9 @@ impl Sandbox {
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<DeadLetter>, u64), sqlx::Error> {
-        let total: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM sandbox_events WHERE dead_at IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?;
+        let total: i64 = books!(&self.books, pool => sqlx::query_scalar("SELECT COUNT(*) FROM sandbox_events WHERE dead_at IS NOT NULL")
+                .fetch_one(pool)
+                .await)?;
         type Row = (
             String,
             String,
@@ -197,15 +198,15 @@ impl Sandbox {
             i64,
             i64,
         );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<Row> = books!(&self.books, pool => sqlx::query_as(
             "SELECT event_id, ref, body, attempts, last_status, last_error, created_at, dead_at \
              FROM sandbox_events WHERE dead_at IS NOT NULL \
-             ORDER BY dead_at DESC, event_id LIMIT ? OFFSET ?",
+             ORDER BY dead_at DESC, event_id LIMIT $1 OFFSET $2",
         )
         .bind(i64::from(limit))
         .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         let letters = rows
             .into_iter()
             .map(

@@ -1,8 +1,9 @@
 //! The built-in sandbox payment provider. It behaves like a remote payment service: it keeps its
-//! own books in its own database file, serves a pay page (with Pay and Fail buttons) where the
-//! buyer completes the payment, and tells the merchant by an asynchronous notification over
-//! HTTP, signed with HMAC-SHA256 over a timestamp and the body, retried until acknowledged. The
-//! merchant side knows it only through the `PaymentProvider` port.
+//! own books (in a SQLite file of its own, or in tables of its own in the shop's PostgreSQL
+//! database), serves a pay page (with Pay and Fail buttons) where the buyer completes the
+//! payment, and tells the merchant by an asynchronous notification over HTTP, signed with
+//! HMAC-SHA256 over a timestamp and the body, retried until acknowledged. The merchant side knows
+//! it only through the `PaymentProvider` port.
 
 mod delivery;
 mod pages;
@@ -21,6 +22,7 @@ use flashmart_app::payments::{
 };
 use flashmart_domain::{Currency, Money};
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -30,7 +32,30 @@ pub use pages::pay_pages;
 pub use signature::{TOLERANCE_SECS, sign};
 pub use transport::{HttpTransport, Transport};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sandbox");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sandbox");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator =
+    sqlx::migrate!("../../migrations/sandbox-postgres");
+
+/// Where the sandbox keeps its books: a SQLite file of its own (embedded mode), or tables of its
+/// own in the shop's PostgreSQL database (scaled mode, where every instance must see the same
+/// payments). Every statement is written once, with `$N` parameters both understand, and run
+/// on whichever pool this is (`books!`).
+#[derive(Debug, Clone)]
+enum Books {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the books' pool, whichever database it is.
+macro_rules! books {
+    ($books:expr, $pool:ident => $body:expr) => {
+        match $books {
+            Books::Sqlite($pool) => $body,
+            Books::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use books;
 
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "sandbox-signature";
@@ -86,7 +111,7 @@ pub enum RefundFault {
 
 #[derive(Debug)]
 pub struct Sandbox {
-    pool: SqlitePool,
+    books: Books,
     secret: Vec<u8>,
     notify_url: RwLock<Option<String>>,
     transport: RwLock<Arc<dyn Transport>>,
@@ -103,7 +128,7 @@ fn storage(e: sqlx::Error) -> ProviderError {
 }
 
 impl Sandbox {
-    /// Opens (creating) the sandbox's database.
+    /// Opens (creating) the sandbox's own SQLite database.
     pub async fn open(
         path: &std::path::Path,
         secret: Vec<u8>,
@@ -119,13 +144,41 @@ impl Sandbox {
                     .busy_timeout(Duration::from_secs(5)),
             )
             .await?;
-        MIGRATOR
+        SQLITE_MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| SandboxError::Storage(e.into()))?;
+        Ok(Self::with_books(Books::Sqlite(pool), secret, clock))
+    }
+
+    /// Keeps the books in PostgreSQL, in the `sandbox_` tables of the database (and schema)
+    /// `options` names, made if missing; their migrations are recorded apart from the shop's
+    /// (`_sandbox_migrations`).
+    pub async fn connect(
+        options: PgConnectOptions,
+        max_connections: u32,
+        secret: Vec<u8>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, SandboxError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options)
+            .await?;
+        let mut migrator =
+            sqlx::migrate::Migrator::with_migrations(POSTGRES_MIGRATOR.iter().cloned().collect());
+        migrator.dangerous_set_table_name("_sandbox_migrations");
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| SandboxError::Storage(e.into()))?;
+        Ok(Self::with_books(Books::Postgres(pool), secret, clock))
+    }
+
+    fn with_books(books: Books, secret: Vec<u8>, clock: Arc<dyn Clock>) -> Self {
         let (delivered, _) = watch::channel(0);
-        Ok(Self {
-            pool,
+        Self {
+            books,
             secret,
             notify_url: RwLock::new(None),
             transport: RwLock::new(Arc::new(HttpTransport)),
@@ -134,7 +187,7 @@ impl Sandbox {
             in_flight: Mutex::default(),
             attempted: watch::channel(0).0,
             refund_fault: Mutex::default(),
-        })
+        }
     }
 
     /// Where notifications go (the merchant's `/api/v1/payments/notify`).
@@ -164,10 +217,10 @@ impl Sandbox {
 
     /// What the sandbox refunded of a payment, by its own books.
     pub async fn refunded_cents(&self, reference: &str) -> Result<i64, SandboxError> {
-        sqlx::query_scalar("SELECT refunded_cents FROM sandbox_payments WHERE ref = ?")
+        books!(&self.books, pool => sqlx::query_scalar("SELECT refunded_cents FROM sandbox_payments WHERE ref = $1")
             .bind(reference)
-            .fetch_optional(&self.pool)
-            .await?
+            .fetch_optional(pool)
+            .await)?
             .ok_or(SandboxError::NotFound)
     }
 
@@ -177,17 +230,17 @@ impl Sandbox {
     }
 
     pub async fn close_pool(&self) {
-        self.pool.close().await;
+        books!(&self.books, pool => pool.close().await);
     }
 
     pub async fn payment(&self, reference: &str) -> Result<SandboxPayment, SandboxError> {
-        let row: Option<(String, i64, String, String, String, i64)> = sqlx::query_as(
+        let row: Option<(String, i64, String, String, String, i64)> = books!(&self.books, pool => sqlx::query_as(
             "SELECT ref, amount_cents, currency, description, status, expires_at \
-             FROM sandbox_payments WHERE ref = ?",
+             FROM sandbox_payments WHERE ref = $1",
         )
         .bind(reference)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         let (reference, cents, currency, description, status, expires_at) =
             row.ok_or(SandboxError::NotFound)?;
         let currency = Currency::parse(&currency).map_err(|_| SandboxError::NotFound)?;
@@ -219,45 +272,49 @@ impl Sandbox {
         let status = if paid { "paid" } else { "failed" };
         // Settling and the event that tells the merchant are one transaction: a crash cannot
         // leave a paid payment nobody will hear about.
-        let mut tx = self.pool.begin().await?;
-        let merchant_ref: Option<String> = sqlx::query_scalar(
-            "UPDATE sandbox_payments SET status = ?, completed_at = ? \
-             WHERE ref = ? AND status = 'open' RETURNING merchant_ref",
-        )
-        .bind(status)
-        .bind(now.unix_timestamp())
-        .bind(reference)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(merchant_ref) = merchant_ref else {
-            return Err(SandboxError::NotOpen("no longer open".into()));
-        };
-        let body = NotificationBody {
-            id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
-            kind: if paid {
-                "payment.succeeded"
-            } else {
-                "payment.failed"
-            }
-            .into(),
-            payment_ref: reference.to_owned(),
-            merchant_ref,
-            amount_cents: payment.amount.cents(),
-            currency: payment.amount.currency().as_str().to_owned(),
-            occurred_at: now.unix_timestamp(),
-        };
-        let json = serde_json::to_string(&body).unwrap_or_default();
-        sqlx::query(
-            "INSERT INTO sandbox_events (event_id, ref, body, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&body.id)
-        .bind(reference)
-        .bind(&json)
-        .bind(now.unix_timestamp())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.send_first(body.id, json);
+        let (event_id, json) = books!(&self.books, pool => {
+            let mut tx = pool.begin().await?;
+            let merchant_ref: Option<String> = sqlx::query_scalar(
+                "UPDATE sandbox_payments SET status = $1, completed_at = $2 \
+                 WHERE ref = $3 AND status = 'open' RETURNING merchant_ref",
+            )
+            .bind(status)
+            .bind(now.unix_timestamp())
+            .bind(reference)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(merchant_ref) = merchant_ref else {
+                return Err(SandboxError::NotOpen("no longer open".into()));
+            };
+            let body = NotificationBody {
+                id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
+                kind: if paid {
+                    "payment.succeeded"
+                } else {
+                    "payment.failed"
+                }
+                .into(),
+                payment_ref: reference.to_owned(),
+                merchant_ref,
+                amount_cents: payment.amount.cents(),
+                currency: payment.amount.currency().as_str().to_owned(),
+                occurred_at: now.unix_timestamp(),
+            };
+            let json = serde_json::to_string(&body).unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO sandbox_events (event_id, ref, body, created_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&body.id)
+            .bind(reference)
+            .bind(&json)
+            .bind(now.unix_timestamp())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            (body.id, json)
+        });
+        self.send_first(event_id, json);
         Ok(())
     }
 }
@@ -270,39 +327,41 @@ impl Sandbox {
         amount: Money,
         refund_id: &str,
     ) -> Result<(), ProviderError> {
-        let mut tx = self.pool.begin().await.map_err(storage)?;
+        books!(&self.books, pool => {
+            let mut tx = pool.begin().await.map_err(storage)?;
 
-        let fresh = sqlx::query(
-            "INSERT INTO sandbox_refunds (refund_id, ref, amount_cents, at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (refund_id) DO NOTHING",
-        )
-        .bind(refund_id)
-        .bind(provider_ref)
-        .bind(amount.cents())
-        .bind(self.clock.now().unix_timestamp())
-        .execute(&mut *tx)
-        .await
-        .map_err(storage)?;
-        if fresh.rows_affected() == 0 {
-            return Ok(()); // the same refund asked twice
-        }
-        let done = sqlx::query(
-            "UPDATE sandbox_payments SET refunded_cents = refunded_cents + ?1 \
-             WHERE ref = ?2 AND status = 'paid' AND currency = ?3 \
-               AND refunded_cents + ?1 <= amount_cents",
-        )
-        .bind(amount.cents())
-        .bind(provider_ref)
-        .bind(amount.currency().as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(storage)?;
-        if done.rows_affected() == 0 {
-            return Err(ProviderError::Refused(
-                "not paid, or the refunds would exceed the payment".into(),
-            ));
-        }
-        tx.commit().await.map_err(storage)
+            let fresh = sqlx::query(
+                "INSERT INTO sandbox_refunds (refund_id, ref, amount_cents, at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (refund_id) DO NOTHING",
+            )
+            .bind(refund_id)
+            .bind(provider_ref)
+            .bind(amount.cents())
+            .bind(self.clock.now().unix_timestamp())
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+            if fresh.rows_affected() == 0 {
+                return Ok(()); // the same refund asked twice
+            }
+            let done = sqlx::query(
+                "UPDATE sandbox_payments SET refunded_cents = refunded_cents + $1 \
+                 WHERE ref = $2 AND status = 'paid' AND currency = $3 \
+                   AND refunded_cents + $1 <= amount_cents",
+            )
+            .bind(amount.cents())
+            .bind(provider_ref)
+            .bind(amount.currency().as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+            if done.rows_affected() == 0 {
+                return Err(ProviderError::Refused(
+                    "not paid, or the refunds would exceed the payment".into(),
+                ));
+            }
+            tx.commit().await.map_err(storage)
+        })
     }
 }
 
@@ -318,9 +377,9 @@ impl PaymentProvider for Sandbox {
 
     async fn create(&self, request: &CreatePayment) -> Result<ProviderPayment, ProviderError> {
         let reference = format!("sbx_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(
+        books!(&self.books, pool => sqlx::query(
             "INSERT INTO sandbox_payments (ref, merchant_ref, amount_cents, currency, \
-             description, status, created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
+             description, status, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, 'open', $6, $7)",
         )
         .bind(&reference)
         .bind(request.merchant_ref.to_string())
@@ -329,8 +388,9 @@ impl PaymentProvider for Sandbox {
         .bind(&request.description)
         .bind(self.clock.now().unix_timestamp())
         .bind(request.expires_at.unix_timestamp())
-        .execute(&self.pool)
+        .execute(pool)
         .await
+        .map(|done| done.rows_affected()))
         .map_err(storage)?;
         Ok(ProviderPayment {
             pay_url: format!("/sandbox/pay/{reference}"),
@@ -340,10 +400,10 @@ impl PaymentProvider for Sandbox {
 
     async fn query(&self, provider_ref: &str) -> Result<ProviderState, ProviderError> {
         let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT status, refunded_cents FROM sandbox_payments WHERE ref = ?")
+            books!(&self.books, pool => sqlx::query_as("SELECT status, refunded_cents FROM sandbox_payments WHERE ref = $1")
                 .bind(provider_ref)
-                .fetch_optional(&self.pool)
-                .await
+                .fetch_optional(pool)
+                .await)
                 .map_err(storage)?;
         match row {
             None => Err(ProviderError::Refused("no such payment".into())),
@@ -357,14 +417,15 @@ impl PaymentProvider for Sandbox {
     }
 
     async fn close(&self, provider_ref: &str) -> Result<(), ProviderError> {
-        let done = sqlx::query(
-            "UPDATE sandbox_payments SET status = 'closed' WHERE ref = ? AND status IN ('open', 'failed')",
+        let done = books!(&self.books, pool => sqlx::query(
+            "UPDATE sandbox_payments SET status = 'closed' WHERE ref = $1 AND status IN ('open', 'failed')",
         )
         .bind(provider_ref)
-        .execute(&self.pool)
+        .execute(pool)
         .await
+        .map(|done| done.rows_affected()))
         .map_err(storage)?;
-        if done.rows_affected() == 1 || self.query(provider_ref).await? == ProviderState::Closed {
+        if done == 1 || self.query(provider_ref).await? == ProviderState::Closed {
             Ok(())
         } else {
             Err(ProviderError::Refused(

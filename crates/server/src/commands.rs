@@ -16,9 +16,9 @@ use crate::wiring;
 
 /// Brings the database schema up to date and exits.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let store = wiring::open_store(config).await?;
-    tracing::info!(path = %store.path().display(), "database schema is up to date");
-    store.close().await;
+    let records = crate::records::Records::open(config).await?;
+    tracing::info!(records = %records.describe(), "database schema is up to date");
+    records.close().await;
     Ok(())
 }
 
@@ -45,7 +45,7 @@ pub async fn create_user(
             .map_err(describe)
     }
     .await;
-    services.store.close().await;
+    services.records.close().await;
     result
 }
 
@@ -108,7 +108,7 @@ pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     }
     seed_catalog(&services).await?;
     services.state.flash_sales.flush().await;
-    services.store.close().await;
+    services.records.close().await;
     Ok(())
 }
 

@@ -256,9 +256,24 @@ impl Default for GroupLimitConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// `normal`: a commit survives a killed process. `full`: it also survives power loss, at the
-    /// price of an fsync per commit.
+    /// Embedded mode: `normal`, a commit survives a killed process; `full`, it also survives
+    /// power loss, at the price of an fsync per commit. (PostgreSQL keeps its own settings.)
     pub synchronous: Synchronous,
+    /// `postgres://user:password@host:port/database`: every record in PostgreSQL instead of the
+    /// embedded SQLite file (a secret: it may carry a password).
+    pub url: Option<Secret>,
+    /// Connections this process keeps open to PostgreSQL at most.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+            url: None,
+            max_connections: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -334,14 +349,6 @@ impl Default for RateLimitConfig {
             reserve: GroupLimitConfig::new(2_400, 60),
             admin: GroupLimitConfig::new(0, 1_200),
             compat: GroupLimitConfig::new(0, 0),
-        }
-    }
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            synchronous: Synchronous::Normal,
         }
     }
 }
@@ -543,6 +550,21 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
+        }
+        if let Some(url) = &self.database.url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return invalid("database.url", "must be a postgres:// URL");
+            }
+            if let Err(e) = url.parse::<flashmart_postgres::PgConnectOptions>() {
+                return Err(ConfigError::Invalid {
+                    key: "database.url",
+                    message: e.to_string(),
+                });
+            }
+        }
+        if !(1..=1000).contains(&self.database.max_connections) {
+            return invalid("database.max_connections", "must be between 1 and 1000");
         }
         Ok(())
     }

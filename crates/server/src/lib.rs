@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod lock;
 pub mod logging;
+pub mod records;
 mod secrets;
 pub mod wiring;
 pub mod workers;

@@ -11,11 +11,9 @@ use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales};
 use flashmart_app::health::Workers;
 use flashmart_app::payments::{NoProvider, PaymentProvider, Payments};
-use flashmart_app::ports::Probe;
 use flashmart_app::shop::{Shop, ShopSettings, ShopStores};
 use flashmart_app::uploads::Uploads;
 use flashmart_app::{Clock, SystemClock};
-use flashmart_embedded::{Durability, SqliteStore};
 use flashmart_http::client_ip::TrustedProxies;
 use flashmart_http::limits::{GroupLimit, LimitSettings, RateLimits};
 use flashmart_http::state::LoadTest;
@@ -25,7 +23,8 @@ use flashmart_sandbox::Sandbox;
 use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::config::{Config, GroupLimitConfig, ProviderChoice, Synchronous};
+use crate::config::{Config, GroupLimitConfig, ProviderChoice};
+use crate::records::{Ports, Records};
 use crate::secrets;
 
 /// Everything `serve` runs, built from one configuration.
@@ -33,7 +32,8 @@ use crate::secrets;
 pub struct Services {
     pub state: AppState,
     pub http: HttpSettings,
-    pub store: SqliteStore,
+    pub records: Records,
+    pub ports: Ports,
     /// The built-in sandbox payment provider, whose pay pages this server serves; `None` with
     /// `payments.provider = "none"`.
     pub sandbox: Option<Arc<Sandbox>>,
@@ -68,10 +68,11 @@ impl Services {
 
 /// Opens storage (creating the data directory and running migrations) and builds every service.
 pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Services> {
-    let store = open_store(config).await?;
+    let records = Records::open(config).await?;
+    let ports = records.ports();
     let auth = AuthService::start(
-        Arc::new(store.clone()),
-        Arc::new(store.clone()),
+        Arc::clone(&ports.accounts),
+        Arc::clone(&ports.second_factor),
         Arc::clone(&clock),
         AuthSettings {
             jwt_secret: secrets::jwt_secret(config)?,
@@ -91,8 +92,8 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
     .await
     .context("starting the auth service")?;
     let (flash_sales, commit_task) = FlashSales::start(
-        Arc::new(store.clone()),
-        Arc::new(store.clone()),
+        Arc::clone(&ports.flash_sales),
+        Arc::clone(&ports.journal),
         Arc::clone(&clock),
         FlashSaleSettings {
             commit_queue: config.flash_sale.commit_queue,
@@ -109,14 +110,13 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         .run_schedules()
         .await
         .context("creating scheduled sales")?;
-    let shared = Arc::new(store.clone());
     let shop = Shop::new(
         ShopStores {
-            addresses: shared.clone(),
-            carts: shared.clone(),
-            coupons: shared.clone(),
-            orders: shared.clone(),
-            catalog: shared.clone(),
+            addresses: Arc::clone(&ports.addresses),
+            carts: Arc::clone(&ports.carts),
+            coupons: Arc::clone(&ports.coupons),
+            orders: Arc::clone(&ports.orders),
+            catalog: Arc::clone(&ports.catalog),
         },
         Arc::clone(&flash_sales),
         Arc::clone(&clock),
@@ -128,15 +128,27 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
     );
     let sandbox = match config.payments.provider {
         ProviderChoice::Sandbox => {
-            let sandbox = Arc::new(
-                Sandbox::open(
+            let secret = secrets::sandbox_secret(config)?;
+            // Its books go where the shop's records are: every instance on one database must
+            // see the same payments.
+            let sandbox = match crate::records::pg_options(config)? {
+                Some(options) => Sandbox::connect(
+                    options,
+                    config.database.max_connections.min(4),
+                    secret,
+                    Arc::clone(&clock),
+                )
+                .await
+                .context("opening the sandbox payment provider's tables in PostgreSQL")?,
+                None => Sandbox::open(
                     &config.data_dir.join("sandbox.db"),
-                    secrets::sandbox_secret(config)?,
+                    secret,
                     Arc::clone(&clock),
                 )
                 .await
                 .context("opening the sandbox payment provider")?,
-            );
+            };
+            let sandbox = Arc::new(sandbox);
             if let Some(url) = &config.payments.notify_url {
                 sandbox.set_notify_url(url.clone());
             }
@@ -148,8 +160,13 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         Some(sandbox) => Arc::clone(sandbox) as Arc<dyn PaymentProvider>,
         None => Arc::new(NoProvider),
     };
-    let payments = Payments::new(shared.clone(), shared.clone(), provider, Arc::clone(&clock));
-    let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store.clone())];
+    let payments = Payments::new(
+        Arc::clone(&ports.payments),
+        Arc::clone(&ports.orders),
+        provider,
+        Arc::clone(&clock),
+    );
+    let probes = vec![Arc::clone(&ports.probe)];
     let workers = Arc::new(Workers::default());
     workers.register(flash_sales.commit_heartbeat());
     let (stop, shutdown) = Shutdown::channel();
@@ -157,7 +174,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         state: AppState::new(AppServices {
             auth: Arc::new(auth),
             flash_sales,
-            catalog: Arc::new(Catalog::new(shared, Arc::clone(&clock))),
+            catalog: Arc::new(Catalog::new(Arc::clone(&ports.catalog), Arc::clone(&clock))),
             shop: Arc::new(shop),
             payments: Arc::new(payments),
             uploads: Arc::new(Uploads::new(
@@ -188,7 +205,8 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
             ops_apart: config.ops.addr.is_some(),
         },
-        store,
+        records,
+        ports,
         sandbox,
         stop,
         commit_task,
@@ -211,20 +229,6 @@ fn limit_settings(config: &Config) -> LimitSettings {
     }
 }
 
-/// Opens the embedded database under the data directory, creating both if needed.
-pub async fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let durability = match config.database.synchronous {
-        Synchronous::Normal => Durability::Normal,
-        Synchronous::Full => Durability::Full,
-    };
-    let path = config.database_file();
-    SqliteStore::open(&path, durability)
-        .await
-        .with_context(|| format!("opening database {}", path.display()))
-}
-
 fn secs(n: u64) -> time::Duration {
     time::Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX))
 }
@@ -236,6 +240,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
     let _lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
     let services = build(config, Arc::new(SystemClock)).await?;
+    let _sole_engine = services.records.claim_sole_engine().await?;
     let public = bind(config.http.addr, "http.addr").await?;
     let addr = public.local_addr()?;
     if let Some(sandbox) = &services.sandbox {
@@ -270,6 +275,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         ops_addr = ops_addr.as_deref(),
         compat_addr = compat_addr.as_deref(),
         data_dir = %config.data_dir.display(),
+        records = %services.records.describe(),
         "flashmart listening on http://{addr}"
     );
 
@@ -321,7 +327,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     }
     // Whatever reached the group commit (checkout attempts included) is made durable first.
     services.state.flash_sales.flush().await;
-    services.store.close().await;
+    services.records.close().await;
     tracing::info!("flashmart stopped");
     Ok(())
 }

@@ -32,7 +32,7 @@ const OUTBOX_PERIOD: Duration = Duration::from_millis(50);
 /// The background work of a single-process deployment: expiry, live events, schedules, the
 /// outbox applier, the order indexer, and housekeeping.
 pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
-    let (state, store) = (&services.state, &services.store);
+    let state = &services.state;
     let ms = Duration::from_millis;
     let sales = Arc::clone(&state.flash_sales);
     let sweeper = every(
@@ -117,29 +117,33 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
             }
         },
     );
-    let applier_store = store.clone();
-    let applier = every(&state.workers, "outbox_applier", OUTBOX_PERIOD, move || {
-        let store = applier_store.clone();
-        async move {
-            if let Err(err) = store.run_outbox().await {
-                tracing::warn!(%err, "applying the reservation outbox failed; will retry");
-            }
-        }
-    });
-    let store = store.clone();
-    let indexer = every(
-        &state.workers,
-        "order_indexer",
-        ORDER_INDEXER_PERIOD,
-        move || {
-            let store = store.clone();
+    // The embedded store's own upkeep; PostgreSQL needs none.
+    let embedded = services.records.embedded().map(|store| {
+        let applier_store = store.clone();
+        let applier = every(&state.workers, "outbox_applier", OUTBOX_PERIOD, move || {
+            let store = applier_store.clone();
             async move {
-                if let Err(err) = store.run_order_indexer().await {
-                    tracing::warn!(%err, "indexing flash-sale orders by user failed; will retry");
+                if let Err(err) = store.run_outbox().await {
+                    tracing::warn!(%err, "applying the reservation outbox failed; will retry");
                 }
             }
-        },
-    );
+        });
+        let store = store.clone();
+        let indexer = every(
+            &state.workers,
+            "order_indexer",
+            ORDER_INDEXER_PERIOD,
+            move || {
+                let store = store.clone();
+                async move {
+                    if let Err(err) = store.run_order_indexer().await {
+                        tracing::warn!(%err, "indexing flash-sale orders by user failed; will retry");
+                    }
+                }
+            },
+        );
+        [applier, indexer]
+    });
     let workers = Arc::clone(&state.workers);
     let resend = services.sandbox.clone().map(|sandbox| {
         // Retries fall due on the sandbox's schedule (1 s at first), so it looks every second.
@@ -184,9 +188,8 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
         scheduler,
         upkeep,
         housekeeping,
-        indexer,
-        applier,
     ];
+    workers.extend(embedded.into_iter().flatten());
     workers.extend(resend);
     workers
 }

@@ -173,7 +173,7 @@ async fn revocations_survive_a_restart() {
         .send()
         .await
         .data();
-    app.services.store.close().await;
+    app.services.records.close().await;
     drop(app);
 
     // A new process over the same data: the logged-out token is still refused.

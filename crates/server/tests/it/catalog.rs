@@ -324,17 +324,18 @@ async fn uploads_are_checked_by_their_bytes_and_served_back_identical() {
 #[tokio::test]
 async fn demo_seeding_twice_leaves_the_shop_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
-    let config = flashmart_server::Config {
+    let mut config = flashmart_server::Config {
         data_dir: dir.path().join("data"),
         ..flashmart_server::Config::default()
     };
+    let schema = crate::support::records_for(&mut config).await;
     flashmart_server::commands::seed_demo(&config)
         .await
         .unwrap();
     flashmart_server::commands::seed_demo(&config)
         .await
         .unwrap();
-    let app = TestApp::on(dir, config).await;
+    let app = TestApp::on_records(dir, config, schema).await;
     let products = app.get("/api/v1/products?per_page=100").send().await.data();
     assert_eq!(products["total"], 12, "{products}");
     let admin = app

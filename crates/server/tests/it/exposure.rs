@@ -34,10 +34,10 @@ async fn metrics_and_readiness_can_move_to_the_ops_listener() {
 #[tokio::test]
 async fn readiness_shows_no_driver_error_text() {
     let app = TestApp::start().await;
-    app.services.store.close().await;
+    app.services.records.close().await;
     let res = app.get("/readyz").send().await;
     let body = res.assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
-    assert_eq!(body["details"][0]["field"], "sqlite");
+    assert_eq!(body["details"][0]["field"], crate::support::records_probe());
     assert_eq!(body["details"][0]["message"], "unavailable", "{body}");
 }
 

@@ -3,7 +3,6 @@
 //! and caps hold under parallel requests.
 
 use axum::http::{Method, StatusCode};
-use flashmart_app::ports::PaymentStore as _;
 use flashmart_domain::OrderId;
 use serde_json::{Value, json};
 use time::Duration;
@@ -226,7 +225,8 @@ async fn parallel_payment_starts_share_one_payment() {
     assert!(ids.iter().all(|p| *p == ids[0]), "{ids:?}");
     let stored = app
         .services
-        .store
+        .ports
+        .payments
         .payments_for_order(id.parse::<OrderId>().unwrap())
         .await
         .unwrap();

@@ -3,22 +3,22 @@
 use axum::http::{Method, StatusCode, header};
 use serde_json::Value;
 
-use crate::support::TestApp;
+use crate::support::{TestApp, records_probe};
 
 #[tokio::test]
-async fn readyz_reports_sqlite() {
+async fn readyz_reports_the_record_store_by_name() {
     let app = TestApp::start().await;
     let data = app.get("/readyz").send().await.data();
     assert_eq!(data["status"], "ready");
-    assert_eq!(data["checks"]["sqlite"], "ok");
+    assert_eq!(data["checks"][records_probe()], "ok", "{data}");
 
-    app.services.store.close().await;
+    app.services.records.close().await;
     let body = app
         .get("/readyz")
         .send()
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
-    assert_eq!(body["details"][0]["field"], "sqlite");
+    assert_eq!(body["details"][0]["field"], records_probe());
     // Liveness does not depend on storage.
     assert_eq!(app.get("/healthz").send().await.status, StatusCode::OK);
 }
@@ -319,7 +319,7 @@ async fn metric_labels_stay_bounded_whatever_clients_send() {
 /// reservations are refused at once.
 #[tokio::test]
 async fn readiness_reports_the_group_commit_and_refuses_when_it_is_gone() {
-    let app = TestApp::start().await;
+    let mut app = TestApp::start().await;
     let ready = app.get("/readyz").send().await.data();
     let workers = ready["workers"].as_array().unwrap();
     assert_eq!(workers[0]["name"], "group_commit");
@@ -329,6 +329,9 @@ async fn readiness_reports_the_group_commit_and_refuses_when_it_is_gone() {
     let sale = crate::flash_sales::live_sale(&app, &ops, &[3], 1).await;
     let (buyer, _) = app.customer("late@example.com", "late password").await;
     app.services.commit_task.abort();
+    // Aborted is ended only once the runtime has dropped it.
+    let ended = (&mut app.services.commit_task).await;
+    assert!(ended.is_err_and(|e| e.is_cancelled()));
     let body = app
         .get("/readyz")
         .send()

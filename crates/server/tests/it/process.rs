@@ -294,3 +294,74 @@ fn a_second_server_on_one_data_dir_refuses_to_start() {
     let again = Server::start(dir.path(), &["serve"], &[]);
     assert!(again.terminate().success());
 }
+
+/// `database.url` puts every record in PostgreSQL: the demo runs there with no SQLite file at
+/// all, `/readyz` names PostgreSQL, and a second server on the same database refuses to
+/// start (the in-process engine's live stock would be sold twice).
+#[tokio::test]
+async fn serve_on_postgres_keeps_its_records_there_and_runs_alone() {
+    let schema = flashmart_postgres::testing::TestSchema::create().await;
+    let url = schema.url();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["demo"],
+        &[("FLASHMART__DATABASE__URL", url.as_str())],
+    );
+    let client = reqwest::Client::new();
+    let login = server
+        .login(&client, "admin@demo.flashmart.dev", "demo-admin-pass")
+        .await;
+    assert_eq!(login["code"], 0, "{login}");
+    let ready: Value = client
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["data"]["checks"]["postgres"], "ok", "{ready}");
+    assert!(ready["data"]["checks"].get("sqlite").is_none(), "{ready}");
+    let live: Value = client
+        .get(format!("{}/api/v1/flash-sales?status=live", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["data"]["total"], 1, "{live}");
+
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .arg("serve")
+        .current_dir(other.path())
+        .env("FLASHMART__DATABASE__URL", &url)
+        .env("FLASHMART__HTTP__ADDR", "127.0.0.1:0")
+        .env("FLASHMART__LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another flashmart process serves on this database"),
+        "{stderr}"
+    );
+
+    assert!(server.terminate().success(), "SIGTERM is a clean exit");
+    // No SQLite file of records: the shop's and the sandbox provider's books are in PostgreSQL.
+    assert!(!dir.path().join("data/flashmart.db").exists());
+    assert!(!dir.path().join("data/sandbox.db").exists());
+    // Stopped, the database is free for the next server.
+    let again = Server::start(
+        other.path(),
+        &["serve"],
+        &[("FLASHMART__DATABASE__URL", url.as_str())],
+    );
+    let login = again
+        .login(&client, "admin@demo.flashmart.dev", "demo-admin-pass")
+        .await;
+    assert_eq!(login["code"], 0, "{login}");
+    assert!(again.terminate().success());
+}

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::http::StatusCode;
 use flashmart_app::payments::PaymentStatus;
-use flashmart_app::ports::PaymentStore as _;
 use flashmart_domain::{OrderId, UserId};
 use flashmart_sandbox::RETRY_SCHEDULE_SECS;
 use serde_json::json;
@@ -156,7 +155,7 @@ async fn the_stale_payment_closer_reaches_every_page() {
     assert_eq!(payments.close_stale_in_pages(2).await.unwrap(), 1);
     let status = |order: &str| {
         let order: OrderId = order.parse().unwrap();
-        let store = app.services.store.clone();
+        let store = std::sync::Arc::clone(&app.services.ports.payments);
         async move { store.payments_for_order(order).await.unwrap()[0].status }
     };
     assert_eq!(status(&orders[2].0).await, PaymentStatus::Closed);
@@ -186,7 +185,7 @@ async fn a_shoppers_cancel_closes_only_its_own_payment() {
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     let status = |order: &str| {
         let order: OrderId = order.parse().unwrap();
-        let store = app.services.store.clone();
+        let store = std::sync::Arc::clone(&app.services.ports.payments);
         async move { store.payments_for_order(order).await.unwrap()[0].status }
     };
     assert_eq!(status(&order_b).await, PaymentStatus::Closed);

@@ -27,7 +27,11 @@ async fn an_admin_made_by_the_cli_gets_through() {
     let app = TestApp::start().await;
     let (customer, _) = app.customer("someone@example.com", "some password").await;
 
-    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flashmart"));
+    if let Some(url) = &app.config.database.url {
+        command.env("FLASHMART__DATABASE__URL", url.expose());
+    }
+    let out = command
         .args([
             "admin",
             "create-user",

@@ -30,6 +30,30 @@ pub struct TestApp {
     pub config: Config,
     pub services: Services,
     _dir: TempDir,
+    /// The PostgreSQL schema the records are in, under `FLASHMART_TEST_RECORDS=postgres`.
+    _schema: Option<flashmart_postgres::testing::TestSchema>,
+}
+
+/// Under `FLASHMART_TEST_RECORDS=postgres`, a fresh schema for `config`'s records (unless it
+/// names a database already), which must live as long as they are used.
+pub async fn records_for(config: &mut Config) -> Option<flashmart_postgres::testing::TestSchema> {
+    if !on_postgres() || config.database.url.is_some() {
+        return None;
+    }
+    let schema = flashmart_postgres::testing::TestSchema::create().await;
+    config.database.url = Some(flashmart_server::config::Secret::new(schema.url()));
+    Some(schema)
+}
+
+/// The name `/readyz` gives the record store this run uses.
+pub fn records_probe() -> &'static str {
+    if on_postgres() { "postgres" } else { "sqlite" }
+}
+
+/// Whether this run keeps the records in PostgreSQL (`FLASHMART_TEST_RECORDS=postgres`, each
+/// test in a schema of its own) instead of the embedded SQLite file.
+pub fn on_postgres() -> bool {
+    std::env::var("FLASHMART_TEST_RECORDS").is_ok_and(|v| v == "postgres")
 }
 
 impl TestApp {
@@ -48,10 +72,23 @@ impl TestApp {
     }
 
     /// An application over an existing data directory (to see what another process left there).
-    pub async fn on(dir: TempDir, config: Config) -> Self {
+    pub async fn on(dir: TempDir, mut config: Config) -> Self {
+        let schema = records_for(&mut config).await;
+        Self::on_records(dir, config, schema).await
+    }
+
+    /// `on`, with the schema `records_for` made for `config` (to run commands on the same
+    /// records before the application starts).
+    pub async fn on_records(
+        dir: TempDir,
+        config: Config,
+        schema: Option<flashmart_postgres::testing::TestSchema>,
+    ) -> Self {
         let clock = ManualClock::starting_mid_hour();
         let services = build(&config, Arc::new(clock.clone())).await.unwrap();
-        Self::from_services(dir, config, clock, services, Router::new())
+        let mut app = Self::from_services(dir, config, clock, services, Router::new());
+        app._schema = schema;
+        app
     }
 
     pub fn from_services(
@@ -89,6 +126,7 @@ impl TestApp {
             services,
             notifications: transport,
             _dir: dir,
+            _schema: None,
         }
     }
 
