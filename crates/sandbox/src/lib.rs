@@ -123,6 +123,17 @@ pub struct Sandbox {
     refund_fault: Mutex<RefundFault>,
 }
 
+/// The sandbox's migrations, recorded apart from the shop's (which share the database).
+async fn migrate_postgres(pool: &PgPool) -> Result<(), SandboxError> {
+    let mut migrator =
+        sqlx::migrate::Migrator::with_migrations(POSTGRES_MIGRATOR.iter().cloned().collect());
+    migrator.dangerous_set_table_name("_sandbox_migrations");
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| SandboxError::Storage(e.into()))
+}
+
 fn storage(e: sqlx::Error) -> ProviderError {
     ProviderError::Unavailable(e.to_string())
 }
@@ -165,14 +176,20 @@ impl Sandbox {
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await?;
-        let mut migrator =
-            sqlx::migrate::Migrator::with_migrations(POSTGRES_MIGRATOR.iter().cloned().collect());
-        migrator.dangerous_set_table_name("_sandbox_migrations");
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| SandboxError::Storage(e.into()))?;
+        migrate_postgres(&pool).await?;
         Ok(Self::with_books(Books::Postgres(pool), secret, clock))
+    }
+
+    /// Brings the sandbox's tables in PostgreSQL up to date, and nothing else (`flashmart
+    /// migrate`).
+    pub async fn migrate_postgres(options: PgConnectOptions) -> Result<(), SandboxError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        let migrated = migrate_postgres(&pool).await;
+        pool.close().await;
+        migrated
     }
 
     fn with_books(books: Books, secret: Vec<u8>, clock: Arc<dyn Clock>) -> Self {

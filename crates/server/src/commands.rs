@@ -17,6 +17,15 @@ use crate::wiring;
 /// Brings the database schema up to date and exits.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let records = crate::records::Records::open(config).await?;
+    // In PostgreSQL the sandbox provider's tables are in the same database: brought up to date
+    // too. (Its SQLite file is migrated when the server opens it.)
+    if config.payments.provider == crate::config::ProviderChoice::Sandbox
+        && let Some(options) = crate::records::pg_options(config)?
+    {
+        flashmart_sandbox::Sandbox::migrate_postgres(options)
+            .await
+            .context("migrating the sandbox provider's tables")?;
+    }
     tracing::info!(records = %records.describe(), "database schema is up to date");
     records.close().await;
     Ok(())

@@ -2,8 +2,11 @@
 //! with SIGKILL at a random moment, again and again. After each restart every reservation that was
 //! answered 2xx must be stored exactly once, the counts must add up, and nothing may be oversold.
 //!
-//! CI runs 5 kills; `FLASHMART_CRASH_KILLS=25 cargo test -p flashmart-server --test it crash --
-//! --nocapture` runs a longer one.
+//! It runs on both record stores: the embedded SQLite file, and PostgreSQL (a schema of its own),
+//! where the group commit is one PostgreSQL transaction per batch.
+//!
+//! CI runs 5 kills of each; `FLASHMART_CRASH_KILLS=25 cargo test -p flashmart-server --test it
+//! crash -- --nocapture` runs a longer one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -22,11 +25,14 @@ const STOCK: u64 = 4000;
 const LIMIT: u64 = 3;
 const BUYERS: usize = 2000;
 
-fn envs() -> Vec<(&'static str, &'static str)> {
-    vec![
+/// The server's environment; with `database_url`, its records are in PostgreSQL.
+fn envs(database_url: Option<&str>) -> Vec<(&'static str, &str)> {
+    let mut envs = vec![
         ("FLASHMART__LOADTEST__ENABLED", "true"),
         ("FLASHMART__RATE_LIMIT__ENABLED", "false"),
-    ]
+    ];
+    envs.extend(database_url.map(|url| ("FLASHMART__DATABASE__URL", url)));
+    envs
 }
 
 /// An accepted reservation as the client was told: (id, buyer index, quantity).
@@ -140,12 +146,22 @@ async fn verify(server: &Server, sale: &str, accepted: &[Accepted], buyers: &[Bu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reservations_answered_survive_sigkill() {
+    crash_rounds(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservations_answered_survive_sigkill_on_postgres() {
+    let schema = flashmart_postgres::testing::TestSchema::create().await;
+    crash_rounds(Some(&schema.url())).await;
+}
+
+async fn crash_rounds(database_url: Option<&str>) {
     let kills: usize = std::env::var("FLASHMART_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &["demo"], &envs());
+    let mut server = Server::start(dir.path(), &["demo"], &envs(database_url));
 
     let target = Target::parse(&server.base).await.unwrap();
     let mut admin = Admin::login(&target, "admin@demo.flashmart.dev", "demo-admin-pass")
@@ -185,12 +201,17 @@ async fn reservations_answered_survive_sigkill() {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         server.kill();
         load.await.unwrap();
-        server = Server::start(dir.path(), &["serve"], &envs());
+        server = Server::start(dir.path(), &["serve"], &envs(database_url));
         let answered = accepted.lock().unwrap().clone();
         let unanswered = verify(&server, &sale, &answered, &buyers).await;
         eprintln!(
-            "kill {}/{kills} after {delay} ms: {} reservations answered so far, all stored \
+            "{} kill {}/{kills} after {delay} ms: {} reservations answered so far, all stored \
              once; {unanswered} stored whose answer was lost in the kill",
+            if database_url.is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            },
             round + 1,
             answered.len()
         );

@@ -365,3 +365,49 @@ async fn serve_on_postgres_keeps_its_records_there_and_runs_alone() {
     assert_eq!(login["code"], 0, "{login}");
     assert!(again.terminate().success());
 }
+
+/// `flashmart migrate` with `database.url` makes every table in PostgreSQL, the sandbox
+/// provider's included, and running it again changes nothing.
+#[tokio::test]
+async fn migrate_brings_a_postgres_database_up_to_date() {
+    use sqlx::ConnectOptions as _;
+
+    let schema = flashmart_postgres::testing::TestSchema::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+            .arg("migrate")
+            .current_dir(dir.path())
+            .env("FLASHMART__DATABASE__URL", schema.url())
+            .env("FLASHMART__LOG__LEVEL", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut conn = schema.options().connect().await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 \
+         AND table_name IN ('users', 'orders', 'reservations', 'flash_sales', \
+                            'sandbox_payments', 'sandbox_events') ORDER BY 1",
+    )
+    .bind(schema.name())
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "flash_sales",
+            "orders",
+            "reservations",
+            "sandbox_events",
+            "sandbox_payments",
+            "users"
+        ]
+    );
+    assert!(!dir.path().join("data/flashmart.db").exists());
+}
