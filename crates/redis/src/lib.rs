@@ -150,6 +150,7 @@ pub struct RedisSales {
     prefix: String,
     reserve: Script,
     settle: Script,
+    load: Script,
 }
 
 impl RedisSales {
@@ -158,6 +159,7 @@ impl RedisSales {
             prefix: prefix.into(),
             reserve: Script::new(include_str!("reserve.lua")),
             settle: Script::new(include_str!("settle.lua")),
+            load: Script::new(include_str!("load.lua")),
         }
     }
 
@@ -222,6 +224,66 @@ impl RedisSales {
             pipe.hset_multiple(&keys.stock, &sale.items).ignore();
         }
         pipe.query_async::<()>(conn).await
+    }
+
+    /// Loads a sale, with what each buyer already holds in it, only if Redis holds nothing of it
+    /// (`load.lua`): a sale there already is never reset. Returns whether it loaded. `sale`'s
+    /// items carry what remains of each (their stock less what is held).
+    pub async fn load_if_missing<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: &LiveSale,
+        buyers: &[(String, u32)],
+    ) -> Result<bool, RedisError> {
+        if buyers.iter().any(|(b, _)| b.is_empty() || b.contains('\u{1f}')) {
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a buyer the reservation script cannot store",
+            )));
+        }
+        let keys = self.keys(sale.id);
+        let mut invocation = self.load.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.stock)
+            .key(&keys.held)
+            .arg(micros(sale.starts_at))
+            .arg(micros(sale.ends_at))
+            .arg(sale.per_user_limit)
+            .arg(i64::try_from(sale.reservation_ttl.whole_microseconds()).unwrap_or(i64::MAX))
+            .arg(sale.items.len());
+        for (item, remaining) in &sale.items {
+            invocation.arg(item).arg(remaining);
+        }
+        for (buyer, held) in buyers {
+            invocation.arg(buyer).arg(held);
+        }
+        let loaded: i64 = invocation.invoke_async(conn).await?;
+        Ok(loaded == 1)
+    }
+
+    /// Each item's remaining stock as Redis holds it, in item order; `None` when Redis holds
+    /// nothing of the sale (never loaded, or lost).
+    pub async fn remaining<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+    ) -> Result<Option<Vec<(u32, u32)>>, RedisError> {
+        let keys = self.keys(sale);
+        let (there, stock): (bool, Vec<(u32, i64)>) = redis::pipe()
+            .exists(&keys.meta)
+            .hgetall(&keys.stock)
+            .query_async(conn)
+            .await?;
+        if !there {
+            return Ok(None);
+        }
+        let mut items: Vec<(u32, u32)> = stock
+            .into_iter()
+            .map(|(item, left)| (item, u32::try_from(left).unwrap_or(0)))
+            .collect();
+        items.sort_unstable();
+        Ok(Some(items))
     }
 
     /// Runs the script for one reservation.

@@ -531,3 +531,140 @@ async fn the_stream_is_trimmed_behind_what_the_group_still_needs() {
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].buyer, "late");
 }
+
+/// The live sale `World::sale` makes, for loading it again.
+fn live(id: SaleId, limit: u32, items: &[(u32, u32)]) -> LiveSale {
+    LiveSale {
+        id,
+        starts_at: now() - Duration::minutes(1),
+        ends_at: now() + Duration::hours(1),
+        per_user_limit: limit,
+        reservation_ttl: Duration::minutes(15),
+        items: items.to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn a_sale_is_loaded_once_and_never_reset() {
+    let mut w = World::new().await;
+    let id = SaleId::new();
+    assert_eq!(w.sales.remaining(&mut w.conn, id).await.unwrap(), None);
+    let sale = live(id, 2, &[(1, 5), (2, 3)]);
+    assert!(w.sales.load_if_missing(&mut w.conn, &sale, &[]).await.unwrap());
+    assert!(reserved(&w.reserve(id, "ada", 2, None).await));
+    // Loaded again (another instance, a late retry): what was sold stays sold.
+    assert!(!w.sales.load_if_missing(&mut w.conn, &sale, &[]).await.unwrap());
+    assert_eq!(
+        w.sales.remaining(&mut w.conn, id).await.unwrap(),
+        Some(vec![(1, 3), (2, 3)])
+    );
+    assert_eq!(
+        w.reserve(id, "ada", 1, None).await,
+        Decision::Refused {
+            refusal: Refusal::LimitReached,
+            replayed: false
+        }
+    );
+}
+
+/// Redis lost the sale (a restart without persistence, FLUSHALL): loaded again from what the
+/// records hold (the remaining stock and each buyer's units), it goes on selling exactly what is
+/// left, and nobody gets past the limit with what they held before the loss.
+#[tokio::test]
+async fn a_sale_lost_by_redis_is_rebuilt_with_its_buyers() {
+    let mut w = World::new().await;
+    let id = w.sale(2, &[(1, 10)]).await;
+    for buyer in ["ada", "bob", "ada"] {
+        assert!(reserved(&w.reserve(id, buyer, 1, None).await));
+    }
+    let keys = w.sales.keys(id);
+    let _: () = w
+        .conn
+        .del(&[
+            &keys.meta,
+            &keys.stock,
+            &keys.held,
+            &keys.keys,
+            &keys.log,
+            &keys.reservations,
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        w.reserve(id, "cy", 1, None).await,
+        Decision::Refused {
+            refusal: Refusal::SaleNotFound,
+            replayed: false
+        },
+        "a lost sale is never answered from nothing"
+    );
+    let held = [("ada".to_owned(), 2), ("bob".to_owned(), 1)];
+    assert!(
+        w.sales
+            .load_if_missing(&mut w.conn, &live(id, 2, &[(1, 7)]), &held)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        w.reserve(id, "ada", 1, None).await,
+        Decision::Refused {
+            refusal: Refusal::LimitReached,
+            replayed: false
+        }
+    );
+    let mut sold = 0;
+    for n in 0..20 {
+        if reserved(&w.reserve(id, &format!("new{n}"), 1, None).await) {
+            sold += 1;
+        }
+    }
+    assert_eq!(sold, 7, "exactly what was left");
+    assert_eq!(
+        w.sales.remaining(&mut w.conn, id).await.unwrap(),
+        Some(vec![(1, 0)])
+    );
+}
+
+/// Many instances finding the sale missing at once all load it: one load wins, and the
+/// reservations made meanwhile are never undone by a later load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_loads_and_reservations_sell_the_stock_once() {
+    let w = World::new().await;
+    let id = SaleId::new();
+    let sale = live(id, 1, &[(1, 50)]);
+    let mut tasks = Vec::new();
+    for n in 0..100 {
+        let (sales, mut conn, sale) = (w.sales.clone(), w.conn.clone(), sale.clone());
+        tasks.push(tokio::spawn(async move {
+            let loaded = sales.load_if_missing(&mut conn, &sale, &[]).await.unwrap();
+            let decision = sales
+                .reserve(
+                    &mut conn,
+                    &ReserveRequest {
+                        sale: id,
+                        item: 1,
+                        buyer: &format!("buyer{n}"),
+                        quantity: 1,
+                        idempotency_key: None,
+                        now: now(),
+                    },
+                )
+                .await
+                .unwrap();
+            (loaded, reserved(&decision))
+        }));
+    }
+    let (mut loads, mut sold) = (0, 0);
+    for task in tasks {
+        let (loaded, got) = task.await.unwrap();
+        loads += usize::from(loaded);
+        sold += usize::from(got);
+    }
+    assert_eq!(loads, 1);
+    assert_eq!(sold, 50);
+    let mut conn = w.conn.clone();
+    assert_eq!(
+        w.sales.remaining(&mut conn, id).await.unwrap(),
+        Some(vec![(1, 0)])
+    );
+}
