@@ -627,12 +627,12 @@ impl FlashSaleStore for SqliteStore {
     ) -> Result<Vec<Released>, StoreError> {
         self.settled().await?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let rows: Vec<(Option<Uuid>, Uuid, i64, Uuid, i64)> = sqlx::query_as(
+        let rows: Vec<(Option<Uuid>, Uuid, i64, Uuid, i64, Uuid)> = sqlx::query_as(
             "UPDATE reservations SET status = 'expired', released_at = ?1 \
              WHERE id IN (SELECT id FROM reservations \
                           WHERE status = 'reserved' AND expires_at <= ?1 \
                           ORDER BY expires_at LIMIT ?2) \
-             RETURNING order_id, sale_id, item_no, buyer_id, quantity",
+             RETURNING order_id, sale_id, item_no, buyer_id, quantity, id",
         )
         .bind(micros(now))
         .bind(i64::from(limit))
@@ -658,8 +658,9 @@ impl FlashSaleStore for SqliteStore {
         }
         tx.commit().await.map_err(map_err)?;
         rows.into_iter()
-            .map(|(_, sale, item_no, buyer, quantity)| {
+            .map(|(_, sale, item_no, buyer, quantity, id)| {
                 Ok(Released {
+                    reservation: ReservationId::from_uuid(id),
                     sale_id: SaleId::from_uuid(sale),
                     item_no: count(item_no, "reservations.item_no")?,
                     buyer: BuyerId(buyer),

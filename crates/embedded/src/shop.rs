@@ -809,6 +809,7 @@ impl OrderStore for SqliteStore {
                 .map_err(map_err)?;
                 row.map(|(sale, item_no, buyer, quantity)| {
                     Ok::<_, StoreError>(Released {
+                        reservation: ReservationId::from_uuid(reservation),
                         sale_id: SaleId::from_uuid(sale),
                         item_no: count(item_no, "reservations.item_no")?,
                         buyer: BuyerId(buyer),

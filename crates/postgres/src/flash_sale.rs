@@ -629,7 +629,7 @@ impl FlashSaleStore for PgStore {
         // cancellation locks the order first and the reservation second; the sweep takes both
         // without waiting for either, so it never waits in the other order (a deadlock), and a
         // reservation whose order is busy is left to the next sweep.
-        let rows: Vec<(Option<Uuid>, Uuid, i32, Uuid, i32)> = sqlx::query_as(
+        let rows: Vec<(Option<Uuid>, Uuid, i32, Uuid, i32, Uuid)> = sqlx::query_as(
             "WITH due AS (SELECT id, order_id FROM reservations \
                           WHERE status = 'reserved' AND expires_at <= $1 \
                           ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
@@ -639,7 +639,7 @@ impl FlashSaleStore for PgStore {
              WHERE id IN (SELECT id FROM due \
                           WHERE order_id IS NULL OR order_id IN (SELECT id FROM free)) \
                AND status = 'reserved' \
-             RETURNING order_id, sale_id, item_no, buyer_id, quantity",
+             RETURNING order_id, sale_id, item_no, buyer_id, quantity, id",
         )
         .bind(now)
         .bind(i64::from(limit))
@@ -661,8 +661,9 @@ impl FlashSaleStore for PgStore {
         }
         tx.commit().await.map_err(map_err)?;
         rows.into_iter()
-            .map(|(_, sale, item_no, buyer, quantity)| {
+            .map(|(_, sale, item_no, buyer, quantity, id)| {
                 Ok(Released {
+                    reservation: ReservationId::from_uuid(id),
                     sale_id: SaleId::from_uuid(sale),
                     item_no: count(item_no, "reservations.item_no")?,
                     buyer: BuyerId(buyer),

@@ -32,7 +32,17 @@ impl ReservationJournal for PgStore {
                 _ => None,
             })
             .collect();
-        insert_reservations(&mut tx, &reservations).await?;
+        insert_reservations(&mut tx, &reservations, Conflicts::Fail).await?;
+        // Decided by a shared engine: written again identically by a retry or a worker, so a
+        // row already there is the same row.
+        let decided: Vec<&NewReservation> = ops
+            .iter()
+            .filter_map(|op| match op {
+                JournalOp::Record(r) => Some(&**r),
+                _ => None,
+            })
+            .collect();
+        insert_reservations(&mut tx, &decided, Conflicts::Skip).await?;
         insert_attempts(&mut tx, ops).await?;
         // Purchases after the inserts (a purchase's reservation may be in this batch). The
         // first purchase of a reservation in the batch is the one applied.
@@ -74,6 +84,23 @@ impl ReservationJournal for PgStore {
     }
 }
 
+/// What a row already there does to an insert: fails the batch (the in-process engine's
+/// reservations are new by construction), or is kept (a shared engine's, written again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conflicts {
+    Fail,
+    Skip,
+}
+
+impl Conflicts {
+    const fn clause(self) -> &'static str {
+        match self {
+            Self::Fail => "",
+            Self::Skip => " ON CONFLICT DO NOTHING",
+        }
+    }
+}
+
 fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -83,6 +110,7 @@ fn int(n: u32) -> i32 {
 async fn insert_reservations(
     conn: &mut PgConnection,
     batch: &[&NewReservation],
+    conflicts: Conflicts,
 ) -> Result<(), StoreError> {
     if batch.is_empty() {
         return Ok(());
@@ -113,7 +141,7 @@ async fn insert_reservations(
         keys.push(r.idempotency.as_ref().map(|k| k.key.as_str()));
         fingerprints.push(r.idempotency.as_ref().map(|k| k.fingerprint.to_vec()));
     }
-    sqlx::query(
+    sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO reservations (id, sale_id, item_no, buyer_id, buyer_ref, quantity, status, \
          created_at, expires_at, order_id, idempotency_key, idempotency_fingerprint) \
          SELECT id, sale_id, item_no, buyer_id, buyer_ref, quantity, 'reserved', created_at, \
@@ -121,8 +149,9 @@ async fn insert_reservations(
          FROM UNNEST($1::uuid[], $2::uuid[], $3::integer[], $4::uuid[], $5::text[], \
            $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], \
            $11::bytea[]) AS t(id, sale_id, item_no, buyer_id, buyer_ref, quantity, created_at, \
-           expires_at, order_id, key, fingerprint)",
-    )
+           expires_at, order_id, key, fingerprint){}",
+        conflicts.clause()
+    )))
     .bind(&ids)
     .bind(&sales)
     .bind(&items)
@@ -184,8 +213,9 @@ async fn insert_reservations(
          SELECT id, user_id, '{}', currency, total, total, reservation_id, at, at, due \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::uuid[], \
            $6::timestamptz[], $7::timestamptz[]) \
-           AS t(id, user_id, currency, total, reservation_id, at, due)",
-        OrderStatus::PendingPayment.as_str()
+           AS t(id, user_id, currency, total, reservation_id, at, due){}",
+        OrderStatus::PendingPayment.as_str(),
+        conflicts.clause()
     )))
     .bind(&orders)
     .bind(&users)
@@ -197,12 +227,13 @@ async fn insert_reservations(
     .execute(&mut *conn)
     .await
     .map_err(map_err)?;
-    sqlx::query(
+    sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO order_items (order_id, line, sale_id, item_no, name, unit_price_cents, \
          quantity) SELECT order_id, 1, sale_id, item_no, name, price, quantity \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::integer[], $4::text[], $5::bigint[], \
-           $6::integer[]) AS t(order_id, sale_id, item_no, name, price, quantity)",
-    )
+           $6::integer[]) AS t(order_id, sale_id, item_no, name, price, quantity){}",
+        conflicts.clause()
+    )))
     .bind(&orders)
     .bind(&line_sales)
     .bind(&line_items)

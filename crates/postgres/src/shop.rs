@@ -826,6 +826,7 @@ impl OrderStore for PgStore {
                 .map_err(map_err)?;
                 row.map(|(sale, item_no, buyer, quantity)| {
                     Ok::<_, StoreError>(Released {
+                        reservation: ReservationId::from_uuid(reservation),
                         sale_id: SaleId::from_uuid(sale),
                         item_no: count(i64::from(item_no), "reservations.item_no")?,
                         buyer: BuyerId(buyer),

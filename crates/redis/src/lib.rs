@@ -5,9 +5,10 @@
 //! units unless it was paid for (`settle.lua`). Every key of a sale carries the hash tag
 //! `{sale:ID}`, so a Redis Cluster keeps a sale on one shard and each script runs there whole.
 //!
-//! This is the piece the engine port (docs/ARCHITECTURE.md, "Scaled mode") will drive; it is
-//! not wired into the server yet.
+//! `RedisEngine` serves the use cases' shared engine port with them (`redis.url` or
+//! `redis.cluster_nodes`).
 
+mod engine;
 mod log;
 
 use flashmart_app::flash_sale::idempotency::Refusal;
@@ -16,6 +17,7 @@ use redis::aio::ConnectionLike;
 use redis::{RedisError, Script};
 use time::OffsetDateTime;
 
+pub use engine::RedisEngine;
 pub use log::Logged;
 
 /// The keys of one sale, under `prefix` (so that tests, or two shops on one Redis, do not meet).
@@ -235,7 +237,10 @@ impl RedisSales {
         sale: &LiveSale,
         buyers: &[(String, u32)],
     ) -> Result<bool, RedisError> {
-        if buyers.iter().any(|(b, _)| b.is_empty() || b.contains('\u{1f}')) {
+        if buyers
+            .iter()
+            .any(|(b, _)| b.is_empty() || b.contains('\u{1f}'))
+        {
             return Err(RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "a buyer the reservation script cannot store",

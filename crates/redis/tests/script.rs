@@ -550,10 +550,20 @@ async fn a_sale_is_loaded_once_and_never_reset() {
     let id = SaleId::new();
     assert_eq!(w.sales.remaining(&mut w.conn, id).await.unwrap(), None);
     let sale = live(id, 2, &[(1, 5), (2, 3)]);
-    assert!(w.sales.load_if_missing(&mut w.conn, &sale, &[]).await.unwrap());
+    assert!(
+        w.sales
+            .load_if_missing(&mut w.conn, &sale, &[])
+            .await
+            .unwrap()
+    );
     assert!(reserved(&w.reserve(id, "ada", 2, None).await));
     // Loaded again (another instance, a late retry): what was sold stays sold.
-    assert!(!w.sales.load_if_missing(&mut w.conn, &sale, &[]).await.unwrap());
+    assert!(
+        !w.sales
+            .load_if_missing(&mut w.conn, &sale, &[])
+            .await
+            .unwrap()
+    );
     assert_eq!(
         w.sales.remaining(&mut w.conn, id).await.unwrap(),
         Some(vec![(1, 3), (2, 3)])

@@ -24,6 +24,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
     pub database: DatabaseConfig,
+    pub redis: RedisConfig,
     pub flash_sale: FlashSaleConfig,
     pub compat: CompatConfig,
     pub ops: OpsConfig,
@@ -276,6 +277,36 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// The shared flash-sale engine: with it, reservations are decided in Redis for every instance
+/// at once (scaled mode, with `database.url`); without it, in this process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` of one Redis (a secret: it may carry a password).
+    pub url: Option<Secret>,
+    /// `["redis://host:port", ...]`: nodes of a Redis Cluster (any of them; the rest are found).
+    pub cluster_nodes: Vec<String>,
+    /// Put before every key flashmart writes, so that two shops (or tests) can share a Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            cluster_nodes: Vec::new(),
+            key_prefix: "flashmart:".into(),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Whether a shared engine is configured.
+    pub fn is_set(&self) -> bool {
+        self.url.is_some() || !self.cluster_nodes.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
@@ -293,6 +324,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             rate_limit: RateLimitConfig::default(),
             database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
             flash_sale: FlashSaleConfig::default(),
             compat: CompatConfig::default(),
             ops: OpsConfig::default(),
@@ -562,6 +594,42 @@ impl Config {
                     message: e.to_string(),
                 });
             }
+        }
+        if self.redis.url.is_some() && !self.redis.cluster_nodes.is_empty() {
+            return invalid(
+                "redis.cluster_nodes",
+                "set redis.url (one Redis) or redis.cluster_nodes (a cluster), not both",
+            );
+        }
+        let redis_urls = self
+            .redis
+            .url
+            .iter()
+            .map(|u| u.expose())
+            .chain(self.redis.cluster_nodes.iter().map(String::as_str));
+        for url in redis_urls {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return invalid(
+                    if self.redis.url.is_some() {
+                        "redis.url"
+                    } else {
+                        "redis.cluster_nodes"
+                    },
+                    "must be a redis:// URL",
+                );
+            }
+        }
+        if self.redis.is_set() && self.database.url.is_none() {
+            return invalid(
+                "redis.url",
+                "needs database.url: with the shared engine every record is in PostgreSQL",
+            );
+        }
+        if self.redis.is_set() && self.compat.contest {
+            return invalid(
+                "compat.contest",
+                "the contest API runs only on the in-process engine (unset redis.url)",
+            );
         }
         if !(1..=1000).contains(&self.database.max_connections) {
             return invalid("database.max_connections", "must be between 1 and 1000");

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use flashmart_app::ports::{
     AccountStore, AddressStore, CartStore, CatalogStore, CouponStore, FlashSaleStore, OrderStore,
-    PaymentStore, Probe, ReservationJournal, SecondFactorStore,
+    PaymentStore, Probe, ReservationJournal, SecondFactorStore, SharedEngine,
 };
 use flashmart_embedded::{Durability, SqliteStore};
 use flashmart_postgres::{PgConnectOptions, PgStore, SoleEngine};
+use flashmart_redis::RedisEngine;
 
 use crate::config::{Config, Synchronous};
 
@@ -83,6 +84,51 @@ fn ports_of<S: AllPorts>(store: &S) -> Ports {
         flash_sales: shared.clone(),
         journal: shared.clone(),
         probe: shared,
+    }
+}
+
+/// The shared flash-sale engine (Redis) when `redis.url` or `redis.cluster_nodes` is set: the
+/// port the use cases drive, and its readiness probe.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub engine: Arc<dyn SharedEngine>,
+    pub probe: Arc<dyn Probe>,
+}
+
+impl Shared {
+    pub async fn connect(config: &Config) -> anyhow::Result<Option<Self>> {
+        let prefix = config.redis.key_prefix.as_str();
+        if let Some(url) = &config.redis.url {
+            let engine = Arc::new(
+                RedisEngine::connect(url.expose(), prefix)
+                    .await
+                    .context("connecting to Redis (redis.url)")?,
+            );
+            engine
+                .ping()
+                .await
+                .context("Redis (redis.url) does not answer")?;
+            return Ok(Some(Self {
+                engine: engine.clone(),
+                probe: engine,
+            }));
+        }
+        if !config.redis.cluster_nodes.is_empty() {
+            let engine = Arc::new(
+                RedisEngine::connect_cluster(&config.redis.cluster_nodes, prefix)
+                    .await
+                    .context("connecting to the Redis Cluster (redis.cluster_nodes)")?,
+            );
+            engine
+                .ping()
+                .await
+                .context("the Redis Cluster (redis.cluster_nodes) does not answer")?;
+            return Ok(Some(Self {
+                engine: engine.clone(),
+                probe: engine,
+            }));
+        }
+        Ok(None)
     }
 }
 

@@ -70,6 +70,7 @@ impl Services {
 pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Services> {
     let records = Records::open(config).await?;
     let ports = records.ports();
+    let shared = crate::records::Shared::connect(config).await?;
     let auth = AuthService::start(
         Arc::clone(&ports.accounts),
         Arc::clone(&ports.second_factor),
@@ -99,6 +100,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             commit_queue: config.flash_sale.commit_queue,
             contest: config.compat.contest,
             max_idempotency_keys_per_user: config.flash_sale.max_idempotency_keys_per_user,
+            shared_engine: shared.as_ref().map(|s| Arc::clone(&s.engine)),
             ..FlashSaleSettings::default()
         },
     )
@@ -166,7 +168,8 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         provider,
         Arc::clone(&clock),
     );
-    let probes = vec![Arc::clone(&ports.probe)];
+    let mut probes = vec![Arc::clone(&ports.probe)];
+    probes.extend(shared.as_ref().map(|s| Arc::clone(&s.probe)));
     let workers = Arc::new(Workers::default());
     workers.register(flash_sales.commit_heartbeat());
     let (stop, shutdown) = Shutdown::channel();
@@ -240,7 +243,13 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
     let _lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
     let services = build(config, Arc::new(SystemClock)).await?;
-    let _sole_engine = services.records.claim_sole_engine().await?;
+    // With the shared engine, any number of servers may share the database; with the
+    // in-process one, one.
+    let _sole_engine = if config.redis.is_set() {
+        None
+    } else {
+        services.records.claim_sole_engine().await?
+    };
     let public = bind(config.http.addr, "http.addr").await?;
     let addr = public.local_addr()?;
     if let Some(sandbox) = &services.sandbox {
@@ -276,6 +285,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         compat_addr = compat_addr.as_deref(),
         data_dir = %config.data_dir.display(),
         records = %services.records.describe(),
+        engine = if config.redis.is_set() { "redis" } else { "in-process" },
         "flashmart listening on http://{addr}"
     );
 

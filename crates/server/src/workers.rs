@@ -57,8 +57,8 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
         "events_publisher",
         ms(config.flash_sale.events_interval_ms),
         move || {
-            sales.publish_all();
-            async {}
+            let sales = Arc::clone(&sales);
+            async move { sales.publish_all().await }
         },
     );
     let sales = Arc::clone(&state.flash_sales);

@@ -257,8 +257,19 @@ impl FlashSales {
             .live_sale(id)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
+        if let Some(engine) = &self.shared {
+            engine.load(&state).await?;
+        }
         let sale = self.ledger.install(state, self.clock.now());
         Ok(self.view(sale.record.clone()))
+    }
+
+    /// With a shared engine, brings the ledger's copy of a sale's stock up to date first.
+    async fn fresh(&self, sale: SaleId) -> Result<(), SaleError> {
+        if let Some(live) = self.ledger.get(&sale) {
+            self.mirror(&live).await?;
+        }
+        Ok(())
     }
 
     fn view(&self, record: SaleRecord) -> SaleView {
@@ -277,6 +288,7 @@ impl FlashSales {
 
     pub async fn sale(&self, id: SaleId) -> Result<SaleView, SaleError> {
         let record = self.store.sale(id).await?.ok_or(SaleError::SaleNotFound)?;
+        self.fresh(id).await?;
         Ok(self.view(record))
     }
 
@@ -299,6 +311,7 @@ impl FlashSales {
             .sale(sale)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
+        self.fresh(sale).await?;
         let live = self.ledger.get(&sale);
         let items = self.store.items(sale, page).await?;
         Ok(items.map(|item| {
@@ -318,6 +331,7 @@ impl FlashSales {
             .await?
             .ok_or(SaleError::SaleNotFound)?;
         let stored = self.store.stats(sale).await?;
+        self.fresh(sale).await?;
         let remaining = match self.ledger.get(&sale) {
             Some(live) => live.remaining(),
             None => stored.stock.saturating_sub(stored.reserved + stored.sold),

@@ -233,6 +233,24 @@ impl LiveSale {
         self.snapshots.subscribe()
     }
 
+    /// Sets each item's remaining stock to what a shared engine holds (`(item, remaining)`), so
+    /// that this sale's numbers mirror it: with the Redis engine the ledger only shows stock,
+    /// it never takes any.
+    pub fn mirror(&self, remaining: &[(u32, u32)]) {
+        for (no, left) in remaining {
+            let index = usize::try_from(*no).ok().and_then(|n| n.checked_sub(1));
+            if let Some(item) = index.and_then(|i| self.items.get(i)) {
+                item.remaining.store(*left, Ordering::Release);
+            }
+        }
+        let total = self
+            .items
+            .iter()
+            .map(|i| u64::from(i.remaining.load(Ordering::Acquire)))
+            .sum();
+        self.remaining.store(total, Ordering::Release);
+    }
+
     /// Tells subscribers the current numbers if they changed.
     pub fn publish(&self, now: OffsetDateTime) {
         let snapshot = self.snapshot(now);

@@ -13,7 +13,7 @@ mod reserve;
 
 use std::sync::Arc;
 
-use flashmart_domain::flash_sale::FlashSaleError;
+use flashmart_domain::flash_sale::{FlashSaleError, SalePhase};
 use flashmart_domain::{SaleId, ScheduleId};
 use time::Duration;
 use tokio::sync::watch;
@@ -29,7 +29,7 @@ use crate::flash_sale::contest_book::ContestBook;
 use crate::flash_sale::counters::Counters;
 use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
-use crate::ports::{FlashSaleStore, ReservationJournal};
+use crate::ports::{FlashSaleStore, ReservationJournal, SettleTo, SharedEngine};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SaleError {
@@ -124,8 +124,11 @@ pub struct FlashSaleSettings {
     pub keep_ended_for: Duration,
     /// Make the contest schedule (compatibility API) if it is missing.
     pub contest: bool,
-    /// Live `Idempotency-Key`s a buyer may have (0: no cap).
+    /// Live `Idempotency-Key`s a buyer may have (0: no cap; the in-process engine only).
     pub max_idempotency_keys_per_user: u32,
+    /// A reservation engine shared by every instance (Redis). Unset: the in-process engine (the
+    /// ledger decides, the group commit makes it durable), for one process per store.
+    pub shared_engine: Option<Arc<dyn SharedEngine>>,
 }
 
 impl Default for FlashSaleSettings {
@@ -135,6 +138,7 @@ impl Default for FlashSaleSettings {
             keep_ended_for: Duration::HOUR,
             contest: false,
             max_idempotency_keys_per_user: 1_000,
+            shared_engine: None,
         }
     }
 }
@@ -152,6 +156,9 @@ pub struct FlashSales {
     counters: Counters,
     settings: FlashSaleSettings,
     contest: Option<ScheduleId>,
+    /// The shared engine that decides reservations, when there is one; the ledger then only
+    /// mirrors its stock for views and live events.
+    shared: Option<Arc<dyn SharedEngine>>,
 }
 
 impl FlashSales {
@@ -165,15 +172,28 @@ impl FlashSales {
         settings: FlashSaleSettings,
     ) -> Result<(Self, JoinHandle<()>), StoreError> {
         let now = clock.now();
+        let shared = settings.shared_engine.clone();
+        if shared.is_some() && settings.contest {
+            return Err(StoreError::Other(
+                "the contest API runs only on the in-process engine, not on a shared one".into(),
+            ));
+        }
         let ledger = Ledger::default();
         for state in store.live_sales(now - settings.keep_ended_for).await? {
+            if let Some(engine) = &shared {
+                // A sale the shared engine lost (or never had) is loaded from the records; one
+                // it holds is left as it is.
+                engine.load(&state).await?;
+            }
             ledger.install(state, now);
         }
         let keys = Arc::new(IdempotencyTable::new(
             settings.max_idempotency_keys_per_user,
         ));
-        for stored in store.idempotency_since(now - KEY_LIFETIME).await? {
-            keys.restore(stored.buyer, &stored.record, stored.reservation);
+        if shared.is_none() {
+            for stored in store.idempotency_since(now - KEY_LIFETIME).await? {
+                keys.restore(stored.buyer, &stored.record, stored.reservation);
+            }
         }
         let contest = if settings.contest {
             Some(compat::ensure_contest_schedule(store.as_ref(), now).await?)
@@ -197,6 +217,7 @@ impl FlashSales {
                 counters: Counters::default(),
                 settings,
                 contest,
+                shared,
             },
             task,
         ))
@@ -217,20 +238,47 @@ impl FlashSales {
     }
 
     /// A sale's numbers now, and a receiver of the numbers `publish_all` pushes from then on.
-    pub fn subscribe(&self, sale: SaleId) -> Option<(SaleSnapshot, watch::Receiver<SaleSnapshot>)> {
-        self.ledger.get(&sale).map(|s| {
-            let mut rx = s.subscribe();
-            rx.mark_unchanged();
-            (s.snapshot(self.clock.now()), rx)
-        })
+    /// (With a shared engine, the numbers now are read from it; if it cannot answer, the last
+    /// ones read.)
+    pub async fn subscribe(
+        &self,
+        sale: SaleId,
+    ) -> Option<(SaleSnapshot, watch::Receiver<SaleSnapshot>)> {
+        let live = self.ledger.get(&sale)?;
+        if let Err(err) = self.mirror(&live).await {
+            tracing::warn!(%err, %sale, "cannot read the sale's stock from the shared engine");
+        }
+        let mut rx = live.subscribe();
+        rx.mark_unchanged();
+        Some((live.snapshot(self.clock.now()), rx))
     }
 
-    /// Pushes each sale's current numbers to its subscribers, where they changed.
-    pub fn publish_all(&self) {
+    /// Pushes each sale's current numbers to its subscribers, where they changed (with a shared
+    /// engine, live sales' numbers are read from it first).
+    pub async fn publish_all(&self) {
         let now = self.clock.now();
         for sale in self.ledger.all() {
+            if self.shared.is_some()
+                && sale.record.rules.window().phase(now) != SalePhase::Ended
+                && let Err(err) = self.mirror(&sale).await
+            {
+                tracing::warn!(%err, sale = %sale.record.id, "cannot read the sale's stock from the shared engine");
+            }
             sale.publish(now);
         }
+    }
+
+    /// With a shared engine, sets the ledger's copy of a sale's stock to the engine's.
+    pub(crate) async fn mirror(&self, sale: &ledger::LiveSale) -> Result<(), SaleError> {
+        let Some(engine) = &self.shared else {
+            return Ok(());
+        };
+        // Lost by the engine (`None`): left as it was; it is loaded again from the records at
+        // the next reservation.
+        if let Some(remaining) = engine.remaining(sale.record.id).await? {
+            sale.mirror(&remaining);
+        }
+        Ok(())
     }
 
     /// Expires reservations whose time ran out and puts their stock back on sale. Returns how
@@ -249,7 +297,7 @@ impl FlashSales {
         loop {
             let released = self.store.expire_due(now, BATCH).await?;
             for r in &released {
-                self.ledger.release(r);
+                self.give_back(r, SettleTo::Expired).await?;
             }
             total += released.len();
             if released.len() < BATCH as usize {
@@ -277,8 +325,33 @@ impl FlashSales {
     }
 
     /// Puts back what a cancelled reservation held (the store has already marked it cancelled).
-    pub fn release(&self, released: &crate::flash_sale::model::Released) {
-        self.ledger.release(released);
+    /// With a shared engine this reaches it, and can fail.
+    pub async fn release(
+        &self,
+        released: &crate::flash_sale::model::Released,
+    ) -> Result<(), StoreError> {
+        self.give_back(released, SettleTo::Cancelled).await
+    }
+
+    /// The engine's side of a reservation the records have moved out of `reserved`: its units
+    /// go back on sale, once.
+    async fn give_back(
+        &self,
+        released: &crate::flash_sale::model::Released,
+        to: SettleTo,
+    ) -> Result<(), StoreError> {
+        match &self.shared {
+            None => {
+                self.ledger.release(released);
+                Ok(())
+            }
+            Some(engine) => {
+                engine
+                    .settle(released.sale_id, released.reservation, to)
+                    .await?;
+                Ok(())
+            }
+        }
     }
 
     /// Forgets old idempotency keys and sales long ended.

@@ -191,6 +191,11 @@ pub enum JournalOp {
         at: OffsetDateTime,
     },
     Attempt(Box<CheckoutAttempt>),
+    /// A reservation a shared engine (Redis) decided, with its order: stored unless it is
+    /// already (a retry of the same `Idempotency-Key`, or a worker catching up from the
+    /// engine's log write the same reservation again, identically). Only stores that serve a
+    /// shared engine take it.
+    Record(Box<NewReservation>),
 }
 
 #[derive(Debug, Clone)]
@@ -235,6 +240,7 @@ pub struct LiveItemState {
 /// Stock that went back on sale (an expired or cancelled reservation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Released {
+    pub reservation: ReservationId,
     pub sale_id: SaleId,
     pub item_no: u32,
     pub buyer: BuyerId,

@@ -9,10 +9,14 @@ use flashmart_domain::{OrderId, ReservationId, SaleId, UserId};
 use super::counters::Counted;
 use super::{FlashSales, SaleError};
 use crate::error::FieldError;
+use crate::error::StoreError;
 use crate::flash_sale::commit::Pledge;
 use crate::flash_sale::idempotency::{self, Answer, Begin, Claim, Refusal};
 use crate::flash_sale::ledger::LiveSale;
-use crate::flash_sale::model::{BuyerId, JournalOp, NewReservation, ReservationRecord};
+use crate::flash_sale::model::{
+    BuyerId, IdempotencyRecord, JournalOp, NewReservation, ReservationRecord,
+};
+use crate::ports::{SharedDecision, SharedEngine, SharedReserve};
 
 /// Who is reserving, as the ledger and the journal need it.
 #[derive(Debug, Clone)]
@@ -47,10 +51,24 @@ impl FlashSales {
             })?;
         let item_no = u32::try_from(item_no).map_err(|_| SaleError::ItemNotFound)?;
         let buyer = BuyerId::user(user);
+        if let Some(key) = idempotency_key {
+            validate_key(key)?;
+        }
+        if let Some(engine) = &self.shared {
+            return self
+                .reserve_shared(
+                    engine.as_ref(),
+                    user,
+                    sale,
+                    item_no,
+                    quantity,
+                    idempotency_key,
+                )
+                .await;
+        }
         let claim = match idempotency_key {
             None => None,
             Some(key) => {
-                validate_key(key)?;
                 let fingerprint = idempotency::fingerprint(sale, item_no, quantity);
                 match self.keys.begin(buyer, key, fingerprint, self.clock.now()) {
                     Begin::Fresh(claim) => Some(claim),
@@ -158,6 +176,116 @@ impl FlashSales {
         }
     }
 
+    /// A reservation decided by the shared engine (Redis), then written to the records (with its
+    /// order) by the group commit before the answer. A replayed answer is written again (a
+    /// write of the same rows changes nothing), so the answer for a key is always one the
+    /// records hold, even when the first request's write failed.
+    async fn reserve_shared(
+        &self,
+        engine: &dyn SharedEngine,
+        user: UserId,
+        sale_id: SaleId,
+        item_no: u32,
+        quantity: u32,
+        idempotency_key: Option<&str>,
+    ) -> Result<Arc<ReservationRecord>, SaleError> {
+        let sale = match self.ledger.get(&sale_id) {
+            Some(sale) => sale,
+            None => match self.load_sale(sale_id).await? {
+                Ok(sale) => sale,
+                Err(refusal) => {
+                    self.counters.count(Counted::Refused(refusal));
+                    return Err(refusal.into());
+                }
+            },
+        };
+        let buyer = BuyerId::user(user);
+        let request = SharedReserve {
+            sale: sale_id,
+            item_no,
+            buyer,
+            quantity,
+            idempotency_key,
+            now: self.clock.now(),
+        };
+        let mut decision = engine.reserve(&request).await.map_err(unavailable)?;
+        if decision == SharedDecision::Missing {
+            // Never loaded here, or lost by the engine: loaded from the records (only if it is
+            // still missing), then asked again.
+            let state = self
+                .store
+                .live_sale(sale_id)
+                .await?
+                .ok_or(SaleError::SaleNotFound)?;
+            engine.load(&state).await.map_err(unavailable)?;
+            decision = engine.reserve(&request).await.map_err(unavailable)?;
+        }
+        let (id, expires_at, replayed) = match decision {
+            SharedDecision::Reserved {
+                id,
+                expires_at,
+                replayed,
+            } => (id, expires_at, replayed),
+            SharedDecision::Refused { refusal, replayed } => {
+                self.counters.count(if replayed {
+                    Counted::Replayed
+                } else {
+                    Counted::Refused(refusal)
+                });
+                return Err(refusal.into());
+            }
+            SharedDecision::KeyReused => return Err(SaleError::KeyReused),
+            SharedDecision::Missing => {
+                return Err(SaleError::Unavailable(
+                    "the sale could not be loaded into the shared engine".into(),
+                ));
+            }
+        };
+        let (item_name, unit_price_cents) = sale.item(item_no).ok_or(SaleError::ItemNotFound)?;
+        let record = Arc::new(ReservationRecord {
+            id,
+            sale_id,
+            item_no,
+            buyer,
+            buyer_ref: None,
+            quantity,
+            status: ReservationStatus::Reserved,
+            // Derived from what the engine answered, so a replay rebuilds the same record.
+            created_at: expires_at - sale.record.rules.reservation_ttl(),
+            expires_at,
+            // The order's id is the reservation's: the same on every replay and every write.
+            order_id: Some(OrderId::from_uuid(*id.as_uuid())),
+            purchased_at: None,
+        });
+        let op = JournalOp::Record(Box::new(NewReservation {
+            record: Arc::clone(&record),
+            user_id: Some(user),
+            unit_price_cents,
+            item_name,
+            currency: sale.record.currency,
+            idempotency: idempotency_key.map(|key| IdempotencyRecord {
+                key: key.to_owned(),
+                fingerprint: idempotency::fingerprint(sale_id, item_no, quantity),
+            }),
+        }));
+        let slot = self.commit_slot().await?;
+        match slot.send(op, None).await {
+            Ok(Ok(_)) => {
+                self.counters.count(if replayed {
+                    Counted::Replayed
+                } else {
+                    Counted::Reserved
+                });
+                Ok(record)
+            }
+            Ok(Err(failed)) => {
+                self.counters.count(Counted::Unavailable);
+                Err(SaleError::Unavailable(failed.0))
+            }
+            Err(_) => Err(SaleError::Unavailable("the commit task has stopped".into())),
+        }
+    }
+
     /// A sale missing from memory: unknown, ended long ago, or made since start by another
     /// process; only the last is loaded.
     async fn load_sale(&self, id: SaleId) -> Result<Result<Arc<LiveSale>, Refusal>, SaleError> {
@@ -166,7 +294,12 @@ impl FlashSales {
             Some(state) if state.sale.rules.window().phase(now) == SalePhase::Ended => {
                 Err(Refusal::Ended)
             }
-            Some(state) => Ok(self.ledger.install(state, now)),
+            Some(state) => {
+                if let Some(engine) = &self.shared {
+                    engine.load(&state).await.map_err(unavailable)?;
+                }
+                Ok(self.ledger.install(state, now))
+            }
             None => Err(Refusal::SaleNotFound),
         })
     }
@@ -199,6 +332,12 @@ impl FlashSales {
         }
         refusal.into()
     }
+}
+
+/// The shared engine could not answer: nothing is known to be reserved, the client may retry
+/// (with its `Idempotency-Key`, to get the same answer whatever happened).
+fn unavailable(err: StoreError) -> SaleError {
+    SaleError::Unavailable(err.to_string().into())
 }
 
 fn validate_key(key: &str) -> Result<(), SaleError> {

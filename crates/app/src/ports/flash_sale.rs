@@ -7,9 +7,10 @@ use flashmart_domain::{ReservationId, SaleId, ScheduleId};
 use time::OffsetDateTime;
 
 use crate::error::StoreError;
+use crate::flash_sale::idempotency::Refusal;
 use crate::flash_sale::model::{
-    ItemRecord, JournalOp, JournalOutcome, LiveSaleState, NewItem, Released, ReservationRecord,
-    SaleInsert, SaleRecord, Schedule, StoredIdempotency, StoredStats,
+    BuyerId, ItemRecord, JournalOp, JournalOutcome, LiveSaleState, NewItem, Released,
+    ReservationRecord, SaleInsert, SaleRecord, Schedule, StoredIdempotency, StoredStats,
 };
 use crate::page::{Page, PageRequest};
 
@@ -85,4 +86,64 @@ pub trait FlashSaleStore: Send + Sync + std::fmt::Debug + 'static {
 pub trait ReservationJournal: Send + Sync + std::fmt::Debug + 'static {
     /// Applies every op in one transaction: all or nothing. One outcome per op, in order.
     async fn commit(&self, ops: &[JournalOp]) -> Result<Vec<JournalOutcome>, StoreError>;
+}
+
+/// A reservation asked of a shared engine.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedReserve<'a> {
+    pub sale: SaleId,
+    pub item_no: u32,
+    pub buyer: BuyerId,
+    pub quantity: u32,
+    pub idempotency_key: Option<&'a str>,
+    pub now: OffsetDateTime,
+}
+
+/// What a shared engine decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedDecision {
+    /// Reserved, now or (`replayed`) for an earlier request with the same key.
+    Reserved {
+        id: ReservationId,
+        expires_at: OffsetDateTime,
+        replayed: bool,
+    },
+    Refused {
+        refusal: Refusal,
+        replayed: bool,
+    },
+    /// The key was used before with another request.
+    KeyReused,
+    /// The engine holds nothing of this sale (never loaded, or lost): load it and ask again.
+    Missing,
+}
+
+/// Where a reservation goes when it stops holding its units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleTo {
+    Expired,
+    Cancelled,
+    Purchased,
+}
+
+/// A reservation engine that every instance shares (Redis): it decides each reservation
+/// atomically per sale (window, stock, the buyer's limit, the `Idempotency-Key`) for all of
+/// them at once. Records stay in the record store; the engine holds only what deciding needs.
+#[async_trait]
+pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
+    /// Makes a sale known, with its remaining stock and what each buyer holds, unless the
+    /// engine already holds it (then nothing changes). Returns whether it loaded.
+    async fn load(&self, state: &LiveSaleState) -> Result<bool, StoreError>;
+    async fn reserve(&self, request: &SharedReserve<'_>) -> Result<SharedDecision, StoreError>;
+    /// Moves a reservation out of `reserved` once; its units come back unless it was
+    /// purchased. Returns whether it changed (false: settled before, or unknown).
+    async fn settle(
+        &self,
+        sale: SaleId,
+        reservation: ReservationId,
+        to: SettleTo,
+    ) -> Result<bool, StoreError>;
+    /// Each item's remaining stock, in item order; `None` when the engine does not hold the
+    /// sale.
+    async fn remaining(&self, sale: SaleId) -> Result<Option<Vec<(u32, u32)>>, StoreError>;
 }

@@ -430,8 +430,12 @@ impl Shop {
     pub async fn cancel(&self, user: UserId, id: OrderId) -> Result<OrderRecord, ShopError> {
         self.order_of(user, id).await?;
         let (outcome, released) = self.orders.cancel_order(id, self.clock.now()).await?;
-        if let Some(released) = released {
-            self.flash_sales.release(&released);
+        if let Some(released) = released
+            && let Err(err) = self.flash_sales.release(&released).await
+        {
+            // The order is cancelled; only its units are not back on sale until the engine
+            // is reconciled with the records.
+            tracing::error!(%err, reservation = %released.reservation, "a cancelled reservation's units could not be given back to the engine");
         }
         match outcome {
             CancelOutcome::Cancelled(order) => Ok(*order),

@@ -523,6 +523,7 @@ pub async fn expiry_releases_stock<S: FlashSaleAdapter + ?Sized>(store: &S) {
     assert_eq!(
         released,
         vec![Released {
+            reservation: early.id,
             sale_id: s.id,
             item_no: 1,
             buyer: BuyerId::user(alice),
@@ -788,6 +789,7 @@ pub async fn flash_sale_orders_follow_their_reservation<S: FlashOrderAdapter + ?
     assert_eq!(
         released,
         Some(Released {
+            reservation: cancelled.id,
             sale_id: s.id,
             item_no: 1,
             buyer: cancelled.buyer,

@@ -75,6 +75,13 @@ pub(crate) fn encode(ops: &[JournalOp]) -> Result<Encoded, StoreError> {
                 body.extend_from_slice(&micros(*at).to_le_bytes());
             }
             JournalOp::Purchase { .. } => {}
+            JournalOp::Record(_) => {
+                // The embedded store serves only the in-process engine (configuration refuses
+                // a shared engine without PostgreSQL).
+                return Err(StoreError::Other(
+                    "the embedded store takes no reservations decided by a shared engine".into(),
+                ));
+            }
         }
     }
     ids.sort_unstable();

@@ -184,7 +184,7 @@ pub async fn sale_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let place = streams.open(ip)?;
     let id = SaleId::from_uuid(id);
-    let (first, rx) = match sales.subscribe(id) {
+    let (first, rx) = match sales.subscribe(id).await {
         Some((now, rx)) => (now, Some(rx)),
         // Ended long ago and out of memory: one final snapshot.
         None => {

@@ -20,6 +20,7 @@ mod process;
 mod refunds;
 mod retries;
 mod roles;
+mod scaled;
 mod second_factor;
 mod shutdown;
 mod support;

@@ -1,0 +1,181 @@
+//! The shared engine port (`flashmart_app::ports::SharedEngine`) on Redis: the scripts of this
+//! crate driven over one connection (a single Redis, or a Redis Cluster through the cluster
+//! client), which every request of the process shares.
+
+use async_trait::async_trait;
+use flashmart_app::StoreError;
+use flashmart_app::flash_sale::model::LiveSaleState;
+use flashmart_app::ports::{SettleTo, SharedDecision, SharedEngine, SharedReserve};
+use flashmart_domain::{ReservationId, SaleId};
+use redis::RedisError;
+use redis::aio::ConnectionLike;
+
+use crate::{Decision, LiveSale, RedisSales, ReserveRequest, Settle, Settled};
+
+/// `RedisSales` over a shared connection `C` (`redis::aio::ConnectionManager`, which reconnects
+/// by itself, or a cluster connection).
+#[derive(Clone)]
+pub struct RedisEngine<C> {
+    sales: RedisSales,
+    conn: C,
+}
+
+impl<C> std::fmt::Debug for RedisEngine<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("sales", &self.sales)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
+    pub fn new(sales: RedisSales, conn: C) -> Self {
+        Self { sales, conn }
+    }
+
+    /// Checks that Redis answers (`PING`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+impl RedisEngine<redis::aio::ConnectionManager> {
+    /// One Redis at `url` (`redis://host:port/db`), over a connection that reconnects by itself
+    /// when Redis goes away and comes back.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let conn = redis::aio::ConnectionManager::new(client)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self::new(RedisSales::new(prefix), conn))
+    }
+}
+
+impl RedisEngine<redis::cluster_async::ClusterConnection> {
+    /// A Redis Cluster reached through any of `nodes`: each sale's keys are on the shard its
+    /// hash tag picks, and each script runs there.
+    pub async fn connect_cluster(nodes: &[String], prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::cluster::ClusterClient::new(nodes.to_vec()).map_err(unavailable)?;
+        let conn = client.get_async_connection().await.map_err(unavailable)?;
+        Ok(Self::new(RedisSales::new(prefix), conn))
+    }
+}
+
+/// Redis away, busy or refusing: the request is answered 503 and may be retried.
+fn unavailable(err: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {err}"))
+}
+
+#[async_trait]
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEngine<C> {
+    async fn load(&self, state: &LiveSaleState) -> Result<bool, StoreError> {
+        let sale = LiveSale {
+            id: state.sale.id,
+            starts_at: state.sale.rules.window().starts_at(),
+            ends_at: state.sale.rules.window().ends_at(),
+            per_user_limit: state.sale.rules.per_user_limit(),
+            reservation_ttl: state.sale.rules.reservation_ttl(),
+            items: state
+                .items
+                .iter()
+                .map(|i| (i.no, i.stock.saturating_sub(i.held)))
+                .collect(),
+        };
+        let buyers: Vec<(String, u32)> = state
+            .buyers
+            .iter()
+            .filter(|(_, held)| *held > 0)
+            .map(|(buyer, held)| (buyer.0.to_string(), *held))
+            .collect();
+        let mut conn = self.conn.clone();
+        self.sales
+            .load_if_missing(&mut conn, &sale, &buyers)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn reserve(&self, request: &SharedReserve<'_>) -> Result<SharedDecision, StoreError> {
+        let buyer = request.buyer.0.to_string();
+        let mut conn = self.conn.clone();
+        let decision = self
+            .sales
+            .reserve(
+                &mut conn,
+                &ReserveRequest {
+                    sale: request.sale,
+                    item: request.item_no,
+                    buyer: &buyer,
+                    quantity: request.quantity,
+                    idempotency_key: request.idempotency_key,
+                    now: request.now,
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(match decision {
+            Decision::Reserved {
+                id,
+                expires_at,
+                replayed,
+            } => SharedDecision::Reserved {
+                id,
+                expires_at,
+                replayed,
+            },
+            Decision::Refused {
+                refusal: flashmart_app::flash_sale::idempotency::Refusal::SaleNotFound,
+                ..
+            } => SharedDecision::Missing,
+            Decision::Refused { refusal, replayed } => {
+                SharedDecision::Refused { refusal, replayed }
+            }
+            Decision::KeyReused => SharedDecision::KeyReused,
+        })
+    }
+
+    async fn settle(
+        &self,
+        sale: SaleId,
+        reservation: ReservationId,
+        to: SettleTo,
+    ) -> Result<bool, StoreError> {
+        let to = match to {
+            SettleTo::Expired => Settle::Expired,
+            SettleTo::Cancelled => Settle::Cancelled,
+            SettleTo::Purchased => Settle::Purchased,
+        };
+        let mut conn = self.conn.clone();
+        let settled = self
+            .sales
+            .settle(&mut conn, sale, reservation, to)
+            .await
+            .map_err(unavailable)?;
+        Ok(settled == Settled::Changed)
+    }
+
+    async fn remaining(&self, sale: SaleId) -> Result<Option<Vec<(u32, u32)>>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.sales
+            .remaining(&mut conn, sale)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> flashmart_app::ports::Probe
+    for RedisEngine<C>
+{
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.ping().await
+    }
+}

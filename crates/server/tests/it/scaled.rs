@@ -1,0 +1,252 @@
+//! Scaled mode: records in PostgreSQL and reservations decided by the shared engine in Redis,
+//! whatever `FLASHMART_TEST_*` says (each test in a schema and under a key prefix of its own).
+//! Two applications on the same database and Redis stand for two instances behind a load
+//! balancer.
+
+use axum::http::StatusCode;
+use flashmart_server::Config;
+use flashmart_server::config::Secret;
+use time::Duration;
+
+use crate::flash_sales::{live_sale, operator, reserve};
+use crate::support::TestApp;
+
+/// A configuration on `schema` and the local Redis under a prefix of the schema's name, with
+/// one token key for every instance.
+fn scaled(schema: &flashmart_postgres::testing::TestSchema) -> Config {
+    let redis = std::env::var("FLASHMART_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut config = Config::default();
+    config.database.url = Some(Secret::new(schema.url()));
+    config.redis.url = Some(Secret::new(redis));
+    config.redis.key_prefix = format!("test:{}:", schema.name());
+    config.auth.jwt_secret = Some(Secret::new("a shared key of at least 32 bytes!!"));
+    config
+}
+
+/// Two instances of one shop.
+async fn two_instances() -> (TestApp, TestApp) {
+    let schema = flashmart_postgres::testing::TestSchema::create().await;
+    let config = scaled(&schema);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestApp::on_records(
+        dir_a,
+        Config {
+            data_dir: tempfile::tempdir().unwrap().keep(),
+            ..config.clone()
+        },
+        Some(schema),
+    )
+    .await;
+    let b = TestApp::on_records(
+        dir_b,
+        Config {
+            data_dir: tempfile::tempdir().unwrap().keep(),
+            ..config
+        },
+        None,
+    )
+    .await;
+    (a, b)
+}
+
+/// Deletes every key of this test's prefix, as a Redis restarted without persistence (or a
+/// FLUSHALL) would.
+fn forget_everything(config: &Config) {
+    let url = config.redis.url.as_ref().unwrap().expose().to_owned();
+    let prefix = config.redis.key_prefix.clone();
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(!keys.is_empty(), "the sale was in Redis");
+    redis::cmd("DEL").arg(keys).query::<()>(&mut conn).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_sell_one_stock_exactly() {
+    let (a, b) = two_instances().await;
+    let ready = b.get("/readyz").send().await.data();
+    assert_eq!(ready["checks"]["postgres"], "ok", "{ready}");
+    assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[25], 2).await;
+    let mut buyers = Vec::new();
+    for n in 0..20 {
+        let on = if n % 2 == 0 { &a } else { &b };
+        let (token, _) = on
+            .customer(&format!("buyer{n}@example.com"), "buyer password")
+            .await;
+        buyers.push(token);
+    }
+    // Every buyer tries for 2 units twice, alternately through both instances, all at once.
+    let mut tasks = Vec::new();
+    for (n, token) in buyers.iter().enumerate() {
+        for round in 0..2 {
+            let app = if (n + round) % 2 == 0 { &a } else { &b };
+            let sale = &sale;
+            tasks.push(async move { reserve(app, token, sale, 1, 2).await.status });
+        }
+    }
+    let answers = futures_util::future::join_all(tasks).await;
+    let created = answers
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert!(
+        answers
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT),
+        "{answers:?}"
+    );
+    // 25 units, 2 a reservation: 12 reservations, and 1 unit nobody can take in 2s.
+    assert_eq!(created, 12);
+    let admin = a
+        .staff(
+            "admin@example.com",
+            "admin password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
+    for app in [&a, &b] {
+        let stats = app
+            .get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
+            .bearer(&admin)
+            .send()
+            .await
+            .data();
+        assert_eq!(stats["reserved"], 24, "{stats}");
+        assert_eq!(stats["remaining"], 1, "{stats}");
+    }
+    // The limit holds across instances: nobody holds more than 2.
+    let one = reserve(&b, &buyers[0], &sale, 1, 1).await;
+    assert_eq!(one.status, StatusCode::CONFLICT, "{}", one.text());
+}
+
+#[tokio::test]
+async fn an_expired_reservation_frees_its_unit_for_every_instance() {
+    let (a, b) = two_instances().await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[1], 1).await;
+    let (first, _) = a.customer("first@example.com", "first password").await;
+    let (second, _) = b.customer("second@example.com", "second password").await;
+    assert_eq!(
+        reserve(&a, &first, &sale, 1, 1).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        reserve(&b, &second, &sale, 1, 1).await.status,
+        StatusCode::CONFLICT
+    );
+    // Past its payment window, swept on one instance: the unit is on sale on the other.
+    a.clock.advance(Duration::minutes(20));
+    b.clock.advance(Duration::minutes(20));
+    assert_eq!(
+        a.services.state.flash_sales.sweep_expired().await.unwrap(),
+        1
+    );
+    // (Signed in again: the access token has expired too.)
+    let (second, _) = b.login("second@example.com", "second password").await;
+    assert_eq!(
+        reserve(&b, &second, &sale, 1, 1).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        b.services.state.flash_sales.sweep_expired().await.unwrap(),
+        0
+    );
+}
+
+/// Redis loses everything mid-sale: the sale is rebuilt from the records (what remains, what
+/// each buyer holds) before it answers again, and sells exactly its stock.
+#[tokio::test]
+async fn a_sale_redis_forgot_sells_exactly_its_stock() {
+    let (a, b) = two_instances().await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[10], 3).await;
+    let mut buyers = Vec::new();
+    for n in 0..8 {
+        let (token, _) = a
+            .customer(&format!("buyer{n}@example.com"), "buyer password")
+            .await;
+        buyers.push(token);
+    }
+    for token in &buyers[..2] {
+        assert_eq!(
+            reserve(&a, token, &sale, 1, 3).await.status,
+            StatusCode::CREATED
+        );
+    }
+    forget_everything(&a.config);
+    // The first buyers are at their limit still; the 4 units left go, and no more.
+    assert_eq!(
+        reserve(&b, &buyers[0], &sale, 1, 1).await.status,
+        StatusCode::CONFLICT
+    );
+    let mut sold = 0;
+    for token in &buyers[2..] {
+        if reserve(&b, token, &sale, 1, 1).await.status == StatusCode::CREATED {
+            sold += 1;
+        }
+    }
+    assert_eq!(sold, 4);
+    let admin = a
+        .staff(
+            "admin@example.com",
+            "admin password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
+    let stats = a
+        .get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
+        .bearer(&admin)
+        .send()
+        .await
+        .data();
+    assert_eq!(stats["reserved"], 10, "{stats}");
+    assert_eq!(stats["remaining"], 0, "{stats}");
+}
+
+/// A reservation answered once is answered the same through any instance, and stored once.
+#[tokio::test]
+async fn an_idempotency_key_answers_the_same_on_every_instance() {
+    let (a, b) = two_instances().await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[5], 2).await;
+    let (buyer, _) = a.customer("buyer@example.com", "buyer password").await;
+    async fn send(
+        app: &TestApp,
+        buyer: &str,
+        sale: &str,
+        qty: i64,
+    ) -> crate::support::TestResponse {
+        app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
+            .bearer(buyer)
+            .header("idempotency-key", "the-key")
+            .json(&serde_json::json!({"item_id": 1, "quantity": qty}))
+            .send()
+            .await
+    }
+    let first = send(&a, &buyer, &sale, 1).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let again = send(&b, &buyer, &sale, 1).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.data(), first.data());
+    let other = send(&b, &buyer, &sale, 2).await;
+    other.assert_error(StatusCode::UNPROCESSABLE_ENTITY, 60006);
+    let admin = a
+        .staff(
+            "admin@example.com",
+            "admin password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
+    let stats = b
+        .get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
+        .bearer(&admin)
+        .send()
+        .await
+        .data();
+    assert_eq!(stats["reserved"], 1, "{stats}");
+}
