@@ -6,6 +6,9 @@ use flashmart_app::StoreError;
 use flashmart_domain::OrderStatus;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+/// The longest any statement may run (PostgreSQL's `statement_timeout`).
+const STATEMENT_TIMEOUT: &str = "5s";
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// A pool of connections to one PostgreSQL database (and schema: the URL's `options` may set
@@ -25,7 +28,10 @@ impl PgStore {
             .max_connections(max_connections)
             // A request that needs the database answers 503 rather than hang when it is away.
             .acquire_timeout(Duration::from_secs(3))
-            .connect_with(options)
+            // No statement runs longer: a reservation the shared engine decided is written
+            // within seconds or not at all, which the grace before a lost sale is rebuilt
+            // relies on.
+            .connect_with(options.options([("statement_timeout", STATEMENT_TIMEOUT)]))
             .await
             .map_err(map_err)?;
         MIGRATOR.run(&pool).await.map_err(|e| match e {

@@ -10,7 +10,9 @@ use flashmart_domain::{ReservationId, SaleId};
 use redis::RedisError;
 use redis::aio::ConnectionLike;
 
-use crate::{Decision, LiveSale, RedisSales, ReserveRequest, Settle, Settled};
+use time::OffsetDateTime;
+
+use crate::{Decision, LiveSale, Lost, RedisSales, ReserveRequest, Settle, Settled};
 
 /// `RedisSales` over a shared connection `C` (`redis::aio::ConnectionManager`, which reconnects
 /// by itself, or a cluster connection).
@@ -73,7 +75,7 @@ fn unavailable(err: RedisError) -> StoreError {
 
 #[async_trait]
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEngine<C> {
-    async fn load(&self, state: &LiveSaleState) -> Result<bool, StoreError> {
+    async fn load(&self, state: &LiveSaleState, now: OffsetDateTime) -> Result<bool, StoreError> {
         let sale = LiveSale {
             id: state.sale.id,
             starts_at: state.sale.rules.window().starts_at(),
@@ -94,9 +96,26 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
             .collect();
         let mut conn = self.conn.clone();
         self.sales
-            .load_if_missing(&mut conn, &sale, &buyers)
+            .load_if_missing(&mut conn, &sale, &buyers, now)
             .await
             .map_err(unavailable)
+    }
+
+    async fn mark_lost(
+        &self,
+        sale: SaleId,
+        rebuild_at: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let mut conn = self.conn.clone();
+        match self
+            .sales
+            .mark_lost(&mut conn, sale, rebuild_at)
+            .await
+            .map_err(unavailable)?
+        {
+            Lost::Loaded => Ok(None),
+            Lost::RebuildAt(at) => Ok(Some(at)),
+        }
     }
 
     async fn reserve(&self, request: &SharedReserve<'_>) -> Result<SharedDecision, StoreError> {
@@ -135,6 +154,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                 SharedDecision::Refused { refusal, replayed }
             }
             Decision::KeyReused => SharedDecision::KeyReused,
+            Decision::Rebuilding { at } => SharedDecision::Rebuilding { at },
         })
     }
 

@@ -96,6 +96,20 @@ pub enum Decision {
     },
     /// The key was used before with another request.
     KeyReused,
+    /// The sale was lost and is marked to be rebuilt from the records at `at` (`lost.lua`);
+    /// nothing is decided before then.
+    Rebuilding {
+        at: OffsetDateTime,
+    },
+}
+
+/// What marking a missing sale lost found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The sale is there (loaded meanwhile): nothing to rebuild.
+    Loaded,
+    /// It may be rebuilt from the records from this time on.
+    RebuildAt(OffsetDateTime),
 }
 
 fn micros(t: OffsetDateTime) -> i64 {
@@ -153,6 +167,7 @@ pub struct RedisSales {
     reserve: Script,
     settle: Script,
     load: Script,
+    lost: Script,
 }
 
 impl RedisSales {
@@ -162,6 +177,7 @@ impl RedisSales {
             reserve: Script::new(include_str!("reserve.lua")),
             settle: Script::new(include_str!("settle.lua")),
             load: Script::new(include_str!("load.lua")),
+            lost: Script::new(include_str!("lost.lua")),
         }
     }
 
@@ -228,14 +244,42 @@ impl RedisSales {
         pipe.query_async::<()>(conn).await
     }
 
+    /// Marks a sale Redis does not hold as lost, to be rebuilt no sooner than `rebuild_at`
+    /// (the first mark's time is kept), unless it is there (`lost.lua`).
+    pub async fn mark_lost<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        rebuild_at: OffsetDateTime,
+    ) -> Result<Lost, RedisError> {
+        let reply: Vec<String> = self
+            .lost
+            .key(self.keys(sale).meta)
+            .arg(micros(rebuild_at))
+            .invoke_async(conn)
+            .await?;
+        match reply.as_slice() {
+            [kind] if kind == "loaded" => Ok(Lost::Loaded),
+            [kind, at] if kind == "lost" => Ok(Lost::RebuildAt(
+                at.parse()
+                    .ok()
+                    .and_then(from_micros)
+                    .ok_or_else(|| protocol(at))?,
+            )),
+            _ => Err(protocol(&format!("{reply:?}"))),
+        }
+    }
+
     /// Loads a sale, with what each buyer already holds in it, only if Redis holds nothing of it
-    /// (`load.lua`): a sale there already is never reset. Returns whether it loaded. `sale`'s
-    /// items carry what remains of each (their stock less what is held).
+    /// (`load.lua`), or it was marked lost and its rebuild time has come by `now`: a sale there
+    /// already is never reset. Returns whether it loaded. `sale`'s items carry what remains of
+    /// each (their stock less what is held).
     pub async fn load_if_missing<C: ConnectionLike>(
         &self,
         conn: &mut C,
         sale: &LiveSale,
         buyers: &[(String, u32)],
+        now: OffsetDateTime,
     ) -> Result<bool, RedisError> {
         if buyers
             .iter()
@@ -256,6 +300,7 @@ impl RedisSales {
             .arg(micros(sale.ends_at))
             .arg(sale.per_user_limit)
             .arg(i64::try_from(sale.reservation_ttl.whole_microseconds()).unwrap_or(i64::MAX))
+            .arg(micros(now))
             .arg(sale.items.len());
         for (item, remaining) in &sale.items {
             invocation.arg(item).arg(remaining);
@@ -276,7 +321,7 @@ impl RedisSales {
     ) -> Result<Option<Vec<(u32, u32)>>, RedisError> {
         let keys = self.keys(sale);
         let (there, stock): (bool, Vec<(u32, i64)>) = redis::pipe()
-            .exists(&keys.meta)
+            .hexists(&keys.meta, "starts_at")
             .hgetall(&keys.stock)
             .query_async(conn)
             .await?;
@@ -338,6 +383,15 @@ fn decide(reply: &[String]) -> Result<Decision, RedisError> {
     };
     match rest {
         [kind] if kind == "key_reused" => Ok(Decision::KeyReused),
+        [kind, reason, at] if kind == "refused" && reason == "rebuilding" => {
+            Ok(Decision::Rebuilding {
+                at: at
+                    .parse()
+                    .ok()
+                    .and_then(from_micros)
+                    .ok_or_else(|| protocol(at))?,
+            })
+        }
         [kind, reason] if kind == "refused" => Ok(Decision::Refused {
             refusal: match reason.as_str() {
                 "no_sale" => Refusal::SaleNotFound,

@@ -9,7 +9,8 @@
 -- ARGV: 1 now (us)  2 item  3 buyer  4 quantity  5 idempotency key ("" for none)
 --       6 fingerprint of the request  7 reservation id
 -- Answers {"reserved", id, expires_at} or {"refused", reason}, or {"key_reused"}; an answer
--- given for a key is given again for it ("replayed" first).
+-- given for a key is given again for it ("replayed" first). A sale lost and not yet rebuilt
+-- answers {"refused", "rebuilding", rebuild_at}.
 
 local now = tonumber(ARGV[1])
 local item, buyer, quantity = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -38,8 +39,14 @@ local function answer(reply)
   return reply
 end
 
-local meta = redis.call("HMGET", KEYS[1], "starts_at", "ends_at", "per_user_limit", "ttl")
+local meta = redis.call("HMGET", KEYS[1], "starts_at", "ends_at", "per_user_limit", "ttl",
+  "rebuild_at")
 if not meta[1] then
+  if meta[5] then
+    -- Lost and waiting to be rebuilt from the records (see lost.lua): never answered from
+    -- what is not there, and never remembered for the key.
+    return {"refused", "rebuilding", meta[5]}
+  end
   return answer({"refused", "no_sale"})
 end
 if now < tonumber(meta[1]) then

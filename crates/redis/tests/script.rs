@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use flashmart_app::flash_sale::idempotency::Refusal;
 use flashmart_domain::SaleId;
-use flashmart_redis::{Decision, LiveSale, Logged, RedisSales, ReserveRequest, Settle, Settled};
+use flashmart_redis::{
+    Decision, LiveSale, Logged, Lost, RedisSales, ReserveRequest, Settle, Settled,
+};
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 use time::{Duration, OffsetDateTime};
@@ -552,7 +554,7 @@ async fn a_sale_is_loaded_once_and_never_reset() {
     let sale = live(id, 2, &[(1, 5), (2, 3)]);
     assert!(
         w.sales
-            .load_if_missing(&mut w.conn, &sale, &[])
+            .load_if_missing(&mut w.conn, &sale, &[], now())
             .await
             .unwrap()
     );
@@ -560,7 +562,7 @@ async fn a_sale_is_loaded_once_and_never_reset() {
     // Loaded again (another instance, a late retry): what was sold stays sold.
     assert!(
         !w.sales
-            .load_if_missing(&mut w.conn, &sale, &[])
+            .load_if_missing(&mut w.conn, &sale, &[], now())
             .await
             .unwrap()
     );
@@ -608,12 +610,48 @@ async fn a_sale_lost_by_redis_is_rebuilt_with_its_buyers() {
         },
         "a lost sale is never answered from nothing"
     );
+    // Marked lost: refused as rebuilding (never answered from nothing) until its time, and a
+    // load before then changes nothing.
+    let rebuild_at = now() + Duration::seconds(10);
+    let Lost::RebuildAt(at) = w
+        .sales
+        .mark_lost(&mut w.conn, id, rebuild_at)
+        .await
+        .unwrap()
+    else {
+        panic!("the sale is not there");
+    };
+    assert_eq!(at.unix_timestamp(), rebuild_at.unix_timestamp());
+    assert_eq!(
+        w.sales
+            .mark_lost(&mut w.conn, id, rebuild_at + Duration::hours(1))
+            .await
+            .unwrap(),
+        Lost::RebuildAt(at),
+        "the first mark's time is kept"
+    );
+    assert!(matches!(
+        w.reserve(id, "cy", 1, None).await,
+        Decision::Rebuilding { .. }
+    ));
     let held = [("ada".to_owned(), 2), ("bob".to_owned(), 1)];
+    let rebuilt = live(id, 2, &[(1, 7)]);
+    assert!(
+        !w.sales
+            .load_if_missing(&mut w.conn, &rebuilt, &held, now())
+            .await
+            .unwrap(),
+        "not before its time"
+    );
     assert!(
         w.sales
-            .load_if_missing(&mut w.conn, &live(id, 2, &[(1, 7)]), &held)
+            .load_if_missing(&mut w.conn, &rebuilt, &held, at)
             .await
             .unwrap()
+    );
+    assert_eq!(
+        w.sales.mark_lost(&mut w.conn, id, at).await.unwrap(),
+        Lost::Loaded
     );
     assert_eq!(
         w.reserve(id, "ada", 1, None).await,
@@ -646,7 +684,10 @@ async fn racing_loads_and_reservations_sell_the_stock_once() {
     for n in 0..100 {
         let (sales, mut conn, sale) = (w.sales.clone(), w.conn.clone(), sale.clone());
         tasks.push(tokio::spawn(async move {
-            let loaded = sales.load_if_missing(&mut conn, &sale, &[]).await.unwrap();
+            let loaded = sales
+                .load_if_missing(&mut conn, &sale, &[], now())
+                .await
+                .unwrap();
             let decision = sales
                 .reserve(
                     &mut conn,

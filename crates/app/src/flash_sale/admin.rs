@@ -258,7 +258,7 @@ impl FlashSales {
             .await?
             .ok_or(SaleError::SaleNotFound)?;
         if let Some(engine) = &self.shared {
-            engine.load(&state).await?;
+            engine.load(&state, self.clock.now()).await?;
         }
         let sale = self.ledger.install(state, self.clock.now());
         Ok(self.view(sale.record.clone()))

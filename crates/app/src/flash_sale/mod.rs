@@ -129,6 +129,9 @@ pub struct FlashSaleSettings {
     /// A reservation engine shared by every instance (Redis). Unset: the in-process engine (the
     /// ledger decides, the group commit makes it durable), for one process per store.
     pub shared_engine: Option<Arc<dyn SharedEngine>>,
+    /// How long after the shared engine is found to have lost a sale it is rebuilt from the
+    /// records (503 meanwhile): longer than a reservation's write can take to land.
+    pub rebuild_grace: Duration,
 }
 
 impl Default for FlashSaleSettings {
@@ -139,6 +142,7 @@ impl Default for FlashSaleSettings {
             contest: false,
             max_idempotency_keys_per_user: 1_000,
             shared_engine: None,
+            rebuild_grace: Duration::seconds(10),
         }
     }
 }
@@ -179,12 +183,9 @@ impl FlashSales {
             ));
         }
         let ledger = Ledger::default();
+        // With a shared engine the ledger only mirrors its stock; a sale the engine lost is
+        // found by the first reservation for it, and rebuilt after the grace.
         for state in store.live_sales(now - settings.keep_ended_for).await? {
-            if let Some(engine) = &shared {
-                // A sale the shared engine lost (or never had) is loaded from the records; one
-                // it holds is left as it is.
-                engine.load(&state).await?;
-            }
             ledger.install(state, now);
         }
         let keys = Arc::new(IdempotencyTable::new(

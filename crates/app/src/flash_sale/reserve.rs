@@ -200,6 +200,10 @@ impl FlashSales {
             },
         };
         let buyer = BuyerId::user(user);
+        // Room in the commit queue before the engine decides: a reservation decided is then
+        // written at the next batch, never held back behind a full queue (the grace before a
+        // lost sale is rebuilt counts on its write landing soon).
+        let slot = self.commit_slot().await?;
         let request = SharedReserve {
             sale: sale_id,
             item_no,
@@ -208,16 +212,43 @@ impl FlashSales {
             idempotency_key,
             now: self.clock.now(),
         };
+        // Asked again after a sale is loaded or rebuilt; a third time is not needed.
         let mut decision = engine.reserve(&request).await.map_err(unavailable)?;
-        if decision == SharedDecision::Missing {
-            // Never loaded here, or lost by the engine: loaded from the records (only if it is
-            // still missing), then asked again.
+        for _ in 0..2 {
+            let rebuild_at = match decision {
+                SharedDecision::Missing => {
+                    // Made on another instance whose load failed, or lost by the engine with
+                    // reservations whose writes may still be on their way: marked lost, and
+                    // rebuilt from the records once they have all landed.
+                    let at = request.now + self.settings.rebuild_grace;
+                    match engine.mark_lost(sale_id, at).await.map_err(unavailable)? {
+                        Some(at) => at,
+                        None => {
+                            decision = engine.reserve(&request).await.map_err(unavailable)?;
+                            continue;
+                        }
+                    }
+                }
+                SharedDecision::Rebuilding { at } => at,
+                _ => break,
+            };
+            if request.now < rebuild_at {
+                self.counters.count(Counted::Unavailable);
+                return Err(SaleError::Unavailable(
+                    "the sale is being rebuilt after the reservation engine lost it; retry in a \
+                     few seconds"
+                        .into(),
+                ));
+            }
             let state = self
                 .store
                 .live_sale(sale_id)
                 .await?
                 .ok_or(SaleError::SaleNotFound)?;
-            engine.load(&state).await.map_err(unavailable)?;
+            engine
+                .load(&state, request.now)
+                .await
+                .map_err(unavailable)?;
             decision = engine.reserve(&request).await.map_err(unavailable)?;
         }
         let (id, expires_at, replayed) = match decision {
@@ -235,9 +266,10 @@ impl FlashSales {
                 return Err(refusal.into());
             }
             SharedDecision::KeyReused => return Err(SaleError::KeyReused),
-            SharedDecision::Missing => {
+            SharedDecision::Missing | SharedDecision::Rebuilding { .. } => {
+                self.counters.count(Counted::Unavailable);
                 return Err(SaleError::Unavailable(
-                    "the sale could not be loaded into the shared engine".into(),
+                    "the sale could not be loaded into the reservation engine".into(),
                 ));
             }
         };
@@ -268,7 +300,6 @@ impl FlashSales {
                 fingerprint: idempotency::fingerprint(sale_id, item_no, quantity),
             }),
         }));
-        let slot = self.commit_slot().await?;
         match slot.send(op, None).await {
             Ok(Ok(_)) => {
                 self.counters.count(if replayed {
@@ -294,12 +325,9 @@ impl FlashSales {
             Some(state) if state.sale.rules.window().phase(now) == SalePhase::Ended => {
                 Err(Refusal::Ended)
             }
-            Some(state) => {
-                if let Some(engine) = &self.shared {
-                    engine.load(&state).await.map_err(unavailable)?;
-                }
-                Ok(self.ledger.install(state, now))
-            }
+            // With a shared engine, only the mirror: the engine is asked first and loads the
+            // sale when it must (`reserve_shared`).
+            Some(state) => Ok(self.ledger.install(state, now)),
             None => Err(Refusal::SaleNotFound),
         })
     }

@@ -114,8 +114,13 @@ pub enum SharedDecision {
     },
     /// The key was used before with another request.
     KeyReused,
-    /// The engine holds nothing of this sale (never loaded, or lost): load it and ask again.
+    /// The engine holds nothing of this sale (never loaded, or lost).
     Missing,
+    /// The engine lost this sale and waits until `at` before it is rebuilt from the records
+    /// (by then every write of a reservation it decided has landed or failed).
+    Rebuilding {
+        at: OffsetDateTime,
+    },
 }
 
 /// Where a reservation goes when it stops holding its units.
@@ -132,8 +137,17 @@ pub enum SettleTo {
 #[async_trait]
 pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
     /// Makes a sale known, with its remaining stock and what each buyer holds, unless the
-    /// engine already holds it (then nothing changes). Returns whether it loaded.
-    async fn load(&self, state: &LiveSaleState) -> Result<bool, StoreError>;
+    /// engine already holds it, or it was marked lost and `now` is before its rebuild time
+    /// (then nothing changes). Returns whether it loaded.
+    async fn load(&self, state: &LiveSaleState, now: OffsetDateTime) -> Result<bool, StoreError>;
+    /// Marks a sale the engine does not hold as lost, to be rebuilt no sooner than
+    /// `rebuild_at` (a sale marked already keeps its first time). Returns the rebuild time, or
+    /// `None` when the sale is there after all.
+    async fn mark_lost(
+        &self,
+        sale: SaleId,
+        rebuild_at: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
     async fn reserve(&self, request: &SharedReserve<'_>) -> Result<SharedDecision, StoreError>;
     /// Moves a reservation out of `reserved` once; its units come back unless it was
     /// purchased. Returns whether it changed (false: settled before, or unknown).
