@@ -249,3 +249,109 @@ async fn keys_and_settlements_work_on_a_shard_as_on_one_redis() {
         }
     ));
 }
+
+/// The engine as the server builds it from `redis.cluster_nodes`: sales on every shard loaded,
+/// reserved, settled and read back through the use cases' port; a sale lost on its shard is
+/// marked and rebuilt there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shared_engine_runs_on_the_cluster_client() {
+    use flashmart_app::flash_sale::model::{BuyerId, LiveItemState, LiveSaleState, SaleRecord};
+    use flashmart_app::ports::{SettleTo, SharedDecision, SharedEngine, SharedReserve};
+    use flashmart_domain::Currency;
+    use flashmart_domain::flash_sale::{SaleRules, SaleWindow};
+
+    let cluster = start_cluster();
+    let urls: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    let engine = flashmart_redis::RedisEngine::connect_cluster(&urls, "engine-test:")
+        .await
+        .unwrap();
+    engine.ping().await.unwrap();
+    let state = |id: SaleId| LiveSaleState {
+        sale: SaleRecord {
+            id,
+            name: "cluster".into(),
+            rules: SaleRules::new(
+                SaleWindow::new(now() - Duration::minutes(1), now() + Duration::hours(1)).unwrap(),
+                1,
+                600,
+            )
+            .unwrap(),
+            currency: Currency::EUR,
+            slot: None,
+            item_count: 1,
+            total_stock: 3,
+            created_at: now(),
+        },
+        items: vec![LiveItemState {
+            no: 1,
+            stock: 3,
+            price_cents: 100,
+            name: "Item".into(),
+            held: 0,
+        }],
+        buyers: Vec::new(),
+    };
+    let ids: Vec<SaleId> = (0..9).map(|_| SaleId::new()).collect();
+    for id in &ids {
+        assert!(engine.load(&state(*id), now()).await.unwrap());
+        assert!(
+            !engine.load(&state(*id), now()).await.unwrap(),
+            "loaded once"
+        );
+    }
+    for port in &cluster.ports {
+        let keys: u64 = redis_cli(*port, &["dbsize"]).trim().parse().unwrap();
+        assert!(keys > 0, "the node on port {port} holds no sale");
+    }
+    let ask = |sale: SaleId, buyer: BuyerId| SharedReserve {
+        sale,
+        item_no: 1,
+        buyer,
+        quantity: 1,
+        idempotency_key: None,
+        now: now(),
+    };
+    for id in &ids {
+        let mut first = None;
+        for _ in 0..5 {
+            let buyer = BuyerId(uuid::Uuid::new_v4());
+            if let SharedDecision::Reserved { id: r, .. } =
+                engine.reserve(&ask(*id, buyer)).await.unwrap()
+            {
+                first.get_or_insert(r);
+            }
+        }
+        assert_eq!(engine.remaining(*id).await.unwrap(), Some(vec![(1, 0)]));
+        // One settled as expired: its unit is on sale again, once.
+        let r = first.unwrap();
+        assert!(engine.settle(*id, r, SettleTo::Expired).await.unwrap());
+        assert!(!engine.settle(*id, r, SettleTo::Expired).await.unwrap());
+        assert_eq!(engine.remaining(*id).await.unwrap(), Some(vec![(1, 1)]));
+    }
+    // A sale that is not there is marked lost, refused as rebuilding, then rebuilt at its time.
+    let gone = SaleId::new();
+    let buyer = BuyerId(uuid::Uuid::new_v4());
+    assert_eq!(
+        engine.reserve(&ask(gone, buyer)).await.unwrap(),
+        SharedDecision::Missing
+    );
+    let at = engine
+        .mark_lost(gone, now() + Duration::seconds(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        engine.reserve(&ask(gone, buyer)).await.unwrap(),
+        SharedDecision::Rebuilding { .. }
+    ));
+    assert!(engine.load(&state(gone), at).await.unwrap());
+    assert!(matches!(
+        engine.reserve(&ask(gone, buyer)).await.unwrap(),
+        SharedDecision::Reserved { .. }
+    ));
+    assert_eq!(engine.mark_lost(gone, now()).await.unwrap(), None);
+}
