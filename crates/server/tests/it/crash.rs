@@ -216,6 +216,10 @@ async fn reservations_answered_survive_sigkill_in_scaled_mode() {
     let redis_url = std::env::var("FLASHMART_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = format!("test:{}:", schema.name());
+    let mut config = flashmart_server::Config::default();
+    config.redis.url = Some(flashmart_server::config::Secret::new(redis_url.clone()));
+    config.redis.key_prefix = prefix.clone();
+    let _keys = crate::support::RedisKeys::of(&config);
     crash_rounds(Mode::Scaled {
         database_url: &schema.url(),
         redis_url: &redis_url,

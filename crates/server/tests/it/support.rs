@@ -32,6 +32,41 @@ pub struct TestApp {
     _dir: TempDir,
     /// The PostgreSQL schema the records are in, under `FLASHMART_TEST_RECORDS=postgres`.
     _schema: Option<flashmart_postgres::testing::TestSchema>,
+    /// The test's keys in Redis, deleted with it.
+    _redis: Option<RedisKeys>,
+}
+
+/// Deletes every Redis key under a test's prefix when dropped.
+pub struct RedisKeys {
+    url: String,
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// For a configuration's shared engine, when its keys are a test's own (`test:` prefix).
+    pub fn of(config: &Config) -> Option<Self> {
+        let url = config.redis.url.as_ref()?.expose().to_owned();
+        let prefix = config.redis.key_prefix.clone();
+        prefix.starts_with("test:").then_some(Self { url, prefix })
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        // From a thread of its own: the test's runtime may be the one being left.
+        let _ = std::thread::spawn(move || {
+            let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query(&mut conn)?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(keys).query::<()>(&mut conn)?;
+            }
+            Ok::<_, redis::RedisError>(())
+        })
+        .join();
+    }
 }
 
 /// Under `FLASHMART_TEST_RECORDS=postgres`, a fresh schema for `config`'s records (unless it
@@ -99,8 +134,10 @@ impl TestApp {
     ) -> Self {
         let clock = ManualClock::starting_mid_hour();
         let services = build(&config, Arc::new(clock.clone())).await.unwrap();
+        let redis = RedisKeys::of(&config);
         let mut app = Self::from_services(dir, config, clock, services, Router::new());
         app._schema = schema;
+        app._redis = redis;
         app
     }
 
@@ -140,6 +177,7 @@ impl TestApp {
             notifications: transport,
             _dir: dir,
             _schema: None,
+            _redis: None,
         }
     }
 
