@@ -4,8 +4,11 @@
 
 use async_trait::async_trait;
 use flashmart_app::StoreError;
+use flashmart_app::flash_sale::model::BuyerId;
 use flashmart_app::flash_sale::model::LiveSaleState;
-use flashmart_app::ports::{SettleTo, SharedDecision, SharedEngine, SharedReserve};
+use flashmart_app::ports::{
+    LoggedReservation, SettleTo, SharedDecision, SharedEngine, SharedReserve,
+};
 use flashmart_domain::{ReservationId, SaleId};
 use redis::RedisError;
 use redis::aio::ConnectionLike;
@@ -185,7 +188,76 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
             .await
             .map_err(unavailable)
     }
+
+    async fn take_logged(
+        &self,
+        sale: SaleId,
+        writer: &str,
+        max: usize,
+    ) -> Result<Vec<LoggedReservation>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.sales
+            .ensure_group(&mut conn, sale, WRITERS)
+            .await
+            .map_err(unavailable)?;
+        let mut taken = self
+            .sales
+            .claim_stale(&mut conn, sale, WRITERS, writer, WRITER_IDLE, max)
+            .await
+            .map_err(unavailable)?;
+        if taken.len() < max {
+            taken.extend(
+                self.sales
+                    .read_new(&mut conn, sale, WRITERS, writer, max - taken.len())
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        taken
+            .into_iter()
+            .map(|logged| {
+                let buyer = logged.buyer.parse().map_err(|_| {
+                    StoreError::Other(
+                        format!("a logged buyer is not an id: {}", logged.buyer).into(),
+                    )
+                })?;
+                Ok(LoggedReservation {
+                    entry: logged.entry,
+                    id: logged.id,
+                    item_no: logged.item,
+                    buyer: BuyerId(buyer),
+                    quantity: logged.quantity,
+                    created_at: logged.at,
+                    expires_at: logged.expires_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack_logged(&self, sale: SaleId, entries: &[String]) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        self.sales
+            .ack(&mut conn, sale, WRITERS, entries)
+            .await
+            .map_err(unavailable)?;
+        self.sales
+            .trim_acknowledged(&mut conn, sale, WRITERS)
+            .await
+            .map_err(unavailable)?;
+        self.sales
+            .lag(&mut conn, sale, WRITERS)
+            .await
+            .map_err(unavailable)
+    }
 }
+
+/// The consumer group of every sale's log whose consumers store reservations in the records.
+const WRITERS: &str = "writers";
+
+/// How long an entry given to a writer may stay unacknowledged before another writer takes it
+/// over (the first is taken to have died; if it was only slow, the entries are written twice, which
+/// changes nothing).
+const WRITER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[async_trait]
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> flashmart_app::ports::Probe

@@ -29,6 +29,11 @@ const ORDER_INDEXER_PERIOD: Duration = Duration::from_millis(250);
 /// makes on two cores longer; 10, 50 and 200 ms measured alike (docs/BENCHMARKS.md).
 const OUTBOX_PERIOD: Duration = Duration::from_millis(50);
 
+/// How often each instance reads the sales' logs for reservations to store (with the shared
+/// engine). Most entries were stored by the request that made them; writing them again changes
+/// nothing.
+const LOG_WRITER_PERIOD: Duration = Duration::from_millis(200);
+
 /// The background work of a single-process deployment: expiry, live events, schedules, the
 /// outbox applier, the order indexer, and housekeeping.
 pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
@@ -144,6 +149,22 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
         );
         [applier, indexer]
     });
+    // With the shared engine: what Redis decided and no instance stored is stored from the
+    // sales' logs, by every instance under a name of its own.
+    let log_writer = config.redis.is_set().then(|| {
+        let sales = Arc::clone(&state.flash_sales);
+        let writer: Arc<str> = format!("flashmart-{}", uuid::Uuid::new_v4().simple()).into();
+        every(&state.workers, "log_writer", LOG_WRITER_PERIOD, move || {
+            let (sales, writer) = (Arc::clone(&sales), Arc::clone(&writer));
+            async move {
+                match sales.write_logged(&writer).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(written = n, "reservations written from the sales' logs"),
+                    Err(err) => tracing::warn!(%err, "writing reservations from the sales' logs failed; will retry"),
+                }
+            }
+        })
+    });
     let workers = Arc::clone(&state.workers);
     let resend = services.sandbox.clone().map(|sandbox| {
         // Retries fall due on the sandbox's schedule (1 s at first), so it looks every second.
@@ -190,6 +211,7 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
         housekeeping,
     ];
     workers.extend(embedded.into_iter().flatten());
+    workers.extend(log_writer);
     workers.extend(resend);
     workers
 }

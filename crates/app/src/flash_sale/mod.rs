@@ -29,6 +29,7 @@ use crate::flash_sale::contest_book::ContestBook;
 use crate::flash_sale::counters::Counters;
 use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
+use crate::flash_sale::model::{JournalOp, NewReservation, ReservationRecord};
 use crate::ports::{FlashSaleStore, ReservationJournal, SettleTo, SharedEngine};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -370,5 +371,77 @@ impl FlashSales {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+}
+
+impl FlashSales {
+    /// With a shared engine: stores the reservations its logs hold that no instance stored (the
+    /// one that decided them died before its write, or the write failed), and acknowledges
+    /// them. Every instance runs it as `writer` (a name of its own): each log entry goes to
+    /// one writer, and one that dies leaves its entries to the others. Writing a reservation
+    /// already stored changes nothing. Returns how many entries it wrote.
+    pub async fn write_logged(&self, writer: &str) -> Result<usize, StoreError> {
+        const BATCH: usize = 500;
+        let Some(engine) = &self.shared else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        let mut waiting = 0;
+        for sale in self.ledger.all() {
+            loop {
+                let logged = engine.take_logged(sale.record.id, writer, BATCH).await?;
+                if logged.is_empty() {
+                    break;
+                }
+                let mut writes = Vec::with_capacity(logged.len());
+                for entry in &logged {
+                    let Some((item_name, unit_price_cents)) = sale.item(entry.item_no) else {
+                        return Err(StoreError::Other(
+                            format!(
+                                "a logged reservation names no item of sale {}",
+                                sale.record.id
+                            )
+                            .into(),
+                        ));
+                    };
+                    let record = ReservationRecord {
+                        id: entry.id,
+                        sale_id: sale.record.id,
+                        item_no: entry.item_no,
+                        buyer: entry.buyer,
+                        buyer_ref: None,
+                        quantity: entry.quantity,
+                        status: flashmart_domain::flash_sale::ReservationStatus::Reserved,
+                        created_at: entry.created_at,
+                        expires_at: entry.expires_at,
+                        order_id: Some(flashmart_domain::OrderId::from_uuid(*entry.id.as_uuid())),
+                        purchased_at: None,
+                    };
+                    writes.push(
+                        self.commit
+                            .submit(JournalOp::Record(Box::new(NewReservation {
+                                record: Arc::new(record),
+                                user_id: Some(flashmart_domain::UserId::from_uuid(entry.buyer.0)),
+                                unit_price_cents,
+                                item_name,
+                                currency: sale.record.currency,
+                                idempotency: None,
+                            }))),
+                    );
+                }
+                for done in futures_util::future::join_all(writes).await {
+                    done.map_err(|e| StoreError::Unavailable(e.0.to_string()))?;
+                }
+                let entries: Vec<String> = logged.iter().map(|l| l.entry.clone()).collect();
+                let left = engine.ack_logged(sale.record.id, &entries).await?;
+                written += logged.len();
+                if logged.len() < BATCH {
+                    waiting += left;
+                    break;
+                }
+            }
+        }
+        metrics::gauge!("flash_sale_log_waiting").set(waiting as f64);
+        Ok(written)
     }
 }

@@ -131,6 +131,20 @@ pub enum SettleTo {
     Purchased,
 }
 
+/// A reservation the shared engine decided, as its log carries it: what a writer needs to store
+/// it when the instance that decided it did not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedReservation {
+    /// Its place in the log, to acknowledge it by.
+    pub entry: String,
+    pub id: ReservationId,
+    pub item_no: u32,
+    pub buyer: BuyerId,
+    pub quantity: u32,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
 /// A reservation engine that every instance shares (Redis): it decides each reservation
 /// atomically per sale (window, stock, the buyer's limit, the `Idempotency-Key`) for all of
 /// them at once. Records stay in the record store; the engine holds only what deciding needs.
@@ -160,4 +174,16 @@ pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
     /// Each item's remaining stock, in item order; `None` when the engine does not hold the
     /// sale.
     async fn remaining(&self, sale: SaleId) -> Result<Option<Vec<(u32, u32)>>, StoreError>;
+    /// Up to `max` reservations of the sale's log for `writer` to store: entries no writer was
+    /// given yet, and entries given to a writer that has not acknowledged them for a while
+    /// (it died). Each stays the writer's until acknowledged.
+    async fn take_logged(
+        &self,
+        sale: SaleId,
+        writer: &str,
+        max: usize,
+    ) -> Result<Vec<LoggedReservation>, StoreError>;
+    /// The entries are stored: they leave the log. Returns how many entries wait in the log
+    /// still (given to no writer, or not acknowledged).
+    async fn ack_logged(&self, sale: SaleId, entries: &[String]) -> Result<u64, StoreError>;
 }

@@ -130,38 +130,46 @@ async fn hammer(
 }
 
 /// Checks the invariants from the restarted server's view; returns how many reservations are
-/// stored without their answer having reached the client (in flight at the kill), and how many
-/// units are neither on sale nor held by a stored reservation (decided by Redis, never written).
+/// stored without their answer having reached the client (in flight at the kill).
 async fn verify(
     server: &Server,
     sale: &str,
     accepted: &[Accepted],
     buyers: &[Buyer],
     mode: Mode<'_>,
-) -> (usize, u64) {
+) -> usize {
     let target = Target::parse(&server.base).await.unwrap();
     let mut admin = Admin::login(&target, "admin@demo.flashmart.dev", "demo-admin-pass")
         .await
         .unwrap();
-    let stats = admin.stats(sale).await.unwrap();
+    let mut stats = admin.stats(sale).await.unwrap();
+    if let Mode::Scaled { .. } = mode {
+        // Redis decided some reservations whose write died with the server: the restarted
+        // server's log writer stores them (taking over the dead writer's entries after 5 s).
+        // Until then their units are held in Redis and in no record: never on sale twice.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stats.reserved + stats.sold + stats.remaining < STOCK {
+            assert!(
+                stats.reserved + stats.sold + stats.remaining <= STOCK,
+                "more on sale than the stock: {stats:?}"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log writer did not store what Redis decided: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stats = admin.stats(sale).await.unwrap();
+        }
+    }
     let stored = admin.reservations(sale).await.unwrap();
     let held = stats.reserved + stats.sold;
     assert_eq!(stats.stock, STOCK);
     assert!(held <= STOCK, "oversold: {stats:?}");
-    if let Mode::Scaled { .. } = mode {
-        // Redis decided some reservations whose write died with the server: their units stay
-        // held there (never sold twice) until the stream workers, not built yet, write them.
-        assert!(
-            held + stats.remaining <= STOCK,
-            "more on sale than the stock: {stats:?}"
-        );
-    } else {
-        assert_eq!(
-            held + stats.remaining,
-            STOCK,
-            "counts add up after restart: {stats:?}"
-        );
-    }
+    assert_eq!(
+        held + stats.remaining,
+        STOCK,
+        "counts add up after restart: {stats:?}"
+    );
 
     let mut seen: HashMap<&str, u32> = HashMap::new();
     for r in &stored {
@@ -193,10 +201,7 @@ async fn verify(
         per_buyer.values().all(|q| *q <= LIMIT),
         "a buyer over the limit"
     );
-    (
-        stored.len() - accepted.len(),
-        STOCK - held - stats.remaining,
-    )
+    stored.len() - accepted.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -276,11 +281,10 @@ async fn crash_rounds(mode: Mode<'_>) {
         load.await.unwrap();
         server = Server::start(dir.path(), &["serve"], &envs(mode));
         let answered = accepted.lock().unwrap().clone();
-        let (unanswered, unwritten) = verify(&server, &sale, &answered, &buyers, mode).await;
+        let unanswered = verify(&server, &sale, &answered, &buyers, mode).await;
         eprintln!(
             "{} kill {}/{kills} after {delay} ms: {} reservations answered so far, all stored \
-             once; {unanswered} stored whose answer was lost in the kill; {unwritten} units \
-             held by reservations never written",
+             once; {unanswered} stored whose answer was lost in the kill",
             mode.name(),
             round + 1,
             answered.len()

@@ -260,3 +260,107 @@ async fn an_idempotency_key_answers_the_same_on_every_instance() {
         .data();
     assert_eq!(stats["reserved"], 1, "{stats}");
 }
+
+/// A reservation Redis decided that no instance stored (the one that decided it died before
+/// its write): the log writer stores it, with its order, once, and the sale's numbers add up.
+#[tokio::test]
+async fn the_log_writer_stores_what_no_instance_stored() {
+    let (a, b) = two_instances().await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[5], 2).await;
+    let (buyer, _) = a.customer("buyer@example.com", "buyer password").await;
+    assert_eq!(
+        reserve(&a, &buyer, &sale, 1, 1).await.status,
+        StatusCode::CREATED
+    );
+    let user = a.user_id(&buyer).await;
+    // Decided in Redis as an instance would, then the instance "dies": nothing is written.
+    let sales = flashmart_redis::RedisSales::new(a.config.redis.key_prefix.clone());
+    let url = a.config.redis.url.as_ref().unwrap().expose().to_owned();
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let buyer_id = user.as_uuid().to_string();
+    let decided = sales
+        .reserve(
+            &mut conn,
+            &flashmart_redis::ReserveRequest {
+                sale: sale.parse().unwrap(),
+                item: 1,
+                buyer: &buyer_id,
+                quantity: 1,
+                idempotency_key: None,
+                now: flashmart_app::Clock::now(&a.clock),
+            },
+        )
+        .await
+        .unwrap();
+    let flashmart_redis::Decision::Reserved { id, .. } = decided else {
+        panic!("expected a reservation, got {decided:?}");
+    };
+    let admin = a
+        .staff(
+            "admin@example.com",
+            "admin password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
+    async fn stats(app: &TestApp, admin: &str, sale: &str) -> serde_json::Value {
+        app.get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
+            .bearer(admin)
+            .send()
+            .await
+            .data()
+    }
+    let before = stats(&a, &admin, &sale).await;
+    assert_eq!(
+        (before["reserved"].as_u64(), before["remaining"].as_u64()),
+        (Some(1), Some(3))
+    );
+    // Both instances' writers run; each log entry goes to one of them.
+    let written = b
+        .services
+        .state
+        .flash_sales
+        .write_logged("writer-b")
+        .await
+        .unwrap()
+        + a.services
+            .state
+            .flash_sales
+            .write_logged("writer-a")
+            .await
+            .unwrap();
+    assert_eq!(
+        written, 2,
+        "both entries of the log, the one stored already included"
+    );
+    assert_eq!(
+        a.services
+            .state
+            .flash_sales
+            .write_logged("writer-a")
+            .await
+            .unwrap(),
+        0,
+        "acknowledged: not written again"
+    );
+    let after = stats(&b, &admin, &sale).await;
+    assert_eq!(
+        (after["reserved"].as_u64(), after["remaining"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let mine = a
+        .get(&format!(
+            "/api/v1/flash-sales/reservations/{}",
+            id.as_uuid()
+        ))
+        .bearer(&buyer)
+        .send()
+        .await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.text());
+    let orders = a.get("/api/v1/orders").bearer(&buyer).send().await.data();
+    assert_eq!(orders["total"], 2, "{orders}");
+}
