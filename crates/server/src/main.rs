@@ -42,6 +42,9 @@ enum Command {
     },
     /// Bring the database schema up to date and exit.
     Migrate,
+    /// Scaled mode: store what Redis decided and no instance stored, compare every live sale
+    /// between Redis and the records, and mark sales Redis lost for rebuilding.
+    Reconcile,
     /// Administrative tasks.
     Admin {
         #[command(subcommand)]
@@ -164,6 +167,7 @@ async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             }
         }
         Command::Migrate => commands::migrate(config).await,
+        Command::Reconcile => commands::reconcile(config).await,
         Command::Admin {
             command:
                 AdminCommand::CreateUser {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use flashmart_domain::flash_sale::{FlashSaleError, SalePhase};
 use flashmart_domain::{SaleId, ScheduleId};
-use time::Duration;
+use time::{Duration, OffsetDateTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -29,7 +29,7 @@ use crate::flash_sale::contest_book::ContestBook;
 use crate::flash_sale::counters::Counters;
 use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
-use crate::flash_sale::model::{JournalOp, NewReservation, ReservationRecord};
+use crate::flash_sale::model::{JournalOp, NewReservation, ReservationRecord, SaleRecord};
 use crate::ports::{FlashSaleStore, ReservationJournal, SettleTo, SharedEngine};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -443,5 +443,73 @@ impl FlashSales {
         }
         metrics::gauge!("flash_sale_log_waiting").set(waiting as f64);
         Ok(written)
+    }
+}
+
+/// How one live sale stands between the shared engine and the records (`flashmart reconcile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    /// What remains of each item in the engine is the stock less what the records hold.
+    Agrees { remaining: u64 },
+    /// The engine does not hold the sale: marked lost, it is rebuilt from the records at the
+    /// first reservation after `rebuild_at`.
+    Lost { rebuild_at: OffsetDateTime },
+    /// Item `item_no`: the engine has `engine` left where the records leave `records`.
+    Differs {
+        item_no: u32,
+        engine: u32,
+        records: u32,
+    },
+}
+
+impl FlashSales {
+    /// With a shared engine: stores what its logs hold first (`write_logged`), then compares,
+    /// for every sale not ended, the stock the engine has left with the stock less what the
+    /// records hold, and marks a sale the engine lost for rebuilding. Run while reservations
+    /// are being made, a difference can be one in flight; run again, it is gone.
+    pub async fn reconcile(
+        &self,
+        writer: &str,
+    ) -> Result<Vec<(SaleRecord, Reconciled)>, StoreError> {
+        let Some(engine) = &self.shared else {
+            return Err(StoreError::Other(
+                "reconcile compares the shared engine (redis.url) with the records; none is set"
+                    .into(),
+            ));
+        };
+        self.write_logged(writer).await?;
+        let now = self.clock.now();
+        let mut report = Vec::new();
+        for state in self.store.live_sales(now).await? {
+            let id = state.sale.id;
+            let outcome = match engine.remaining(id).await? {
+                None => match engine
+                    .mark_lost(id, now + self.settings.rebuild_grace)
+                    .await?
+                {
+                    Some(rebuild_at) => Reconciled::Lost { rebuild_at },
+                    None => continue,
+                },
+                Some(remaining) => {
+                    let differs = state.items.iter().find_map(|item| {
+                        let records = item.stock.saturating_sub(item.held);
+                        let engine = remaining
+                            .iter()
+                            .find(|(no, _)| *no == item.no)
+                            .map_or(0, |(_, left)| *left);
+                        (engine != records).then_some(Reconciled::Differs {
+                            item_no: item.no,
+                            engine,
+                            records,
+                        })
+                    });
+                    differs.unwrap_or(Reconciled::Agrees {
+                        remaining: remaining.iter().map(|(_, left)| u64::from(*left)).sum(),
+                    })
+                }
+            };
+            report.push((state.sale, outcome));
+        }
+        Ok(report)
     }
 }

@@ -411,3 +411,79 @@ async fn migrate_brings_a_postgres_database_up_to_date() {
     );
     assert!(!dir.path().join("data/flashmart.db").exists());
 }
+
+/// `flashmart reconcile` in scaled mode: a sale as Redis and the records agree on it, then
+/// lost by Redis (marked for rebuilding), then differing (reported, exit code 1); without Redis
+/// configured it refuses with the keys to set.
+#[tokio::test]
+async fn reconcile_reports_each_live_sale() {
+    let schema = flashmart_postgres::testing::TestSchema::create().await;
+    let redis_url = std::env::var("FLASHMART_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("test:{}:", schema.name());
+    let mut config = flashmart_server::Config::default();
+    config.redis.url = Some(flashmart_server::config::Secret::new(redis_url.clone()));
+    config.redis.key_prefix = prefix.clone();
+    let _keys = crate::support::RedisKeys::of(&config);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flashmart"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("FLASHMART__DATABASE__URL", schema.url())
+            .env("FLASHMART__REDIS__URL", &redis_url)
+            .env("FLASHMART__REDIS__KEY_PREFIX", &prefix)
+            .env("FLASHMART__LOG__LEVEL", "warn")
+            .output()
+            .unwrap()
+    };
+    // The demo's hourly sale of 100 items, 50 units each, is made and loaded into Redis.
+    assert!(run(&["demo", "--seed-only"]).status.success());
+    let out = run(&["reconcile"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("agrees: "), "{stdout}");
+
+    let mut conn = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let stock_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*:stock"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(stock_keys.len(), 1, "{stock_keys:?}");
+    redis::cmd("HINCRBY")
+        .arg(&stock_keys[0])
+        .arg(1)
+        .arg(-1)
+        .query::<i64>(&mut conn)
+        .unwrap();
+    let out = run(&["reconcile"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success());
+    assert!(stdout.contains("DIFFERS: item 1 has"), "{stdout}");
+
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap();
+    redis::cmd("DEL").arg(keys).query::<()>(&mut conn).unwrap();
+    let out = run(&["reconcile"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("not in Redis: marked lost"), "{stdout}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .arg("reconcile")
+        .current_dir(dir.path())
+        .env("FLASHMART__LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set redis.url"));
+}
