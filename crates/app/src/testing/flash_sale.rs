@@ -6,21 +6,18 @@ use flashmart_domain::flash_sale::{
     Recurrence, ReservationStatus, SalePhase, SaleRules, SaleWindow,
 };
 use flashmart_domain::order::OrderStatus;
-use flashmart_domain::{
-    Currency, Money, OrderId, PaymentId, ReservationId, SaleId, ScheduleId, UserId,
-};
+use flashmart_domain::{Currency, OrderId, ReservationId, SaleId, ScheduleId, UserId};
 use time::{Duration, OffsetDateTime};
 
 use super::accounts::{t0, user};
+use super::payments::{event, late_refund, payment_for};
 use crate::StoreError;
 use crate::flash_sale::model::{
     BuyerId, CheckoutAttempt, IdempotencyRecord, JournalOp, JournalOutcome, NewItem,
     NewReservation, PurchaseOutcome, Released, ReservationRecord, SaleInsert, SaleRecord, Schedule,
 };
 use crate::page::PageRequest;
-use crate::payments::{
-    Applied, Notification, NotificationKind, PaymentRecord, PaymentStatus, RefundKind, RefundRecord,
-};
+use crate::payments::{Applied, Notification, NotificationKind, PaymentRecord};
 use crate::ports::{AccountStore, FlashSaleStore, OrderStore, PaymentStore, ReservationJournal};
 use crate::shop::model::CancelOutcome;
 
@@ -705,44 +702,20 @@ async fn reserved_with_orders<S: FlashOrderAdapter + ?Sized>(
     made
 }
 
-/// A sandbox-like payment of a flash-sale order, stored, and its success notification.
+/// A payment of a flash-sale order, stored, and its success notification.
 async fn flash_payment<S: FlashOrderAdapter + ?Sized>(
     store: &S,
     order: &crate::shop::model::OrderRecord,
 ) -> (PaymentRecord, Notification) {
     let reference = format!("ref-{}", order.id.as_uuid());
-    let payment = PaymentRecord {
-        id: PaymentId::new(),
-        order_id: order.id,
-        provider: "test".into(),
-        provider_ref: reference.clone(),
-        status: PaymentStatus::Pending,
-        amount: order.total,
-        refunded: Money::zero(order.total.currency()),
-        pay_url: format!("https://pay.example/{reference}"),
-        created_at: t0(),
-        updated_at: t0(),
-        expires_at: order.expires_at,
-    };
+    let payment = payment_for(order, &reference);
     assert_eq!(store.insert_payment(&payment).await.unwrap(), None);
-    let n = Notification {
-        event_id: format!("paid-{reference}"),
-        provider_ref: reference,
-        kind: NotificationKind::Succeeded,
-        amount: payment.amount,
-        occurred_at: t0(),
-    };
+    let n = event(
+        &format!("paid-{reference}"),
+        &payment,
+        NotificationKind::Succeeded,
+    );
     (payment, n)
-}
-
-fn late_refund_of(payment: &PaymentRecord) -> RefundRecord {
-    RefundRecord::pending(
-        payment,
-        RefundKind::LatePayment,
-        payment.amount,
-        "paid after the order ended",
-        t0(),
-    )
 }
 
 /// A flash-sale order is its reservation's item at its price, and moves with its reservation:
@@ -770,7 +743,7 @@ pub async fn flash_sale_orders_follow_their_reservation<S: FlashOrderAdapter + ?
     let (payment, n) = flash_payment(store, &order).await;
     let now = t0() + Duration::minutes(2);
     let applied = store
-        .apply_notification("test", &n, &payment, &late_refund_of(&payment), now)
+        .apply_notification("test", &n, &payment, &late_refund(&payment), now)
         .await
         .unwrap();
     assert!(matches!(applied, Applied::Paid(_)), "{applied:?}");
@@ -857,7 +830,7 @@ pub async fn payments_racing_expiry_settle_each_order_once<S: FlashOrderAdapter>
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             store
-                .apply_notification("test", &n, &payment, &late_refund_of(&payment), due)
+                .apply_notification("test", &n, &payment, &late_refund(&payment), due)
                 .await
                 .map(|_| 0)
         }));

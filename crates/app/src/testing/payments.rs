@@ -29,7 +29,7 @@ async fn placed<S: PaymentAdapter + ?Sized>(store: &S, email: &str) -> OrderReco
     }
 }
 
-fn payment_for(order: &OrderRecord, reference: &str) -> PaymentRecord {
+pub(super) fn payment_for(order: &OrderRecord, reference: &str) -> PaymentRecord {
     PaymentRecord {
         id: PaymentId::new(),
         order_id: order.id,
@@ -45,7 +45,7 @@ fn payment_for(order: &OrderRecord, reference: &str) -> PaymentRecord {
     }
 }
 
-fn event(id: &str, payment: &PaymentRecord, kind: NotificationKind) -> Notification {
+pub(super) fn event(id: &str, payment: &PaymentRecord, kind: NotificationKind) -> Notification {
     Notification {
         event_id: id.into(),
         provider_ref: payment.provider_ref.clone(),
@@ -55,7 +55,7 @@ fn event(id: &str, payment: &PaymentRecord, kind: NotificationKind) -> Notificat
     }
 }
 
-fn late_refund(payment: &PaymentRecord) -> RefundRecord {
+pub(super) fn late_refund(payment: &PaymentRecord) -> RefundRecord {
     RefundRecord::pending(
         payment,
         RefundKind::LatePayment,

@@ -50,6 +50,15 @@ async fn two_instances() -> (TestApp, TestApp) {
     (a, b)
 }
 
+/// The sale's numbers as an admin sees them through `app`.
+async fn stats(app: &TestApp, admin: &str, sale: &str) -> serde_json::Value {
+    app.get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
+        .bearer(admin)
+        .send()
+        .await
+        .data()
+}
+
 /// Deletes every key of this test's prefix, as a Redis restarted without persistence (or a
 /// FLUSHALL) would.
 fn forget_everything(config: &Config) {
@@ -110,12 +119,7 @@ async fn two_instances_sell_one_stock_exactly() {
         )
         .await;
     for app in [&a, &b] {
-        let stats = app
-            .get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
-            .bearer(&admin)
-            .send()
-            .await
-            .data();
+        let stats = stats(app, &admin, &sale).await;
         assert_eq!(stats["reserved"], 24, "{stats}");
         assert_eq!(stats["remaining"], 1, "{stats}");
     }
@@ -208,12 +212,7 @@ async fn a_sale_redis_forgot_sells_exactly_its_stock() {
             flashmart_domain::Role::Admin,
         )
         .await;
-    let stats = a
-        .get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
-        .bearer(&admin)
-        .send()
-        .await
-        .data();
+    let stats = stats(&a, &admin, &sale).await;
     assert_eq!(stats["reserved"], 10, "{stats}");
     assert_eq!(stats["remaining"], 0, "{stats}");
 }
@@ -252,12 +251,7 @@ async fn an_idempotency_key_answers_the_same_on_every_instance() {
             flashmart_domain::Role::Admin,
         )
         .await;
-    let stats = b
-        .get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
-        .bearer(&admin)
-        .send()
-        .await
-        .data();
+    let stats = stats(&b, &admin, &sale).await;
     assert_eq!(stats["reserved"], 1, "{stats}");
 }
 
@@ -307,13 +301,6 @@ async fn the_log_writer_stores_what_no_instance_stored() {
             flashmart_domain::Role::Admin,
         )
         .await;
-    async fn stats(app: &TestApp, admin: &str, sale: &str) -> serde_json::Value {
-        app.get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
-            .bearer(admin)
-            .send()
-            .await
-            .data()
-    }
     let before = stats(&a, &admin, &sale).await;
     assert_eq!(
         (before["reserved"].as_u64(), before["remaining"].as_u64()),
