@@ -515,6 +515,29 @@ impl FlashSaleStore for SqliteStore {
             .transpose()
     }
 
+    async fn stored_reservations(
+        &self,
+        ids: &[ReservationId],
+    ) -> Result<Vec<ReservationId>, StoreError> {
+        self.settled().await?;
+        let mut found = Vec::new();
+        for chunk in ids.chunks(500) {
+            let mut qb = QueryBuilder::<Sqlite>::new("SELECT id FROM reservations WHERE id IN (");
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(*id.as_uuid());
+            }
+            qb.push(")");
+            let rows: Vec<Uuid> = qb
+                .build_query_scalar()
+                .fetch_all(&self.reader)
+                .await
+                .map_err(map_err)?;
+            found.extend(rows.into_iter().map(ReservationId::from_uuid));
+        }
+        Ok(found)
+    }
+
     async fn reservations(
         &self,
         sale: SaleId,

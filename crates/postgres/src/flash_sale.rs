@@ -513,6 +513,19 @@ impl FlashSaleStore for PgStore {
         .transpose()
     }
 
+    async fn stored_reservations(
+        &self,
+        ids: &[ReservationId],
+    ) -> Result<Vec<ReservationId>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
+        let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM reservations WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(found.into_iter().map(ReservationId::from_uuid).collect())
+    }
+
     async fn reservations(
         &self,
         sale: SaleId,

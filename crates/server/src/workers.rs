@@ -30,8 +30,7 @@ const ORDER_INDEXER_PERIOD: Duration = Duration::from_millis(250);
 const OUTBOX_PERIOD: Duration = Duration::from_millis(50);
 
 /// How often each instance reads the sales' logs for reservations to store (with the shared
-/// engine). Most entries were stored by the request that made them; writing them again changes
-/// nothing.
+/// engine). Most entries were stored by the request that made them, and are only acknowledged.
 const LOG_WRITER_PERIOD: Duration = Duration::from_millis(200);
 
 /// The background work of a single-process deployment: expiry, live events, schedules, the

@@ -378,8 +378,9 @@ impl FlashSales {
     /// With a shared engine: stores the reservations its logs hold that no instance stored (the
     /// one that decided them died before its write, or the write failed), and acknowledges
     /// them. Every instance runs it as `writer` (a name of its own): each log entry goes to
-    /// one writer, and one that dies leaves its entries to the others. Writing a reservation
-    /// already stored changes nothing. Returns how many entries it wrote.
+    /// one writer, and one that dies leaves its entries to the others. Entries whose reservation
+    /// is stored already (most: by the request that made it) are only acknowledged; writing one
+    /// stored meanwhile changes nothing. Returns how many reservations it wrote.
     pub async fn write_logged(&self, writer: &str) -> Result<usize, StoreError> {
         const BATCH: usize = 500;
         let Some(engine) = &self.shared else {
@@ -393,8 +394,16 @@ impl FlashSales {
                 if logged.is_empty() {
                     break;
                 }
+                // Most were stored by the request that made them: only the others are written.
+                let ids: Vec<_> = logged.iter().map(|l| l.id).collect();
+                let stored: std::collections::HashSet<_> = self
+                    .store
+                    .stored_reservations(&ids)
+                    .await?
+                    .into_iter()
+                    .collect();
                 let mut writes = Vec::with_capacity(logged.len());
-                for entry in &logged {
+                for entry in logged.iter().filter(|l| !stored.contains(&l.id)) {
                     let Some((item_name, unit_price_cents)) = sale.item(entry.item_no) else {
                         return Err(StoreError::Other(
                             format!(
@@ -429,12 +438,12 @@ impl FlashSales {
                             }))),
                     );
                 }
+                written += writes.len();
                 for done in futures_util::future::join_all(writes).await {
                     done.map_err(|e| StoreError::Unavailable(e.0.to_string()))?;
                 }
                 let entries: Vec<String> = logged.iter().map(|l| l.entry.clone()).collect();
                 let left = engine.ack_logged(sale.record.id, &entries).await?;
-                written += logged.len();
                 if logged.len() < BATCH {
                     waiting += left;
                     break;

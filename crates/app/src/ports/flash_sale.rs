@@ -48,6 +48,11 @@ pub trait FlashSaleStore: Send + Sync + std::fmt::Debug + 'static {
 
     async fn reservation(&self, id: ReservationId)
     -> Result<Option<ReservationRecord>, StoreError>;
+    /// Which of `ids` are stored (in no particular order).
+    async fn stored_reservations(
+        &self,
+        ids: &[ReservationId],
+    ) -> Result<Vec<ReservationId>, StoreError>;
     /// A sale's reservations in the order they were made. With `after`, the page starts after
     /// that reservation (keyset paging, for walking a large sale) and `page` only sets its size.
     async fn reservations(

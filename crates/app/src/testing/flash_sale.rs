@@ -251,6 +251,15 @@ pub async fn journal_makes_reservations_durable<S: FlashSaleAdapter + ?Sized>(st
 
     assert_eq!(store.reservation(r1.id).await.unwrap(), Some(r1.clone()));
     assert_eq!(store.reservation(ext.id).await.unwrap(), Some(ext.clone()));
+    let mut stored = store
+        .stored_reservations(&[r1.id, ReservationId::new(), ext.id])
+        .await
+        .unwrap();
+    stored.sort();
+    let mut want = vec![r1.id, ext.id];
+    want.sort();
+    assert_eq!(stored, want);
+    assert!(store.stored_reservations(&[]).await.unwrap().is_empty());
     let listed = store
         .reservations(s.id, PageRequest::default(), None)
         .await
