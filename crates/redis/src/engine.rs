@@ -4,12 +4,12 @@
 
 use async_trait::async_trait;
 use flashmart_app::StoreError;
-use flashmart_app::flash_sale::model::BuyerId;
 use flashmart_app::flash_sale::model::LiveSaleState;
+use flashmart_app::flash_sale::model::{BuyerId, Released};
 use flashmart_app::ports::{
     LoggedReservation, SettleTo, SharedDecision, SharedEngine, SharedReserve,
 };
-use flashmart_domain::{ReservationId, SaleId};
+use flashmart_domain::SaleId;
 use redis::RedisError;
 use redis::aio::ConnectionLike;
 
@@ -161,21 +161,23 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
         })
     }
 
-    async fn settle(
-        &self,
-        sale: SaleId,
-        reservation: ReservationId,
-        to: SettleTo,
-    ) -> Result<bool, StoreError> {
+    async fn settle(&self, released: &Released, to: SettleTo) -> Result<bool, StoreError> {
         let to = match to {
             SettleTo::Expired => Settle::Expired,
             SettleTo::Cancelled => Settle::Cancelled,
             SettleTo::Purchased => Settle::Purchased,
         };
+        let buyer = released.buyer.0.to_string();
         let mut conn = self.conn.clone();
         let settled = self
             .sales
-            .settle(&mut conn, sale, reservation, to)
+            .settle_as(
+                &mut conn,
+                released.sale_id,
+                released.reservation,
+                to,
+                Some((released.item_no, &buyer, released.quantity)),
+            )
             .await
             .map_err(unavailable)?;
         Ok(settled == Settled::Changed)

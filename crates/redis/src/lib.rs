@@ -189,16 +189,32 @@ impl RedisSales {
         reservation: ReservationId,
         to: Settle,
     ) -> Result<Settled, RedisError> {
+        self.settle_as(conn, sale, reservation, to, None).await
+    }
+
+    /// `settle`, with the reservation as the records hold it (item, buyer, quantity): one Redis
+    /// does not know (made before the sale was rebuilt from the records, which counted it as
+    /// held) is settled all the same, once.
+    pub async fn settle_as<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        reservation: ReservationId,
+        to: Settle,
+        held: Option<(u32, &str, u32)>,
+    ) -> Result<Settled, RedisError> {
         let keys = self.keys(sale);
-        let reply: Vec<String> = self
-            .settle
+        let mut invocation = self.settle.prepare_invoke();
+        invocation
             .key(&keys.stock)
             .key(&keys.held)
             .key(&keys.reservations)
             .arg(reservation.as_uuid().to_string())
-            .arg(to.as_str())
-            .invoke_async(conn)
-            .await?;
+            .arg(to.as_str());
+        if let Some((item, buyer, quantity)) = held {
+            invocation.arg(item).arg(buyer).arg(quantity);
+        }
+        let reply: Vec<String> = invocation.invoke_async(conn).await?;
         match reply.as_slice() {
             [kind] if kind == "changed" => Ok(Settled::Changed),
             [kind] if kind == "unknown" => Ok(Settled::Unknown),

@@ -5,11 +5,25 @@
 --
 -- KEYS: 1 stock  2 held  3 reservations (see reserve.lua)
 -- ARGV: 1 reservation id  2 the new state ("expired", "cancelled" or "purchased")
+--       and, optionally, 3 item  4 buyer  5 quantity: the reservation as the records hold it
 -- Answers {"changed"} or {"unchanged", current state}, or {"unknown"}.
+--
+-- A reservation Redis does not know was made before the sale was rebuilt from the records
+-- (load.lua), whose stock and holdings counted it as held: given as the records hold it, it
+-- is recorded in its new state and its units come back once, as they would have.
 
 local record = redis.call("HGET", KEYS[3], ARGV[1])
 if not record then
-  return {"unknown"}
+  if not ARGV[5] then
+    return {"unknown"}
+  end
+  redis.call("HSET", KEYS[3], ARGV[1],
+    ARGV[2] .. "\31" .. ARGV[3] .. "\31" .. ARGV[4] .. "\31" .. ARGV[5])
+  if ARGV[2] ~= "purchased" then
+    redis.call("HINCRBY", KEYS[1], ARGV[3], tonumber(ARGV[5]))
+    redis.call("HINCRBY", KEYS[2], ARGV[4], -tonumber(ARGV[5]))
+  end
+  return {"changed"}
 end
 local fields = {}
 for part in string.gmatch(record, "[^\31]+") do

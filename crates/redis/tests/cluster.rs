@@ -255,7 +255,9 @@ async fn keys_and_settlements_work_on_a_shard_as_on_one_redis() {
 /// marked and rebuilt there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_shared_engine_runs_on_the_cluster_client() {
-    use flashmart_app::flash_sale::model::{BuyerId, LiveItemState, LiveSaleState, SaleRecord};
+    use flashmart_app::flash_sale::model::{
+        BuyerId, LiveItemState, LiveSaleState, Released, SaleRecord,
+    };
     use flashmart_app::ports::{SettleTo, SharedDecision, SharedEngine, SharedReserve};
     use flashmart_domain::Currency;
     use flashmart_domain::flash_sale::{SaleRules, SaleWindow};
@@ -322,14 +324,21 @@ async fn the_shared_engine_runs_on_the_cluster_client() {
             if let SharedDecision::Reserved { id: r, .. } =
                 engine.reserve(&ask(*id, buyer)).await.unwrap()
             {
-                first.get_or_insert(r);
+                first.get_or_insert((r, buyer));
             }
         }
         assert_eq!(engine.remaining(*id).await.unwrap(), Some(vec![(1, 0)]));
         // One settled as expired: its unit is on sale again, once.
-        let r = first.unwrap();
-        assert!(engine.settle(*id, r, SettleTo::Expired).await.unwrap());
-        assert!(!engine.settle(*id, r, SettleTo::Expired).await.unwrap());
+        let (r, buyer) = first.unwrap();
+        let released = Released {
+            reservation: r,
+            sale_id: *id,
+            item_no: 1,
+            buyer,
+            quantity: 1,
+        };
+        assert!(engine.settle(&released, SettleTo::Expired).await.unwrap());
+        assert!(!engine.settle(&released, SettleTo::Expired).await.unwrap());
         assert_eq!(engine.remaining(*id).await.unwrap(), Some(vec![(1, 1)]));
     }
     // A sale that is not there is marked lost, refused as rebuilding, then rebuilt at its time.

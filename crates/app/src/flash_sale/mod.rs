@@ -348,9 +348,7 @@ impl FlashSales {
                 Ok(())
             }
             Some(engine) => {
-                engine
-                    .settle(released.sale_id, released.reservation, to)
-                    .await?;
+                engine.settle(released, to).await?;
                 Ok(())
             }
         }

@@ -168,14 +168,10 @@ pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
         rebuild_at: OffsetDateTime,
     ) -> Result<Option<OffsetDateTime>, StoreError>;
     async fn reserve(&self, request: &SharedReserve<'_>) -> Result<SharedDecision, StoreError>;
-    /// Moves a reservation out of `reserved` once; its units come back unless it was
-    /// purchased. Returns whether it changed (false: settled before, or unknown).
-    async fn settle(
-        &self,
-        sale: SaleId,
-        reservation: ReservationId,
-        to: SettleTo,
-    ) -> Result<bool, StoreError>;
+    /// Moves a reservation (as the records hold it) out of `reserved` once; its units come
+    /// back unless it was purchased, also when the engine lost it and rebuilt the sale from the
+    /// records. Returns whether it changed (false: settled before).
+    async fn settle(&self, released: &Released, to: SettleTo) -> Result<bool, StoreError>;
     /// Each item's remaining stock, in item order; `None` when the engine does not hold the
     /// sale.
     async fn remaining(&self, sale: SaleId) -> Result<Option<Vec<(u32, u32)>>, StoreError>;

@@ -348,3 +348,51 @@ async fn the_log_writer_stores_what_no_instance_stored() {
     let orders = a.get("/api/v1/orders").bearer(&buyer).send().await.data();
     assert_eq!(orders["total"], 2, "{orders}");
 }
+
+/// Reservations made before Redis lost the sale expire after it was rebuilt: their units come
+/// back once, as if nothing had been lost.
+#[tokio::test]
+async fn reservations_from_before_a_loss_give_their_units_back() {
+    let (a, b) = two_instances().await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[4], 2).await;
+    let (early, _) = a.customer("early@example.com", "early password").await;
+    assert_eq!(
+        reserve(&a, &early, &sale, 1, 2).await.status,
+        StatusCode::CREATED
+    );
+    forget_everything(&a.config);
+    let (late, _) = b.customer("late@example.com", "late password").await;
+    reserve(&b, &late, &sale, 1, 1)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
+    a.clock.advance(Duration::seconds(11));
+    b.clock.advance(Duration::seconds(11));
+    assert_eq!(
+        reserve(&b, &late, &sale, 1, 2).await.status,
+        StatusCode::CREATED
+    );
+    let admin = a
+        .staff(
+            "admin@example.com",
+            "admin password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
+    assert_eq!(stats(&a, &admin, &sale).await["remaining"], 0);
+    // Both reservations run out; the one Redis never saw after the rebuild gives its 2 back too.
+    a.clock.advance(Duration::minutes(20));
+    b.clock.advance(Duration::minutes(20));
+    assert_eq!(
+        a.services.state.flash_sales.sweep_expired().await.unwrap(),
+        2
+    );
+    let admin = a.login("admin@example.com", "admin password").await.0;
+    let numbers = stats(&b, &admin, &sale).await;
+    assert_eq!(numbers["remaining"], 4, "{numbers}");
+    assert_eq!(numbers["reserved"], 0, "{numbers}");
+    assert_eq!(
+        b.services.state.flash_sales.sweep_expired().await.unwrap(),
+        0
+    );
+}
