@@ -229,7 +229,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                     item_no: logged.item,
                     buyer: BuyerId(buyer),
                     quantity: logged.quantity,
-                    created_at: logged.at,
                     expires_at: logged.expires_at,
                 })
             })

@@ -29,7 +29,7 @@ use crate::flash_sale::contest_book::ContestBook;
 use crate::flash_sale::counters::Counters;
 use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
-use crate::flash_sale::model::{JournalOp, NewReservation, ReservationRecord, SaleRecord};
+use crate::flash_sale::model::{JournalOp, SaleRecord};
 use crate::ports::{FlashSaleStore, ReservationJournal, SettleTo, SharedEngine};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -347,10 +347,7 @@ impl FlashSales {
                 self.ledger.release(released);
                 Ok(())
             }
-            Some(engine) => {
-                engine.settle(released, to).await?;
-                Ok(())
-            }
+            Some(engine) => engine.settle(released, to).await.map(|_| ()),
         }
     }
 
@@ -402,39 +399,25 @@ impl FlashSales {
                     .collect();
                 let mut writes = Vec::with_capacity(logged.len());
                 for entry in logged.iter().filter(|l| !stored.contains(&l.id)) {
-                    let Some((item_name, unit_price_cents)) = sale.item(entry.item_no) else {
-                        return Err(StoreError::Other(
+                    let decided = reserve::decided_reservation(
+                        &sale,
+                        entry.id,
+                        entry.item_no,
+                        entry.buyer,
+                        entry.quantity,
+                        entry.expires_at,
+                        None,
+                    )
+                    .ok_or_else(|| {
+                        StoreError::Other(
                             format!(
                                 "a logged reservation names no item of sale {}",
                                 sale.record.id
                             )
                             .into(),
-                        ));
-                    };
-                    let record = ReservationRecord {
-                        id: entry.id,
-                        sale_id: sale.record.id,
-                        item_no: entry.item_no,
-                        buyer: entry.buyer,
-                        buyer_ref: None,
-                        quantity: entry.quantity,
-                        status: flashmart_domain::flash_sale::ReservationStatus::Reserved,
-                        created_at: entry.created_at,
-                        expires_at: entry.expires_at,
-                        order_id: Some(flashmart_domain::OrderId::from_uuid(*entry.id.as_uuid())),
-                        purchased_at: None,
-                    };
-                    writes.push(
-                        self.commit
-                            .submit(JournalOp::Record(Box::new(NewReservation {
-                                record: Arc::new(record),
-                                user_id: Some(flashmart_domain::UserId::from_uuid(entry.buyer.0)),
-                                unit_price_cents,
-                                item_name,
-                                currency: sale.record.currency,
-                                idempotency: None,
-                            }))),
-                    );
+                        )
+                    })?;
+                    writes.push(self.commit.submit(JournalOp::Record(Box::new(decided))));
                 }
                 written += writes.len();
                 for done in futures_util::future::join_all(writes).await {

@@ -8,8 +8,7 @@ use flashmart_domain::{OrderId, ReservationId, SaleId, UserId};
 
 use super::counters::Counted;
 use super::{FlashSales, SaleError};
-use crate::error::FieldError;
-use crate::error::StoreError;
+use crate::error::{FieldError, StoreError};
 use crate::flash_sale::commit::Pledge;
 use crate::flash_sale::idempotency::{self, Answer, Begin, Claim, Refusal};
 use crate::flash_sale::ledger::LiveSale;
@@ -273,33 +272,15 @@ impl FlashSales {
                 ));
             }
         };
-        let (item_name, unit_price_cents) = sale.item(item_no).ok_or(SaleError::ItemNotFound)?;
-        let record = Arc::new(ReservationRecord {
-            id,
-            sale_id,
-            item_no,
-            buyer,
-            buyer_ref: None,
-            quantity,
-            status: ReservationStatus::Reserved,
-            // Derived from what the engine answered, so a replay rebuilds the same record.
-            created_at: expires_at - sale.record.rules.reservation_ttl(),
-            expires_at,
-            // The order's id is the reservation's: the same on every replay and every write.
-            order_id: Some(OrderId::from_uuid(*id.as_uuid())),
-            purchased_at: None,
+        let idempotency = idempotency_key.map(|key| IdempotencyRecord {
+            key: key.to_owned(),
+            fingerprint: idempotency::fingerprint(sale_id, item_no, quantity),
         });
-        let op = JournalOp::Record(Box::new(NewReservation {
-            record: Arc::clone(&record),
-            user_id: Some(user),
-            unit_price_cents,
-            item_name,
-            currency: sale.record.currency,
-            idempotency: idempotency_key.map(|key| IdempotencyRecord {
-                key: key.to_owned(),
-                fingerprint: idempotency::fingerprint(sale_id, item_no, quantity),
-            }),
-        }));
+        let decided =
+            decided_reservation(&sale, id, item_no, buyer, quantity, expires_at, idempotency)
+                .ok_or(SaleError::ItemNotFound)?;
+        let record = Arc::clone(&decided.record);
+        let op = JournalOp::Record(Box::new(decided));
         match slot.send(op, None).await {
             Ok(Ok(_)) => {
                 self.counters.count(if replayed {
@@ -360,6 +341,45 @@ impl FlashSales {
         }
         refusal.into()
     }
+}
+
+/// A reservation the shared engine decided, as the records store it: written by the request
+/// that asked for it, again by a replay of its key, or by the log writer, always the same rows.
+/// Its creation time is derived from what the engine answered, and its order's id is its own.
+/// `None` when the sale has no such item.
+pub(super) fn decided_reservation(
+    sale: &LiveSale,
+    id: ReservationId,
+    item_no: u32,
+    buyer: BuyerId,
+    quantity: u32,
+    expires_at: time::OffsetDateTime,
+    idempotency: Option<IdempotencyRecord>,
+) -> Option<NewReservation> {
+    let (item_name, unit_price_cents) = sale.item(item_no)?;
+    let record = ReservationRecord {
+        id,
+        sale_id: sale.record.id,
+        item_no,
+        buyer,
+        buyer_ref: None,
+        quantity,
+        status: ReservationStatus::Reserved,
+        created_at: expires_at - sale.record.rules.reservation_ttl(),
+        expires_at,
+        order_id: Some(OrderId::from_uuid(*id.as_uuid())),
+        purchased_at: None,
+    };
+    Some(NewReservation {
+        record: Arc::new(record),
+        // Buyers of the API are users (the contest's caller-named buyers never reach a shared
+        // engine).
+        user_id: Some(UserId::from_uuid(buyer.0)),
+        unit_price_cents,
+        item_name,
+        currency: sale.record.currency,
+        idempotency,
+    })
 }
 
 /// The shared engine could not answer: nothing is known to be reserved, the client may retry

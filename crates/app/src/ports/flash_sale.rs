@@ -146,7 +146,6 @@ pub struct LoggedReservation {
     pub item_no: u32,
     pub buyer: BuyerId,
     pub quantity: u32,
-    pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
 }
 
