@@ -196,6 +196,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
         sale: SaleId,
         writer: &str,
         max: usize,
+        stale_after: std::time::Duration,
     ) -> Result<Vec<LoggedReservation>, StoreError> {
         let mut conn = self.conn.clone();
         self.sales
@@ -204,7 +205,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
             .map_err(unavailable)?;
         let mut taken = self
             .sales
-            .claim_stale(&mut conn, sale, WRITERS, writer, WRITER_IDLE, max)
+            .claim_stale(&mut conn, sale, WRITERS, writer, stale_after, max)
             .await
             .map_err(unavailable)?;
         if taken.len() < max {
@@ -254,11 +255,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
 
 /// The consumer group of every sale's log whose consumers store reservations in the records.
 const WRITERS: &str = "writers";
-
-/// How long an entry given to a writer may stay unacknowledged before another writer takes it
-/// over (the first is taken to have died; if it was only slow, the entries are written twice, which
-/// changes nothing).
-const WRITER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[async_trait]
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> flashmart_app::ports::Probe

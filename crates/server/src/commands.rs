@@ -41,8 +41,7 @@ pub async fn reconcile(config: &Config) -> anyhow::Result<()> {
          database.url"
     );
     let services = wiring::build(config, Arc::new(SystemClock)).await?;
-    let writer = format!("reconcile-{}", uuid::Uuid::new_v4().simple());
-    let report = services.state.flash_sales.reconcile(&writer).await;
+    let report = services.state.flash_sales.reconcile().await;
     services.state.flash_sales.flush().await;
     services.records.close().await;
     let mut differ = 0;

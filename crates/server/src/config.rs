@@ -120,6 +120,18 @@ pub struct FlashSaleConfig {
     pub max_event_streams: usize,
     /// Event streams open at once from one client address (IPv6: one /64); one more is 429.
     pub max_event_streams_per_ip: usize,
+    /// Scaled mode: when a reservation is answered. `database` once it and its order are
+    /// committed in PostgreSQL; `redis` once Redis has decided and logged it (PostgreSQL is
+    /// written behind it), as durable as Redis's persistence and replication.
+    pub ack: AckChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckChoice {
+    #[default]
+    Database,
+    Redis,
 }
 
 impl Default for FlashSaleConfig {
@@ -132,6 +144,7 @@ impl Default for FlashSaleConfig {
             max_idempotency_keys_per_user: 1_000,
             max_event_streams: 10_000,
             max_event_streams_per_ip: 20,
+            ack: AckChoice::Database,
         }
     }
 }
@@ -625,6 +638,12 @@ impl Config {
                 "needs database.url: with the shared engine every record is in PostgreSQL",
             );
         }
+        if self.flash_sale.ack == AckChoice::Redis && !self.redis.is_set() {
+            return invalid(
+                "flash_sale.ack",
+                "\"redis\" needs the shared engine: set redis.url (or redis.cluster_nodes)",
+            );
+        }
         if self.redis.is_set() && self.compat.contest {
             return invalid(
                 "compat.contest",
@@ -730,6 +749,9 @@ mod tests {
                 "[database]\nsynchronous = \"sometimes\"\n",
                 "database.synchronous",
             ),
+            ("[flash_sale]\nack = \"disk\"\n", "flash_sale.ack"),
+            // Only the shared engine can answer before the records have it.
+            ("[flash_sale]\nack = \"redis\"\n", "flash_sale.ack"),
         ];
         for (contents, key) in cases {
             let f = file(contents);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use flashmart_app::auth::{AuthService, AuthSettings, HashCost, LoginLimits};
 use flashmart_app::catalog::Catalog;
-use flashmart_app::flash_sale::{FlashSaleSettings, FlashSales};
+use flashmart_app::flash_sale::{Ack, FlashSaleSettings, FlashSales};
 use flashmart_app::health::Workers;
 use flashmart_app::payments::{NoProvider, PaymentProvider, Payments};
 use flashmart_app::shop::{Shop, ShopSettings, ShopStores};
@@ -101,6 +101,10 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             contest: config.compat.contest,
             max_idempotency_keys_per_user: config.flash_sale.max_idempotency_keys_per_user,
             shared_engine: shared.as_ref().map(|s| Arc::clone(&s.engine)),
+            ack: match config.flash_sale.ack {
+                crate::config::AckChoice::Database => Ack::Database,
+                crate::config::AckChoice::Redis => Ack::Engine,
+            },
             ..FlashSaleSettings::default()
         },
     )
@@ -167,7 +171,8 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         Arc::clone(&ports.orders),
         provider,
         Arc::clone(&clock),
-    );
+    )
+    .with_flash_sales(Arc::clone(&flash_sales));
     let mut probes = vec![Arc::clone(&ports.probe)];
     probes.extend(shared.as_ref().map(|s| Arc::clone(&s.probe)));
     let workers = Arc::new(Workers::default());

@@ -152,11 +152,10 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
     // sales' logs, by every instance under a name of its own.
     let log_writer = config.redis.is_set().then(|| {
         let sales = Arc::clone(&state.flash_sales);
-        let writer: Arc<str> = format!("flashmart-{}", uuid::Uuid::new_v4().simple()).into();
         every(&state.workers, "log_writer", LOG_WRITER_PERIOD, move || {
-            let (sales, writer) = (Arc::clone(&sales), Arc::clone(&writer));
+            let sales = Arc::clone(&sales);
             async move {
-                match sales.write_logged(&writer).await {
+                match sales.write_logged().await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(written = n, "reservations written from the sales' logs"),
                     Err(err) => tracing::warn!(%err, "writing reservations from the sales' logs failed; will retry"),

@@ -330,6 +330,7 @@ impl FlashSales {
             .sale(sale)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
+        self.try_catch_up().await;
         let stored = self.store.stats(sale).await?;
         self.fresh(sale).await?;
         let remaining = match self.ledger.get(&sale) {
@@ -357,6 +358,7 @@ impl FlashSales {
             .sale(sale)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
+        self.try_catch_up().await;
         Ok(self.store.reservations(sale, page, after).await?)
     }
 

@@ -102,6 +102,17 @@ impl std::fmt::Debug for Pending {
 pub struct Slot<'a>(mpsc::Permit<'a, Pending>);
 
 impl Slot<'_> {
+    /// Queues `op` without waiting for its commit (what becomes of it is logged and counted
+    /// by the commit task, and nobody is told).
+    pub fn send_detached(self, op: JournalOp) {
+        self.0.send(Pending {
+            op: Some(op),
+            has_op: true,
+            pledge: None,
+            reply: None,
+        });
+    }
+
     /// Queues `op`, with what it owes once its transaction commits or fails.
     pub fn send(
         self,

@@ -30,6 +30,7 @@ use crate::flash_sale::counters::Counters;
 use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
 use crate::flash_sale::model::{JournalOp, SaleRecord};
+use crate::page::PageRequest;
 use crate::ports::{FlashSaleStore, ReservationJournal, SettleTo, SharedEngine};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -133,6 +134,26 @@ pub struct FlashSaleSettings {
     /// How long after the shared engine is found to have lost a sale it is rebuilt from the
     /// records (503 meanwhile): longer than a reservation's write can take to land.
     pub rebuild_grace: Duration,
+    /// When a reservation decided by the shared engine is answered (`flash_sale.ack`).
+    pub ack: Ack,
+}
+
+/// How long a log entry given to a writer may stay unacknowledged before another writer takes
+/// it over (the first is taken to have died; if it was only slow, the entry is written twice,
+/// which changes nothing).
+const WRITER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// When a reservation decided by the shared engine is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ack {
+    /// Once it and its order are committed in the records (the instance's group commit).
+    #[default]
+    Database,
+    /// Once the engine has decided and logged it: its write to the records is queued without
+    /// waiting, and the log writers store it should this instance die first. As durable as the
+    /// engine's own storage. Reads of a reservation or order not stored yet wait for what this
+    /// instance queued and for what the logs hold (`FlashSales::catch_up`).
+    Engine,
 }
 
 impl Default for FlashSaleSettings {
@@ -144,6 +165,7 @@ impl Default for FlashSaleSettings {
             max_idempotency_keys_per_user: 1_000,
             shared_engine: None,
             rebuild_grace: Duration::seconds(10),
+            ack: Ack::Database,
         }
     }
 }
@@ -164,6 +186,10 @@ pub struct FlashSales {
     /// The shared engine that decides reservations, when there is one; the ledger then only
     /// mirrors its stock for views and live events.
     shared: Option<Arc<dyn SharedEngine>>,
+    /// This instance's name among the engine's log writers, and its turn: one pass at a time
+    /// (the worker's, or a read's catching up).
+    writer: String,
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl FlashSales {
@@ -220,6 +246,8 @@ impl FlashSales {
                 settings,
                 contest,
                 shared,
+                writer: format!("flashmart-{}", uuid::Uuid::new_v4().simple()),
+                writing: tokio::sync::Mutex::new(()),
             },
             task,
         ))
@@ -295,6 +323,11 @@ impl FlashSales {
             self.contest_book.expire_due(now);
             self.commit.flush().await;
         }
+        // Reservations answered before they were stored expire with the others (should the
+        // logs not answer, those stored expire now, the rest at a later sweep).
+        if let Err(err) = self.catch_up().await {
+            tracing::warn!(%err, "expiring without catching up with the sales' logs");
+        }
         let mut total = 0;
         loop {
             let released = self.store.expire_due(now, BATCH).await?;
@@ -316,6 +349,8 @@ impl FlashSales {
     /// Gives product-backed items of ended sales back to their products (what did not sell, and
     /// what reservations release after the end). Returns the units given back.
     pub async fn return_unsold_stock(&self) -> Result<u64, StoreError> {
+        // What is held counts only once it is stored: nothing answered may be left out.
+        self.catch_up().await?;
         let given = self.store.return_unsold(self.clock.now()).await?;
         if given > 0 {
             tracing::info!(
@@ -372,20 +407,55 @@ impl FlashSales {
 impl FlashSales {
     /// With a shared engine: stores the reservations its logs hold that no instance stored (the
     /// one that decided them died before its write, or the write failed), and acknowledges
-    /// them. Every instance runs it as `writer` (a name of its own): each log entry goes to
-    /// one writer, and one that dies leaves its entries to the others. Entries whose reservation
-    /// is stored already (most: by the request that made it) are only acknowledged; writing one
-    /// stored meanwhile changes nothing. Returns how many reservations it wrote.
-    pub async fn write_logged(&self, writer: &str) -> Result<usize, StoreError> {
+    /// them. Every instance runs it under a writer name of its own, one pass at a time: each
+    /// log entry goes to one writer, and one that dies leaves its entries to the others. Entries
+    /// whose reservation is stored already (most: by the request that made it) are only
+    /// acknowledged; writing one stored meanwhile changes nothing. Returns how many reservations
+    /// it wrote.
+    pub async fn write_logged(&self) -> Result<usize, StoreError> {
+        self.write_logged_taking(WRITER_IDLE).await
+    }
+
+    /// `write_logged`, taking over entries another writer has held for `stale_after`.
+    async fn write_logged_taking(
+        &self,
+        stale_after: std::time::Duration,
+    ) -> Result<usize, StoreError> {
         const BATCH: usize = 500;
         let Some(engine) = &self.shared else {
             return Ok(0);
         };
+        let writer = self.writer.as_str();
+        let _turn = self.writing.lock().await;
+        // Sales made on other instances since this one started have logs too.
+        let now = self.clock.now();
+        let mut page = PageRequest::new(Some(1), Some(PageRequest::MAX_PER_PAGE));
+        loop {
+            let live = self
+                .store
+                .list_sales(Some(SalePhase::Live), now, page)
+                .await?;
+            for sale in live
+                .items
+                .iter()
+                .filter(|s| self.ledger.get(&s.id).is_none())
+            {
+                if let Some(state) = self.store.live_sale(sale.id).await? {
+                    self.ledger.install(state, now);
+                }
+            }
+            if u64::from(page.page()) * u64::from(page.per_page()) >= live.total {
+                break;
+            }
+            page = PageRequest::new(Some(page.page() + 1), Some(page.per_page()));
+        }
         let mut written = 0;
         let mut waiting = 0;
         for sale in self.ledger.all() {
             loop {
-                let logged = engine.take_logged(sale.record.id, writer, BATCH).await?;
+                let logged = engine
+                    .take_logged(sale.record.id, writer, BATCH, stale_after)
+                    .await?;
                 if logged.is_empty() {
                     break;
                 }
@@ -434,6 +504,30 @@ impl FlashSales {
         metrics::gauge!("flash_sale_log_waiting").set(waiting as f64);
         Ok(written)
     }
+
+    /// With `Ack::Engine`, a reservation may be answered before it is stored: a read that
+    /// finds no reservation or order by an id calls this, then reads again, and so do lists of
+    /// orders and reservations, a sale's numbers and the expiry sweep before they read. It returns once
+    /// what this instance queued is committed and everything the logs hold is stored, entries
+    /// another writer is still writing included (taken over at once and written a second time,
+    /// which changes nothing). Otherwise it returns at once.
+    pub async fn catch_up(&self) -> Result<(), StoreError> {
+        if self.shared.is_none() || self.settings.ack != Ack::Engine {
+            return Ok(());
+        }
+        self.commit.flush().await;
+        self.write_logged_taking(std::time::Duration::ZERO)
+            .await
+            .map(|_| ())
+    }
+
+    /// `catch_up` for a read that can do without it (a list, a sale's numbers): a failure is
+    /// logged, and the read shows what is stored.
+    pub async fn try_catch_up(&self) {
+        if let Err(err) = self.catch_up().await {
+            tracing::warn!(%err, "reading without catching up with the sales' logs");
+        }
+    }
 }
 
 /// How one live sale stands between the shared engine and the records (`flashmart reconcile`).
@@ -457,17 +551,14 @@ impl FlashSales {
     /// for every sale not ended, the stock the engine has left with the stock less what the
     /// records hold, and marks a sale the engine lost for rebuilding. Run while reservations
     /// are being made, a difference can be one in flight; run again, it is gone.
-    pub async fn reconcile(
-        &self,
-        writer: &str,
-    ) -> Result<Vec<(SaleRecord, Reconciled)>, StoreError> {
+    pub async fn reconcile(&self) -> Result<Vec<(SaleRecord, Reconciled)>, StoreError> {
         let Some(engine) = &self.shared else {
             return Err(StoreError::Other(
                 "reconcile compares the shared engine (redis.url) with the records; none is set"
                     .into(),
             ));
         };
-        self.write_logged(writer).await?;
+        self.write_logged().await?;
         let now = self.clock.now();
         let mut report = Vec::new();
         for state in self.store.live_sales(now).await? {

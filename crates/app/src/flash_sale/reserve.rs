@@ -7,7 +7,7 @@ use flashmart_domain::flash_sale::{MAX_PER_USER_LIMIT, ReservationStatus, SalePh
 use flashmart_domain::{OrderId, ReservationId, SaleId, UserId};
 
 use super::counters::Counted;
-use super::{FlashSales, SaleError};
+use super::{Ack, FlashSales, SaleError};
 use crate::error::{FieldError, StoreError};
 use crate::flash_sale::commit::Pledge;
 use crate::flash_sale::idempotency::{self, Answer, Begin, Claim, Refusal};
@@ -30,7 +30,8 @@ pub(super) struct Reserver {
 impl FlashSales {
     /// Reserves `quantity` of item `item_no` of `sale` for `user`, honouring an optional
     /// `Idempotency-Key`. The answer comes after the reservation and its `pending_payment` order
-    /// are durable.
+    /// are durable (with a shared engine and `Ack::Engine`: after the engine has decided and
+    /// logged it).
     pub async fn reserve(
         &self,
         user: UserId,
@@ -281,6 +282,17 @@ impl FlashSales {
                 .ok_or(SaleError::ItemNotFound)?;
         let record = Arc::clone(&decided.record);
         let op = JournalOp::Record(Box::new(decided));
+        if self.settings.ack == Ack::Engine {
+            // Answered now, as durable as the engine's log: the write is queued, and should it
+            // fail or this instance die first, a log writer stores the reservation.
+            slot.send_detached(op);
+            self.counters.count(if replayed {
+                Counted::Replayed
+            } else {
+                Counted::Reserved
+            });
+            return Ok(record);
+        }
         match slot.send(op, None).await {
             Ok(Ok(_)) => {
                 self.counters.count(if replayed {
@@ -319,7 +331,13 @@ impl FlashSales {
         user: UserId,
         id: ReservationId,
     ) -> Result<ReservationRecord, SaleError> {
-        match self.store.reservation(id).await? {
+        let mut found = self.store.reservation(id).await?;
+        if found.is_none() {
+            // Answered but perhaps not stored yet (`Ack::Engine`).
+            self.catch_up().await?;
+            found = self.store.reservation(id).await?;
+        }
+        match found {
             Some(r) if r.buyer == BuyerId::user(user) => Ok(r),
             _ => Err(SaleError::ReservationNotFound),
         }

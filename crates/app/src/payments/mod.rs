@@ -242,6 +242,8 @@ pub struct Payments {
     clock: Arc<dyn Clock>,
     /// Payment starts and refunds of one order take turns (striped by order id).
     turns: Box<[tokio::sync::Mutex<()>]>,
+    /// For a flash-sale order answered before it was stored (`flash_sale::Ack::Engine`).
+    flash_sales: Option<Arc<crate::flash_sale::FlashSales>>,
 }
 
 impl Payments {
@@ -257,7 +259,15 @@ impl Payments {
             provider,
             clock,
             turns: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            flash_sales: None,
         }
+    }
+
+    /// Orders not found are looked for again once `flash_sales` has stored what it answered.
+    #[must_use]
+    pub fn with_flash_sales(mut self, flash_sales: Arc<crate::flash_sale::FlashSales>) -> Self {
+        self.flash_sales = Some(flash_sales);
+        self
     }
 
     /// A page of the provider's dead letters (for admins).
@@ -270,7 +280,14 @@ impl Payments {
     }
 
     async fn own_order(&self, user: UserId, order: OrderId) -> Result<OrderRecord, PaymentError> {
-        match self.orders.order(order).await? {
+        let mut found = self.orders.order(order).await?;
+        if found.is_none()
+            && let Some(sales) = &self.flash_sales
+        {
+            sales.catch_up().await?;
+            found = self.orders.order(order).await?;
+        }
+        match found {
             Some(o) if o.user_id == user => Ok(o),
             _ => Err(PaymentError::OrderNotFound),
         }

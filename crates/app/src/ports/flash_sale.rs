@@ -175,13 +175,15 @@ pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
     /// sale.
     async fn remaining(&self, sale: SaleId) -> Result<Option<Vec<(u32, u32)>>, StoreError>;
     /// Up to `max` reservations of the sale's log for `writer` to store: entries no writer was
-    /// given yet, and entries given to a writer that has not acknowledged them for a while
-    /// (it died). Each stays the writer's until acknowledged.
+    /// given yet, and entries given to a writer that has not acknowledged them for
+    /// `stale_after` (it died, or, with zero, it may still be writing them: writing one twice
+    /// changes nothing). Each stays the writer's until acknowledged.
     async fn take_logged(
         &self,
         sale: SaleId,
         writer: &str,
         max: usize,
+        stale_after: std::time::Duration,
     ) -> Result<Vec<LoggedReservation>, StoreError>;
     /// The entries are stored: they leave the log. Returns how many entries wait in the log
     /// still (given to no writer, or not acknowledged).

@@ -397,7 +397,7 @@ impl Shop {
 
     /// One of the user's orders; anyone else's is "not found".
     pub async fn order_of(&self, user: UserId, id: OrderId) -> Result<OrderRecord, ShopError> {
-        match self.orders.order(id).await? {
+        match self.find_order(id).await? {
             Some(o) if o.user_id == user => Ok(o),
             _ => Err(ShopError::OrderNotFound),
         }
@@ -405,7 +405,17 @@ impl Shop {
 
     /// Any order (admins).
     pub async fn order(&self, id: OrderId) -> Result<OrderRecord, ShopError> {
-        self.orders.order(id).await?.ok_or(ShopError::OrderNotFound)
+        self.find_order(id).await?.ok_or(ShopError::OrderNotFound)
+    }
+
+    /// An order by its id; one not found is looked for again once the flash-sale engine has
+    /// stored what it answered (a flash-sale order can be answered before it is stored).
+    async fn find_order(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+        if let Some(order) = self.orders.order(id).await? {
+            return Ok(Some(order));
+        }
+        self.flash_sales.catch_up().await?;
+        self.orders.order(id).await
     }
 
     /// The user's orders, optionally in one status, newest first.
@@ -415,6 +425,7 @@ impl Shop {
         status: Option<OrderStatus>,
         page: PageRequest,
     ) -> Result<Page<OrderRecord>, ShopError> {
+        self.flash_sales.try_catch_up().await;
         Ok(self.orders.orders_of(user, status, page).await?)
     }
 
@@ -423,6 +434,7 @@ impl Shop {
         status: Option<OrderStatus>,
         page: PageRequest,
     ) -> Result<Page<OrderRecord>, ShopError> {
+        self.flash_sales.try_catch_up().await;
         Ok(self.orders.all_orders(status, page).await?)
     }
 

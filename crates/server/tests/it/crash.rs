@@ -3,7 +3,8 @@
 //! answered 2xx must be stored exactly once, the counts must add up, and nothing may be oversold.
 //!
 //! It runs on both record stores: the embedded SQLite file, and PostgreSQL (a schema of its own),
-//! where the group commit is one PostgreSQL transaction per batch.
+//! where the group commit is one PostgreSQL transaction per batch; and in scaled mode, with
+//! reservations decided in Redis and answered after PostgreSQL has them or before.
 //!
 //! CI runs 5 kills of each; `FLASHMART_CRASH_KILLS=25 cargo test -p flashmart-server --test it
 //! crash -- --nocapture` runs a longer one.
@@ -31,11 +32,13 @@ enum Mode<'a> {
     Embedded,
     /// Records in PostgreSQL (this URL), the engine in process.
     Postgres(&'a str),
-    /// Records in PostgreSQL, reservations decided in Redis under a key prefix.
+    /// Records in PostgreSQL, reservations decided in Redis under a key prefix, answered
+    /// after they are stored (`ack`: "database") or once Redis has them ("redis").
     Scaled {
         database_url: &'a str,
         redis_url: &'a str,
         prefix: &'a str,
+        ack: &'a str,
     },
 }
 
@@ -44,6 +47,7 @@ impl Mode<'_> {
         match self {
             Self::Embedded => "sqlite",
             Self::Postgres(_) => "postgres",
+            Self::Scaled { ack: "redis", .. } => "postgres+redis, ack=redis",
             Self::Scaled { .. } => "postgres+redis",
         }
     }
@@ -62,10 +66,12 @@ fn envs(mode: Mode<'_>) -> Vec<(&'static str, &str)> {
             database_url,
             redis_url,
             prefix,
+            ack,
         } => envs.extend([
             ("FLASHMART__DATABASE__URL", database_url),
             ("FLASHMART__REDIS__URL", redis_url),
             ("FLASHMART__REDIS__KEY_PREFIX", prefix),
+            ("FLASHMART__FLASH_SALE__ACK", ack),
         ]),
     }
     envs
@@ -217,6 +223,17 @@ async fn reservations_answered_survive_sigkill_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reservations_answered_survive_sigkill_in_scaled_mode() {
+    scaled_crash_rounds("database").await;
+}
+
+/// Answered before PostgreSQL has them: what a killed server had not written is written from
+/// Redis's logs after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservations_answered_by_redis_survive_sigkill() {
+    scaled_crash_rounds("redis").await;
+}
+
+async fn scaled_crash_rounds(ack: &str) {
     let schema = flashmart_postgres::testing::TestSchema::create().await;
     let redis_url = std::env::var("FLASHMART_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -229,6 +246,7 @@ async fn reservations_answered_survive_sigkill_in_scaled_mode() {
         database_url: &schema.url(),
         redis_url: &redis_url,
         prefix: &prefix,
+        ack,
     })
     .await;
 }

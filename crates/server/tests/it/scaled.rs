@@ -26,8 +26,14 @@ fn scaled(schema: &flashmart_postgres::testing::TestSchema) -> Config {
 
 /// Two instances of one shop.
 async fn two_instances() -> (TestApp, TestApp) {
+    two_instances_with(|_| {}).await
+}
+
+/// Two instances of one shop, configured by `tweak` too.
+async fn two_instances_with(tweak: impl FnOnce(&mut Config)) -> (TestApp, TestApp) {
     let schema = flashmart_postgres::testing::TestSchema::create().await;
-    let config = scaled(&schema);
+    let mut config = scaled(&schema);
+    tweak(&mut config);
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = TestApp::on_records(
         dir_a,
@@ -307,27 +313,11 @@ async fn the_log_writer_stores_what_no_instance_stored() {
         (Some(1), Some(3))
     );
     // Both instances' writers run; each log entry goes to one of them.
-    let written = b
-        .services
-        .state
-        .flash_sales
-        .write_logged("writer-b")
-        .await
-        .unwrap()
-        + a.services
-            .state
-            .flash_sales
-            .write_logged("writer-a")
-            .await
-            .unwrap();
+    let written = b.services.state.flash_sales.write_logged().await.unwrap()
+        + a.services.state.flash_sales.write_logged().await.unwrap();
     assert_eq!(written, 1, "only the entry no request stored");
     assert_eq!(
-        a.services
-            .state
-            .flash_sales
-            .write_logged("writer-a")
-            .await
-            .unwrap(),
+        a.services.state.flash_sales.write_logged().await.unwrap(),
         0,
         "acknowledged: not written again"
     );
@@ -394,5 +384,66 @@ async fn reservations_from_before_a_loss_give_their_units_back() {
     assert_eq!(
         b.services.state.flash_sales.sweep_expired().await.unwrap(),
         0
+    );
+}
+
+/// `flash_sale.ack = "redis"`: a reservation is answered once Redis has decided and logged it,
+/// while PostgreSQL cannot take it (its table locked), and once PostgreSQL can, every instance
+/// reads it back at once, its order too, and it can be paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answered_by_redis_a_reservation_waits_for_no_database() {
+    use sqlx::Connection as _;
+    let (a, b) =
+        two_instances_with(|c| c.flash_sale.ack = flashmart_server::config::AckChoice::Redis).await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[5], 2).await;
+    let (buyer, _) = a.customer("buyer@example.com", "buyer password").await;
+    let url = a.config.database.url.as_ref().unwrap().expose().to_owned();
+    let mut locker = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut held = locker.begin().await.unwrap();
+    // Reads go on; no reservation can be written until the lock goes.
+    sqlx::query("LOCK TABLE reservations IN EXCLUSIVE MODE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let answered = reserve(&a, &buyer, &sale, 1, 1).await;
+    assert_eq!(answered.status, StatusCode::CREATED, "{}", answered.text());
+    let answered = answered.data();
+    held.rollback().await.unwrap();
+
+    let id = answered["id"].as_str().unwrap();
+    let order = answered["order_id"].as_str().unwrap();
+    let mine = b
+        .get(&format!("/api/v1/flash-sales/reservations/{id}"))
+        .bearer(&buyer)
+        .send()
+        .await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.text());
+    assert_eq!(mine.data()["status"], "reserved");
+    let placed = b
+        .get(&format!("/api/v1/orders/{order}"))
+        .bearer(&buyer)
+        .send()
+        .await;
+    assert_eq!(placed.status, StatusCode::OK, "{}", placed.text());
+    assert_eq!(placed.data()["status"], "pending_payment");
+    let pay = b
+        .post(&format!("/api/v1/orders/{order}/payments"))
+        .bearer(&buyer)
+        .send()
+        .await;
+    assert_eq!(pay.status, StatusCode::CREATED, "{}", pay.text());
+    let admin = a
+        .staff(
+            "admin@example.com",
+            "admin password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
+    let numbers = stats(&b, &admin, &sale).await;
+    assert_eq!(
+        (numbers["reserved"].as_u64(), numbers["remaining"].as_u64()),
+        (Some(1), Some(4)),
+        "{numbers}"
     );
 }

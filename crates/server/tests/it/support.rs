@@ -83,12 +83,16 @@ pub async fn records_for(config: &mut Config) -> Option<flashmart_postgres::test
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         config.redis.url = Some(flashmart_server::config::Secret::new(url));
         config.redis.key_prefix = format!("test:{}:", schema.name());
+        if std::env::var("FLASHMART_TEST_ACK").is_ok_and(|v| v == "redis") {
+            config.flash_sale.ack = flashmart_server::config::AckChoice::Redis;
+        }
     }
     Some(schema)
 }
 
 /// Whether this run decides reservations in Redis (`FLASHMART_TEST_ENGINE=redis`, with
 /// `FLASHMART_TEST_RECORDS=postgres`; the contest API's tests stay on the in-process engine).
+/// `FLASHMART_TEST_ACK=redis` answers them as soon as Redis has (`flash_sale.ack = "redis"`).
 pub fn on_redis() -> bool {
     on_postgres() && std::env::var("FLASHMART_TEST_ENGINE").is_ok_and(|v| v == "redis")
 }
