@@ -7,7 +7,7 @@ use flashmart_app::StoreError;
 use flashmart_app::flash_sale::model::LiveSaleState;
 use flashmart_app::flash_sale::model::{BuyerId, Released};
 use flashmart_app::ports::{
-    LoggedReservation, SettleTo, SharedDecision, SharedEngine, SharedReserve,
+    LogEntry, LoggedReservation, SettleTo, SharedDecision, SharedEngine, SharedReserve,
 };
 use flashmart_domain::SaleId;
 use redis::RedisError;
@@ -144,10 +144,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                 id,
                 expires_at,
                 replayed,
+                entry,
             } => SharedDecision::Reserved {
                 id,
                 expires_at,
                 replayed,
+                logged: entry.map(|(ms, seq)| LogEntry(ms, seq)),
             },
             Decision::Refused {
                 refusal: flashmart_app::flash_sale::idempotency::Refusal::SaleNotFound,
@@ -234,6 +236,15 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                 })
             })
             .collect()
+    }
+
+    async fn forget_logged(&self, sale: SaleId, entries: &[LogEntry]) -> Result<u64, StoreError> {
+        let entries: Vec<(u64, u64)> = entries.iter().map(|e| (e.0, e.1)).collect();
+        let mut conn = self.conn.clone();
+        self.sales
+            .forget(&mut conn, sale, &entries)
+            .await
+            .map_err(unavailable)
     }
 
     async fn ack_logged(&self, sale: SaleId, entries: &[String]) -> Result<u64, StoreError> {

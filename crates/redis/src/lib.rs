@@ -89,6 +89,8 @@ pub enum Decision {
         expires_at: OffsetDateTime,
         /// The answer given before for the same key and request.
         replayed: bool,
+        /// The reservation's entry in the sale's log (`ms`, `seq`); none for a replay.
+        entry: Option<(u64, u64)>,
     },
     Refused {
         refusal: Refusal,
@@ -420,15 +422,27 @@ fn decide(reply: &[String]) -> Result<Decision, RedisError> {
             },
             replayed,
         }),
-        [kind, id, expires_at] if kind == "reserved" => Ok(Decision::Reserved {
-            id: ReservationId::from_uuid(id.parse().map_err(|_| protocol(id))?),
-            expires_at: expires_at
-                .parse()
-                .ok()
-                .and_then(from_micros)
-                .ok_or_else(|| protocol(expires_at))?,
-            replayed,
-        }),
+        [kind, id, expires_at, entry @ ..] if kind == "reserved" && entry.len() <= 1 => {
+            Ok(Decision::Reserved {
+                id: ReservationId::from_uuid(id.parse().map_err(|_| protocol(id))?),
+                expires_at: expires_at
+                    .parse()
+                    .ok()
+                    .and_then(from_micros)
+                    .ok_or_else(|| protocol(expires_at))?,
+                replayed,
+                entry: match entry.first() {
+                    Some(e) => Some(parse_entry(e).ok_or_else(|| protocol(e))?),
+                    None => None,
+                },
+            })
+        }
         _ => Err(protocol(&format!("{reply:?}"))),
     }
+}
+
+/// A stream entry id, `<ms>-<seq>`.
+fn parse_entry(entry: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = entry.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }

@@ -153,7 +153,29 @@ impl RedisSales {
             .await
     }
 
+    /// Drops entries whose reservations are stored (by the instance that decided them) from
+    /// the log, so that no writer needs to read them; returns how many went. An entry a writer
+    /// was given meanwhile leaves its pending list the next time it is claimed.
+    pub async fn forget<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        entries: &[(u64, u64)],
+    ) -> Result<u64, RedisError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut xdel = redis::cmd("XDEL");
+        xdel.arg(self.keys(sale).log);
+        for (ms, seq) in entries {
+            xdel.arg(format!("{ms}-{seq}"));
+        }
+        xdel.query_async(conn).await
+    }
+
     /// Entries the group has not acknowledged yet: delivered and pending, or not delivered.
+    /// (After entries were dropped from the log Redis cannot count those not delivered: then
+    /// every entry the log still holds is counted, at most one more than the truth.)
     pub async fn lag<C: ConnectionLike>(
         &self,
         conn: &mut C,
@@ -170,10 +192,17 @@ impl RedisSales {
             .iter()
             .find(|g| g.name == group)
             .ok_or_else(|| protocol(&format!("no group {group}")))?;
-        let undelivered = found
-            .lag
-            .ok_or_else(|| protocol("the group's lag is unknown"))?;
-        Ok(u64::try_from(found.pending + undelivered).unwrap_or(u64::MAX))
+        let waiting = match found.lag {
+            Some(undelivered) => found.pending + undelivered,
+            None => {
+                let held: usize = redis::cmd("XLEN")
+                    .arg(self.keys(sale).log)
+                    .query_async(conn)
+                    .await?;
+                held
+            }
+        };
+        Ok(u64::try_from(waiting).unwrap_or(u64::MAX))
     }
 
     /// Drops the entries before the oldest one the group still needs (the oldest pending, or

@@ -8,7 +8,8 @@
 --       6 reservations (hash: id -> state \31 item \31 buyer \31 quantity; see settle.lua)
 -- ARGV: 1 now (us)  2 item  3 buyer  4 quantity  5 idempotency key ("" for none)
 --       6 fingerprint of the request  7 reservation id
--- Answers {"reserved", id, expires_at} or {"refused", reason}, or {"key_reused"}; an answer
+-- Answers {"reserved", id, expires_at, log entry id} or {"refused", reason}, or {"key_reused"};
+-- an answer
 -- given for a key is given again for it ("replayed" first). A sale lost and not yet rebuilt
 -- answers {"refused", "rebuilding", rebuild_at}.
 
@@ -72,6 +73,10 @@ redis.call("HSET", KEYS[6], ARGV[7],
   "reserved" .. "\31" .. item .. "\31" .. buyer .. "\31" .. ARGV[4])
 -- Microseconds pass 2^31: written with %.0f, never in Lua's exponent notation.
 local expires_at = string.format("%.0f", now + tonumber(meta[4]))
-redis.call("XADD", KEYS[5], "*", "id", ARGV[7], "item", item, "buyer", buyer,
+local entry = redis.call("XADD", KEYS[5], "*", "id", ARGV[7], "item", item, "buyer", buyer,
   "quantity", ARGV[4], "at", ARGV[1], "expires_at", expires_at)
-return answer({"reserved", ARGV[7], expires_at})
+-- The log entry's id follows the answer remembered for the key (a replay has no entry of its
+-- own): whoever stores the reservation may drop the entry from the log.
+local reply = answer({"reserved", ARGV[7], expires_at})
+table.insert(reply, entry)
+return reply

@@ -230,7 +230,8 @@ async fn an_idempotency_key_gets_its_first_answer_again() {
         Decision::Reserved {
             id,
             expires_at,
-            replayed: true
+            replayed: true,
+            entry: None,
         }
     );
     // Another request with the key is refused; another buyer's key of the same name is theirs.
@@ -477,6 +478,68 @@ async fn the_stream_gives_each_reservation_to_one_consumer_until_it_is_acknowled
             .unwrap()
             .is_empty()
     );
+}
+
+/// Entries whose reservations were stored by the instance that decided them are dropped from
+/// the log: no writer is given them, before or after they were delivered.
+#[tokio::test]
+async fn entries_stored_already_are_dropped_and_never_read() {
+    let mut w = World::new().await;
+    let sale = w.sale(1, &[(1, 10)]).await;
+    w.sales
+        .ensure_group(&mut w.conn, sale, "writers")
+        .await
+        .unwrap();
+    let mut logged = Vec::new();
+    for i in 0..4 {
+        let Decision::Reserved { id, entry, .. } = w.reserve(sale, &format!("b{i}"), 1, None).await
+        else {
+            panic!("expected a reservation");
+        };
+        logged.push((id, entry.expect("a new reservation has its entry")));
+    }
+    // b0 and b1 were stored by their requests: dropped before any writer reads.
+    let dropped = [logged[0].1, logged[1].1];
+    assert_eq!(
+        w.sales.forget(&mut w.conn, sale, &dropped).await.unwrap(),
+        2
+    );
+    let read = w
+        .sales
+        .read_new(&mut w.conn, sale, "writers", "worker-a", 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = read.iter().map(|l| l.id).collect();
+    assert_eq!(ids, [logged[2].0, logged[3].0]);
+    // b2's request stored it while worker-a held it: dropped, it is not taken over.
+    w.sales
+        .forget(&mut w.conn, sale, &[logged[2].1])
+        .await
+        .unwrap();
+    let taken = w
+        .sales
+        .claim_stale(
+            &mut w.conn,
+            sale,
+            "writers",
+            "worker-b",
+            std::time::Duration::ZERO,
+            10,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<_> = taken.iter().map(|l| l.id).collect();
+    assert_eq!(ids, [logged[3].0]);
+    // With entries dropped Redis cannot count what is undelivered; the count still answers.
+    w.sales
+        .ack(&mut w.conn, sale, "writers", &entries(&taken))
+        .await
+        .unwrap();
+    w.sales
+        .trim_acknowledged(&mut w.conn, sale, "writers")
+        .await
+        .unwrap();
+    assert!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap() <= 1);
 }
 
 #[tokio::test]

@@ -11,8 +11,10 @@
 //! committed is unknown), and the ledger rebuilt at the next start has the truth of it.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use flashmart_domain::SaleId;
 
 use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
@@ -23,7 +25,7 @@ use crate::flash_sale::idempotency::{Answer, Claim};
 use crate::flash_sale::ledger::Hold;
 use crate::flash_sale::model::{JournalOp, JournalOutcome, ReservationRecord};
 use crate::health::{Heartbeat, StopGuard};
-use crate::ports::ReservationJournal;
+use crate::ports::{LogEntry, ReservationJournal};
 
 /// The most ops one transaction takes.
 const MAX_BATCH: usize = 2048;
@@ -65,13 +67,21 @@ struct Pending {
     has_op: bool,
     pledge: Option<Pledge>,
     reply: Option<Reply>,
+    /// The shared engine's log entry of the reservation the op stores: handed on once stored.
+    logged: Option<(SaleId, LogEntry)>,
 }
 
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
     tx: mpsc::Sender<Pending>,
     beat: Arc<Heartbeat>,
+    /// Log entries of the shared engine whose reservations are committed (see `stored_log`).
+    stored: Arc<Mutex<mpsc::Receiver<(SaleId, LogEntry)>>>,
 }
+
+/// How many committed log entries wait to be dropped from the engine's log; beyond that they
+/// are left there, for the log writers to find stored.
+const STORED_LOG_QUEUE: usize = 65_536;
 
 /// A batch taking this long is stuck (storage hung).
 const STUCK_AFTER: Duration = Duration::from_secs(30);
@@ -102,17 +112,6 @@ impl std::fmt::Debug for Pending {
 pub struct Slot<'a>(mpsc::Permit<'a, Pending>);
 
 impl Slot<'_> {
-    /// Queues `op` without waiting for its commit (what becomes of it is logged and counted
-    /// by the commit task, and nobody is told).
-    pub fn send_detached(self, op: JournalOp) {
-        self.0.send(Pending {
-            op: Some(op),
-            has_op: true,
-            pledge: None,
-            reply: None,
-        });
-    }
-
     /// Queues `op`, with what it owes once its transaction commits or fails.
     pub fn send(
         self,
@@ -125,6 +124,33 @@ impl Slot<'_> {
             has_op: true,
             pledge,
             reply: Some(reply),
+            logged: None,
+        });
+        rx
+    }
+
+    /// Queues `op`, which stores the reservation the shared engine logged at `logged`: once it
+    /// commits, the entry is handed on (`GroupCommit::stored_log`). `wait`: answers when it
+    /// commits; otherwise nobody is told (what becomes of it is logged and counted by the
+    /// commit task).
+    pub fn send_logged(
+        self,
+        op: JournalOp,
+        logged: Option<(SaleId, LogEntry)>,
+        wait: bool,
+    ) -> Option<oneshot::Receiver<Result<JournalOutcome, CommitFailed>>> {
+        let (reply, rx) = if wait {
+            let (reply, rx) = oneshot::channel();
+            (Some(reply), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.0.send(Pending {
+            op: Some(op),
+            has_op: true,
+            pledge: None,
+            reply,
+            logged,
         });
         rx
     }
@@ -135,10 +161,26 @@ impl GroupCommit {
     /// whatever is still queued first.
     pub fn start(journal: Arc<dyn ReservationJournal>, queue: usize) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let (stored_tx, stored_rx) = mpsc::channel(STORED_LOG_QUEUE);
         // Idle is fine: it runs when there is something to write.
         let beat = Heartbeat::new("group_commit", STUCK_AFTER, None);
-        let task = tokio::spawn(run(journal, rx, Arc::clone(&beat)));
-        (Self { tx, beat }, task)
+        let task = tokio::spawn(run(journal, rx, Arc::clone(&beat), stored_tx));
+        let stored = Arc::new(Mutex::new(stored_rx));
+        (Self { tx, beat, stored }, task)
+    }
+
+    /// The shared engine's log entries whose reservations were committed since the last call
+    /// (at most `max`).
+    pub fn stored_log(&self, max: usize) -> Vec<(SaleId, LogEntry)> {
+        let mut stored = self.stored.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        while out.len() < max {
+            match stored.try_recv() {
+                Ok(entry) => out.push(entry),
+                Err(_) => break,
+            }
+        }
+        out
     }
 
     /// The commit task's heartbeat, for readiness.
@@ -170,6 +212,7 @@ impl GroupCommit {
             has_op: true,
             pledge: None,
             reply: None,
+            logged: None,
         };
         if self.tx.try_send(pending).is_err() {
             metrics::counter!("flash_sale_journal_dropped_total").increment(1);
@@ -187,6 +230,7 @@ impl GroupCommit {
             has_op: false,
             pledge: None,
             reply: Some(reply),
+            logged: None,
         });
         let _ = rx.await;
     }
@@ -196,6 +240,7 @@ async fn run(
     journal: Arc<dyn ReservationJournal>,
     mut rx: mpsc::Receiver<Pending>,
     beat: Arc<Heartbeat>,
+    stored_log: mpsc::Sender<(SaleId, LogEntry)>,
 ) {
     let _stopped = StopGuard(Arc::clone(&beat));
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
@@ -240,6 +285,10 @@ async fn run(
                 for mut pending in batch.drain(..) {
                     if let Some(pledge) = pending.pledge.take() {
                         pledge.kept();
+                    }
+                    if let Some(logged) = pending.logged.take() {
+                        // Full: left in the log, where a writer finds it stored.
+                        let _ = stored_log.try_send(logged);
                     }
                     let outcome = if pending.has_op {
                         outcomes.next().unwrap_or(JournalOutcome::Done)

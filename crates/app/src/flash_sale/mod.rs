@@ -31,7 +31,7 @@ use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
 use crate::flash_sale::model::{JournalOp, SaleRecord};
 use crate::page::PageRequest;
-use crate::ports::{FlashSaleStore, ReservationJournal, SettleTo, SharedEngine};
+use crate::ports::{FlashSaleStore, LogEntry, ReservationJournal, SettleTo, SharedEngine};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SaleError {
@@ -427,6 +427,18 @@ impl FlashSales {
         };
         let writer = self.writer.as_str();
         let _turn = self.writing.lock().await;
+        // What this instance's requests stored is dropped from the logs first: most entries,
+        // which no writer then reads.
+        let mut stored: std::collections::HashMap<SaleId, Vec<LogEntry>> = Default::default();
+        for (sale, entry) in self.commit.stored_log(usize::MAX) {
+            stored.entry(sale).or_default().push(entry);
+        }
+        for (sale, entries) in stored {
+            if let Err(err) = engine.forget_logged(sale, &entries).await {
+                // Left in the log: read below, found stored, acknowledged.
+                tracing::warn!(%err, %sale, "stored reservations could not be dropped from the log");
+            }
+        }
         // Sales made on other instances since this one started have logs too.
         let now = self.clock.now();
         let mut page = PageRequest::new(Some(1), Some(PageRequest::MAX_PER_PAGE));

@@ -251,12 +251,13 @@ impl FlashSales {
                 .map_err(unavailable)?;
             decision = engine.reserve(&request).await.map_err(unavailable)?;
         }
-        let (id, expires_at, replayed) = match decision {
+        let (id, expires_at, replayed, logged) = match decision {
             SharedDecision::Reserved {
                 id,
                 expires_at,
                 replayed,
-            } => (id, expires_at, replayed),
+                logged,
+            } => (id, expires_at, replayed, logged),
             SharedDecision::Refused { refusal, replayed } => {
                 self.counters.count(if replayed {
                     Counted::Replayed
@@ -282,18 +283,20 @@ impl FlashSales {
                 .ok_or(SaleError::ItemNotFound)?;
         let record = Arc::clone(&decided.record);
         let op = JournalOp::Record(Box::new(decided));
-        if self.settings.ack == Ack::Engine {
+        // Once stored, its log entry can go: no writer needs to read it.
+        let logged = logged.map(|entry| (sale_id, entry));
+        let Some(committed) = slot.send_logged(op, logged, self.settings.ack == Ack::Database)
+        else {
             // Answered now, as durable as the engine's log: the write is queued, and should it
             // fail or this instance die first, a log writer stores the reservation.
-            slot.send_detached(op);
             self.counters.count(if replayed {
                 Counted::Replayed
             } else {
                 Counted::Reserved
             });
             return Ok(record);
-        }
-        match slot.send(op, None).await {
+        };
+        match committed.await {
             Ok(Ok(_)) => {
                 self.counters.count(if replayed {
                     Counted::Replayed

@@ -104,6 +104,10 @@ pub struct SharedReserve<'a> {
     pub now: OffsetDateTime,
 }
 
+/// A reservation's entry in its sale's log (Redis: a stream entry id, `ms-seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogEntry(pub u64, pub u64);
+
 /// What a shared engine decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedDecision {
@@ -112,6 +116,9 @@ pub enum SharedDecision {
         id: ReservationId,
         expires_at: OffsetDateTime,
         replayed: bool,
+        /// Where the engine logged it (none for a replay): once the records hold it, the
+        /// entry may go (`SharedEngine::forget_logged`).
+        logged: Option<LogEntry>,
     },
     Refused {
         refusal: Refusal,
@@ -188,4 +195,7 @@ pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
     /// The entries are stored: they leave the log. Returns how many entries wait in the log
     /// still (given to no writer, or not acknowledged).
     async fn ack_logged(&self, sale: SaleId, entries: &[String]) -> Result<u64, StoreError>;
+    /// Drops log entries whose reservations the records hold (stored by the instance that
+    /// decided them), so that no writer reads them. Returns how many went.
+    async fn forget_logged(&self, sale: SaleId, entries: &[LogEntry]) -> Result<u64, StoreError>;
 }
