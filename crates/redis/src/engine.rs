@@ -135,6 +135,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                     quantity: request.quantity,
                     idempotency_key: request.idempotency_key,
                     now: request.now,
+                    buyer_ref: request.buyer_ref,
                 },
             )
             .await
@@ -233,6 +234,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                     buyer: BuyerId(buyer),
                     quantity: logged.quantity,
                     expires_at: logged.expires_at,
+                    buyer_ref: logged.buyer_ref,
                 })
             })
             .collect()

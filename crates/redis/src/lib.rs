@@ -79,6 +79,9 @@ pub struct ReserveRequest<'a> {
     pub quantity: u32,
     pub idempotency_key: Option<&'a str>,
     pub now: OffsetDateTime,
+    /// The name the caller gave the buyer (the contest API's users), logged with the
+    /// reservation: it is stored without an order.
+    pub buyer_ref: Option<&'a str>,
 }
 
 /// What the script decided.
@@ -388,7 +391,8 @@ impl RedisSales {
             .arg(request.quantity)
             .arg(request.idempotency_key.unwrap_or(""))
             .arg(fingerprint)
-            .arg(id.as_uuid().to_string());
+            .arg(id.as_uuid().to_string())
+            .arg(request.buyer_ref.unwrap_or(""));
         let reply: Vec<String> = invocation.invoke_async(conn).await?;
         decide(&reply)
     }

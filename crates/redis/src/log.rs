@@ -24,6 +24,8 @@ pub struct Logged {
     pub quantity: u32,
     pub at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// The name the caller gave the buyer, for the contest API's buyers.
+    pub buyer_ref: Option<String>,
 }
 
 fn text(entry: &StreamId, field: &str) -> Result<String, RedisError> {
@@ -55,6 +57,11 @@ fn logged(entry: &StreamId) -> Result<Logged, RedisError> {
         quantity: u32::try_from(number("quantity")?).map_err(|_| protocol("quantity"))?,
         at: time("at")?,
         expires_at: time("expires_at")?,
+        buyer_ref: entry
+            .map
+            .contains_key("ref")
+            .then(|| text(entry, "ref"))
+            .transpose()?,
     })
 }
 

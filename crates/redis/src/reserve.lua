@@ -8,6 +8,7 @@
 --       6 reservations (hash: id -> state \31 item \31 buyer \31 quantity; see settle.lua)
 -- ARGV: 1 now (us)  2 item  3 buyer  4 quantity  5 idempotency key ("" for none)
 --       6 fingerprint of the request  7 reservation id
+--       8 the name the caller gave the buyer ("" for a user; the contest API's), logged as "ref"
 -- Answers {"reserved", id, expires_at, log entry id} or {"refused", reason}, or {"key_reused"};
 -- an answer
 -- given for a key is given again for it ("replayed" first). A sale lost and not yet rebuilt
@@ -73,8 +74,14 @@ redis.call("HSET", KEYS[6], ARGV[7],
   "reserved" .. "\31" .. item .. "\31" .. buyer .. "\31" .. ARGV[4])
 -- Microseconds pass 2^31: written with %.0f, never in Lua's exponent notation.
 local expires_at = string.format("%.0f", now + tonumber(meta[4]))
-local entry = redis.call("XADD", KEYS[5], "*", "id", ARGV[7], "item", item, "buyer", buyer,
-  "quantity", ARGV[4], "at", ARGV[1], "expires_at", expires_at)
+local fields = {"id", ARGV[7], "item", item, "buyer", buyer, "quantity", ARGV[4],
+  "at", ARGV[1], "expires_at", expires_at}
+if ARGV[8] ~= "" then
+  -- A buyer named by the caller (the contest API), not a user: stored without an order.
+  table.insert(fields, "ref")
+  table.insert(fields, ARGV[8])
+end
+local entry = redis.call("XADD", KEYS[5], "*", unpack(fields))
 -- The log entry's id follows the answer remembered for the key (a replay has no entry of its
 -- own): whoever stores the reservation may drop the entry from the log.
 local reply = answer({"reserved", ARGV[7], expires_at})

@@ -155,6 +155,7 @@ fn ask<'a>(sale: SaleId, buyer: &'a str, key: Option<&'a str>) -> ReserveRequest
         quantity: 1,
         idempotency_key: key,
         now: now(),
+        buyer_ref: None,
     }
 }
 
@@ -318,6 +319,7 @@ async fn the_shared_engine_runs_on_the_cluster_client() {
         quantity: 1,
         idempotency_key: None,
         now: now(),
+        buyer_ref: None,
     };
     for id in &ids {
         let mut first = None;

@@ -84,6 +84,7 @@ impl World {
                     quantity,
                     idempotency_key: key,
                     now: now(),
+                    buyer_ref: None,
                 },
             )
             .await
@@ -183,6 +184,7 @@ async fn the_window_the_sale_and_the_item_are_checked() {
         quantity: 1,
         idempotency_key: None,
         now: at,
+        buyer_ref: None,
     };
     let refused = |refusal| Decision::Refused {
         refusal,
@@ -277,6 +279,7 @@ async fn racing_buyers_take_exactly_the_stock() {
                             quantity: 1,
                             idempotency_key: Some("once"),
                             now: now(),
+                            buyer_ref: None,
                         },
                     )
                     .await
@@ -390,6 +393,7 @@ async fn a_buyer_the_scripts_cannot_store_is_refused_before_redis() {
         quantity: 1,
         idempotency_key: None,
         now: now(),
+        buyer_ref: None,
     };
     assert!(w.sales.reserve(&mut w.conn, &request).await.is_err());
     assert_eq!(w.remaining(sale).await, 1);
@@ -761,6 +765,7 @@ async fn racing_loads_and_reservations_sell_the_stock_once() {
                         quantity: 1,
                         idempotency_key: None,
                         now: now(),
+                        buyer_ref: None,
                     },
                 )
                 .await

@@ -644,12 +644,6 @@ impl Config {
                 "\"redis\" needs the shared engine: set redis.url (or redis.cluster_nodes)",
             );
         }
-        if self.redis.is_set() && self.compat.contest {
-            return invalid(
-                "compat.contest",
-                "the contest API runs only on the in-process engine (unset redis.url)",
-            );
-        }
         if !(1..=1000).contains(&self.database.max_connections) {
             return invalid("database.max_connections", "must be between 1 and 1000");
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use flashmart_domain::flash_sale::Recurrence;
-use flashmart_domain::{Currency, SaleId, ScheduleId};
+use flashmart_domain::{Currency, ReservationId, SaleId, ScheduleId};
 use time::OffsetDateTime;
 
 use super::contest_book::Decision;
@@ -13,10 +13,10 @@ use super::reserve::Reserver;
 use super::{FlashSales, SaleError};
 use crate::error::StoreError;
 use crate::flash_sale::model::{
-    BuyerId, CheckoutAttempt, JournalOp, JournalOutcome, PurchaseOutcome, ReservationRecord,
-    Schedule, parse_reservation_code,
+    BuyerId, CheckoutAttempt, JournalOp, JournalOutcome, PurchaseOutcome, Released,
+    ReservationRecord, Schedule, parse_reservation_code,
 };
-use crate::ports::FlashSaleStore;
+use crate::ports::{FlashSaleStore, SettleTo, SharedEngine};
 
 /// The schedule behind the contest's hourly sale.
 pub const CONTEST_SCHEDULE: &str = "contest";
@@ -72,7 +72,9 @@ impl FlashSales {
         };
         let (outcome, code) = match &result {
             Ok(record) => {
-                self.book_checkout(record);
+                if self.shared.is_none() {
+                    self.book_checkout(record);
+                }
                 ("reserved", Some(record.code()))
             }
             Err(e) => (attempt_label(e), None),
@@ -125,7 +127,13 @@ impl FlashSales {
             user: None,
             buyer_ref: Some(user.to_owned()),
         };
-        self.reserve_as(who, sale, item_no, 1, None).await
+        match &self.shared {
+            Some(engine) => {
+                self.reserve_shared(engine.as_ref(), &who, sale, item_no, 1, None)
+                    .await
+            }
+            None => self.reserve_as(who, sale, item_no, 1, None).await,
+        }
     }
 
     /// Enters a checkout just made in the contest book, with what its purchase answers.
@@ -144,6 +152,9 @@ impl FlashSales {
     /// by the group commit (contest_book.rs); any other is looked up in storage.
     pub async fn contest_purchase(&self, code: &str) -> Result<PurchaseOutcome, SaleError> {
         let id = parse_reservation_code(code).ok_or(SaleError::ReservationNotFound)?;
+        if let Some(engine) = &self.shared {
+            return self.contest_purchase_shared(engine.as_ref(), id).await;
+        }
         let slot = self.commit_slot().await?;
         // Storage keeps whole microseconds: the answer must be the same after a restart.
         let now = self.clock.now();
@@ -175,6 +186,12 @@ impl FlashSales {
             }
             Decision::Unknown => {}
         }
+        self.purchase_stored(id).await
+    }
+
+    /// A purchase the records decide (a reservation the contest book does not hold, or any
+    /// with a shared engine): purchased unless it expired, the same answer every time.
+    async fn purchase_stored(&self, id: ReservationId) -> Result<PurchaseOutcome, SaleError> {
         let outcome = self
             .commit
             .submit(JournalOp::Purchase {
@@ -195,6 +212,38 @@ impl FlashSales {
                 "the journal did not answer the purchase".into(),
             )),
         }
+    }
+
+    /// With a shared engine: the records decide (a purchase races an expiry there, under the
+    /// reservation's row lock), then the engine is told, once. A reservation answered but not
+    /// stored yet (`Ack::Engine`) is stored first.
+    async fn contest_purchase_shared(
+        &self,
+        engine: &dyn SharedEngine,
+        id: ReservationId,
+    ) -> Result<PurchaseOutcome, SaleError> {
+        let outcome = match self.purchase_stored(id).await {
+            Err(SaleError::ReservationNotFound) => {
+                self.catch_up().await?;
+                self.purchase_stored(id).await?
+            }
+            other => other?,
+        };
+        if let PurchaseOutcome::Purchased { reservation, .. } = &outcome {
+            let released = Released {
+                reservation: reservation.id,
+                sale_id: reservation.sale_id,
+                item_no: reservation.item_no,
+                buyer: reservation.buyer,
+                quantity: reservation.quantity,
+            };
+            if let Err(err) = engine.settle(&released, SettleTo::Purchased).await {
+                // Bought in the records; the engine still holds its units as reserved, which
+                // keeps them off sale all the same.
+                tracing::warn!(%err, reservation = %reservation.id, "a contest purchase could not be recorded in the shared engine");
+            }
+        }
+        Ok(outcome)
     }
 
     pub fn contest_enabled(&self) -> bool {

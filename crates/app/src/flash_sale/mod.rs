@@ -204,11 +204,6 @@ impl FlashSales {
     ) -> Result<(Self, JoinHandle<()>), StoreError> {
         let now = clock.now();
         let shared = settings.shared_engine.clone();
-        if shared.is_some() && settings.contest {
-            return Err(StoreError::Other(
-                "the contest API runs only on the in-process engine, not on a shared one".into(),
-            ));
-        }
         let ledger = Ledger::default();
         // With a shared engine the ledger only mirrors its stock; a sale the engine lost is
         // found by the first reservation for it, and rebuilt after the grace.
@@ -489,6 +484,7 @@ impl FlashSales {
                         entry.quantity,
                         entry.expires_at,
                         None,
+                        entry.buyer_ref.clone(),
                     )
                     .ok_or_else(|| {
                         StoreError::Other(

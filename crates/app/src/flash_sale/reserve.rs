@@ -55,10 +55,15 @@ impl FlashSales {
             validate_key(key)?;
         }
         if let Some(engine) = &self.shared {
+            let who = Reserver {
+                buyer,
+                user: Some(user),
+                buyer_ref: None,
+            };
             return self
                 .reserve_shared(
                     engine.as_ref(),
-                    user,
+                    &who,
                     sale,
                     item_no,
                     quantity,
@@ -180,10 +185,10 @@ impl FlashSales {
     /// order) by the group commit before the answer. A replayed answer is written again (a
     /// write of the same rows changes nothing), so the answer for a key is always one the
     /// records hold, even when the first request's write failed.
-    async fn reserve_shared(
+    pub(super) async fn reserve_shared(
         &self,
         engine: &dyn SharedEngine,
-        user: UserId,
+        who: &Reserver,
         sale_id: SaleId,
         item_no: u32,
         quantity: u32,
@@ -199,7 +204,7 @@ impl FlashSales {
                 }
             },
         };
-        let buyer = BuyerId::user(user);
+        let buyer = who.buyer;
         // Room in the commit queue before the engine decides: a reservation decided is then
         // written at the next batch, never held back behind a full queue (the grace before a
         // lost sale is rebuilt counts on its write landing soon).
@@ -211,6 +216,7 @@ impl FlashSales {
             quantity,
             idempotency_key,
             now: self.clock.now(),
+            buyer_ref: who.buyer_ref.as_deref(),
         };
         // Asked again after a sale is loaded or rebuilt; a third time is not needed.
         let mut decision = engine.reserve(&request).await.map_err(unavailable)?;
@@ -278,9 +284,17 @@ impl FlashSales {
             key: key.to_owned(),
             fingerprint: idempotency::fingerprint(sale_id, item_no, quantity),
         });
-        let decided =
-            decided_reservation(&sale, id, item_no, buyer, quantity, expires_at, idempotency)
-                .ok_or(SaleError::ItemNotFound)?;
+        let decided = decided_reservation(
+            &sale,
+            id,
+            item_no,
+            buyer,
+            quantity,
+            expires_at,
+            idempotency,
+            who.buyer_ref.clone(),
+        )
+        .ok_or(SaleError::ItemNotFound)?;
         let record = Arc::clone(&decided.record);
         let op = JournalOp::Record(Box::new(decided));
         // Once stored, its log entry can go: no writer needs to read it.
@@ -368,6 +382,7 @@ impl FlashSales {
 /// that asked for it, again by a replay of its key, or by the log writer, always the same rows.
 /// Its creation time is derived from what the engine answered, and its order's id is its own.
 /// `None` when the sale has no such item.
+#[allow(clippy::too_many_arguments)] // the fields of one logged reservation
 pub(super) fn decided_reservation(
     sale: &LiveSale,
     id: ReservationId,
@@ -376,26 +391,27 @@ pub(super) fn decided_reservation(
     quantity: u32,
     expires_at: time::OffsetDateTime,
     idempotency: Option<IdempotencyRecord>,
+    buyer_ref: Option<String>,
 ) -> Option<NewReservation> {
     let (item_name, unit_price_cents) = sale.item(item_no)?;
+    // Buyers of the API are users, with an order; the contest's caller-named buyers have none.
+    let user = buyer_ref.is_none().then(|| UserId::from_uuid(buyer.0));
     let record = ReservationRecord {
         id,
         sale_id: sale.record.id,
         item_no,
         buyer,
-        buyer_ref: None,
+        buyer_ref,
         quantity,
         status: ReservationStatus::Reserved,
         created_at: expires_at - sale.record.rules.reservation_ttl(),
         expires_at,
-        order_id: Some(OrderId::from_uuid(*id.as_uuid())),
+        order_id: user.map(|_| OrderId::from_uuid(*id.as_uuid())),
         purchased_at: None,
     };
     Some(NewReservation {
         record: Arc::new(record),
-        // Buyers of the API are users (the contest's caller-named buyers never reach a shared
-        // engine).
-        user_id: Some(UserId::from_uuid(buyer.0)),
+        user_id: user,
         unit_price_cents,
         item_name,
         currency: sale.record.currency,

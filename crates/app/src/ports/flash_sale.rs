@@ -102,6 +102,9 @@ pub struct SharedReserve<'a> {
     pub quantity: u32,
     pub idempotency_key: Option<&'a str>,
     pub now: OffsetDateTime,
+    /// The name the caller gave the buyer (the contest API's users, who have no account):
+    /// logged with the reservation, which is then stored without an order.
+    pub buyer_ref: Option<&'a str>,
 }
 
 /// A reservation's entry in its sale's log (Redis: a stream entry id, `ms-seq`).
@@ -154,6 +157,8 @@ pub struct LoggedReservation {
     pub buyer: BuyerId,
     pub quantity: u32,
     pub expires_at: OffsetDateTime,
+    /// Set for the contest API's caller-named buyers.
+    pub buyer_ref: Option<String>,
 }
 
 /// A reservation engine that every instance shares (Redis): it decides each reservation

@@ -226,6 +226,41 @@ fn stampede_contest_sells_exactly_10000() {
             ("FLASHMART__RATE_LIMIT__ENABLED", "false"),
         ],
     );
+    contest_stampede(&server);
+}
+
+/// The same in scaled mode, checkouts decided in Redis and answered once Redis has them, and
+/// purchases decided by PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stampede_contest_sells_exactly_10000_in_scaled_mode() {
+    let schema = flashmart_postgres::testing::TestSchema::create().await;
+    let redis_url = std::env::var("FLASHMART_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("test:{}:", schema.name());
+    let mut config = flashmart_server::Config::default();
+    config.redis.url = Some(flashmart_server::config::Secret::new(redis_url.clone()));
+    config.redis.key_prefix = prefix.clone();
+    let _keys = crate::support::RedisKeys::of(&config);
+    let dir = tempfile::tempdir().unwrap();
+    let url = schema.url();
+    let server = Server::start(
+        dir.path(),
+        &["demo"],
+        &[
+            ("FLASHMART__COMPAT__CONTEST", "true"),
+            ("FLASHMART__RATE_LIMIT__ENABLED", "false"),
+            ("FLASHMART__DATABASE__URL", &url),
+            ("FLASHMART__REDIS__URL", &redis_url),
+            ("FLASHMART__REDIS__KEY_PREFIX", &prefix),
+            ("FLASHMART__FLASH_SALE__ACK", "redis"),
+        ],
+    );
+    tokio::task::spawn_blocking(move || contest_stampede(&server))
+        .await
+        .unwrap();
+}
+
+fn contest_stampede(server: &Server) {
     let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
         .args([
             "stampede",

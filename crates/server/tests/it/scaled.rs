@@ -293,6 +293,7 @@ async fn the_log_writer_stores_what_no_instance_stored() {
                 quantity: 1,
                 idempotency_key: None,
                 now: flashmart_app::Clock::now(&a.clock),
+                buyer_ref: None,
             },
         )
         .await
@@ -446,4 +447,59 @@ async fn answered_by_redis_a_reservation_waits_for_no_database() {
         (Some(1), Some(4)),
         "{numbers}"
     );
+}
+
+/// The contest API in scaled mode: a caller-named user's 10 checkouts are 10 whichever instance
+/// takes them, a code made on one instance is bought on the other (the same answer every time),
+/// and a reservation past its hour cannot be bought.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_contest_api_sells_across_instances() {
+    use axum::http::Method;
+    let (a, b) = two_instances_with(|c| {
+        c.compat.contest = true;
+        c.flash_sale.ack = flashmart_server::config::AckChoice::Redis;
+    })
+    .await;
+    let checkout = |app: &TestApp, item: u32| {
+        app.compat(Method::POST, &format!("/checkout?user_id=u1&id={item}"))
+            .send()
+    };
+    let mut codes = Vec::new();
+    for item in 1..=10 {
+        let on = if item % 2 == 0 { &a } else { &b };
+        let res = checkout(on, item).await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+        codes.push(res.json()["code"].as_str().unwrap().to_owned());
+    }
+    checkout(&a, 11)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60005);
+    checkout(&b, 12)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60005);
+    // Item 1 is u1's: another user finds it sold out on either instance.
+    a.compat(Method::POST, "/checkout?user_id=u2&id=1")
+        .send()
+        .await
+        .assert_error(StatusCode::CONFLICT, 60004);
+
+    // Made on b, bought on a; again on b, the same answer.
+    let buy = |app: &TestApp, code: &str| {
+        app.compat(Method::POST, &format!("/purchase?code={code}"))
+            .send()
+    };
+    let first = buy(&a, &codes[0]).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let again = buy(&b, &codes[0]).await;
+    assert_eq!(again.json(), first.json());
+    assert_eq!(first.json()["user_id"], "u1");
+    assert_eq!(first.json()["item"]["id"], 1);
+
+    // An hour on: the rest expired and cannot be bought; the one bought stays bought.
+    a.clock.advance(Duration::minutes(61));
+    b.clock.advance(Duration::minutes(61));
+    buy(&b, &codes[1])
+        .await
+        .assert_error(StatusCode::CONFLICT, 60009);
+    assert_eq!(buy(&a, &codes[0]).await.json(), first.json());
 }

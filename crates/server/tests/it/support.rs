@@ -77,7 +77,7 @@ pub async fn records_for(config: &mut Config) -> Option<flashmart_postgres::test
     }
     let schema = flashmart_postgres::testing::TestSchema::create().await;
     config.database.url = Some(flashmart_server::config::Secret::new(schema.url()));
-    if on_redis() && !config.compat.contest {
+    if on_redis() {
         // The shared engine on the local Redis, under a key prefix of this test's own.
         let url = std::env::var("FLASHMART_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -91,7 +91,7 @@ pub async fn records_for(config: &mut Config) -> Option<flashmart_postgres::test
 }
 
 /// Whether this run decides reservations in Redis (`FLASHMART_TEST_ENGINE=redis`, with
-/// `FLASHMART_TEST_RECORDS=postgres`; the contest API's tests stay on the in-process engine).
+/// `FLASHMART_TEST_RECORDS=postgres`).
 /// `FLASHMART_TEST_ACK=redis` answers them as soon as Redis has (`flash_sale.ack = "redis"`).
 pub fn on_redis() -> bool {
     on_postgres() && std::env::var("FLASHMART_TEST_ENGINE").is_ok_and(|v| v == "redis")
