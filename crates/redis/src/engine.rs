@@ -240,6 +240,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
             .collect()
     }
 
+    async fn retire(&self, sale: SaleId, at: time::OffsetDateTime) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.sales
+            .retire(&mut conn, sale, at)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn forget_logged(&self, sale: SaleId, entries: &[LogEntry]) -> Result<u64, StoreError> {
         let entries: Vec<(u64, u64)> = entries.iter().map(|e| (e.0, e.1)).collect();
         let mut conn = self.conn.clone();

@@ -265,6 +265,24 @@ impl RedisSales {
         pipe.query_async::<()>(conn).await
     }
 
+    /// Gives every key of the sale an expiry at `at` (keys made after this keep none: it is
+    /// for a sale that has ended, when nothing but settlements and replays touches them).
+    pub async fn retire<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        at: OffsetDateTime,
+    ) -> Result<(), RedisError> {
+        let keys = self.keys(sale);
+        let ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in keys.for_reserve() {
+            pipe.cmd("PEXPIREAT").arg(key).arg(ms).ignore();
+        }
+        pipe.query_async::<()>(conn).await
+    }
+
     /// Marks a sale Redis does not hold as lost, to be rebuilt no sooner than `rebuild_at`
     /// (the first mark's time is kept), unless it is there (`lost.lua`).
     pub async fn mark_lost<C: ConnectionLike>(

@@ -33,9 +33,10 @@ if key ~= "" then
 end
 
 -- Remembered for the key, except that a sale which does not exist is not (made-up sale ids
--- must not fill the table).
+-- must not fill the table), nor an ended one (the answer cannot change, and an ended sale's
+-- keys are on their way out).
 local function answer(reply)
-  if key ~= "" and reply[2] ~= "no_sale" then
+  if key ~= "" and reply[2] ~= "no_sale" and reply[2] ~= "ended" then
     redis.call("HSET", KEYS[4], field, fingerprint .. "\31" .. cjson.encode(reply))
   end
   return reply

@@ -459,6 +459,18 @@ impl FlashSales {
         let mut written = 0;
         let mut waiting = 0;
         for sale in self.ledger.all() {
+            let ended_at = sale.record.rules.window().ends_at();
+            if now >= ended_at && !sale.retired() {
+                // Nothing reserves any more; settlements can come until the last reservation
+                // expires, and replays of an idempotency key for a day after it was used.
+                let at = ended_at + sale.record.rules.reservation_ttl() + KEY_LIFETIME;
+                match engine.retire(sale.record.id, at).await {
+                    Ok(()) => sale.set_retired(),
+                    Err(err) => {
+                        tracing::warn!(%err, sale = %sale.record.id, "an ended sale's keys could not be given their expiry; will retry");
+                    }
+                }
+            }
             loop {
                 let logged = engine
                     .take_logged(sale.record.id, writer, BATCH, stale_after)

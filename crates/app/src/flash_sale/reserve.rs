@@ -196,15 +196,24 @@ impl FlashSales {
     ) -> Result<Arc<ReservationRecord>, SaleError> {
         let sale = match self.ledger.get(&sale_id) {
             Some(sale) => sale,
-            None => match self.load_sale(sale_id).await? {
-                Ok(sale) => sale,
-                Err(refusal) => {
-                    self.counters.count(Counted::Refused(refusal));
-                    return Err(refusal.into());
+            // Made by another instance: mirrored here, ended or not (a key's answer from
+            // before the end is replayed by the engine).
+            None => match self.store.live_sale(sale_id).await? {
+                Some(state) => self.ledger.install(state, self.clock.now()),
+                None => {
+                    self.counters.count(Counted::Refused(Refusal::SaleNotFound));
+                    return Err(Refusal::SaleNotFound.into());
                 }
             },
         };
         let buyer = who.buyer;
+        // Ended is answered here (the engine's copy of an ended sale expires, see `retire`),
+        // except to a key, which may replay an answer given before the end.
+        let ended = sale.record.rules.window().phase(self.clock.now()) == SalePhase::Ended;
+        if ended && idempotency_key.is_none() {
+            self.counters.count(Counted::Refused(Refusal::Ended));
+            return Err(Refusal::Ended.into());
+        }
         // Room in the commit queue before the engine decides: a reservation decided is then
         // written at the next batch, never held back behind a full queue (the grace before a
         // lost sale is rebuilt counts on its write landing soon).
@@ -222,6 +231,11 @@ impl FlashSales {
         let mut decision = engine.reserve(&request).await.map_err(unavailable)?;
         for _ in 0..2 {
             let rebuild_at = match decision {
+                // Expired with the rest of an ended sale: nothing to rebuild.
+                SharedDecision::Missing if ended => {
+                    self.counters.count(Counted::Refused(Refusal::Ended));
+                    return Err(Refusal::Ended.into());
+                }
                 SharedDecision::Missing => {
                     // Made on another instance whose load failed, or lost by the engine with
                     // reservations whose writes may still be on their way: marked lost, and
@@ -335,8 +349,6 @@ impl FlashSales {
             Some(state) if state.sale.rules.window().phase(now) == SalePhase::Ended => {
                 Err(Refusal::Ended)
             }
-            // With a shared engine, only the mirror: the engine is asked first and loads the
-            // sale when it must (`reserve_shared`).
             Some(state) => Ok(self.ledger.install(state, now)),
             None => Err(Refusal::SaleNotFound),
         })

@@ -200,6 +200,9 @@ pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
     /// The entries are stored: they leave the log. Returns how many entries wait in the log
     /// still (given to no writer, or not acknowledged).
     async fn ack_logged(&self, sale: SaleId, entries: &[String]) -> Result<u64, StoreError>;
+    /// Gives everything the engine holds of an ended sale an expiry at `at` (after the last
+    /// settlement and idempotent replay it can see): the engine does not keep sales for ever.
+    async fn retire(&self, sale: SaleId, at: OffsetDateTime) -> Result<(), StoreError>;
     /// Drops log entries whose reservations the records hold (stored by the instance that
     /// decided them), so that no writer reads them. Returns how many went.
     async fn forget_logged(&self, sale: SaleId, entries: &[LogEntry]) -> Result<u64, StoreError>;

@@ -503,3 +503,63 @@ async fn the_contest_api_sells_across_instances() {
         .assert_error(StatusCode::CONFLICT, 60009);
     assert_eq!(buy(&a, &codes[0]).await.json(), first.json());
 }
+
+/// Redis does not keep a sale for ever: once it has ended, every key of it is given an expiry a
+/// day after its last reservation can have run out. Until then a key's answer is replayed; a
+/// request without one is refused as ended without asking Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ended_sale_leaves_redis_in_its_own_time() {
+    let (a, b) = two_instances().await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[5], 2).await;
+    let (buyer, _) = a.customer("buyer@example.com", "buyer password").await;
+    let keyed = |app: &TestApp, token: &str, key: &str| {
+        app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
+            .bearer(token)
+            .header("idempotency-key", key)
+            .json(&serde_json::json!({"item_id": 1, "quantity": 1}))
+            .send()
+    };
+    let first = keyed(&a, &buyer, "before-the-end").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let ends_at = a
+        .get(&format!("/api/v1/flash-sales/{sale}"))
+        .send()
+        .await
+        .data()["ends_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ends_at =
+        time::OffsetDateTime::parse(&ends_at, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+
+    a.clock.advance(Duration::minutes(61));
+    b.clock.advance(Duration::minutes(61));
+    let (buyer, _) = b.login("buyer@example.com", "buyer password").await;
+    let again = keyed(&b, &buyer, "before-the-end").await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+    assert_eq!(again.data(), first.data());
+    reserve(&b, &buyer, &sale, 1, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60003);
+    keyed(&b, &buyer, "after-the-end")
+        .await
+        .assert_error(StatusCode::CONFLICT, 60003);
+
+    a.services.state.flash_sales.write_logged().await.unwrap();
+    let url = a.config.redis.url.as_ref().unwrap().expose().to_owned();
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", a.config.redis.key_prefix))
+        .query(&mut conn)
+        .unwrap();
+    let expected = ends_at + Duration::seconds(600) + Duration::days(1);
+    let expected_ms = i64::try_from(expected.unix_timestamp_nanos() / 1_000_000).unwrap();
+    // meta, stock, held, keys, log, reservations
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    for key in &keys {
+        let at: i64 = redis::cmd("PEXPIRETIME").arg(key).query(&mut conn).unwrap();
+        assert_eq!(at, expected_ms, "{key}");
+    }
+}
