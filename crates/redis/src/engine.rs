@@ -136,6 +136,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                     idempotency_key: request.idempotency_key,
                     now: request.now,
                     buyer_ref: request.buyer_ref,
+                    max_keys: request.max_keys,
                 },
             )
             .await
@@ -160,6 +161,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                 SharedDecision::Refused { refusal, replayed }
             }
             Decision::KeyReused => SharedDecision::KeyReused,
+            Decision::TooManyKeys => SharedDecision::TooManyKeys,
             Decision::Rebuilding { at } => SharedDecision::Rebuilding { at },
         })
     }

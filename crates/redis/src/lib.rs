@@ -29,6 +29,7 @@ pub struct SaleKeys {
     pub keys: String,
     pub log: String,
     pub reservations: String,
+    pub key_counts: String,
 }
 
 impl SaleKeys {
@@ -41,10 +42,11 @@ impl SaleKeys {
             keys: format!("{tag}:keys"),
             log: format!("{tag}:log"),
             reservations: format!("{tag}:reservations"),
+            key_counts: format!("{tag}:key_counts"),
         }
     }
 
-    fn for_reserve(&self) -> [&str; 6] {
+    fn for_reserve(&self) -> [&str; 7] {
         [
             &self.meta,
             &self.stock,
@@ -52,6 +54,7 @@ impl SaleKeys {
             &self.keys,
             &self.log,
             &self.reservations,
+            &self.key_counts,
         ]
     }
 }
@@ -82,6 +85,8 @@ pub struct ReserveRequest<'a> {
     /// The name the caller gave the buyer (the contest API's users), logged with the
     /// reservation: it is stored without an order.
     pub buyer_ref: Option<&'a str>,
+    /// `Idempotency-Key`s one buyer may have remembered in the sale (0: no cap).
+    pub max_keys: u32,
 }
 
 /// What the script decided.
@@ -101,6 +106,8 @@ pub enum Decision {
     },
     /// The key was used before with another request.
     KeyReused,
+    /// A new key, and the buyer has as many remembered in the sale as they may.
+    TooManyKeys,
     /// The sale was lost and is marked to be rebuilt from the records at `at` (`lost.lua`);
     /// nothing is decided before then.
     Rebuilding {
@@ -410,7 +417,8 @@ impl RedisSales {
             .arg(request.idempotency_key.unwrap_or(""))
             .arg(fingerprint)
             .arg(id.as_uuid().to_string())
-            .arg(request.buyer_ref.unwrap_or(""));
+            .arg(request.buyer_ref.unwrap_or(""))
+            .arg(request.max_keys);
         let reply: Vec<String> = invocation.invoke_async(conn).await?;
         decide(&reply)
     }
@@ -423,6 +431,7 @@ fn decide(reply: &[String]) -> Result<Decision, RedisError> {
     };
     match rest {
         [kind] if kind == "key_reused" => Ok(Decision::KeyReused),
+        [kind] if kind == "too_many_keys" => Ok(Decision::TooManyKeys),
         [kind, reason, at] if kind == "refused" && reason == "rebuilding" => {
             Ok(Decision::Rebuilding {
                 at: at

@@ -6,9 +6,12 @@
 --       2 stock (hash: item -> remaining)   3 held (hash: buyer -> units)
 --       4 keys (hash: buyer \31 key -> fingerprint \31 answer)   5 log (stream)
 --       6 reservations (hash: id -> state \31 item \31 buyer \31 quantity; see settle.lua)
+--       7 key counts (hash: buyer -> keys remembered for them in this sale)
 -- ARGV: 1 now (us)  2 item  3 buyer  4 quantity  5 idempotency key ("" for none)
 --       6 fingerprint of the request  7 reservation id
 --       8 the name the caller gave the buyer ("" for a user; the contest API's), logged as "ref"
+--       9 how many keys one buyer may have remembered in this sale (0: no cap); one more
+--         answers {"too_many_keys"}
 -- Answers {"reserved", id, expires_at, log entry id} or {"refused", reason}, or {"key_reused"};
 -- an answer
 -- given for a key is given again for it ("replayed" first). A sale lost and not yet rebuilt
@@ -19,6 +22,7 @@ local item, buyer, quantity = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local key, fingerprint = ARGV[5], ARGV[6]
 local field = buyer .. "\31" .. key
 
+local max_keys = tonumber(ARGV[9])
 if key ~= "" then
   local seen = redis.call("HGET", KEYS[4], field)
   if seen then
@@ -30,6 +34,9 @@ if key ~= "" then
     table.insert(answer, 1, "replayed")
     return answer
   end
+  if max_keys > 0 and tonumber(redis.call("HGET", KEYS[7], buyer) or "0") >= max_keys then
+    return {"too_many_keys"}
+  end
 end
 
 -- Remembered for the key, except that a sale which does not exist is not (made-up sale ids
@@ -38,6 +45,7 @@ end
 local function answer(reply)
   if key ~= "" and reply[2] ~= "no_sale" and reply[2] ~= "ended" then
     redis.call("HSET", KEYS[4], field, fingerprint .. "\31" .. cjson.encode(reply))
+    redis.call("HINCRBY", KEYS[7], buyer, 1)
   end
   return reply
 end

@@ -156,6 +156,7 @@ fn ask<'a>(sale: SaleId, buyer: &'a str, key: Option<&'a str>) -> ReserveRequest
         idempotency_key: key,
         now: now(),
         buyer_ref: None,
+        max_keys: 0,
     }
 }
 
@@ -320,6 +321,7 @@ async fn the_shared_engine_runs_on_the_cluster_client() {
         idempotency_key: None,
         now: now(),
         buyer_ref: None,
+        max_keys: 0,
     };
     for id in &ids {
         let mut first = None;

@@ -85,6 +85,7 @@ impl World {
                     idempotency_key: key,
                     now: now(),
                     buyer_ref: None,
+                    max_keys: 0,
                 },
             )
             .await
@@ -185,6 +186,7 @@ async fn the_window_the_sale_and_the_item_are_checked() {
         idempotency_key: None,
         now: at,
         buyer_ref: None,
+        max_keys: 0,
     };
     let refused = |refusal| Decision::Refused {
         refusal,
@@ -280,6 +282,7 @@ async fn racing_buyers_take_exactly_the_stock() {
                             idempotency_key: Some("once"),
                             now: now(),
                             buyer_ref: None,
+                            max_keys: 0,
                         },
                     )
                     .await
@@ -394,6 +397,7 @@ async fn a_buyer_the_scripts_cannot_store_is_refused_before_redis() {
         idempotency_key: None,
         now: now(),
         buyer_ref: None,
+        max_keys: 0,
     };
     assert!(w.sales.reserve(&mut w.conn, &request).await.is_err());
     assert_eq!(w.remaining(sale).await, 1);
@@ -766,6 +770,7 @@ async fn racing_loads_and_reservations_sell_the_stock_once() {
                         idempotency_key: None,
                         now: now(),
                         buyer_ref: None,
+                        max_keys: 0,
                     },
                 )
                 .await

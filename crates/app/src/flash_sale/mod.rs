@@ -126,7 +126,7 @@ pub struct FlashSaleSettings {
     pub keep_ended_for: Duration,
     /// Make the contest schedule (compatibility API) if it is missing.
     pub contest: bool,
-    /// Live `Idempotency-Key`s a buyer may have (0: no cap; the in-process engine only).
+    /// Live `Idempotency-Key`s a buyer may have (0: no cap); on a shared engine, in each sale.
     pub max_idempotency_keys_per_user: u32,
     /// A reservation engine shared by every instance (Redis). Unset: the in-process engine (the
     /// ledger decides, the group commit makes it durable), for one process per store.

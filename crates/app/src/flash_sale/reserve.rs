@@ -226,6 +226,7 @@ impl FlashSales {
             idempotency_key,
             now: self.clock.now(),
             buyer_ref: who.buyer_ref.as_deref(),
+            max_keys: self.settings.max_idempotency_keys_per_user,
         };
         // Asked again after a sale is loaded or rebuilt; a third time is not needed.
         let mut decision = engine.reserve(&request).await.map_err(unavailable)?;
@@ -287,6 +288,7 @@ impl FlashSales {
                 return Err(refusal.into());
             }
             SharedDecision::KeyReused => return Err(SaleError::KeyReused),
+            SharedDecision::TooManyKeys => return Err(SaleError::TooManyKeys),
             SharedDecision::Missing | SharedDecision::Rebuilding { .. } => {
                 self.counters.count(Counted::Unavailable);
                 return Err(SaleError::Unavailable(

@@ -105,6 +105,8 @@ pub struct SharedReserve<'a> {
     /// The name the caller gave the buyer (the contest API's users, who have no account):
     /// logged with the reservation, which is then stored without an order.
     pub buyer_ref: Option<&'a str>,
+    /// `Idempotency-Key`s one buyer may have remembered in the sale (0: no cap).
+    pub max_keys: u32,
 }
 
 /// A reservation's entry in its sale's log (Redis: a stream entry id, `ms-seq`).
@@ -129,6 +131,8 @@ pub enum SharedDecision {
     },
     /// The key was used before with another request.
     KeyReused,
+    /// A new key, and the buyer has as many as they may in the sale.
+    TooManyKeys,
     /// The engine holds nothing of this sale (never loaded, or lost).
     Missing,
     /// The engine lost this sale and waits until `at` before it is rebuilt from the records

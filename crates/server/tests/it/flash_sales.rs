@@ -271,15 +271,11 @@ async fn idempotency_keys_replay_the_first_answer() {
     assert_eq!(view["remaining"], 8, "reserved once");
 }
 
-/// Keys are bounded: a buyer has at most `flash_sale.max_idempotency_keys_per_user` live, and a
-/// refusal for a sale that does not exist is not remembered at all.
+/// Keys are bounded: a buyer has at most `flash_sale.max_idempotency_keys_per_user` live (on the
+/// Redis engine: in each sale), and a refusal for a sale that does not exist is not remembered
+/// at all.
 #[tokio::test]
 async fn idempotency_keys_are_bounded_per_buyer() {
-    if crate::support::on_redis() {
-        // flash_sale.max_idempotency_keys_per_user is the in-process engine's: the shared
-        // engine keeps keys with each sale and does not cap them yet (docs/OPERATIONS.md).
-        return;
-    }
     let app = TestApp::with_config(|c| c.flash_sale.max_idempotency_keys_per_user = 3).await;
     let op = operator(&app).await;
     let (alice, _) = app.customer("alice@example.com", "alice password").await;

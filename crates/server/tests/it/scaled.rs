@@ -294,6 +294,7 @@ async fn the_log_writer_stores_what_no_instance_stored() {
                 idempotency_key: None,
                 now: flashmart_app::Clock::now(&a.clock),
                 buyer_ref: None,
+                max_keys: 0,
             },
         )
         .await
@@ -556,8 +557,8 @@ async fn an_ended_sale_leaves_redis_in_its_own_time() {
         .unwrap();
     let expected = ends_at + Duration::seconds(600) + Duration::days(1);
     let expected_ms = i64::try_from(expected.unix_timestamp_nanos() / 1_000_000).unwrap();
-    // meta, stock, held, keys, log, reservations
-    assert_eq!(keys.len(), 6, "{keys:?}");
+    // meta, stock, held, keys, log, reservations, key_counts
+    assert_eq!(keys.len(), 7, "{keys:?}");
     for key in &keys {
         let at: i64 = redis::cmd("PEXPIRETIME").arg(key).query(&mut conn).unwrap();
         assert_eq!(at, expected_ms, "{key}");
