@@ -10,6 +10,8 @@
 
 mod engine;
 mod log;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use flashmart_app::flash_sale::idempotency::Refusal;
 use flashmart_domain::{ReservationId, SaleId};

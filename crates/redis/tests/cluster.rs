@@ -4,128 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration as StdDuration, Instant};
-
 use flashmart_app::flash_sale::idempotency::Refusal;
 use flashmart_domain::SaleId;
+use flashmart_redis::testing::{LocalRedis, redis_cli};
 use flashmart_redis::{Decision, LiveSale, RedisSales, ReserveRequest, Settle, Settled};
 use redis::AsyncCommands as _;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use time::{Duration, OffsetDateTime};
 
-/// Three masters on loopback, killed when dropped.
-struct Cluster {
-    nodes: Vec<Child>,
-    ports: Vec<u16>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
-    }
-}
-
-/// A port free now whose cluster bus port (+10000) is free too.
-fn free_port() -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs (scripts/setup installs Redis)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn start_cluster() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let mut ports: Vec<u16> = Vec::new();
-    while ports.len() < 3 {
-        let port = free_port();
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    let nodes = ports
-        .iter()
-        .map(|port| {
-            let node_dir = dir.path().join(port.to_string());
-            std::fs::create_dir_all(&node_dir).unwrap();
-            Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server runs (scripts/setup installs Redis)")
-        })
-        .collect();
-    let cluster = Cluster {
-        nodes,
-        ports,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + StdDuration::from_secs(20);
-    for port in &cluster.ports {
-        while redis_cli(*port, &["ping"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "node {port} did not start");
-            std::thread::sleep(StdDuration::from_millis(50));
-        }
-    }
-    let addrs: Vec<String> = cluster
-        .ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let mut create = Command::new("redis-cli");
-    create
-        .arg("--cluster")
-        .arg("create")
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .stdout(Stdio::null());
-    assert!(
-        create.status().unwrap().success(),
-        "the cluster was not created"
-    );
-    for port in &cluster.ports {
-        while !redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok") {
-            assert!(Instant::now() < deadline, "the cluster did not come up");
-            std::thread::sleep(StdDuration::from_millis(50));
-        }
-    }
-    cluster
-}
-
-async fn connect(cluster: &Cluster) -> ClusterConnection {
-    let urls: Vec<String> = cluster
-        .ports
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}"))
-        .collect();
-    ClusterClient::new(urls)
+async fn connect(cluster: &LocalRedis) -> ClusterConnection {
+    ClusterClient::new(cluster.urls())
         .unwrap()
         .get_async_connection()
         .await
@@ -162,14 +51,14 @@ fn ask<'a>(sale: SaleId, buyer: &'a str, key: Option<&'a str>) -> ReserveRequest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sales_spread_over_three_shards_each_sell_exactly_their_stock() {
-    let cluster = start_cluster();
+    let cluster = LocalRedis::start_cluster();
     let mut conn = connect(&cluster).await;
     let sales = RedisSales::new("cluster-test:");
     // Sales (random ids, so random slots) until every shard holds some of them: 12 at least, and
     // more while a shard has none (12 leave one shard empty about once in 40 runs).
     let mut ids: Vec<SaleId> = Vec::new();
     let holding = |port: u16| -> u64 { redis_cli(port, &["dbsize"]).trim().parse().unwrap() };
-    while ids.len() < 12 || cluster.ports.iter().any(|p| holding(*p) == 0) {
+    while ids.len() < 12 || cluster.ports().iter().any(|p| holding(*p) == 0) {
         assert!(ids.len() < 200, "200 sales and a shard still holds none");
         let id = SaleId::new();
         sales.load(&mut conn, &live(id, 1, 10)).await.unwrap();
@@ -211,7 +100,7 @@ async fn sales_spread_over_three_shards_each_sell_exactly_their_stock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keys_and_settlements_work_on_a_shard_as_on_one_redis() {
-    let cluster = start_cluster();
+    let cluster = LocalRedis::start_cluster();
     let mut conn = connect(&cluster).await;
     let sales = RedisSales::new("cluster-test:");
     let sale = SaleId::new();
@@ -265,13 +154,8 @@ async fn the_shared_engine_runs_on_the_cluster_client() {
     use flashmart_domain::Currency;
     use flashmart_domain::flash_sale::{SaleRules, SaleWindow};
 
-    let cluster = start_cluster();
-    let urls: Vec<String> = cluster
-        .ports
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}"))
-        .collect();
-    let engine = flashmart_redis::RedisEngine::connect_cluster(&urls, "engine-test:")
+    let cluster = LocalRedis::start_cluster();
+    let engine = flashmart_redis::RedisEngine::connect_cluster(&cluster.urls(), "engine-test:")
         .await
         .unwrap();
     engine.ping().await.unwrap();
@@ -303,7 +187,7 @@ async fn the_shared_engine_runs_on_the_cluster_client() {
     // Sales until every shard holds some (9 at least; random ids leave a shard empty at times).
     let mut ids: Vec<SaleId> = Vec::new();
     let holding = |port: u16| -> u64 { redis_cli(port, &["dbsize"]).trim().parse().unwrap() };
-    while ids.len() < 9 || cluster.ports.iter().any(|p| holding(*p) == 0) {
+    while ids.len() < 9 || cluster.ports().iter().any(|p| holding(*p) == 0) {
         assert!(ids.len() < 200, "200 sales and a shard still holds none");
         let id = SaleId::new();
         assert!(engine.load(&state(id), now()).await.unwrap());

@@ -65,18 +65,19 @@ async fn stats(app: &TestApp, admin: &str, sale: &str) -> serde_json::Value {
         .data()
 }
 
-/// Deletes every key of this test's prefix, as a Redis restarted without persistence (or a
-/// FLUSHALL) would.
-fn forget_everything(config: &Config) {
-    let url = config.redis.url.as_ref().unwrap().expose().to_owned();
-    let prefix = config.redis.key_prefix.clone();
-    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut conn)
-        .unwrap();
-    assert!(!keys.is_empty(), "the sale was in Redis");
-    redis::cmd("DEL").arg(keys).query::<()>(&mut conn).unwrap();
+/// Two instances on a Redis of the test's own (`redis`: one server or a cluster), which it may
+/// flush.
+async fn two_instances_on(redis: &flashmart_redis::testing::LocalRedis) -> (TestApp, TestApp) {
+    let urls = redis.urls();
+    two_instances_with(|c| {
+        if urls.len() == 1 {
+            c.redis.url = Some(Secret::new(urls[0].clone()));
+        } else {
+            c.redis.url = None;
+            c.redis.cluster_nodes = urls.clone();
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -168,11 +169,13 @@ async fn an_expired_reservation_frees_its_unit_for_every_instance() {
     );
 }
 
-/// Redis loses everything mid-sale: the sale answers 503 for the grace, is then rebuilt from the
-/// records (what remains, what each buyer holds), and sells exactly its stock.
+/// Redis loses everything mid-sale (`FLUSHALL`, on a Redis of the test's own): the sale answers
+/// 503 for the grace, is then rebuilt from the records (what remains, what each buyer holds),
+/// and sells exactly its stock.
 #[tokio::test]
 async fn a_sale_redis_forgot_sells_exactly_its_stock() {
-    let (a, b) = two_instances().await;
+    let redis = flashmart_redis::testing::LocalRedis::start();
+    let (a, b) = two_instances_on(&redis).await;
     let op = operator(&a).await;
     let sale = live_sale(&a, &op, &[10], 3).await;
     let mut buyers = Vec::new();
@@ -188,7 +191,8 @@ async fn a_sale_redis_forgot_sells_exactly_its_stock() {
             StatusCode::CREATED
         );
     }
-    forget_everything(&a.config);
+    let flushed = flashmart_redis::testing::redis_cli(redis.ports()[0], &["flushall"]);
+    assert_eq!(flushed.trim(), "OK");
     // Found missing: marked lost, and 503 on every instance until the grace has passed (a
     // write of a reservation decided before the loss may still be on its way).
     for (app, token) in [(&b, &buyers[2]), (&a, &buyers[3])] {
@@ -345,7 +349,8 @@ async fn the_log_writer_stores_what_no_instance_stored() {
 /// back once, as if nothing had been lost.
 #[tokio::test]
 async fn reservations_from_before_a_loss_give_their_units_back() {
-    let (a, b) = two_instances().await;
+    let redis = flashmart_redis::testing::LocalRedis::start();
+    let (a, b) = two_instances_on(&redis).await;
     let op = operator(&a).await;
     let sale = live_sale(&a, &op, &[4], 2).await;
     let (early, _) = a.customer("early@example.com", "early password").await;
@@ -353,7 +358,8 @@ async fn reservations_from_before_a_loss_give_their_units_back() {
         reserve(&a, &early, &sale, 1, 2).await.status,
         StatusCode::CREATED
     );
-    forget_everything(&a.config);
+    let flushed = flashmart_redis::testing::redis_cli(redis.ports()[0], &["flushall"]);
+    assert_eq!(flushed.trim(), "OK");
     let (late, _) = b.customer("late@example.com", "late password").await;
     reserve(&b, &late, &sale, 1, 1)
         .await
@@ -563,4 +569,45 @@ async fn an_ended_sale_leaves_redis_in_its_own_time() {
         let at: i64 = redis::cmd("PEXPIRETIME").arg(key).query(&mut conn).unwrap();
         assert_eq!(at, expected_ms, "{key}");
     }
+}
+
+/// `redis.cluster_nodes`: two instances on a Redis Cluster of three masters (the test's own)
+/// report Redis ready and sell one sale's stock exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_on_a_redis_cluster_sell_exactly_the_stock() {
+    let cluster = flashmart_redis::testing::LocalRedis::start_cluster();
+    let (a, b) = two_instances_on(&cluster).await;
+    assert!(a.config.redis.url.is_none());
+    let ready = b.get("/readyz").send().await.data();
+    assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[7], 1).await;
+    let sale = &sale;
+    let mut tasks = Vec::new();
+    for n in 0..12 {
+        let on = if n % 2 == 0 { &a } else { &b };
+        let (token, _) = on
+            .customer(&format!("buyer{n}@example.com"), "buyer password")
+            .await;
+        tasks.push(async move { reserve(on, &token, sale, 1, 1).await.status });
+    }
+    let answers = futures_util::future::join_all(tasks).await;
+    let created = answers
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 7, "{answers:?}");
+    let admin = a
+        .staff(
+            "admin@example.com",
+            "admin password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
+    let numbers = stats(&b, &admin, sale).await;
+    assert_eq!(
+        (numbers["reserved"].as_u64(), numbers["remaining"].as_u64()),
+        (Some(7), Some(0)),
+        "{numbers}"
+    );
 }

@@ -1,0 +1,144 @@
+//! Redis servers of a test's own (`testing` feature), started from the `redis-server` binary on
+//! free loopback ports in a temporary directory, keeping nothing on disk, and killed when
+//! dropped: one server (that a test may `FLUSHALL` without touching anyone else's keys), or a
+//! Redis Cluster of three masters.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Redis processes on loopback, killed when dropped.
+#[derive(Debug)]
+pub struct LocalRedis {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+/// A port free now whose cluster bus port (+10000) is free too.
+fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// What `redis-cli` prints for `args` against the node on `port`.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (scripts/setup installs Redis)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn spawn(dir: &Path, port: u16, cluster: bool) -> Child {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
+    if cluster {
+        cmd.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ]);
+    }
+    cmd.args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&node_dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (scripts/setup installs Redis)")
+}
+
+impl LocalRedis {
+    fn start_nodes(count: usize, cluster: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < count {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let nodes = ports
+            .iter()
+            .map(|port| spawn(dir.path(), *port, cluster))
+            .collect();
+        let redis = Self {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &redis.ports {
+            while redis_cli(*port, &["ping"]).trim() != "PONG" {
+                assert!(Instant::now() < deadline, "node {port} did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        redis
+    }
+
+    /// One Redis server.
+    pub fn start() -> Self {
+        Self::start_nodes(1, false)
+    }
+
+    /// A Redis Cluster of three masters, every slot served.
+    pub fn start_cluster() -> Self {
+        let cluster = Self::start_nodes(3, true);
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(created.success(), "the cluster was not created");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &cluster.ports {
+            while !redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the cluster did not come up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// `redis://127.0.0.1:PORT` of each node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
