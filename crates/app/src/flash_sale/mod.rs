@@ -298,12 +298,49 @@ impl FlashSales {
         let Some(engine) = &self.shared else {
             return Ok(());
         };
-        // Lost by the engine (`None`): left as it was; it is loaded again from the records at
-        // the next reservation.
-        if let Some(remaining) = engine.remaining(sale.record.id).await? {
-            sale.mirror(&remaining);
+        match engine.remaining(sale.record.id).await? {
+            Some(remaining) => sale.mirror(&remaining),
+            // Not in the engine (lost, or never loaded): marked lost, and rebuilt from the
+            // records once the grace has passed, by this or the next look (every publish), or
+            // by the first reservation after it.
+            None => {
+                self.restore(engine.as_ref(), sale.record.id, self.clock.now())
+                    .await?;
+            }
         }
         Ok(())
+    }
+
+    /// A sale the engine does not hold: marked lost (unless it is there after all), and
+    /// loaded from the records once the grace since it was first found missing has passed, so
+    /// that every reservation decided before the loss has landed in the records or failed.
+    /// Returns the rebuild time while it is still to come.
+    pub(crate) async fn restore(
+        &self,
+        engine: &dyn SharedEngine,
+        sale: SaleId,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, SaleError> {
+        let unavailable = |e: StoreError| SaleError::Unavailable(e.to_string().into());
+        let Some(rebuild_at) = engine
+            .mark_lost(sale, now + self.settings.rebuild_grace)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        if now < rebuild_at {
+            return Ok(Some(rebuild_at));
+        }
+        let state = self
+            .store
+            .live_sale(sale)
+            .await?
+            .ok_or(SaleError::SaleNotFound)?;
+        if engine.load(&state, now).await.map_err(unavailable)? {
+            tracing::warn!(%sale, "a sale the reservation engine had lost was rebuilt from the records");
+        }
+        Ok(None)
     }
 
     /// Expires reservations whose time ran out and puts their stock back on sale. Returns how

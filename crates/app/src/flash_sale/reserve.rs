@@ -231,46 +231,28 @@ impl FlashSales {
         // Asked again after a sale is loaded or rebuilt; a third time is not needed.
         let mut decision = engine.reserve(&request).await.map_err(unavailable)?;
         for _ in 0..2 {
-            let rebuild_at = match decision {
+            match decision {
                 // Expired with the rest of an ended sale: nothing to rebuild.
                 SharedDecision::Missing if ended => {
                     self.counters.count(Counted::Refused(Refusal::Ended));
                     return Err(Refusal::Ended.into());
                 }
-                SharedDecision::Missing => {
-                    // Made on another instance whose load failed, or lost by the engine with
-                    // reservations whose writes may still be on their way: marked lost, and
-                    // rebuilt from the records once they have all landed.
-                    let at = request.now + self.settings.rebuild_grace;
-                    match engine.mark_lost(sale_id, at).await.map_err(unavailable)? {
-                        Some(at) => at,
-                        None => {
-                            decision = engine.reserve(&request).await.map_err(unavailable)?;
-                            continue;
-                        }
+                // Made on another instance whose load failed, or lost by the engine with
+                // reservations whose writes may still be on their way: marked lost, and rebuilt
+                // from the records once they have all landed.
+                SharedDecision::Missing | SharedDecision::Rebuilding { .. } => {
+                    if self.restore(engine, sale_id, request.now).await?.is_some() {
+                        self.counters.count(Counted::Unavailable);
+                        return Err(SaleError::Unavailable(
+                            "the sale is being rebuilt after the reservation engine lost it; \
+                             retry in a few seconds"
+                                .into(),
+                        ));
                     }
+                    decision = engine.reserve(&request).await.map_err(unavailable)?;
                 }
-                SharedDecision::Rebuilding { at } => at,
                 _ => break,
-            };
-            if request.now < rebuild_at {
-                self.counters.count(Counted::Unavailable);
-                return Err(SaleError::Unavailable(
-                    "the sale is being rebuilt after the reservation engine lost it; retry in a \
-                     few seconds"
-                        .into(),
-                ));
             }
-            let state = self
-                .store
-                .live_sale(sale_id)
-                .await?
-                .ok_or(SaleError::SaleNotFound)?;
-            engine
-                .load(&state, request.now)
-                .await
-                .map_err(unavailable)?;
-            decision = engine.reserve(&request).await.map_err(unavailable)?;
         }
         let (id, expires_at, replayed, logged) = match decision {
             SharedDecision::Reserved {

@@ -611,3 +611,50 @@ async fn instances_on_a_redis_cluster_sell_exactly_the_stock() {
         "{numbers}"
     );
 }
+
+/// A sale Redis lost is found by the instances' own look at its stock (every publish of live
+/// numbers, and so at start), marked lost, and rebuilt once the grace has passed, before any
+/// buyer asks.
+#[tokio::test]
+async fn a_lost_sale_is_rebuilt_without_waiting_for_a_buyer() {
+    let redis = flashmart_redis::testing::LocalRedis::start();
+    let (a, b) = two_instances_on(&redis).await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[5], 2).await;
+    let (buyer, _) = a.customer("buyer@example.com", "buyer password").await;
+    assert_eq!(
+        reserve(&a, &buyer, &sale, 1, 2).await.status,
+        StatusCode::CREATED
+    );
+    let port = redis.ports()[0];
+    let flushed = flashmart_redis::testing::redis_cli(port, &["flushall"]);
+    assert_eq!(flushed.trim(), "OK");
+    let meta = format!("{}{{sale:{sale}}}:meta", a.config.redis.key_prefix);
+    let starts = || flashmart_redis::testing::redis_cli(port, &["hexists", &meta, "starts_at"]);
+
+    a.services.state.flash_sales.publish_all().await;
+    assert_eq!(starts().trim(), "0", "not rebuilt during the grace");
+    let (other, _) = b.customer("other@example.com", "other password").await;
+    reserve(&b, &other, &sale, 1, 1)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
+
+    a.clock.advance(Duration::seconds(11));
+    b.clock.advance(Duration::seconds(11));
+    b.services.state.flash_sales.publish_all().await;
+    assert_eq!(starts().trim(), "1", "rebuilt by the look at its stock");
+    // From the records: 2 held by the first buyer, 3 left.
+    let (other, _) = b.login("other@example.com", "other password").await;
+    assert_eq!(
+        reserve(&b, &other, &sale, 1, 2).await.status,
+        StatusCode::CREATED
+    );
+    let admin = a
+        .staff(
+            "admin@example.com",
+            "admin password",
+            flashmart_domain::Role::Admin,
+        )
+        .await;
+    assert_eq!(stats(&a, &admin, &sale).await["remaining"], 1);
+}
