@@ -12,6 +12,7 @@ pub mod model;
 mod reserve;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use flashmart_domain::flash_sale::{FlashSaleError, SalePhase};
 use flashmart_domain::{SaleId, ScheduleId};
@@ -189,7 +190,16 @@ pub struct FlashSales {
     /// This instance's name among the engine's log writers, and its turn: one pass at a time
     /// (the worker's, or a read's catching up).
     writer: String,
-    writing: tokio::sync::Mutex<()>,
+    writing: tokio::sync::Mutex<CatchUps>,
+    /// Catch-up passes begun (under `writing`); read without it by a caller arriving.
+    catch_ups_begun: std::sync::atomic::AtomicU64,
+}
+
+/// The catch-up passes done, so that a read arriving while others wait needs no pass of its
+/// own once one that began after it has finished.
+#[derive(Debug, Default)]
+struct CatchUps {
+    done: u64,
 }
 
 impl FlashSales {
@@ -242,7 +252,8 @@ impl FlashSales {
                 contest,
                 shared,
                 writer: format!("flashmart-{}", uuid::Uuid::new_v4().simple()),
-                writing: tokio::sync::Mutex::new(()),
+                writing: tokio::sync::Mutex::new(CatchUps::default()),
+                catch_ups_begun: std::sync::atomic::AtomicU64::new(0),
             },
             task,
         ))
@@ -445,20 +456,28 @@ impl FlashSales {
     /// acknowledged; writing one stored meanwhile changes nothing. Returns how many reservations
     /// it wrote.
     pub async fn write_logged(&self) -> Result<usize, StoreError> {
-        self.write_logged_taking(WRITER_IDLE).await
+        self.write_logged_taking(WRITER_IDLE, None).await
     }
 
-    /// `write_logged`, taking over entries another writer has held for `stale_after`.
+    /// `write_logged`, taking over entries another writer has held for `stale_after`. For a
+    /// catch-up (`arrived`: the catch-up passes begun when its caller came), nothing is done
+    /// when a catch-up pass that began later has finished while it waited.
     async fn write_logged_taking(
         &self,
         stale_after: std::time::Duration,
+        arrived: Option<u64>,
     ) -> Result<usize, StoreError> {
         const BATCH: usize = 500;
         let Some(engine) = &self.shared else {
             return Ok(0);
         };
         let writer = self.writer.as_str();
-        let _turn = self.writing.lock().await;
+        let mut turn = self.writing.lock().await;
+        let pass = match arrived {
+            Some(arrived) if turn.done > arrived => return Ok(0),
+            Some(_) => Some(self.catch_ups_begun.fetch_add(1, Ordering::SeqCst) + 1),
+            None => None,
+        };
         // What this instance's requests stored is dropped from the logs first: most entries,
         // which no writer then reads.
         let mut stored: std::collections::HashMap<SaleId, Vec<LogEntry>> = Default::default();
@@ -559,21 +578,27 @@ impl FlashSales {
             }
         }
         metrics::gauge!("flash_sale_log_waiting").set(waiting as f64);
+        if let Some(pass) = pass {
+            turn.done = pass;
+        }
         Ok(written)
     }
 
     /// With `Ack::Engine`, a reservation may be answered before it is stored: a read that
     /// finds no reservation or order by an id calls this, then reads again, and so do lists of
-    /// orders and reservations, a sale's numbers and the expiry sweep before they read. It returns once
-    /// what this instance queued is committed and everything the logs hold is stored, entries
-    /// another writer is still writing included (taken over at once and written a second time,
-    /// which changes nothing). Otherwise it returns at once.
+    /// orders and reservations, a sale's numbers and the expiry sweep before they read. It
+    /// returns once what this instance queued is committed and everything the logs held when
+    /// it was called is stored, entries another writer is still writing included (taken over
+    /// at once and written a second time, which changes nothing): by a pass of its own, or by
+    /// one that began after it came (many reads missing at once share passes). Otherwise it
+    /// returns at once.
     pub async fn catch_up(&self) -> Result<(), StoreError> {
         if self.shared.is_none() || self.settings.ack != Ack::Engine {
             return Ok(());
         }
+        let arrived = self.catch_ups_begun.load(Ordering::SeqCst);
         self.commit.flush().await;
-        self.write_logged_taking(std::time::Duration::ZERO)
+        self.write_logged_taking(std::time::Duration::ZERO, Some(arrived))
             .await
             .map(|_| ())
     }

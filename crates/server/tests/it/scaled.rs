@@ -421,6 +421,15 @@ async fn answered_by_redis_a_reservation_waits_for_no_database() {
 
     let id = answered["id"].as_str().unwrap();
     let order = answered["order_id"].as_str().unwrap();
+    // Many reads at once on the other instance, each finding it (they share catch-up passes).
+    let reads = (0..16).map(|_| {
+        b.get(&format!("/api/v1/orders/{order}"))
+            .bearer(&buyer)
+            .send()
+    });
+    for read in futures_util::future::join_all(reads).await {
+        assert_eq!(read.status, StatusCode::OK, "{}", read.text());
+    }
     let mine = b
         .get(&format!("/api/v1/flash-sales/reservations/{id}"))
         .bearer(&buyer)
