@@ -234,18 +234,12 @@ async fn reservations_answered_by_redis_survive_sigkill() {
 }
 
 async fn scaled_crash_rounds(ack: &str) {
-    let schema = flashmart_postgres::testing::TestSchema::create().await;
-    let redis_url = std::env::var("FLASHMART_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("test:{}:", schema.name());
-    let mut config = flashmart_server::Config::default();
-    config.redis.url = Some(flashmart_server::config::Secret::new(redis_url.clone()));
-    config.redis.key_prefix = prefix.clone();
-    let _keys = crate::support::RedisKeys::of(&config);
+    let stores = crate::support::ScaledStores::create().await;
+    let (schema, redis_url, prefix) = (&stores.schema, &stores.redis_url, &stores.prefix);
     crash_rounds(Mode::Scaled {
         database_url: &schema.url(),
-        redis_url: &redis_url,
-        prefix: &prefix,
+        redis_url,
+        prefix,
         ack,
     })
     .await;

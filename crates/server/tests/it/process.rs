@@ -233,14 +233,8 @@ fn stampede_contest_sells_exactly_10000() {
 /// purchases decided by PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stampede_contest_sells_exactly_10000_in_scaled_mode() {
-    let schema = flashmart_postgres::testing::TestSchema::create().await;
-    let redis_url = std::env::var("FLASHMART_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("test:{}:", schema.name());
-    let mut config = flashmart_server::Config::default();
-    config.redis.url = Some(flashmart_server::config::Secret::new(redis_url.clone()));
-    config.redis.key_prefix = prefix.clone();
-    let _keys = crate::support::RedisKeys::of(&config);
+    let stores = crate::support::ScaledStores::create().await;
+    let (schema, redis_url, prefix) = (&stores.schema, &stores.redis_url, &stores.prefix);
     let dir = tempfile::tempdir().unwrap();
     let url = schema.url();
     let server = Server::start(
@@ -250,8 +244,8 @@ async fn stampede_contest_sells_exactly_10000_in_scaled_mode() {
             ("FLASHMART__COMPAT__CONTEST", "true"),
             ("FLASHMART__RATE_LIMIT__ENABLED", "false"),
             ("FLASHMART__DATABASE__URL", &url),
-            ("FLASHMART__REDIS__URL", &redis_url),
-            ("FLASHMART__REDIS__KEY_PREFIX", &prefix),
+            ("FLASHMART__REDIS__URL", redis_url),
+            ("FLASHMART__REDIS__KEY_PREFIX", prefix),
             ("FLASHMART__FLASH_SALE__ACK", "redis"),
         ],
     );
@@ -462,22 +456,16 @@ async fn migrate_brings_a_postgres_database_up_to_date() {
 /// configured it refuses with the keys to set.
 #[tokio::test]
 async fn reconcile_reports_each_live_sale() {
-    let schema = flashmart_postgres::testing::TestSchema::create().await;
-    let redis_url = std::env::var("FLASHMART_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("test:{}:", schema.name());
-    let mut config = flashmart_server::Config::default();
-    config.redis.url = Some(flashmart_server::config::Secret::new(redis_url.clone()));
-    config.redis.key_prefix = prefix.clone();
-    let _keys = crate::support::RedisKeys::of(&config);
+    let stores = crate::support::ScaledStores::create().await;
+    let (schema, redis_url, prefix) = (&stores.schema, &stores.redis_url, &stores.prefix);
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_flashmart"))
             .args(args)
             .current_dir(dir.path())
             .env("FLASHMART__DATABASE__URL", schema.url())
-            .env("FLASHMART__REDIS__URL", &redis_url)
-            .env("FLASHMART__REDIS__KEY_PREFIX", &prefix)
+            .env("FLASHMART__REDIS__URL", redis_url)
+            .env("FLASHMART__REDIS__KEY_PREFIX", prefix)
             .env("FLASHMART__LOG__LEVEL", "warn")
             .output()
             .unwrap()

@@ -69,6 +69,33 @@ impl Drop for RedisKeys {
     }
 }
 
+/// A schema of its own and a key prefix of its own on the local Redis, for a test that runs
+/// `flashmart` processes in scaled mode; the keys go when it is dropped, then the schema.
+pub struct ScaledStores {
+    _keys: Option<RedisKeys>,
+    pub schema: flashmart_postgres::testing::TestSchema,
+    pub redis_url: String,
+    pub prefix: String,
+}
+
+impl ScaledStores {
+    pub async fn create() -> Self {
+        let schema = flashmart_postgres::testing::TestSchema::create().await;
+        let redis_url = std::env::var("FLASHMART_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("test:{}:", schema.name());
+        let mut config = Config::default();
+        config.redis.url = Some(flashmart_server::config::Secret::new(redis_url.clone()));
+        config.redis.key_prefix = prefix.clone();
+        Self {
+            _keys: RedisKeys::of(&config),
+            schema,
+            redis_url,
+            prefix,
+        }
+    }
+}
+
 /// Under `FLASHMART_TEST_RECORDS=postgres`, a fresh schema for `config`'s records (unless it
 /// names a database already), which must live as long as they are used.
 pub async fn records_for(config: &mut Config) -> Option<flashmart_postgres::testing::TestSchema> {
