@@ -30,6 +30,22 @@ fn entries<'a>(logged: impl IntoIterator<Item = &'a Logged>) -> Vec<String> {
 }
 
 impl World {
+    /// Every entry of the sale's log another writer holds, now `consumer`'s (as a writer takes
+    /// over a dead one's).
+    async fn take_over(&mut self, sale: SaleId, consumer: &str) -> Vec<flashmart_redis::Logged> {
+        self.sales
+            .claim_stale(
+                &mut self.conn,
+                sale,
+                "writers",
+                consumer,
+                std::time::Duration::ZERO,
+                10,
+            )
+            .await
+            .unwrap()
+    }
+
     async fn new() -> Self {
         let url = redis_url();
         let client = redis::Client::open(url.as_str()).unwrap();
@@ -461,18 +477,7 @@ async fn the_stream_gives_each_reservation_to_one_consumer_until_it_is_acknowled
     );
     assert_eq!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap(), 4);
     // worker-a died with its four: another consumer takes them over, and acknowledges them.
-    let taken = w
-        .sales
-        .claim_stale(
-            &mut w.conn,
-            sale,
-            "writers",
-            "worker-c",
-            std::time::Duration::ZERO,
-            10,
-        )
-        .await
-        .unwrap();
+    let taken = w.take_over(sale, "worker-c").await;
     assert_eq!(taken, first);
     w.sales
         .ack(&mut w.conn, sale, "writers", &entries(&taken))
@@ -524,18 +529,7 @@ async fn entries_stored_already_are_dropped_and_never_read() {
         .forget(&mut w.conn, sale, &[logged[2].1])
         .await
         .unwrap();
-    let taken = w
-        .sales
-        .claim_stale(
-            &mut w.conn,
-            sale,
-            "writers",
-            "worker-b",
-            std::time::Duration::ZERO,
-            10,
-        )
-        .await
-        .unwrap();
+    let taken = w.take_over(sale, "worker-b").await;
     let ids: Vec<_> = taken.iter().map(|l| l.id).collect();
     assert_eq!(ids, [logged[3].0]);
     // With entries dropped Redis cannot count what is undelivered; the count still answers.

@@ -56,6 +56,23 @@ async fn two_instances_with(tweak: impl FnOnce(&mut Config)) -> (TestApp, TestAp
     (a, b)
 }
 
+/// An admin's access token.
+async fn admin(app: &TestApp) -> String {
+    app.staff(
+        "admin@example.com",
+        "admin password",
+        flashmart_domain::Role::Admin,
+    )
+    .await
+}
+
+/// `FLUSHALL` on a Redis of the test's own: everything lost, as a restart without persistence
+/// would.
+fn flush(redis: &flashmart_redis::testing::LocalRedis) {
+    let flushed = flashmart_redis::testing::redis_cli(redis.ports()[0], &["flushall"]);
+    assert_eq!(flushed.trim(), "OK");
+}
+
 /// The sale's numbers as an admin sees them through `app`.
 async fn stats(app: &TestApp, admin: &str, sale: &str) -> serde_json::Value {
     app.get(&format!("/api/v1/admin/flash-sales/{sale}/stats"))
@@ -118,13 +135,7 @@ async fn two_instances_sell_one_stock_exactly() {
     );
     // 25 units, 2 a reservation: 12 reservations, and 1 unit nobody can take in 2s.
     assert_eq!(created, 12);
-    let admin = a
-        .staff(
-            "admin@example.com",
-            "admin password",
-            flashmart_domain::Role::Admin,
-        )
-        .await;
+    let admin = admin(&a).await;
     for app in [&a, &b] {
         let stats = stats(app, &admin, &sale).await;
         assert_eq!(stats["reserved"], 24, "{stats}");
@@ -191,8 +202,7 @@ async fn a_sale_redis_forgot_sells_exactly_its_stock() {
             StatusCode::CREATED
         );
     }
-    let flushed = flashmart_redis::testing::redis_cli(redis.ports()[0], &["flushall"]);
-    assert_eq!(flushed.trim(), "OK");
+    flush(&redis);
     // Found missing: marked lost, and 503 on every instance until the grace has passed (a
     // write of a reservation decided before the loss may still be on its way).
     for (app, token) in [(&b, &buyers[2]), (&a, &buyers[3])] {
@@ -215,13 +225,7 @@ async fn a_sale_redis_forgot_sells_exactly_its_stock() {
         }
     }
     assert_eq!(sold, 4);
-    let admin = a
-        .staff(
-            "admin@example.com",
-            "admin password",
-            flashmart_domain::Role::Admin,
-        )
-        .await;
+    let admin = admin(&a).await;
     let stats = stats(&a, &admin, &sale).await;
     assert_eq!(stats["reserved"], 10, "{stats}");
     assert_eq!(stats["remaining"], 0, "{stats}");
@@ -254,13 +258,7 @@ async fn an_idempotency_key_answers_the_same_on_every_instance() {
     assert_eq!(again.data(), first.data());
     let other = send(&b, &buyer, &sale, 2).await;
     other.assert_error(StatusCode::UNPROCESSABLE_ENTITY, 60006);
-    let admin = a
-        .staff(
-            "admin@example.com",
-            "admin password",
-            flashmart_domain::Role::Admin,
-        )
-        .await;
+    let admin = admin(&a).await;
     let stats = stats(&b, &admin, &sale).await;
     assert_eq!(stats["reserved"], 1, "{stats}");
 }
@@ -306,13 +304,7 @@ async fn the_log_writer_stores_what_no_instance_stored() {
     let flashmart_redis::Decision::Reserved { id, .. } = decided else {
         panic!("expected a reservation, got {decided:?}");
     };
-    let admin = a
-        .staff(
-            "admin@example.com",
-            "admin password",
-            flashmart_domain::Role::Admin,
-        )
-        .await;
+    let admin = admin(&a).await;
     let before = stats(&a, &admin, &sale).await;
     assert_eq!(
         (before["reserved"].as_u64(), before["remaining"].as_u64()),
@@ -358,8 +350,7 @@ async fn reservations_from_before_a_loss_give_their_units_back() {
         reserve(&a, &early, &sale, 1, 2).await.status,
         StatusCode::CREATED
     );
-    let flushed = flashmart_redis::testing::redis_cli(redis.ports()[0], &["flushall"]);
-    assert_eq!(flushed.trim(), "OK");
+    flush(&redis);
     let (late, _) = b.customer("late@example.com", "late password").await;
     reserve(&b, &late, &sale, 1, 1)
         .await
@@ -370,13 +361,7 @@ async fn reservations_from_before_a_loss_give_their_units_back() {
         reserve(&b, &late, &sale, 1, 2).await.status,
         StatusCode::CREATED
     );
-    let admin = a
-        .staff(
-            "admin@example.com",
-            "admin password",
-            flashmart_domain::Role::Admin,
-        )
-        .await;
+    let admin = admin(&a).await;
     assert_eq!(stats(&a, &admin, &sale).await["remaining"], 0);
     // Both reservations run out; the one Redis never saw after the rebuild gives its 2 back too.
     a.clock.advance(Duration::minutes(20));
@@ -444,13 +429,7 @@ async fn answered_by_redis_a_reservation_waits_for_no_database() {
         .send()
         .await;
     assert_eq!(pay.status, StatusCode::CREATED, "{}", pay.text());
-    let admin = a
-        .staff(
-            "admin@example.com",
-            "admin password",
-            flashmart_domain::Role::Admin,
-        )
-        .await;
+    let admin = admin(&a).await;
     let numbers = stats(&b, &admin, &sale).await;
     assert_eq!(
         (numbers["reserved"].as_u64(), numbers["remaining"].as_u64()),
@@ -600,13 +579,7 @@ async fn instances_on_a_redis_cluster_sell_exactly_the_stock() {
         .filter(|s| **s == StatusCode::CREATED)
         .count();
     assert_eq!(created, 7, "{answers:?}");
-    let admin = a
-        .staff(
-            "admin@example.com",
-            "admin password",
-            flashmart_domain::Role::Admin,
-        )
-        .await;
+    let admin = admin(&a).await;
     let numbers = stats(&b, &admin, sale).await;
     assert_eq!(
         (numbers["reserved"].as_u64(), numbers["remaining"].as_u64()),
@@ -629,9 +602,8 @@ async fn a_lost_sale_is_rebuilt_without_waiting_for_a_buyer() {
         reserve(&a, &buyer, &sale, 1, 2).await.status,
         StatusCode::CREATED
     );
+    flush(&redis);
     let port = redis.ports()[0];
-    let flushed = flashmart_redis::testing::redis_cli(port, &["flushall"]);
-    assert_eq!(flushed.trim(), "OK");
     let meta = format!("{}{{sale:{sale}}}:meta", a.config.redis.key_prefix);
     let starts = || flashmart_redis::testing::redis_cli(port, &["hexists", &meta, "starts_at"]);
 
@@ -652,12 +624,6 @@ async fn a_lost_sale_is_rebuilt_without_waiting_for_a_buyer() {
         reserve(&b, &other, &sale, 1, 2).await.status,
         StatusCode::CREATED
     );
-    let admin = a
-        .staff(
-            "admin@example.com",
-            "admin password",
-            flashmart_domain::Role::Admin,
-        )
-        .await;
+    let admin = admin(&a).await;
     assert_eq!(stats(&a, &admin, &sale).await["remaining"], 1);
 }
