@@ -216,7 +216,8 @@ impl FlashSales {
         let shared = settings.shared_engine.clone();
         let ledger = Ledger::default();
         // With a shared engine the ledger only mirrors its stock; a sale the engine lost is
-        // found by the first reservation for it, and rebuilt after the grace.
+        // found by the first look at its stock or reservation for it, and rebuilt after the
+        // grace (`restore`).
         for state in store.live_sales(now - settings.keep_ended_for).await? {
             ledger.install(state, now);
         }

@@ -182,9 +182,10 @@ impl FlashSales {
     }
 
     /// A reservation decided by the shared engine (Redis), then written to the records (with its
-    /// order) by the group commit before the answer. A replayed answer is written again (a
-    /// write of the same rows changes nothing), so the answer for a key is always one the
-    /// records hold, even when the first request's write failed.
+    /// order, unless the buyer is the contest's caller-named one) by the group commit before the
+    /// answer (`Ack::Database`), or queued for it and answered at once (`Ack::Engine`). A
+    /// replayed answer is written again (a write of the same rows changes nothing), so the answer
+    /// for a key is always one the records hold, even when the first request's write failed.
     pub(super) async fn reserve_shared(
         &self,
         engine: &dyn SharedEngine,
