@@ -202,11 +202,10 @@ impl RedisSales {
         let waiting = match found.lag {
             Some(undelivered) => found.pending + undelivered,
             None => {
-                let held: usize = redis::cmd("XLEN")
+                redis::cmd("XLEN")
                     .arg(self.keys(sale).log)
-                    .query_async(conn)
-                    .await?;
-                held
+                    .query_async::<usize>(conn)
+                    .await?
             }
         };
         Ok(u64::try_from(waiting).unwrap_or(u64::MAX))

@@ -13,9 +13,8 @@
 --       9 how many keys one buyer may have remembered in this sale (0: no cap); one more
 --         answers {"too_many_keys"}
 -- Answers {"reserved", id, expires_at, log entry id} or {"refused", reason}, or {"key_reused"};
--- an answer
--- given for a key is given again for it ("replayed" first). A sale lost and not yet rebuilt
--- answers {"refused", "rebuilding", rebuild_at}.
+-- an answer given for a key is given again for it ("replayed" first, without the entry id). A
+-- sale lost and not yet rebuilt answers {"refused", "rebuilding", rebuild_at}.
 
 local now = tonumber(ARGV[1])
 local item, buyer, quantity = ARGV[2], ARGV[3], tonumber(ARGV[4])

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use flashmart_domain::SaleId;
-
 use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -119,13 +118,7 @@ impl Slot<'_> {
         pledge: Option<Pledge>,
     ) -> oneshot::Receiver<Result<JournalOutcome, CommitFailed>> {
         let (reply, rx) = oneshot::channel();
-        self.0.send(Pending {
-            op: Some(op),
-            has_op: true,
-            pledge,
-            reply: Some(reply),
-            logged: None,
-        });
+        self.queue(op, pledge, Some(reply), None);
         rx
     }
 
@@ -139,20 +132,29 @@ impl Slot<'_> {
         logged: Option<(SaleId, LogEntry)>,
         wait: bool,
     ) -> Option<oneshot::Receiver<Result<JournalOutcome, CommitFailed>>> {
-        let (reply, rx) = if wait {
-            let (reply, rx) = oneshot::channel();
-            (Some(reply), Some(rx))
-        } else {
-            (None, None)
-        };
+        if !wait {
+            self.queue(op, None, None, logged);
+            return None;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.queue(op, None, Some(reply), logged);
+        Some(rx)
+    }
+
+    fn queue(
+        self,
+        op: JournalOp,
+        pledge: Option<Pledge>,
+        reply: Option<Reply>,
+        logged: Option<(SaleId, LogEntry)>,
+    ) {
         self.0.send(Pending {
             op: Some(op),
             has_op: true,
-            pledge: None,
+            pledge,
             reply,
             logged,
         });
-        rx
     }
 }
 
@@ -169,18 +171,10 @@ impl GroupCommit {
         (Self { tx, beat, stored }, task)
     }
 
-    /// The shared engine's log entries whose reservations were committed since the last call
-    /// (at most `max`).
-    pub fn stored_log(&self, max: usize) -> Vec<(SaleId, LogEntry)> {
+    /// The shared engine's log entries whose reservations were committed since the last call.
+    pub fn stored_log(&self) -> Vec<(SaleId, LogEntry)> {
         let mut stored = self.stored.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out = Vec::new();
-        while out.len() < max {
-            match stored.try_recv() {
-                Ok(entry) => out.push(entry),
-                Err(_) => break,
-            }
-        }
-        out
+        std::iter::from_fn(|| stored.try_recv().ok()).collect()
     }
 
     /// The commit task's heartbeat, for readiness.

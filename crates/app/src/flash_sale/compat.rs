@@ -223,7 +223,7 @@ impl FlashSales {
         id: ReservationId,
     ) -> Result<PurchaseOutcome, SaleError> {
         let outcome = match self.purchase_stored(id).await {
-            Err(SaleError::ReservationNotFound) => {
+            Err(SaleError::ReservationNotFound) if self.answers_before_storing() => {
                 self.catch_up().await?;
                 self.purchase_stored(id).await?
             }

@@ -367,10 +367,10 @@ impl FlashSales {
             self.contest_book.expire_due(now);
             self.commit.flush().await;
         }
-        // Reservations answered before they were stored expire with the others (should the
-        // logs not answer, those stored expire now, the rest at a later sweep).
-        if let Err(err) = self.catch_up().await {
-            tracing::warn!(%err, "expiring without catching up with the sales' logs");
+        // Reservations this instance answered before storing them expire with the others
+        // (another instance's are stored by it or the log writers long before they expire).
+        if self.answers_before_storing() {
+            self.commit.flush().await;
         }
         let mut total = 0;
         loop {
@@ -482,7 +482,7 @@ impl FlashSales {
         // What this instance's requests stored is dropped from the logs first: most entries,
         // which no writer then reads.
         let mut stored: std::collections::HashMap<SaleId, Vec<LogEntry>> = Default::default();
-        for (sale, entry) in self.commit.stored_log(usize::MAX) {
+        for (sale, entry) in self.commit.stored_log() {
             stored.entry(sale).or_default().push(entry);
         }
         for (sale, entries) in stored {
@@ -586,15 +586,15 @@ impl FlashSales {
     }
 
     /// With `Ack::Engine`, a reservation may be answered before it is stored: a read that
-    /// finds no reservation or order by an id calls this, then reads again, and so do lists of
-    /// orders and reservations, a sale's numbers and the expiry sweep before they read. It
-    /// returns once what this instance queued is committed and everything the logs held when
-    /// it was called is stored, entries another writer is still writing included (taken over
-    /// at once and written a second time, which changes nothing): by a pass of its own, or by
-    /// one that began after it came (many reads missing at once share passes). Otherwise it
-    /// returns at once.
+    /// finds no reservation or order by an id calls this, then reads again (`read_through`),
+    /// and so do lists of orders and reservations, a sale's numbers and the return of unsold
+    /// units before they read. It returns once what this instance queued is committed and
+    /// everything the logs held when it was called is stored, entries another writer is still
+    /// writing included (taken over at once and written a second time, which changes nothing):
+    /// by a pass of its own, or by one that began after it came (many reads missing at once
+    /// share passes). Otherwise it returns at once.
     pub async fn catch_up(&self) -> Result<(), StoreError> {
-        if self.shared.is_none() || self.settings.ack != Ack::Engine {
+        if !self.answers_before_storing() {
             return Ok(());
         }
         let arrived = self.catch_ups_begun.load(Ordering::SeqCst);
@@ -602,6 +602,27 @@ impl FlashSales {
         self.write_logged_taking(std::time::Duration::ZERO, Some(arrived))
             .await
             .map(|_| ())
+    }
+
+    /// Whether a reservation can be answered before the records hold it (`Ack::Engine`).
+    fn answers_before_storing(&self) -> bool {
+        self.shared.is_some() && self.settings.ack == Ack::Engine
+    }
+
+    /// What `read` finds by an id; when it finds nothing and the reservation behind the id may
+    /// have been answered before it was stored, it reads again once `catch_up` has run.
+    pub async fn read_through<T, E, F, Fut>(&self, read: F) -> Result<Option<T>, E>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, E>>,
+        E: From<StoreError>,
+    {
+        let found = read().await?;
+        if found.is_some() || !self.answers_before_storing() {
+            return Ok(found);
+        }
+        self.catch_up().await?;
+        read().await
     }
 
     /// `catch_up` for a read that can do without it (a list, a sale's numbers): a failure is

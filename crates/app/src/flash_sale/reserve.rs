@@ -345,12 +345,9 @@ impl FlashSales {
         user: UserId,
         id: ReservationId,
     ) -> Result<ReservationRecord, SaleError> {
-        let mut found = self.store.reservation(id).await?;
-        if found.is_none() {
-            // Answered but perhaps not stored yet (`Ack::Engine`).
-            self.catch_up().await?;
-            found = self.store.reservation(id).await?;
-        }
+        let found = self
+            .read_through(|| async { self.store.reservation(id).await })
+            .await?;
         match found {
             Some(r) if r.buyer == BuyerId::user(user) => Ok(r),
             _ => Err(SaleError::ReservationNotFound),

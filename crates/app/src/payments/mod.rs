@@ -280,13 +280,10 @@ impl Payments {
     }
 
     async fn own_order(&self, user: UserId, order: OrderId) -> Result<OrderRecord, PaymentError> {
-        let mut found = self.orders.order(order).await?;
-        if found.is_none()
-            && let Some(sales) = &self.flash_sales
-        {
-            sales.catch_up().await?;
-            found = self.orders.order(order).await?;
-        }
+        let found = match &self.flash_sales {
+            Some(sales) => sales.read_through(|| self.orders.order(order)).await?,
+            None => self.orders.order(order).await?,
+        };
         match found {
             Some(o) if o.user_id == user => Ok(o),
             _ => Err(PaymentError::OrderNotFound),

@@ -411,11 +411,9 @@ impl Shop {
     /// An order by its id; one not found is looked for again once the flash-sale engine has
     /// stored what it answered (a flash-sale order can be answered before it is stored).
     async fn find_order(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
-        if let Some(order) = self.orders.order(id).await? {
-            return Ok(Some(order));
-        }
-        self.flash_sales.catch_up().await?;
-        self.orders.order(id).await
+        self.flash_sales
+            .read_through(|| self.orders.order(id))
+            .await
     }
 
     /// The user's orders, optionally in one status, newest first.
