@@ -210,7 +210,7 @@ fn items_from_draft(draft: ItemsDraft, errors: &mut Vec<FieldError>) -> Vec<NewI
 
 impl FlashSales {
     pub async fn create_sale(&self, draft: SaleDraft) -> Result<SaleView, SaleError> {
-        let now = self.clock.now();
+        let now = self.core.clock.now();
         let mut errors = Vec::new();
         let name = check_name(&draft.name, &mut errors);
         let currency = check_currency(draft.currency.as_deref(), &mut errors);
@@ -235,7 +235,7 @@ impl FlashSales {
             total_stock: items.iter().map(|i| u64::from(i.stock)).sum(),
             created_at: now,
         };
-        match self.store.insert_sale(&record, &items).await? {
+        match self.core.store.insert_sale(&record, &items).await? {
             SaleInsert::Stored => self.load(record.id).await,
             SaleInsert::ProductShort {
                 product_id,
@@ -253,28 +253,27 @@ impl FlashSales {
     /// Puts a stored sale into the ledger and answers its view.
     async fn load(&self, id: SaleId) -> Result<SaleView, SaleError> {
         let state = self
+            .core
             .store
             .live_sale(id)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
-        if let Some(engine) = &self.shared {
-            engine.load(&state, self.clock.now()).await?;
-        }
-        let sale = self.ledger.install(state, self.clock.now());
+        self.engine.load(&state).await?;
+        let sale = self.core.ledger.install(state, self.core.clock.now());
         Ok(self.view(sale.record.clone()))
     }
 
     /// With a shared engine, brings the ledger's copy of a sale's stock up to date first.
     async fn fresh(&self, sale: SaleId) -> Result<(), SaleError> {
-        if let Some(live) = self.ledger.get(&sale) {
-            self.mirror(&live).await?;
+        if let Some(live) = self.core.ledger.get(&sale) {
+            self.engine.refresh(&live).await?;
         }
         Ok(())
     }
 
     fn view(&self, record: SaleRecord) -> SaleView {
-        let now = self.clock.now();
-        let remaining = match self.ledger.get(&record.id) {
+        let now = self.core.clock.now();
+        let remaining = match self.core.ledger.get(&record.id) {
             Some(live) => live.remaining(),
             // Not in memory: long ended; what is left no longer changes.
             None => 0,
@@ -287,7 +286,12 @@ impl FlashSales {
     }
 
     pub async fn sale(&self, id: SaleId) -> Result<SaleView, SaleError> {
-        let record = self.store.sale(id).await?.ok_or(SaleError::SaleNotFound)?;
+        let record = self
+            .core
+            .store
+            .sale(id)
+            .await?
+            .ok_or(SaleError::SaleNotFound)?;
         self.fresh(id).await?;
         Ok(self.view(record))
     }
@@ -297,7 +301,11 @@ impl FlashSales {
         phase: Option<SalePhase>,
         page: PageRequest,
     ) -> Result<Page<SaleView>, SaleError> {
-        let sales = self.store.list_sales(phase, self.clock.now(), page).await?;
+        let sales = self
+            .core
+            .store
+            .list_sales(phase, self.core.clock.now(), page)
+            .await?;
         Ok(sales.map(|r| self.view(r)))
     }
 
@@ -307,13 +315,14 @@ impl FlashSales {
         sale: SaleId,
         page: PageRequest,
     ) -> Result<Page<(ItemRecord, u32)>, SaleError> {
-        self.store
+        self.core
+            .store
             .sale(sale)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
         self.fresh(sale).await?;
-        let live = self.ledger.get(&sale);
-        let items = self.store.items(sale, page).await?;
+        let live = self.core.ledger.get(&sale);
+        let items = self.core.store.items(sale, page).await?;
         Ok(items.map(|item| {
             let remaining = live
                 .as_ref()
@@ -326,14 +335,15 @@ impl FlashSales {
     /// Storage's counts and the ledger's remaining stock. At rest (no reservation in flight)
     /// `reserved + sold + remaining == stock`; the stampede checker relies on it.
     pub async fn stats(&self, sale: SaleId) -> Result<SaleStats, SaleError> {
-        self.store
+        self.core
+            .store
             .sale(sale)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
         self.try_catch_up().await;
-        let stored = self.store.stats(sale).await?;
+        let stored = self.core.store.stats(sale).await?;
         self.fresh(sale).await?;
-        let remaining = match self.ledger.get(&sale) {
+        let remaining = match self.core.ledger.get(&sale) {
             Some(live) => live.remaining(),
             None => stored.stock.saturating_sub(stored.reserved + stored.sold),
         };
@@ -354,12 +364,13 @@ impl FlashSales {
         page: PageRequest,
         after: Option<ReservationId>,
     ) -> Result<Page<ReservationRecord>, SaleError> {
-        self.store
+        self.core
+            .store
             .sale(sale)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
         self.try_catch_up().await;
-        Ok(self.store.reservations(sale, page, after).await?)
+        Ok(self.core.store.reservations(sale, page, after).await?)
     }
 
     pub async fn create_schedule(&self, draft: ScheduleDraft) -> Result<Schedule, SaleError> {
@@ -414,9 +425,9 @@ impl FlashSales {
             reservation_ttl_secs: draft.reservation_ttl_secs,
             duration_secs: duration,
             active: true,
-            created_at: self.clock.now(),
+            created_at: self.core.clock.now(),
         };
-        match self.store.insert_schedule(&schedule).await {
+        match self.core.store.insert_schedule(&schedule).await {
             Ok(()) => {}
             Err(crate::StoreError::Conflict { .. }) => return Err(SaleError::ScheduleNameTaken),
             Err(e) => return Err(e.into()),
@@ -426,11 +437,11 @@ impl FlashSales {
     }
 
     pub async fn schedule_named(&self, name: &str) -> Result<Option<Schedule>, SaleError> {
-        Ok(self.store.schedule_by_name(name).await?)
+        Ok(self.core.store.schedule_by_name(name).await?)
     }
 
     pub async fn schedules(&self, page: PageRequest) -> Result<Page<Schedule>, SaleError> {
-        Ok(self.store.schedules(page).await?)
+        Ok(self.core.store.schedules(page).await?)
     }
 
     /// Makes sure every active schedule has its sale for the current slot (and, in the last
@@ -438,11 +449,11 @@ impl FlashSales {
     /// run from several schedulers at once: storage keeps one sale per slot. Returns the sales
     /// this call created.
     pub async fn run_schedules(&self) -> Result<Vec<SaleRecord>, SaleError> {
-        let now = self.clock.now();
+        let now = self.core.clock.now();
         let mut created = Vec::new();
         let mut page = PageRequest::new(Some(1), Some(PageRequest::MAX_PER_PAGE));
         loop {
-            let schedules = self.store.schedules(page).await?;
+            let schedules = self.core.store.schedules(page).await?;
             for schedule in schedules.items.iter().filter(|s| s.active) {
                 let current = schedule.recurrence.slot_start(now);
                 let next = current + schedule.recurrence.period();
@@ -471,7 +482,7 @@ impl FlashSales {
         slot: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Option<SaleRecord>, SaleError> {
-        if self.ledger.for_slot(schedule.id, slot).is_some() {
+        if self.core.ledger.for_slot(schedule.id, slot).is_some() {
             return Ok(None);
         }
         let ends_at = slot + Duration::seconds(schedule.duration_secs);
@@ -501,8 +512,9 @@ impl FlashSales {
             total_stock: u64::from(schedule.item_count),
             created_at: now,
         };
-        let inserted = self.store.insert_sale(&record, &items).await? == SaleInsert::Stored;
+        let inserted = self.core.store.insert_sale(&record, &items).await? == SaleInsert::Stored;
         let stored = self
+            .core
             .store
             .sale_for_slot(schedule.id, slot)
             .await?

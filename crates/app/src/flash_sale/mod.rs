@@ -1,18 +1,21 @@
-//! Flash sales: creating sales and recurring schedules, the reservation hot path on the in-memory
-//! ledger with its group commit, expiry, live events, and the contest compatibility API.
+//! Flash sales: creating sales and recurring schedules, the reservation hot path through the
+//! engine port (`engine.rs`: the in-process engine, or the shared one on Redis), expiry, live
+//! events, and the contest compatibility API.
 
 mod admin;
 pub mod commit;
 mod compat;
 mod contest_book;
 mod counters;
+mod engine;
 pub mod idempotency;
+mod in_process;
 pub mod ledger;
 pub mod model;
 mod reserve;
+mod shared;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use flashmart_domain::flash_sale::{FlashSaleError, SalePhase};
 use flashmart_domain::{SaleId, ScheduleId};
@@ -26,13 +29,14 @@ pub use compat::CONTEST_SCHEDULE;
 use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::flash_sale::commit::GroupCommit;
-use crate::flash_sale::contest_book::ContestBook;
 use crate::flash_sale::counters::Counters;
-use crate::flash_sale::idempotency::{IdempotencyTable, KEY_LIFETIME, Refusal};
+use crate::flash_sale::engine::{Core, Engine};
+use crate::flash_sale::idempotency::Refusal;
+use crate::flash_sale::in_process::InProcess;
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
-use crate::flash_sale::model::{JournalOp, SaleRecord};
-use crate::page::PageRequest;
-use crate::ports::{FlashSaleStore, LogEntry, ReservationJournal, SettleTo, SharedEngine};
+use crate::flash_sale::model::SaleRecord;
+use crate::flash_sale::shared::Shared;
+use crate::ports::{FlashSaleStore, ReservationJournal, SettleTo, SharedEngine};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SaleError {
@@ -139,11 +143,6 @@ pub struct FlashSaleSettings {
     pub ack: Ack,
 }
 
-/// How long a log entry given to a writer may stay unacknowledged before another writer takes
-/// it over (the first is taken to have died; if it was only slow, the entry is written twice,
-/// which changes nothing).
-const WRITER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// When a reservation decided by the shared engine is answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Ack {
@@ -171,35 +170,12 @@ impl Default for FlashSaleSettings {
     }
 }
 
-/// The flash-sale use cases over the embedded engine.
+/// The flash-sale use cases, over whichever engine the settings name (`engine.rs`).
 #[derive(Debug)]
 pub struct FlashSales {
-    store: Arc<dyn FlashSaleStore>,
-    clock: Arc<dyn Clock>,
-    ledger: Ledger,
-    commit: GroupCommit,
-    keys: Arc<IdempotencyTable>,
-    /// The contest reservations made since start, for purchases decided in memory.
-    contest_book: ContestBook,
-    counters: Counters,
-    settings: FlashSaleSettings,
+    core: Arc<Core>,
+    engine: Box<dyn Engine>,
     contest: Option<ScheduleId>,
-    /// The shared engine that decides reservations, when there is one; the ledger then only
-    /// mirrors its stock for views and live events.
-    shared: Option<Arc<dyn SharedEngine>>,
-    /// This instance's name among the engine's log writers, and its turn: one pass at a time
-    /// (the worker's, or a read's catching up).
-    writer: String,
-    writing: tokio::sync::Mutex<CatchUps>,
-    /// Catch-up passes begun (under `writing`); read without it by a caller arriving.
-    catch_ups_begun: std::sync::atomic::AtomicU64,
-}
-
-/// The catch-up passes done, so that a read arriving while others wait needs no pass of its
-/// own once one that began after it has finished.
-#[derive(Debug, Default)]
-struct CatchUps {
-    done: u64,
 }
 
 impl FlashSales {
@@ -213,21 +189,12 @@ impl FlashSales {
         settings: FlashSaleSettings,
     ) -> Result<(Self, JoinHandle<()>), StoreError> {
         let now = clock.now();
-        let shared = settings.shared_engine.clone();
         let ledger = Ledger::default();
         // With a shared engine the ledger only mirrors its stock; a sale the engine lost is
         // found by the first look at its stock or reservation for it, and rebuilt after the
-        // grace (`restore`).
+        // grace (`Shared::restore`).
         for state in store.live_sales(now - settings.keep_ended_for).await? {
             ledger.install(state, now);
-        }
-        let keys = Arc::new(IdempotencyTable::new(
-            settings.max_idempotency_keys_per_user,
-        ));
-        if shared.is_none() {
-            for stored in store.idempotency_since(now - KEY_LIFETIME).await? {
-                keys.restore(stored.buyer, &stored.record, stored.reservation);
-            }
         }
         let contest = if settings.contest {
             Some(compat::ensure_contest_schedule(store.as_ref(), now).await?)
@@ -237,41 +204,34 @@ impl FlashSales {
         let (commit, task) = GroupCommit::start(journal, settings.commit_queue);
         tracing::info!(
             sales = ledger.len(),
-            idempotency_keys = keys.len(),
             "flash-sale ledger rebuilt from storage"
         );
+        let shared = settings.shared_engine.clone();
+        let core = Arc::new(Core {
+            store,
+            clock,
+            ledger,
+            commit,
+            counters: Counters::default(),
+            settings,
+        });
+        let engine: Box<dyn Engine> = match shared {
+            Some(engine) => Box::new(Shared::new(Arc::clone(&core), engine)),
+            None => Box::new(InProcess::start(Arc::clone(&core)).await?),
+        };
         Ok((
             Self {
-                store,
-                clock,
-                ledger,
-                commit,
-                keys,
-                contest_book: ContestBook::default(),
-                counters: Counters::default(),
-                settings,
+                core,
+                engine,
                 contest,
-                shared,
-                writer: format!("flashmart-{}", uuid::Uuid::new_v4().simple()),
-                writing: tokio::sync::Mutex::new(CatchUps::default()),
-                catch_ups_begun: std::sync::atomic::AtomicU64::new(0),
             },
             task,
         ))
     }
 
-    /// A place in the commit queue (waiting for one is the backpressure when storage falls
-    /// behind).
-    async fn commit_slot(&self) -> Result<commit::Slot<'_>, SaleError> {
-        self.commit
-            .slot()
-            .await
-            .map_err(|e| SaleError::Unavailable(e.0))
-    }
-
     /// The group commit's heartbeat, for readiness.
     pub fn commit_heartbeat(&self) -> Arc<crate::health::Heartbeat> {
-        self.commit.heartbeat()
+        self.core.commit.heartbeat()
     }
 
     /// A sale's numbers now, and a receiver of the numbers `publish_all` pushes from then on.
@@ -281,23 +241,22 @@ impl FlashSales {
         &self,
         sale: SaleId,
     ) -> Option<(SaleSnapshot, watch::Receiver<SaleSnapshot>)> {
-        let live = self.ledger.get(&sale)?;
-        if let Err(err) = self.mirror(&live).await {
+        let live = self.core.ledger.get(&sale)?;
+        if let Err(err) = self.engine.refresh(&live).await {
             tracing::warn!(%err, %sale, "cannot read the sale's stock from the shared engine");
         }
         let mut rx = live.subscribe();
         rx.mark_unchanged();
-        Some((live.snapshot(self.clock.now()), rx))
+        Some((live.snapshot(self.core.clock.now()), rx))
     }
 
     /// Pushes each sale's current numbers to its subscribers, where they changed (with a shared
     /// engine, live sales' numbers are read from it first).
     pub async fn publish_all(&self) {
-        let now = self.clock.now();
-        for sale in self.ledger.all() {
-            if self.shared.is_some()
-                && sale.record.rules.window().phase(now) != SalePhase::Ended
-                && let Err(err) = self.mirror(&sale).await
+        let now = self.core.clock.now();
+        for sale in self.core.ledger.all() {
+            if sale.record.rules.window().phase(now) != SalePhase::Ended
+                && let Err(err) = self.engine.refresh(&sale).await
             {
                 tracing::warn!(%err, sale = %sale.record.id, "cannot read the sale's stock from the shared engine");
             }
@@ -305,76 +264,17 @@ impl FlashSales {
         }
     }
 
-    /// With a shared engine, sets the ledger's copy of a sale's stock to the engine's.
-    pub(crate) async fn mirror(&self, sale: &ledger::LiveSale) -> Result<(), SaleError> {
-        let Some(engine) = &self.shared else {
-            return Ok(());
-        };
-        match engine.remaining(sale.record.id).await? {
-            Some(remaining) => sale.mirror(&remaining),
-            // Not in the engine (lost, or never loaded): marked lost, and rebuilt from the
-            // records once the grace has passed, by this or the next look (every publish), or
-            // by the first reservation after it.
-            None => {
-                self.restore(engine.as_ref(), sale.record.id, self.clock.now())
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A sale the engine does not hold: marked lost (unless it is there after all), and
-    /// loaded from the records once the grace since it was first found missing has passed, so
-    /// that every reservation decided before the loss has landed in the records or failed.
-    /// Returns the rebuild time while it is still to come.
-    pub(crate) async fn restore(
-        &self,
-        engine: &dyn SharedEngine,
-        sale: SaleId,
-        now: OffsetDateTime,
-    ) -> Result<Option<OffsetDateTime>, SaleError> {
-        let unavailable = |e: StoreError| SaleError::Unavailable(e.to_string().into());
-        let Some(rebuild_at) = engine
-            .mark_lost(sale, now + self.settings.rebuild_grace)
-            .await
-            .map_err(unavailable)?
-        else {
-            return Ok(None);
-        };
-        if now < rebuild_at {
-            return Ok(Some(rebuild_at));
-        }
-        let state = self
-            .store
-            .live_sale(sale)
-            .await?
-            .ok_or(SaleError::SaleNotFound)?;
-        if engine.load(&state, now).await.map_err(unavailable)? {
-            tracing::warn!(%sale, "a sale the reservation engine had lost was rebuilt from the records");
-        }
-        Ok(None)
-    }
-
     /// Expires reservations whose time ran out and puts their stock back on sale. Returns how
     /// many expired.
     pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
         const BATCH: u32 = 1000;
-        // One time for the whole sweep: the contest book marks what is due by it, and storage
-        // expires only what is due by it, after every purchase decided before the mark is
-        // committed (contest_book.rs).
-        let now = self.clock.now();
-        if self.contest.is_some() {
-            self.contest_book.expire_due(now);
-            self.commit.flush().await;
-        }
-        // Reservations this instance answered before storing them expire with the others
-        // (another instance's are stored by it or the log writers long before they expire).
-        if self.answers_before_storing() {
-            self.commit.flush().await;
-        }
+        // One time for the whole sweep: what the engine answered and decided by then is in
+        // the records before they expire what is due by it.
+        let now = self.core.clock.now();
+        self.engine.before_expiry(now).await;
         let mut total = 0;
         loop {
-            let released = self.store.expire_due(now, BATCH).await?;
+            let released = self.core.store.expire_due(now, BATCH).await?;
             for r in &released {
                 self.give_back(r, SettleTo::Expired).await?;
             }
@@ -395,7 +295,7 @@ impl FlashSales {
     pub async fn return_unsold_stock(&self) -> Result<u64, StoreError> {
         // What is held counts only once it is stored: nothing answered may be left out.
         self.catch_up().await?;
-        let given = self.store.return_unsold(self.clock.now()).await?;
+        let given = self.core.store.return_unsold(self.core.clock.now()).await?;
         if given > 0 {
             tracing::info!(
                 units = given,
@@ -421,30 +321,25 @@ impl FlashSales {
         released: &crate::flash_sale::model::Released,
         to: SettleTo,
     ) -> Result<(), StoreError> {
-        match &self.shared {
-            None => {
-                self.ledger.release(released);
-                Ok(())
-            }
-            Some(engine) => engine.settle(released, to).await.map(|_| ()),
-        }
+        self.engine.settle(released, to).await
     }
 
     /// Forgets old idempotency keys and sales long ended.
     pub fn housekeeping(&self) {
-        let now = self.clock.now();
-        self.keys.prune(now);
-        self.contest_book.prune(now - Duration::MINUTE);
-        self.ledger.drop_ended(now - self.settings.keep_ended_for);
+        let now = self.core.clock.now();
+        self.engine.housekeeping(now);
+        self.core
+            .ledger
+            .drop_ended(now - self.core.settings.keep_ended_for);
     }
 
     /// Waits until every write queued so far is durable (shutdown).
     pub async fn flush(&self) {
-        self.commit.flush().await;
+        self.core.commit.flush().await;
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
+        &self.core.clock
     }
 }
 
@@ -452,161 +347,19 @@ impl FlashSales {
     /// With a shared engine: stores the reservations its logs hold that no instance stored (the
     /// one that decided them died before its write, or the write failed), and acknowledges
     /// them. Every instance runs it under a writer name of its own, one pass at a time: each
-    /// log entry goes to one writer, and one that dies leaves its entries to the others. Entries
-    /// whose reservation is stored already (most: by the request that made it) are only
-    /// acknowledged; writing one stored meanwhile changes nothing. Returns how many reservations
-    /// it wrote.
+    /// log entry goes to one writer, and one that dies leaves its entries to the others.
+    /// Returns how many reservations it wrote (always none in process).
     pub async fn write_logged(&self) -> Result<usize, StoreError> {
-        self.write_logged_taking(WRITER_IDLE, None).await
+        self.engine.write_logged().await
     }
 
-    /// `write_logged`, taking over entries another writer has held for `stale_after`. For a
-    /// catch-up (`arrived`: the catch-up passes begun when its caller came), nothing is done
-    /// when a catch-up pass that began later has finished while it waited.
-    async fn write_logged_taking(
-        &self,
-        stale_after: std::time::Duration,
-        arrived: Option<u64>,
-    ) -> Result<usize, StoreError> {
-        const BATCH: usize = 500;
-        let Some(engine) = &self.shared else {
-            return Ok(0);
-        };
-        let writer = self.writer.as_str();
-        let mut turn = self.writing.lock().await;
-        let pass = match arrived {
-            Some(arrived) if turn.done > arrived => return Ok(0),
-            Some(_) => Some(self.catch_ups_begun.fetch_add(1, Ordering::SeqCst) + 1),
-            None => None,
-        };
-        // What this instance's requests stored is dropped from the logs first: most entries,
-        // which no writer then reads.
-        let mut stored: std::collections::HashMap<SaleId, Vec<LogEntry>> = Default::default();
-        for (sale, entry) in self.commit.stored_log() {
-            stored.entry(sale).or_default().push(entry);
-        }
-        for (sale, entries) in stored {
-            if let Err(err) = engine.forget_logged(sale, &entries).await {
-                // Left in the log: read below, found stored, acknowledged.
-                tracing::warn!(%err, %sale, "stored reservations could not be dropped from the log");
-            }
-        }
-        // Sales made on other instances since this one started have logs too.
-        let now = self.clock.now();
-        let mut page = PageRequest::new(Some(1), Some(PageRequest::MAX_PER_PAGE));
-        loop {
-            let live = self
-                .store
-                .list_sales(Some(SalePhase::Live), now, page)
-                .await?;
-            for sale in live
-                .items
-                .iter()
-                .filter(|s| self.ledger.get(&s.id).is_none())
-            {
-                if let Some(state) = self.store.live_sale(sale.id).await? {
-                    self.ledger.install(state, now);
-                }
-            }
-            if u64::from(page.page()) * u64::from(page.per_page()) >= live.total {
-                break;
-            }
-            page = PageRequest::new(Some(page.page() + 1), Some(page.per_page()));
-        }
-        let mut written = 0;
-        let mut waiting = 0;
-        for sale in self.ledger.all() {
-            let ended_at = sale.record.rules.window().ends_at();
-            if now >= ended_at && !sale.retired() {
-                // Nothing reserves any more; settlements can come until the last reservation
-                // expires, and replays of an idempotency key for a day after it was used.
-                let at = ended_at + sale.record.rules.reservation_ttl() + KEY_LIFETIME;
-                match engine.retire(sale.record.id, at).await {
-                    Ok(()) => sale.set_retired(),
-                    Err(err) => {
-                        tracing::warn!(%err, sale = %sale.record.id, "an ended sale's keys could not be given their expiry; will retry");
-                    }
-                }
-            }
-            loop {
-                let logged = engine
-                    .take_logged(sale.record.id, writer, BATCH, stale_after)
-                    .await?;
-                if logged.is_empty() {
-                    break;
-                }
-                // Most were stored by the request that made them: only the others are written.
-                let ids: Vec<_> = logged.iter().map(|l| l.id).collect();
-                let stored: std::collections::HashSet<_> = self
-                    .store
-                    .stored_reservations(&ids)
-                    .await?
-                    .into_iter()
-                    .collect();
-                let mut writes = Vec::with_capacity(logged.len());
-                for entry in logged.iter().filter(|l| !stored.contains(&l.id)) {
-                    let decided = reserve::decided_reservation(
-                        &sale,
-                        entry.id,
-                        entry.item_no,
-                        entry.buyer,
-                        entry.quantity,
-                        entry.expires_at,
-                        None,
-                        entry.buyer_ref.clone(),
-                    )
-                    .ok_or_else(|| {
-                        StoreError::Other(
-                            format!(
-                                "a logged reservation names no item of sale {}",
-                                sale.record.id
-                            )
-                            .into(),
-                        )
-                    })?;
-                    writes.push(self.commit.submit(JournalOp::Record(Box::new(decided))));
-                }
-                written += writes.len();
-                for done in futures_util::future::join_all(writes).await {
-                    done.map_err(|e| StoreError::Unavailable(e.0.to_string()))?;
-                }
-                let entries: Vec<String> = logged.iter().map(|l| l.entry.clone()).collect();
-                let left = engine.ack_logged(sale.record.id, &entries).await?;
-                if logged.len() < BATCH {
-                    waiting += left;
-                    break;
-                }
-            }
-        }
-        metrics::gauge!("flash_sale_log_waiting").set(waiting as f64);
-        if let Some(pass) = pass {
-            turn.done = pass;
-        }
-        Ok(written)
-    }
-
-    /// With `Ack::Engine`, a reservation may be answered before it is stored: a read that
-    /// finds no reservation or order by an id calls this, then reads again (`read_through`),
-    /// and so do lists of orders and reservations, a sale's numbers and the return of unsold
-    /// units before they read. It returns once what this instance queued is committed and
-    /// everything the logs held when it was called is stored, entries another writer is still
-    /// writing included (taken over at once and written a second time, which changes nothing):
-    /// by a pass of its own, or by one that began after it came (many reads missing at once
-    /// share passes). Otherwise it returns at once.
+    /// With `flash_sale.ack = redis`, a reservation may be answered before it is stored: a
+    /// read that finds no reservation or order by an id calls this, then reads again
+    /// (`read_through`), and so do lists of orders and reservations, a sale's numbers and the
+    /// return of unsold units before they read. It returns once everything answered when it was
+    /// called is stored; otherwise at once.
     pub async fn catch_up(&self) -> Result<(), StoreError> {
-        if !self.answers_before_storing() {
-            return Ok(());
-        }
-        let arrived = self.catch_ups_begun.load(Ordering::SeqCst);
-        self.commit.flush().await;
-        self.write_logged_taking(std::time::Duration::ZERO, Some(arrived))
-            .await
-            .map(|_| ())
-    }
-
-    /// Whether a reservation can be answered before the records hold it (`Ack::Engine`).
-    fn answers_before_storing(&self) -> bool {
-        self.shared.is_some() && self.settings.ack == Ack::Engine
+        self.engine.catch_up().await
     }
 
     /// What `read` finds by an id; when it finds nothing and the reservation behind the id may
@@ -618,7 +371,7 @@ impl FlashSales {
         E: From<StoreError>,
     {
         let found = read().await?;
-        if found.is_some() || !self.answers_before_storing() {
+        if found.is_some() || !self.engine.answers_before_storing() {
             return Ok(found);
         }
         self.catch_up().await?;
@@ -656,45 +409,6 @@ impl FlashSales {
     /// records hold, and marks a sale the engine lost for rebuilding. Run while reservations
     /// are being made, a difference can be one in flight; run again, it is gone.
     pub async fn reconcile(&self) -> Result<Vec<(SaleRecord, Reconciled)>, StoreError> {
-        let Some(engine) = &self.shared else {
-            return Err(StoreError::Other(
-                "reconcile compares the shared engine (redis.url) with the records; none is set"
-                    .into(),
-            ));
-        };
-        self.write_logged().await?;
-        let now = self.clock.now();
-        let mut report = Vec::new();
-        for state in self.store.live_sales(now).await? {
-            let id = state.sale.id;
-            let outcome = match engine.remaining(id).await? {
-                None => match engine
-                    .mark_lost(id, now + self.settings.rebuild_grace)
-                    .await?
-                {
-                    Some(rebuild_at) => Reconciled::Lost { rebuild_at },
-                    None => continue,
-                },
-                Some(remaining) => {
-                    let differs = state.items.iter().find_map(|item| {
-                        let records = item.stock.saturating_sub(item.held);
-                        let engine = remaining
-                            .iter()
-                            .find(|(no, _)| *no == item.no)
-                            .map_or(0, |(_, left)| *left);
-                        (engine != records).then_some(Reconciled::Differs {
-                            item_no: item.no,
-                            engine,
-                            records,
-                        })
-                    });
-                    differs.unwrap_or(Reconciled::Agrees {
-                        remaining: remaining.iter().map(|(_, left)| u64::from(*left)).sum(),
-                    })
-                }
-            };
-            report.push((state.sale, outcome));
-        }
-        Ok(report)
+        self.engine.reconcile().await
     }
 }
