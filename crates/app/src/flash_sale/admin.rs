@@ -6,6 +6,7 @@ use flashmart_domain::{Currency, ReservationId, SaleId, ScheduleId};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+use super::engine::Engine;
 use super::{FlashSales, SaleError};
 use crate::error::FieldError;
 use crate::flash_sale::model::{

@@ -8,6 +8,7 @@ use flashmart_domain::flash_sale::Recurrence;
 use flashmart_domain::{Currency, SaleId, ScheduleId};
 use time::OffsetDateTime;
 
+use super::engine::Engine;
 use super::reserve::Reserver;
 use super::{FlashSales, SaleError};
 use crate::error::StoreError;

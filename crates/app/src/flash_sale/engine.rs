@@ -7,22 +7,23 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use flashmart_domain::{ReservationId, SaleId};
 use time::OffsetDateTime;
 
 use super::commit::{GroupCommit, Slot};
 use super::counters::Counters;
+use super::in_process::InProcess;
 use super::ledger::{Ledger, LiveSale};
 use super::model::{
     JournalOp, JournalOutcome, LiveSaleState, PurchaseOutcome, Released, ReservationRecord,
     SaleRecord,
 };
 use super::reserve::Reserver;
+use super::shared::Shared;
 use super::{FlashSaleSettings, Reconciled, SaleError};
 use crate::clock::Clock;
 use crate::error::StoreError;
-use crate::ports::FlashSaleStore;
+use crate::ports::{FlashSaleStore, SettleTo};
 
 /// What the use cases and both engines share: the records, the clock, the ledger (the engine's
 /// own state in process; a mirror of the shared engine's stock for views and live events), the
@@ -74,8 +75,8 @@ impl Core {
 }
 
 /// The engine port. Every method that reaches a shared engine can fail; the in-process engine's
-/// seldom do.
-#[async_trait]
+/// seldom do. Native `async fn`s: the engines are known (`Engines`), so nothing is boxed on the
+/// hot path.
 pub(super) trait Engine: Send + Sync + std::fmt::Debug {
     /// Reserves `quantity` of item `item_no` for `who`, honouring the `Idempotency-Key` (same
     /// answer replayed, another request refused). Answers once the reservation is as durable
@@ -98,11 +99,7 @@ pub(super) trait Engine: Send + Sync + std::fmt::Debug {
 
     /// The engine's side of a reservation the records moved out of `reserved`: its units go
     /// back on sale, once (not for a purchase).
-    async fn settle(
-        &self,
-        released: &Released,
-        to: crate::ports::SettleTo,
-    ) -> Result<(), StoreError>;
+    async fn settle(&self, released: &Released, to: SettleTo) -> Result<(), StoreError>;
 
     /// A contest checkout was answered with this reservation.
     fn checked_out(&self, record: &Arc<ReservationRecord>);
@@ -129,4 +126,111 @@ pub(super) trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Forgets what is past keeping (old idempotency keys, settled contest purchases).
     fn housekeeping(&self, now: OffsetDateTime);
+}
+
+/// The engines this binary has, dispatched without boxing: `FlashSales` holds one and calls
+/// it through `Engine` alone.
+#[derive(Debug)]
+pub(super) enum Engines {
+    InProcess(InProcess),
+    Shared(Shared),
+}
+
+impl Engine for Engines {
+    async fn reserve(
+        &self,
+        who: &Reserver,
+        sale: SaleId,
+        item_no: u32,
+        quantity: u32,
+        idempotency_key: Option<&str>,
+    ) -> Result<Arc<ReservationRecord>, SaleError> {
+        match self {
+            Self::InProcess(e) => {
+                e.reserve(who, sale, item_no, quantity, idempotency_key)
+                    .await
+            }
+            Self::Shared(e) => {
+                e.reserve(who, sale, item_no, quantity, idempotency_key)
+                    .await
+            }
+        }
+    }
+
+    async fn load(&self, state: &LiveSaleState) -> Result<(), SaleError> {
+        match self {
+            Self::InProcess(e) => e.load(state).await,
+            Self::Shared(e) => e.load(state).await,
+        }
+    }
+
+    async fn refresh(&self, sale: &LiveSale) -> Result<(), SaleError> {
+        match self {
+            Self::InProcess(e) => e.refresh(sale).await,
+            Self::Shared(e) => e.refresh(sale).await,
+        }
+    }
+
+    async fn settle(&self, released: &Released, to: SettleTo) -> Result<(), StoreError> {
+        match self {
+            Self::InProcess(e) => e.settle(released, to).await,
+            Self::Shared(e) => e.settle(released, to).await,
+        }
+    }
+
+    fn checked_out(&self, record: &Arc<ReservationRecord>) {
+        match self {
+            Self::InProcess(e) => e.checked_out(record),
+            Self::Shared(e) => e.checked_out(record),
+        }
+    }
+
+    async fn purchase(&self, id: ReservationId) -> Result<PurchaseOutcome, SaleError> {
+        match self {
+            Self::InProcess(e) => e.purchase(id).await,
+            Self::Shared(e) => e.purchase(id).await,
+        }
+    }
+
+    async fn before_expiry(&self, now: OffsetDateTime) {
+        match self {
+            Self::InProcess(e) => e.before_expiry(now).await,
+            Self::Shared(e) => e.before_expiry(now).await,
+        }
+    }
+
+    fn answers_before_storing(&self) -> bool {
+        match self {
+            Self::InProcess(e) => e.answers_before_storing(),
+            Self::Shared(e) => e.answers_before_storing(),
+        }
+    }
+
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        match self {
+            Self::InProcess(e) => e.catch_up().await,
+            Self::Shared(e) => e.catch_up().await,
+        }
+    }
+
+    async fn write_logged(&self) -> Result<usize, StoreError> {
+        match self {
+            Self::InProcess(e) => e.write_logged().await,
+            Self::Shared(e) => e.write_logged().await,
+        }
+    }
+
+    async fn reconcile(&self) -> Result<Vec<(SaleRecord, Reconciled)>, StoreError> {
+        match self {
+            Self::InProcess(e) => e.reconcile().await,
+            Self::Shared(e) => e.reconcile().await,
+        }
+    }
+
+    fn housekeeping(&self, now: OffsetDateTime) {
+        match self {
+            Self::InProcess(e) => e.housekeeping(now),
+            Self::Shared(e) => e.housekeeping(now),
+        }
+    }
 }

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use flashmart_domain::flash_sale::{ReservationStatus, SalePhase};
 use flashmart_domain::{OrderId, ReservationId, SaleId};
 use time::{Duration, OffsetDateTime};
@@ -165,7 +164,6 @@ impl InProcess {
     }
 }
 
-#[async_trait]
 impl Engine for InProcess {
     async fn reserve(
         &self,

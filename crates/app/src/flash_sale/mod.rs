@@ -30,7 +30,7 @@ use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::flash_sale::commit::GroupCommit;
 use crate::flash_sale::counters::Counters;
-use crate::flash_sale::engine::{Core, Engine};
+use crate::flash_sale::engine::{Core, Engine, Engines};
 use crate::flash_sale::idempotency::Refusal;
 use crate::flash_sale::in_process::InProcess;
 use crate::flash_sale::ledger::{HoldError, Ledger, SaleSnapshot};
@@ -174,7 +174,7 @@ impl Default for FlashSaleSettings {
 #[derive(Debug)]
 pub struct FlashSales {
     core: Arc<Core>,
-    engine: Box<dyn Engine>,
+    engine: Engines,
     contest: Option<ScheduleId>,
 }
 
@@ -215,9 +215,9 @@ impl FlashSales {
             counters: Counters::default(),
             settings,
         });
-        let engine: Box<dyn Engine> = match shared {
-            Some(engine) => Box::new(Shared::new(Arc::clone(&core), engine)),
-            None => Box::new(InProcess::start(Arc::clone(&core)).await?),
+        let engine = match shared {
+            Some(engine) => Engines::Shared(Shared::new(Arc::clone(&core), engine)),
+            None => Engines::InProcess(InProcess::start(Arc::clone(&core)).await?),
         };
         Ok((
             Self {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use flashmart_domain::flash_sale::{MAX_PER_USER_LIMIT, ReservationStatus};
 use flashmart_domain::{OrderId, ReservationId, SaleId, UserId};
 
+use super::engine::Engine;
 use super::{FlashSales, SaleError};
 use crate::error::{FieldError, StoreError};
 use crate::flash_sale::idempotency;

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_trait::async_trait;
 use flashmart_domain::flash_sale::SalePhase;
 use flashmart_domain::{ReservationId, SaleId};
 use time::OffsetDateTime;
@@ -389,7 +388,6 @@ impl Shared {
     }
 }
 
-#[async_trait]
 impl Engine for Shared {
     async fn reserve(
         &self,
