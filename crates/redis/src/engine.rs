@@ -122,7 +122,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
     }
 
     async fn reserve(&self, request: &SharedReserve<'_>) -> Result<SharedDecision, StoreError> {
-        let buyer = request.buyer.0.to_string();
+        let mut buyer = uuid::Uuid::encode_buffer();
+        let buyer = &*request.buyer.0.hyphenated().encode_lower(&mut buyer);
         let mut conn = self.conn.clone();
         let decision = self
             .sales
@@ -131,7 +132,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                 &ReserveRequest {
                     sale: request.sale,
                     item: request.item_no,
-                    buyer: &buyer,
+                    buyer,
                     quantity: request.quantity,
                     idempotency_key: request.idempotency_key,
                     now: request.now,

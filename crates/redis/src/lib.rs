@@ -13,6 +13,8 @@ mod log;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+use std::fmt::Write as _;
+
 use flashmart_app::flash_sale::idempotency::Refusal;
 use flashmart_domain::{ReservationId, SaleId};
 use redis::aio::ConnectionLike;
@@ -34,21 +36,35 @@ pub struct SaleKeys {
     pub key_counts: String,
 }
 
+/// The names after a sale's tag of the keys `reserve.lua` takes, in its order.
+const RESERVE_KEYS: [&str; 7] = [
+    "meta",
+    "stock",
+    "held",
+    "keys",
+    "log",
+    "reservations",
+    "key_counts",
+];
+
 impl SaleKeys {
     pub fn new(prefix: &str, sale: SaleId) -> Self {
         let tag = format!("{prefix}{{sale:{}}}", sale.as_uuid());
+        let [meta, stock, held, keys, log, reservations, key_counts] =
+            RESERVE_KEYS.map(|name| format!("{tag}:{name}"));
         Self {
-            meta: format!("{tag}:meta"),
-            stock: format!("{tag}:stock"),
-            held: format!("{tag}:held"),
-            keys: format!("{tag}:keys"),
-            log: format!("{tag}:log"),
-            reservations: format!("{tag}:reservations"),
-            key_counts: format!("{tag}:key_counts"),
+            meta,
+            stock,
+            held,
+            keys,
+            log,
+            reservations,
+            key_counts,
         }
     }
 
-    fn for_reserve(&self) -> [&str; 7] {
+    /// Every key of the sale, in `reserve.lua`'s order.
+    fn all(&self) -> [&str; 7] {
         [
             &self.meta,
             &self.stock,
@@ -286,7 +302,7 @@ impl RedisSales {
         let ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for key in keys.for_reserve() {
+        for key in keys.all() {
             pipe.cmd("PEXPIREAT").arg(key).arg(ms).ignore();
         }
         pipe.query_async::<()>(conn).await
@@ -404,24 +420,39 @@ impl RedisSales {
                 "a buyer or key the reservation script cannot store",
             )));
         }
-        let keys = self.keys(request.sale);
         let id = ReservationId::new();
-        let fingerprint = format!("{}:{}", request.item, request.quantity);
-        let mut invocation = self.reserve.prepare_invoke();
-        for key in keys.for_reserve() {
-            invocation.key(key);
+        // The hot path's one command, written straight into one buffer: the script's
+        // invocation builder would allocate a string per key and a vector per argument.
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.reserve.get_hash()).arg(RESERVE_KEYS.len());
+        let mut text = String::with_capacity(self.prefix.len() + 64);
+        let _ = write!(text, "{}{{sale:{}}}:", self.prefix, request.sale.as_uuid());
+        let tag = text.len();
+        for name in RESERVE_KEYS {
+            text.truncate(tag);
+            text.push_str(name);
+            cmd.arg(text.as_str());
         }
-        invocation
-            .arg(micros(request.now))
+        text.clear();
+        let _ = write!(text, "{}:{}", request.item, request.quantity);
+        let mut uuid = uuid::Uuid::encode_buffer();
+        cmd.arg(micros(request.now))
             .arg(request.item)
             .arg(request.buyer)
             .arg(request.quantity)
             .arg(request.idempotency_key.unwrap_or(""))
-            .arg(fingerprint)
-            .arg(id.as_uuid().to_string())
+            .arg(text.as_str())
+            .arg(&*id.as_uuid().hyphenated().encode_lower(&mut uuid))
             .arg(request.buyer_ref.unwrap_or(""))
             .arg(request.max_keys);
-        let reply: Vec<String> = invocation.invoke_async(conn).await?;
+        let reply: Vec<String> = match cmd.query_async(conn).await {
+            // Not loaded on this server yet (a restart, a new shard): loaded, then run again.
+            Err(err) if err.kind() == redis::ErrorKind::NoScriptError => {
+                self.reserve.load_async(conn).await?;
+                cmd.query_async(conn).await?
+            }
+            other => other?,
+        };
         decide(&reply)
     }
 }

@@ -254,3 +254,23 @@ async fn the_shared_engine_runs_on_the_cluster_client() {
     ));
     assert_eq!(engine.mark_lost(gone, now()).await.unwrap(), None);
 }
+
+/// A shard that has forgotten the scripts (restarted, `SCRIPT FLUSH`, or new) is given the
+/// reservation script again by the first reservation that finds it missing there.
+#[tokio::test]
+async fn a_reservation_loads_its_script_again_where_redis_forgot_it() {
+    let cluster = LocalRedis::start_cluster();
+    let mut conn = connect(&cluster).await;
+    let sales = RedisSales::new("cluster-test:");
+    let sale = SaleId::new();
+    sales.load(&mut conn, &live(sale, 5, 5)).await.unwrap();
+    let first = sales.reserve(&mut conn, &ask(sale, "ada", None)).await;
+    assert!(matches!(first, Ok(Decision::Reserved { .. })), "{first:?}");
+    for port in cluster.ports() {
+        assert_eq!(redis_cli(*port, &["script", "flush"]).trim(), "OK");
+    }
+    let again = sales.reserve(&mut conn, &ask(sale, "bob", None)).await;
+    assert!(matches!(again, Ok(Decision::Reserved { .. })), "{again:?}");
+    let held: u32 = conn.hget(sales.keys(sale).held, "bob").await.unwrap();
+    assert_eq!(held, 1);
+}
