@@ -177,12 +177,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
         let mut conn = self.conn.clone();
         let settled = self
             .sales
-            .settle_as(
+            .settle(
                 &mut conn,
                 released.sale_id,
                 released.reservation,
                 to,
-                Some((released.item_no, &buyer, released.quantity)),
+                (released.item_no, &buyer, released.quantity),
             )
             .await
             .map_err(unavailable)?;

@@ -37,21 +37,21 @@ pub struct SaleKeys {
 }
 
 /// The names after a sale's tag of the keys `reserve.lua` takes, in its order.
-const RESERVE_KEYS: [&str; 7] = [
-    "meta",
-    "stock",
-    "held",
-    "keys",
-    "log",
-    "reservations",
-    "key_counts",
-];
+const RESERVE_KEYS: [&str; 6] = ["meta", "stock", "held", "keys", "log", "key_counts"];
 
 impl SaleKeys {
     pub fn new(prefix: &str, sale: SaleId) -> Self {
         let tag = format!("{prefix}{{sale:{}}}", sale.as_uuid());
-        let [meta, stock, held, keys, log, reservations, key_counts] =
-            RESERVE_KEYS.map(|name| format!("{tag}:{name}"));
+        let [meta, stock, held, keys, log, reservations, key_counts] = [
+            "meta",
+            "stock",
+            "held",
+            "keys",
+            "log",
+            "reservations",
+            "key_counts",
+        ]
+        .map(|name| format!("{tag}:{name}"));
         Self {
             meta,
             stock,
@@ -63,7 +63,7 @@ impl SaleKeys {
         }
     }
 
-    /// Every key of the sale, in `reserve.lua`'s order.
+    /// Every key of the sale.
     fn all(&self) -> [&str; 7] {
         [
             &self.meta,
@@ -186,8 +186,6 @@ pub enum Settled {
     Changed,
     /// It had been settled before, to this state: nothing changed.
     Unchanged(String),
-    /// Redis holds no such reservation.
-    Unknown,
 }
 
 /// The sale scripts and the key prefix they work under.
@@ -211,27 +209,16 @@ impl RedisSales {
         }
     }
 
-    /// Settles a reservation once: the first of expiry, cancellation and payment wins.
+    /// Settles a reservation once: the first of expiry, cancellation and payment wins. `held`
+    /// is the reservation as the records hold it (item, buyer, quantity): its units come back
+    /// from it, also for a reservation made before the sale was rebuilt from the records.
     pub async fn settle<C: ConnectionLike>(
         &self,
         conn: &mut C,
         sale: SaleId,
         reservation: ReservationId,
         to: Settle,
-    ) -> Result<Settled, RedisError> {
-        self.settle_as(conn, sale, reservation, to, None).await
-    }
-
-    /// `settle`, with the reservation as the records hold it (item, buyer, quantity): one Redis
-    /// does not know (made before the sale was rebuilt from the records, which counted it as
-    /// held) is settled all the same, once.
-    pub async fn settle_as<C: ConnectionLike>(
-        &self,
-        conn: &mut C,
-        sale: SaleId,
-        reservation: ReservationId,
-        to: Settle,
-        held: Option<(u32, &str, u32)>,
+        held: (u32, &str, u32),
     ) -> Result<Settled, RedisError> {
         let keys = self.keys(sale);
         let mut invocation = self.settle.prepare_invoke();
@@ -240,14 +227,13 @@ impl RedisSales {
             .key(&keys.held)
             .key(&keys.reservations)
             .arg(reservation.as_uuid().to_string())
-            .arg(to.as_str());
-        if let Some((item, buyer, quantity)) = held {
-            invocation.arg(item).arg(buyer).arg(quantity);
-        }
+            .arg(to.as_str())
+            .arg(held.0)
+            .arg(held.1)
+            .arg(held.2);
         let reply: Vec<String> = invocation.invoke_async(conn).await?;
         match reply.as_slice() {
             [kind] if kind == "changed" => Ok(Settled::Changed),
-            [kind] if kind == "unknown" => Ok(Settled::Unknown),
             [kind, state] if kind == "unchanged" => Ok(Settled::Unchanged(state.clone())),
             _ => Err(protocol(&format!("{reply:?}"))),
         }

@@ -5,8 +5,8 @@
 -- KEYS: 1 meta (hash: starts_at, ends_at, per_user_limit, ttl; microseconds)
 --       2 stock (hash: item -> remaining)   3 held (hash: buyer -> units)
 --       4 keys (hash: buyer \31 key -> fingerprint \31 answer)   5 log (stream)
---       6 reservations (hash: id -> state \31 item \31 buyer \31 quantity; see settle.lua)
---       7 key counts (hash: buyer -> keys remembered for them in this sale)
+--       6 key counts (hash: buyer -> keys remembered for them in this sale)
+--       (A reservation's state is recorded when it is settled, by settle.lua, not here.)
 -- ARGV: 1 now (us)  2 item  3 buyer  4 quantity  5 idempotency key ("" for none)
 --       6 fingerprint of the request  7 reservation id
 --       8 the name the caller gave the buyer ("" for a user; the contest API's), logged as "ref"
@@ -33,7 +33,7 @@ if key ~= "" then
     table.insert(answer, 1, "replayed")
     return answer
   end
-  if max_keys > 0 and tonumber(redis.call("HGET", KEYS[7], buyer) or "0") >= max_keys then
+  if max_keys > 0 and tonumber(redis.call("HGET", KEYS[6], buyer) or "0") >= max_keys then
     return {"too_many_keys"}
   end
 end
@@ -44,7 +44,7 @@ end
 local function answer(reply)
   if key ~= "" and reply[2] ~= "no_sale" and reply[2] ~= "ended" then
     redis.call("HSET", KEYS[4], field, fingerprint .. "\31" .. cjson.encode(reply))
-    redis.call("HINCRBY", KEYS[7], buyer, 1)
+    redis.call("HINCRBY", KEYS[6], buyer, 1)
   end
   return reply
 end
@@ -78,8 +78,6 @@ if held + quantity > tonumber(meta[3]) then
 end
 redis.call("HINCRBY", KEYS[2], item, -quantity)
 redis.call("HINCRBY", KEYS[3], buyer, quantity)
-redis.call("HSET", KEYS[6], ARGV[7],
-  "reserved" .. "\31" .. item .. "\31" .. buyer .. "\31" .. ARGV[4])
 -- Microseconds pass 2^31: written with %.0f, never in Lua's exponent notation.
 local expires_at = string.format("%.0f", now + tonumber(meta[4]))
 local fields = {"id", ARGV[7], "item", item, "buyer", buyer, "quantity", ARGV[4],

@@ -1,22 +1,20 @@
 -- Moves one reservation out of `reserved`, once: to `expired` or `cancelled` (its units go back
 -- to the item's stock and leave what the buyer holds) or to `purchased` (they stay sold). The
--- reservation's state here decides, so whichever of expiry, cancellation and payment comes
--- first wins and the others change nothing.
+-- state recorded here decides, so whichever of expiry, cancellation and payment comes first
+-- wins and the others change nothing.
 --
--- KEYS: 1 stock  2 held  3 reservations (see reserve.lua)
+-- KEYS: 1 stock  2 held  3 reservations (hash: id -> state \31 item \31 buyer \31 quantity)
 -- ARGV: 1 reservation id  2 the new state ("expired", "cancelled" or "purchased")
---       and, optionally, 3 item  4 buyer  5 quantity: the reservation as the records hold it
--- Answers {"changed"} or {"unchanged", current state}, or {"unknown"}.
+--       3 item  4 buyer  5 quantity: the reservation as the records hold it
+-- Answers {"changed"} or {"unchanged", current state}.
 --
--- A reservation Redis does not know was made before the sale was rebuilt from the records
--- (load.lua), whose stock and holdings counted it as held: given as the records hold it, it
--- is recorded in its new state and its units come back once, as they would have.
+-- reserve.lua records nothing here (one call fewer on the hot path): a reservation without an
+-- entry is one still reserved, made by the script or counted as held when the sale was rebuilt
+-- from the records (load.lua). Its first settlement records its new state and returns its units
+-- once. (An entry in state "reserved", written by an older reserve.lua, is settled the same way.)
 
 local record = redis.call("HGET", KEYS[3], ARGV[1])
 if not record then
-  if not ARGV[5] then
-    return {"unknown"}
-  end
   redis.call("HSET", KEYS[3], ARGV[1],
     ARGV[2] .. "\31" .. ARGV[3] .. "\31" .. ARGV[4] .. "\31" .. ARGV[5])
   if ARGV[2] ~= "purchased" then

@@ -118,14 +118,14 @@ async fn keys_and_settlements_work_on_a_shard_as_on_one_redis() {
     ));
     assert_eq!(
         sales
-            .settle(&mut conn, sale, id, Settle::Expired)
+            .settle(&mut conn, sale, id, Settle::Expired, (1, "ada", 1))
             .await
             .unwrap(),
         Settled::Changed
     );
     assert_eq!(
         sales
-            .settle(&mut conn, sale, id, Settle::Purchased)
+            .settle(&mut conn, sale, id, Settle::Purchased, (1, "ada", 1))
             .await
             .unwrap(),
         Settled::Unchanged("expired".into())

@@ -331,7 +331,12 @@ async fn a_reservation_is_settled_once_and_its_units_come_back_once() {
     assert_eq!(w.remaining(sale).await, 1);
     let settle = |id, to| {
         let (sales, mut conn) = (w.sales.clone(), w.conn.clone());
-        async move { sales.settle(&mut conn, sale, id, to).await.unwrap() }
+        async move {
+            sales
+                .settle(&mut conn, sale, id, to, (1, "ada", 1))
+                .await
+                .unwrap()
+        }
     };
     // Expired: the unit goes back, once, and a late payment or cancellation changes nothing.
     assert_eq!(settle(ids[0], Settle::Expired).await, Settled::Changed);
@@ -352,8 +357,8 @@ async fn a_reservation_is_settled_once_and_its_units_come_back_once() {
     // Cancelled: back on sale too.
     assert_eq!(settle(ids[2], Settle::Cancelled).await, Settled::Changed);
     assert_eq!(
-        settle(flashmart_domain::ReservationId::new(), Settle::Expired).await,
-        Settled::Unknown
+        settle(ids[2], Settle::Expired).await,
+        Settled::Unchanged("cancelled".into())
     );
     assert_eq!(w.remaining(sale).await, 3);
     // What ada holds went down with each unit returned: she may reserve two more (limit 3).
@@ -378,7 +383,12 @@ async fn racing_settlements_return_units_once() {
         .map(|i| {
             let (sales, mut conn) = (w.sales.clone(), w.conn.clone());
             let to = [Settle::Expired, Settle::Cancelled, Settle::Purchased][i % 3];
-            tokio::spawn(async move { sales.settle(&mut conn, sale, id, to).await.unwrap() })
+            tokio::spawn(async move {
+                sales
+                    .settle(&mut conn, sale, id, to, (1, "ada", 1))
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut changed = 0;
@@ -391,7 +401,7 @@ async fn racing_settlements_return_units_once() {
     // The one that won decides whether the unit came back (once) or stayed sold.
     let Settled::Unchanged(state) = w
         .sales
-        .settle(&mut w.conn, sale, id, Settle::Expired)
+        .settle(&mut w.conn, sale, id, Settle::Expired, (1, "ada", 1))
         .await
         .unwrap()
     else {
