@@ -536,6 +536,12 @@ async fn an_ended_sale_leaves_redis_in_its_own_time() {
         .await
         .assert_error(StatusCode::CONFLICT, 60003);
 
+    // The reservation ran out with the sale: settled, it leaves its state in Redis, a key the
+    // sale must not keep for ever either.
+    assert_eq!(
+        a.services.state.flash_sales.sweep_expired().await.unwrap(),
+        1
+    );
     a.services.state.flash_sales.write_logged().await.unwrap();
     let url = a.config.redis.url.as_ref().unwrap().expose().to_owned();
     let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
