@@ -197,6 +197,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
             .map_err(unavailable)
     }
 
+    async fn unretired(&self) -> Result<Vec<SaleId>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.sales.unretired(&mut conn).await.map_err(unavailable)
+    }
+
     async fn take_logged(
         &self,
         sale: SaleId,

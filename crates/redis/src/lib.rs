@@ -252,6 +252,7 @@ impl RedisSales {
         conn: &mut C,
         sale: &LiveSale,
     ) -> Result<(), RedisError> {
+        self.remember(conn, sale.id).await?;
         let keys = self.keys(sale.id);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -277,7 +278,9 @@ impl RedisSales {
     }
 
     /// Gives every key of the sale an expiry at `at` (keys made after this keep none: it is
-    /// for a sale that has ended, when nothing but settlements and replays touches them).
+    /// for a sale that has ended, when nothing but settlements and replays touches them; a
+    /// time already past removes them at once), then takes the sale off the set of sales
+    /// without one (`unretired`).
     pub async fn retire<C: ConnectionLike>(
         &self,
         conn: &mut C,
@@ -291,7 +294,47 @@ impl RedisSales {
         for key in keys.all() {
             pipe.cmd("PEXPIREAT").arg(key).arg(ms).ignore();
         }
-        pipe.query_async::<()>(conn).await
+        pipe.query_async::<()>(conn).await?;
+        // Apart from the sale's own keys: the set lives on its own shard in a Cluster.
+        redis::cmd("SREM")
+            .arg(self.unretired_key())
+            .arg(sale.as_uuid().to_string())
+            .query_async::<()>(conn)
+            .await
+    }
+
+    /// The sales that may hold keys without an expiry (made before they were given one by
+    /// `retire`): what a log writer looks through for a sale that ended while no instance had
+    /// it in memory.
+    pub async fn unretired<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> Result<Vec<SaleId>, RedisError> {
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.unretired_key())
+            .query_async(conn)
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| m.parse().ok().map(SaleId::from_uuid))
+            .collect())
+    }
+
+    /// Enters a sale in the set of sales without an expiry, before anything makes its keys.
+    async fn remember<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+    ) -> Result<(), RedisError> {
+        redis::cmd("SADD")
+            .arg(self.unretired_key())
+            .arg(sale.as_uuid().to_string())
+            .query_async::<()>(conn)
+            .await
+    }
+
+    fn unretired_key(&self) -> String {
+        format!("{}sales:unretired", self.prefix)
     }
 
     /// Marks a sale Redis does not hold as lost, to be rebuilt no sooner than `rebuild_at`
@@ -302,6 +345,7 @@ impl RedisSales {
         sale: SaleId,
         rebuild_at: OffsetDateTime,
     ) -> Result<Lost, RedisError> {
+        self.remember(conn, sale).await?;
         let reply: Vec<String> = self
             .lost
             .key(self.keys(sale).meta)
@@ -340,6 +384,7 @@ impl RedisSales {
                 "a buyer the reservation script cannot store",
             )));
         }
+        self.remember(conn, sale.id).await?;
         let keys = self.keys(sale.id);
         let mut invocation = self.load.prepare_invoke();
         invocation

@@ -207,6 +207,54 @@ impl Shared {
         }
     }
 
+    /// Gives their expiry to sales that ended while no instance held them in memory (none
+    /// ran, or each had dropped the sale before a writer pass found it ended): the engine lists
+    /// every sale it holds without one, and those the ledger does not hold are looked up once.
+    /// A time already past removes their keys at once. Failures are logged; the next pass tries
+    /// again.
+    async fn retire_unwatched(&self, now: OffsetDateTime) {
+        let unretired = match self.engine.unretired().await {
+            Ok(sales) => sales,
+            Err(err) => {
+                tracing::warn!(%err, "cannot list the sales the reservation engine keeps without an expiry");
+                return;
+            }
+        };
+        for id in unretired {
+            if self.core.ledger.get(&id).is_some() {
+                // Retired by the pass below once it ends.
+                continue;
+            }
+            let state = match self.core.store.live_sale(id).await {
+                Ok(Some(state)) => state,
+                // Not in the records (a sale is stored before it is loaded, so this is another
+                // shop's under the same prefix): left alone.
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(%err, sale = %id, "cannot read a sale to retire its keys");
+                    continue;
+                }
+            };
+            let record = &state.sale;
+            let ended_at = record.rules.window().ends_at();
+            if now < ended_at {
+                // Made on another instance and not started yet: held here from now on (and
+                // retired by the pass below once it ends).
+                self.core.ledger.install(state, now);
+                continue;
+            }
+            let at = ended_at + record.rules.reservation_ttl() + KEY_LIFETIME;
+            match self.engine.retire(id, at).await {
+                Ok(()) => {
+                    tracing::info!(sale = %id, "a sale that ended unwatched was given its expiry in the reservation engine")
+                }
+                Err(err) => {
+                    tracing::warn!(%err, sale = %id, "an ended sale's keys could not be given their expiry; will retry");
+                }
+            }
+        }
+    }
+
     /// Sets the ledger's copy of a sale's stock to the engine's.
     async fn mirror(&self, sale: &LiveSale) -> Result<(), SaleError> {
         match self.engine.remaining(sale.record.id).await? {
@@ -310,6 +358,7 @@ impl Shared {
             }
             page = PageRequest::new(Some(page.page() + 1), Some(page.per_page()));
         }
+        self.retire_unwatched(now).await;
         let mut written = 0;
         let mut waiting = 0;
         for sale in self.core.ledger.all() {

@@ -207,6 +207,9 @@ pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
     /// Gives everything the engine holds of an ended sale an expiry at `at` (after the last
     /// settlement and idempotent replay it can see): the engine does not keep sales for ever.
     async fn retire(&self, sale: SaleId, at: OffsetDateTime) -> Result<(), StoreError>;
+    /// The sales whose keys may have no expiry yet (loaded or marked lost, not retired): a
+    /// sale among them that ended while no instance held it in memory is retired late.
+    async fn unretired(&self) -> Result<Vec<SaleId>, StoreError>;
     /// Drops log entries whose reservations the records hold (stored by the instance that
     /// decided them), so that no writer reads them. Returns how many went.
     async fn forget_logged(&self, sale: SaleId, entries: &[LogEntry]) -> Result<u64, StoreError>;

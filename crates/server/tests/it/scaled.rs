@@ -559,6 +559,60 @@ async fn an_ended_sale_leaves_redis_in_its_own_time() {
     }
 }
 
+/// A sale that ended while no instance held it in memory (none ran at its end, or each had
+/// dropped it before a log writer pass found it ended) is given its expiry in Redis all the
+/// same, by the next pass of any instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sale_that_ended_unwatched_leaves_redis_too() {
+    let (a, _b) = two_instances().await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[5], 2).await;
+    let (buyer, _) = a.customer("buyer@example.com", "buyer password").await;
+    let reserved = reserve(&a, &buyer, &sale, 1, 1).await;
+    assert_eq!(reserved.status, StatusCode::CREATED, "{}", reserved.text());
+    let ends_at = a
+        .get(&format!("/api/v1/flash-sales/{sale}"))
+        .send()
+        .await
+        .data()["ends_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ends_at =
+        time::OffsetDateTime::parse(&ends_at, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+
+    // Hours after the end, and out of memory before any writer pass saw it ended.
+    a.clock.advance(Duration::hours(3));
+    a.services.state.flash_sales.housekeeping();
+    let url = a.config.redis.url.as_ref().unwrap().expose().to_owned();
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let prefix = &a.config.redis.key_prefix;
+    let sale_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}{{sale:{sale}}}*"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(sale_keys.len() >= 3, "{sale_keys:?}");
+    let expiry = |conn: &mut redis::Connection, key: &str| -> i64 {
+        redis::cmd("PEXPIRETIME").arg(key).query(conn).unwrap()
+    };
+    for key in &sale_keys {
+        assert_eq!(expiry(&mut conn, key), -1, "{key} has an expiry already");
+    }
+
+    a.services.state.flash_sales.write_logged().await.unwrap();
+    let expected = ends_at + Duration::seconds(600) + Duration::days(1);
+    let expected_ms = i64::try_from(expected.unix_timestamp_nanos() / 1_000_000).unwrap();
+    for key in &sale_keys {
+        assert_eq!(expiry(&mut conn, key), expected_ms, "{key}");
+    }
+    let unretired: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{prefix}sales:unretired"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(!unretired.contains(&sale), "{unretired:?}");
+}
+
 /// `redis.cluster_nodes`: two instances on a Redis Cluster of three masters (the test's own)
 /// report Redis ready and sell one sale's stock exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
