@@ -38,34 +38,60 @@ pub struct TestApp {
 
 /// Deletes every Redis key under a test's prefix when dropped.
 pub struct RedisKeys {
-    url: String,
+    /// The Redis, or every node of the Redis Cluster.
+    urls: Vec<String>,
     prefix: String,
 }
 
 impl RedisKeys {
     /// For a configuration's shared engine, when its keys are a test's own (`test:` prefix).
     pub fn of(config: &Config) -> Option<Self> {
-        let url = config.redis.url.as_ref()?.expose().to_owned();
+        let urls = match &config.redis.url {
+            Some(url) => vec![url.expose().to_owned()],
+            None if !config.redis.cluster_nodes.is_empty() => config.redis.cluster_nodes.clone(),
+            None => return None,
+        };
         let prefix = config.redis.key_prefix.clone();
-        prefix.starts_with("test:").then_some(Self { url, prefix })
+        prefix.starts_with("test:").then_some(Self { urls, prefix })
     }
 }
 
 impl Drop for RedisKeys {
     fn drop(&mut self) {
-        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        let (urls, prefix) = (self.urls.clone(), self.prefix.clone());
         // From a thread of its own: the test's runtime may be the one being left.
         let _ = std::thread::spawn(move || {
-            let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query(&mut conn)?;
-            if !keys.is_empty() {
-                redis::cmd("DEL").arg(keys).query::<()>(&mut conn)?;
+            for url in urls {
+                // Each node's own keys, one at a time (a Cluster node refuses keys of several
+                // slots in one command).
+                let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}*"))
+                    .query(&mut conn)?;
+                for key in keys {
+                    redis::cmd("UNLINK").arg(key).query::<()>(&mut conn)?;
+                }
             }
             Ok::<_, redis::RedisError>(())
         })
         .join();
+    }
+}
+
+/// Points `config`'s shared engine at the test Redis: the Redis Cluster whose nodes
+/// `FLASHMART_TEST_REDIS_CLUSTER` lists (comma-separated URLs; scripts/test starts one), or
+/// else the Redis at `FLASHMART_TEST_REDIS_URL` (by default the local one).
+pub fn test_redis(config: &mut Config) {
+    match std::env::var("FLASHMART_TEST_REDIS_CLUSTER") {
+        Ok(nodes) if !nodes.is_empty() => {
+            config.redis.url = None;
+            config.redis.cluster_nodes = nodes.split(',').map(str::to_owned).collect();
+        }
+        _ => {
+            let url = std::env::var("FLASHMART_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            config.redis.url = Some(flashmart_server::config::Secret::new(url));
+        }
     }
 }
 
@@ -105,10 +131,8 @@ pub async fn records_for(config: &mut Config) -> Option<flashmart_postgres::test
     let schema = flashmart_postgres::testing::TestSchema::create().await;
     config.database.url = Some(flashmart_server::config::Secret::new(schema.url()));
     if on_redis() {
-        // The shared engine on the local Redis, under a key prefix of this test's own.
-        let url = std::env::var("FLASHMART_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        config.redis.url = Some(flashmart_server::config::Secret::new(url));
+        // The shared engine on the test Redis, under a key prefix of this test's own.
+        test_redis(config);
         config.redis.key_prefix = format!("test:{}:", schema.name());
         if std::env::var("FLASHMART_TEST_ACK").is_ok_and(|v| v == "redis") {
             config.flash_sale.ack = flashmart_server::config::AckChoice::Redis;
@@ -118,7 +142,7 @@ pub async fn records_for(config: &mut Config) -> Option<flashmart_postgres::test
 }
 
 /// Whether this run decides reservations in Redis (`FLASHMART_TEST_ENGINE=redis`, with
-/// `FLASHMART_TEST_RECORDS=postgres`).
+/// `FLASHMART_TEST_RECORDS=postgres`; on a Redis Cluster with `FLASHMART_TEST_REDIS_CLUSTER`).
 /// `FLASHMART_TEST_ACK=redis` answers them as soon as Redis has (`flash_sale.ack = "redis"`).
 pub fn on_redis() -> bool {
     on_postgres() && std::env::var("FLASHMART_TEST_ENGINE").is_ok_and(|v| v == "redis")
