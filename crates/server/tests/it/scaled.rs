@@ -511,17 +511,7 @@ async fn an_ended_sale_leaves_redis_in_its_own_time() {
     };
     let first = keyed(&a, &buyer, "before-the-end").await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
-    let ends_at = a
-        .get(&format!("/api/v1/flash-sales/{sale}"))
-        .send()
-        .await
-        .data()["ends_at"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ends_at =
-        time::OffsetDateTime::parse(&ends_at, &time::format_description::well_known::Rfc3339)
-            .unwrap();
+    let ends_at = ends_at(&a, &sale).await;
 
     a.clock.advance(Duration::minutes(61));
     b.clock.advance(Duration::minutes(61));
@@ -543,19 +533,11 @@ async fn an_ended_sale_leaves_redis_in_its_own_time() {
         1
     );
     a.services.state.flash_sales.write_logged().await.unwrap();
-    let url = a.config.redis.url.as_ref().unwrap().expose().to_owned();
-    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", a.config.redis.key_prefix))
-        .query(&mut conn)
-        .unwrap();
-    let expected = ends_at + Duration::seconds(600) + Duration::days(1);
-    let expected_ms = i64::try_from(expected.unix_timestamp_nanos() / 1_000_000).unwrap();
+    let keys = sale_key_expiries(&a, &sale);
     // meta, stock, held, keys, log, reservations, key_counts
     assert_eq!(keys.len(), 7, "{keys:?}");
-    for key in &keys {
-        let at: i64 = redis::cmd("PEXPIRETIME").arg(key).query(&mut conn).unwrap();
-        assert_eq!(at, expected_ms, "{key}");
+    for (key, at) in &keys {
+        assert_eq!(*at, retired_at_ms(ends_at), "{key}");
     }
 }
 
@@ -570,7 +552,33 @@ async fn a_sale_that_ended_unwatched_leaves_redis_too() {
     let (buyer, _) = a.customer("buyer@example.com", "buyer password").await;
     let reserved = reserve(&a, &buyer, &sale, 1, 1).await;
     assert_eq!(reserved.status, StatusCode::CREATED, "{}", reserved.text());
-    let ends_at = a
+    let ends_at = ends_at(&a, &sale).await;
+
+    // Hours after the end, and out of memory before any writer pass saw it ended.
+    a.clock.advance(Duration::hours(3));
+    a.services.state.flash_sales.housekeeping();
+    let keys = sale_key_expiries(&a, &sale);
+    assert!(keys.len() >= 3, "{keys:?}");
+    for (key, at) in &keys {
+        assert_eq!(*at, -1, "{key} has an expiry already");
+    }
+
+    a.services.state.flash_sales.write_logged().await.unwrap();
+    for (key, at) in sale_key_expiries(&a, &sale) {
+        assert_eq!(at, retired_at_ms(ends_at), "{key}");
+    }
+    let url = a.config.redis.url.as_ref().unwrap().expose().to_owned();
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let unretired: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{}sales:unretired", a.config.redis.key_prefix))
+        .query(&mut conn)
+        .unwrap();
+    assert!(!unretired.contains(&sale), "{unretired:?}");
+}
+
+/// When a sale ends, as the API tells it.
+async fn ends_at(app: &TestApp, sale: &str) -> time::OffsetDateTime {
+    let ends_at = app
         .get(&format!("/api/v1/flash-sales/{sale}"))
         .send()
         .await
@@ -578,39 +586,34 @@ async fn a_sale_that_ended_unwatched_leaves_redis_too() {
         .as_str()
         .unwrap()
         .to_owned();
-    let ends_at =
-        time::OffsetDateTime::parse(&ends_at, &time::format_description::well_known::Rfc3339)
-            .unwrap();
+    time::OffsetDateTime::parse(&ends_at, &time::format_description::well_known::Rfc3339).unwrap()
+}
 
-    // Hours after the end, and out of memory before any writer pass saw it ended.
-    a.clock.advance(Duration::hours(3));
-    a.services.state.flash_sales.housekeeping();
-    let url = a.config.redis.url.as_ref().unwrap().expose().to_owned();
+/// A sale's keys in `app`'s Redis, each with when it expires (`PEXPIRETIME`, unix ms; -1:
+/// never).
+fn sale_key_expiries(app: &TestApp, sale: &str) -> Vec<(String, i64)> {
+    let url = app.config.redis.url.as_ref().unwrap().expose().to_owned();
     let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let prefix = &a.config.redis.key_prefix;
-    let sale_keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}{{sale:{sale}}}*"))
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}{{sale:{sale}}}*", app.config.redis.key_prefix))
         .query(&mut conn)
         .unwrap();
-    assert!(sale_keys.len() >= 3, "{sale_keys:?}");
-    let expiry = |conn: &mut redis::Connection, key: &str| -> i64 {
-        redis::cmd("PEXPIRETIME").arg(key).query(conn).unwrap()
-    };
-    for key in &sale_keys {
-        assert_eq!(expiry(&mut conn, key), -1, "{key} has an expiry already");
-    }
+    keys.into_iter()
+        .map(|key| {
+            let at = redis::cmd("PEXPIRETIME")
+                .arg(&key)
+                .query(&mut conn)
+                .unwrap();
+            (key, at)
+        })
+        .collect()
+}
 
-    a.services.state.flash_sales.write_logged().await.unwrap();
-    let expected = ends_at + Duration::seconds(600) + Duration::days(1);
-    let expected_ms = i64::try_from(expected.unix_timestamp_nanos() / 1_000_000).unwrap();
-    for key in &sale_keys {
-        assert_eq!(expiry(&mut conn, key), expected_ms, "{key}");
-    }
-    let unretired: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(format!("{prefix}sales:unretired"))
-        .query(&mut conn)
-        .unwrap();
-    assert!(!unretired.contains(&sale), "{unretired:?}");
+/// When the keys of a sale that ended at `ends_at` expire: a day after its last reservation
+/// (600 s in these tests) can have run out.
+fn retired_at_ms(ends_at: time::OffsetDateTime) -> i64 {
+    let at = ends_at + Duration::seconds(600) + Duration::days(1);
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap()
 }
 
 /// `redis.cluster_nodes`: two instances on a Redis Cluster of three masters (the test's own)
