@@ -47,9 +47,6 @@ pub struct LiveSale {
     remaining: AtomicU64,
     buyers: DashMap<BuyerId, u32>,
     snapshots: watch::Sender<SaleSnapshot>,
-    /// With a shared engine: whether this instance has given the engine's copy of the ended
-    /// sale its expiry.
-    retired: std::sync::atomic::AtomicBool,
 }
 
 /// Stock taken for one reservation, not yet durable. `give_back` returns it.
@@ -115,18 +112,7 @@ impl LiveSale {
             remaining: AtomicU64::new(remaining_total),
             buyers,
             snapshots,
-            retired: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    /// Whether the ended sale's copy in the shared engine was given its expiry by this
-    /// instance.
-    pub fn retired(&self) -> bool {
-        self.retired.load(Ordering::Relaxed)
-    }
-
-    pub fn set_retired(&self) {
-        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Takes `quantity` of item `no` for `buyer`, if the window, the buyer's limit and the stock

@@ -207,12 +207,14 @@ impl Shared {
         }
     }
 
-    /// Gives their expiry to sales that ended while no instance held them in memory (none
-    /// ran, or each had dropped the sale before a writer pass found it ended): the engine lists
-    /// every sale it holds without one, and those the ledger does not hold are looked up once.
-    /// A time already past removes their keys at once. Failures are logged; the next pass tries
-    /// again.
-    async fn retire_unwatched(&self, now: OffsetDateTime) {
+    /// Gives every ended sale the engine still keeps without an expiry one: nothing reserves
+    /// any more, settlements can come until the last reservation expires, and replays of an
+    /// idempotency key for a day after it was used. The engine lists those sales (`unretired`),
+    /// so one that ended while no instance held it in memory (none ran, or each had dropped it)
+    /// is found too: looked up in the records once (and held from then on, if it has not
+    /// ended). A time already past removes its keys at once. Failures are logged; the next pass
+    /// tries again.
+    async fn retire_ended(&self, now: OffsetDateTime) {
         let unretired = match self.engine.unretired().await {
             Ok(sales) => sales,
             Err(err) => {
@@ -221,36 +223,31 @@ impl Shared {
             }
         };
         for id in unretired {
-            if self.core.ledger.get(&id).is_some() {
-                // Retired by the pass below once it ends.
-                continue;
-            }
-            let state = match self.core.store.live_sale(id).await {
-                Ok(Some(state)) => state,
-                // Not in the records (a sale is stored before it is loaded, so this is another
-                // shop's under the same prefix): left alone.
-                Ok(None) => continue,
-                Err(err) => {
-                    tracing::warn!(%err, sale = %id, "cannot read a sale to retire its keys");
-                    continue;
-                }
+            let record = match self.core.ledger.get(&id) {
+                Some(sale) => sale.record.clone(),
+                None => match self.core.store.live_sale(id).await {
+                    Ok(Some(state)) if now < state.sale.rules.window().ends_at() => {
+                        // Made on another instance and not ended: held here from now on.
+                        self.core.ledger.install(state, now);
+                        continue;
+                    }
+                    Ok(Some(state)) => state.sale,
+                    // Not in the records (a sale is stored before it is loaded, so this is
+                    // another shop's under the same prefix): left alone.
+                    Ok(None) => continue,
+                    Err(err) => {
+                        tracing::warn!(%err, sale = %id, "cannot read a sale to retire its keys");
+                        continue;
+                    }
+                },
             };
-            let record = &state.sale;
             let ended_at = record.rules.window().ends_at();
             if now < ended_at {
-                // Made on another instance and not started yet: held here from now on (and
-                // retired by the pass below once it ends).
-                self.core.ledger.install(state, now);
                 continue;
             }
             let at = ended_at + record.rules.reservation_ttl() + KEY_LIFETIME;
-            match self.engine.retire(id, at).await {
-                Ok(()) => {
-                    tracing::info!(sale = %id, "a sale that ended unwatched was given its expiry in the reservation engine")
-                }
-                Err(err) => {
-                    tracing::warn!(%err, sale = %id, "an ended sale's keys could not be given their expiry; will retry");
-                }
+            if let Err(err) = self.engine.retire(id, at).await {
+                tracing::warn!(%err, sale = %id, "an ended sale's keys could not be given their expiry; will retry");
             }
         }
     }
@@ -307,8 +304,10 @@ impl Shared {
     /// its own, one pass at a time: each log entry goes to one writer, and one that dies leaves
     /// its entries to the others. Entries whose reservation is stored already (most: by the
     /// request that made it) are only acknowledged; writing one stored meanwhile changes
-    /// nothing. Returns how many reservations it wrote. For a catch-up (`arrived`: the catch-up passes begun when its caller came), nothing is done
-    /// when a catch-up pass that began later has finished while it waited.
+    /// nothing. Returns how many reservations it wrote. For a catch-up (`arrived`: the catch-up
+    /// passes begun when its caller came), nothing is done when a catch-up pass that began
+    /// later has finished while it waited. Ended sales are retired on the way
+    /// (`retire_ended`).
     async fn write_logged_taking(
         &self,
         stale_after: std::time::Duration,
@@ -358,22 +357,10 @@ impl Shared {
             }
             page = PageRequest::new(Some(page.page() + 1), Some(page.per_page()));
         }
-        self.retire_unwatched(now).await;
+        self.retire_ended(now).await;
         let mut written = 0;
         let mut waiting = 0;
         for sale in self.core.ledger.all() {
-            let ended_at = sale.record.rules.window().ends_at();
-            if now >= ended_at && !sale.retired() {
-                // Nothing reserves any more; settlements can come until the last reservation
-                // expires, and replays of an idempotency key for a day after it was used.
-                let at = ended_at + sale.record.rules.reservation_ttl() + KEY_LIFETIME;
-                match engine.retire(sale.record.id, at).await {
-                    Ok(()) => sale.set_retired(),
-                    Err(err) => {
-                        tracing::warn!(%err, sale = %sale.record.id, "an ended sale's keys could not be given their expiry; will retry");
-                    }
-                }
-            }
             loop {
                 let logged = engine
                     .take_logged(sale.record.id, writer, BATCH, stale_after)
