@@ -108,6 +108,24 @@ impl World {
             .unwrap()
     }
 
+    /// One unit each for buyers `b0` to `b{n-1}`: each reservation's id and log entry.
+    async fn reserve_one_each(
+        &mut self,
+        sale: SaleId,
+        n: usize,
+    ) -> Vec<(flashmart_domain::ReservationId, (u64, u64))> {
+        let mut made = Vec::with_capacity(n);
+        for i in 0..n {
+            let Decision::Reserved { id, entry, .. } =
+                self.reserve(sale, &format!("b{i}"), 1, None).await
+            else {
+                panic!("expected a reservation");
+            };
+            made.push((id, entry.expect("a new reservation has its entry")));
+        }
+        made
+    }
+
     async fn remaining(&mut self, sale: SaleId) -> i64 {
         self.conn
             .hget(self.sales.keys(sale).stock, 1)
@@ -441,13 +459,12 @@ async fn the_stream_gives_each_reservation_to_one_consumer_until_it_is_acknowled
         .ensure_group(&mut w.conn, sale, "writers")
         .await
         .unwrap();
-    let mut made = Vec::new();
-    for i in 0..6 {
-        let Decision::Reserved { id, .. } = w.reserve(sale, &format!("b{i}"), 1, None).await else {
-            panic!("expected a reservation");
-        };
-        made.push(id);
-    }
+    let made: Vec<_> = w
+        .reserve_one_each(sale, 6)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap(), 6);
     // Two consumers share the entries, each given to one of them.
     let first = w
@@ -513,14 +530,7 @@ async fn entries_stored_already_are_dropped_and_never_read() {
         .ensure_group(&mut w.conn, sale, "writers")
         .await
         .unwrap();
-    let mut logged = Vec::new();
-    for i in 0..4 {
-        let Decision::Reserved { id, entry, .. } = w.reserve(sale, &format!("b{i}"), 1, None).await
-        else {
-            panic!("expected a reservation");
-        };
-        logged.push((id, entry.expect("a new reservation has its entry")));
-    }
+    let logged = w.reserve_one_each(sale, 4).await;
     // b0 and b1 were stored by their requests: dropped before any writer reads.
     let dropped = [logged[0].1, logged[1].1];
     assert_eq!(
@@ -562,9 +572,7 @@ async fn the_stream_is_trimmed_behind_what_the_group_still_needs() {
         .ensure_group(&mut w.conn, sale, "writers")
         .await
         .unwrap();
-    for i in 0..5 {
-        assert!(reserved(&w.reserve(sale, &format!("b{i}"), 1, None).await));
-    }
+    w.reserve_one_each(sale, 5).await;
     let read = w
         .sales
         .read_new(&mut w.conn, sale, "writers", "worker", 5)
