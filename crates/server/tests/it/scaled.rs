@@ -14,8 +14,7 @@ use crate::support::TestApp;
 /// A configuration on `schema` and the local Redis under a prefix of the schema's name, with
 /// one token key for every instance.
 fn scaled(schema: &flashmart_postgres::testing::TestSchema) -> Config {
-    let redis = std::env::var("FLASHMART_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis = crate::support::redis_url();
     let mut config = Config::default();
     config.database.url = Some(Secret::new(schema.url()));
     config.redis.url = Some(Secret::new(redis));

@@ -78,6 +78,11 @@ impl Drop for RedisKeys {
     }
 }
 
+/// The one Redis the tests use: `FLASHMART_TEST_REDIS_URL`, by default the local one.
+pub fn redis_url() -> String {
+    std::env::var("FLASHMART_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// Points `config`'s shared engine at the test Redis: the Redis Cluster whose nodes
 /// `FLASHMART_TEST_REDIS_CLUSTER` lists (comma-separated URLs; scripts/test starts one), or
 /// else the Redis at `FLASHMART_TEST_REDIS_URL` (by default the local one).
@@ -88,9 +93,7 @@ pub fn test_redis(config: &mut Config) {
             config.redis.cluster_nodes = nodes.split(',').map(str::to_owned).collect();
         }
         _ => {
-            let url = std::env::var("FLASHMART_TEST_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-            config.redis.url = Some(flashmart_server::config::Secret::new(url));
+            config.redis.url = Some(flashmart_server::config::Secret::new(redis_url()));
         }
     }
 }
@@ -107,8 +110,7 @@ pub struct ScaledStores {
 impl ScaledStores {
     pub async fn create() -> Self {
         let schema = flashmart_postgres::testing::TestSchema::create().await;
-        let redis_url = std::env::var("FLASHMART_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let redis_url = redis_url();
         let prefix = format!("test:{}:", schema.name());
         let mut config = Config::default();
         config.redis.url = Some(flashmart_server::config::Secret::new(redis_url.clone()));
