@@ -8,6 +8,7 @@ pub mod clock;
 pub mod error;
 pub mod flash_sale;
 pub mod health;
+pub mod leader;
 pub mod page;
 pub mod payments;
 pub mod ports;

@@ -38,6 +38,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
         Self { sales, conn }
     }
 
+    /// The lease named `name`, on this engine's connection and under its key prefix.
+    pub fn lease(&self, name: &str) -> crate::RedisLease<C> {
+        crate::RedisLease::new(self.sales.prefix(), name, self.conn.clone())
+    }
+
     /// Checks that Redis answers (`PING`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();

@@ -9,6 +9,7 @@
 //! `redis.cluster_nodes`).
 
 mod engine;
+mod lease;
 mod log;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -22,6 +23,7 @@ use redis::{RedisError, Script};
 use time::OffsetDateTime;
 
 pub use engine::RedisEngine;
+pub use lease::RedisLease;
 pub use log::Logged;
 
 /// The keys of one sale, under `prefix` (so that tests, or two shops on one Redis, do not meet).
@@ -237,6 +239,11 @@ impl RedisSales {
             [kind, state] if kind == "unchanged" => Ok(Settled::Unchanged(state.clone())),
             _ => Err(protocol(&format!("{reply:?}"))),
         }
+    }
+
+    /// What every key of this engine starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub fn keys(&self, sale: SaleId) -> SaleKeys {

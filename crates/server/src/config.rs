@@ -32,6 +32,22 @@ pub struct Config {
     pub uploads: UploadsConfig,
     pub orders: OrdersConfig,
     pub payments: PaymentsConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+/// The work that runs on one instance at a time (`--role scheduler`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// In scaled mode, how long the scheduler lease lasts from each renewal (renewed three times
+    /// as often): when its holder dies, another scheduler takes over within this.
+    pub lease_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { lease_ms: 10_000 }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -93,12 +109,16 @@ impl Default for OrdersConfig {
 pub struct UploadsConfig {
     /// Largest image accepted.
     pub max_bytes: usize,
+    /// Where uploaded images are kept (default `<data_dir>/uploads`). With several instances,
+    /// a directory every one of them mounts, so that any serves what another stored.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for UploadsConfig {
     fn default() -> Self {
         Self {
             max_bytes: 5 * 1024 * 1024,
+            dir: None,
         }
     }
 }
@@ -345,6 +365,7 @@ impl Default for Config {
             uploads: UploadsConfig::default(),
             orders: OrdersConfig::default(),
             payments: PaymentsConfig::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -647,6 +668,9 @@ impl Config {
         if !(1..=1000).contains(&self.database.max_connections) {
             return invalid("database.max_connections", "must be between 1 and 1000");
         }
+        if !(300..=600_000).contains(&self.scheduler.lease_ms) {
+            return invalid("scheduler.lease_ms", "must be between 300 and 600000 (ms)");
+        }
         Ok(())
     }
 
@@ -672,6 +696,14 @@ impl Config {
 
     pub fn database_file(&self) -> PathBuf {
         self.data_dir.join("flashmart.db")
+    }
+
+    /// Where uploaded images are kept: `uploads.dir`, by default `<data_dir>/uploads`.
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.uploads
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("uploads"))
     }
 }
 

@@ -7,9 +7,11 @@ pub mod config;
 pub mod lock;
 pub mod logging;
 pub mod records;
+pub mod roles;
 mod secrets;
 pub mod wiring;
 pub mod workers;
 
 pub use config::Config;
+pub use roles::Roles;
 pub use wiring::{Services, build};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use flashmart_domain::Role;
 use flashmart_server::config::Config;
-use flashmart_server::{commands, logging, wiring};
+use flashmart_server::{Roles, commands, logging, wiring};
 use mimalloc::MiMalloc;
 
 /// glibc's allocator spent a tenth of the server's time under reservation load (arena locks,
@@ -32,8 +32,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run every role in this process on embedded storage (the default).
-    Serve,
+    /// Serve: every role in this process by default, on embedded storage unless database.url
+    /// and redis.url (or redis.cluster_nodes) are set.
+    Serve {
+        /// The roles this process runs, comma-separated: api (the API), worker (storing
+        /// reservations from the sales' logs, refunds), scheduler (scheduled sales, expiry, the
+        /// payment closer; one instance at a time). Split only in scaled mode.
+        #[arg(long, env = "FLASHMART_ROLE", default_value = "api,worker,scheduler")]
+        role: Roles,
+    },
     /// Seed demo accounts, then serve.
     Demo {
         /// Seed and exit without serving.
@@ -91,7 +98,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve);
+    let command = cli.command.unwrap_or(Command::Serve { role: Roles::ALL });
     if let Command::Stampede { scenario } = &command {
         return stampede(scenario);
     }
@@ -157,13 +164,13 @@ fn stampede(scenario: &flashmart_stampede::Scenario) -> ExitCode {
 
 async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
     match command {
-        Command::Serve => wiring::serve(config).await,
+        Command::Serve { role } => wiring::serve(config, role).await,
         Command::Demo { seed_only } => {
             commands::seed_demo(config).await?;
             if seed_only {
                 Ok(())
             } else {
-                wiring::serve(config).await
+                wiring::serve(config, Roles::ALL).await
             }
         }
         Command::Migrate => commands::migrate(config).await,

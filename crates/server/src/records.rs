@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use flashmart_app::ports::{
-    AccountStore, AddressStore, CartStore, CatalogStore, CouponStore, FlashSaleStore, OrderStore,
-    PaymentStore, Probe, ReservationJournal, SecondFactorStore, SharedEngine,
+    AccountStore, AddressStore, CartStore, CatalogStore, CouponStore, FlashSaleStore, Lease,
+    OrderStore, PaymentStore, Probe, ReservationJournal, SecondFactorStore, SharedEngine,
 };
 use flashmart_embedded::{Durability, SqliteStore};
 use flashmart_postgres::{PgConnectOptions, PgStore, SoleEngine};
@@ -87,12 +87,17 @@ fn ports_of<S: AllPorts>(store: &S) -> Ports {
     }
 }
 
+/// The name of the lease the scheduler role's instances take turns on.
+const SCHEDULER_LEASE: &str = "scheduler";
+
 /// The shared flash-sale engine (Redis) when `redis.url` or `redis.cluster_nodes` is set: the
 /// port the use cases drive, and its readiness probe.
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub engine: Arc<dyn SharedEngine>,
     pub probe: Arc<dyn Probe>,
+    /// The scheduler's lease (`<prefix>lease:scheduler`).
+    pub scheduler_lease: Arc<dyn Lease>,
 }
 
 impl Shared {
@@ -109,6 +114,7 @@ impl Shared {
                 .await
                 .context("Redis (redis.url) does not answer")?;
             return Ok(Some(Self {
+                scheduler_lease: Arc::new(engine.lease(SCHEDULER_LEASE)),
                 engine: engine.clone(),
                 probe: engine,
             }));
@@ -124,6 +130,7 @@ impl Shared {
                 .await
                 .context("the Redis Cluster (redis.cluster_nodes) does not answer")?;
             return Ok(Some(Self {
+                scheduler_lease: Arc::new(engine.lease(SCHEDULER_LEASE)),
                 engine: engine.clone(),
                 probe: engine,
             }));

@@ -10,6 +10,7 @@ use flashmart_app::auth::{AuthService, AuthSettings, HashCost, LoginLimits};
 use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::{Ack, FlashSaleSettings, FlashSales};
 use flashmart_app::health::Workers;
+use flashmart_app::leader::Leadership;
 use flashmart_app::payments::{NoProvider, PaymentProvider, Payments};
 use flashmart_app::shop::{Shop, ShopSettings, ShopStores};
 use flashmart_app::uploads::Uploads;
@@ -25,6 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{Config, GroupLimitConfig, ProviderChoice};
 use crate::records::{Ports, Records};
+use crate::roles::Roles;
 use crate::secrets;
 
 /// Everything `serve` runs, built from one configuration.
@@ -41,6 +43,9 @@ pub struct Services {
     pub stop: tokio::sync::watch::Sender<bool>,
     /// The group commit's task (it ends when the flash-sale service is dropped).
     pub commit_task: tokio::task::JoinHandle<()>,
+    /// Whether this instance may run the scheduler's work: always in embedded mode, while it
+    /// holds the scheduler lease in scaled mode.
+    pub leadership: Arc<Leadership>,
 }
 
 impl Services {
@@ -111,11 +116,22 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
     .await
     .context("starting the flash-sale engine")?;
     let flash_sales = Arc::new(flash_sales);
-    // The current slot's sale of every schedule exists before the first request.
-    flash_sales
-        .run_schedules()
-        .await
-        .context("creating scheduled sales")?;
+    let leadership = Arc::new(match &shared {
+        Some(shared) => Leadership::elected(
+            Arc::clone(&shared.scheduler_lease),
+            instance_name(),
+            Duration::from_millis(config.scheduler.lease_ms),
+        ),
+        None => Leadership::sole(),
+    });
+    // One process: the current slot's sale of every schedule exists before the first request.
+    // Scaled, the instance holding the scheduler lease makes it.
+    if shared.is_none() {
+        flash_sales
+            .run_schedules()
+            .await
+            .context("creating scheduled sales")?;
+    }
     let shop = Shop::new(
         ShopStores {
             addresses: Arc::clone(&ports.addresses),
@@ -185,10 +201,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             catalog: Arc::new(Catalog::new(Arc::clone(&ports.catalog), Arc::clone(&clock))),
             shop: Arc::new(shop),
             payments: Arc::new(payments),
-            uploads: Arc::new(Uploads::new(
-                config.data_dir.join("uploads"),
-                config.uploads.max_bytes,
-            )),
+            uploads: Arc::new(Uploads::new(config.uploads_dir(), config.uploads.max_bytes)),
             loadtest: LoadTest {
                 enabled: config.loadtest.enabled,
             },
@@ -218,7 +231,21 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
         sandbox,
         stop,
         commit_task,
+        leadership,
     })
+}
+
+/// This process's name among the instances (host, process id and a random part, so that a
+/// restarted process is a new name): the scheduler lease's holder.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}/{}/{}", std::process::id(), &nonce[..8])
 }
 
 fn limit_settings(config: &Config) -> LimitSettings {
@@ -241,16 +268,31 @@ fn secs(n: u64) -> time::Duration {
     time::Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// Runs every role in this process until SIGTERM or Ctrl-C, then stops: listeners stop
+/// Runs `roles` in this process until SIGTERM or Ctrl-C, then stops: listeners stop
 /// accepting, event streams are told to end, requests in flight get `http.shutdown_grace_secs`
-/// to finish (then they are closed), the group commit is flushed and storage closed.
-pub async fn serve(config: &Config) -> anyhow::Result<()> {
+/// to finish (then they are closed), the scheduler lease is given up, the group commit is
+/// flushed and storage closed.
+pub async fn serve(config: &Config, roles: Roles) -> anyhow::Result<()> {
+    let scaled = config.redis.is_set();
+    anyhow::ensure!(
+        scaled || roles.is_all(),
+        "--role {roles}: without the shared engine every role runs in one process (the \
+         in-process engine keeps live stock in its memory); split roles only in scaled mode \
+         (database.url and redis.url or redis.cluster_nodes set)"
+    );
     let mut signals = StopSignals::install()?;
-    let _lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
+    // With the in-process engine the data directory holds the live truth (the SQLite file, or
+    // the engine's claim): one server each. Scaled, it holds nothing of the kind, and
+    // instances on one machine may share it (and its uploads).
+    let _lock = if scaled {
+        None
+    } else {
+        Some(crate::lock::DataDirLock::acquire(&config.data_dir)?)
+    };
     let services = build(config, Arc::new(SystemClock)).await?;
     // With the shared engine, any number of servers may share the database; with the
     // in-process one, one.
-    let _sole_engine = if config.redis.is_set() {
+    let _sole_engine = if scaled {
         None
     } else {
         services.records.claim_sole_engine().await?
@@ -268,18 +310,26 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
             sandbox.set_notify_url(format!("http://{reach}/api/v1/payments/notify"));
         }
         // Whatever the sandbox settled but could not tell us before the last stop goes out now.
-        if let Err(err) = sandbox.redeliver_due().await {
+        if roles.worker
+            && let Err(err) = sandbox.redeliver_due().await
+        {
             tracing::error!(%err, "cannot read the sandbox's unsent notifications");
         }
     }
-    let mut listeners = vec![("http", public, services.router())];
+    // Every role answers /healthz, /readyz and /metrics; only `api` serves the API.
+    let main_router = if roles.api {
+        services.router()
+    } else {
+        services.ops_router()
+    };
+    let mut listeners = vec![("http", public, main_router)];
     let (mut ops_addr, mut compat_addr) = (None, None);
     if let Some(wanted) = config.ops.addr {
         let ops = bind(wanted, "ops.addr").await?;
         ops_addr = Some(ops.local_addr()?.to_string());
         listeners.push(("ops", ops, services.ops_router()));
     }
-    if config.compat.contest {
+    if config.compat.contest && roles.api {
         let compat = bind(config.compat.addr, "compat.addr").await?;
         compat_addr = Some(compat.local_addr()?.to_string());
         listeners.push(("compat", compat, services.compat_router()));
@@ -288,13 +338,15 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
         %addr,
         ops_addr = ops_addr.as_deref(),
         compat_addr = compat_addr.as_deref(),
+        roles = %roles,
+        instance = services.leadership.holder(),
         data_dir = %config.data_dir.display(),
         records = %services.records.describe(),
-        engine = if config.redis.is_set() { "redis" } else { "in-process" },
+        engine = if scaled { "redis" } else { "in-process" },
         "flashmart listening on http://{addr}"
     );
 
-    let workers = crate::workers::spawn(&services, config);
+    let workers = crate::workers::spawn(&services, config, roles);
     let mut servers = tokio::task::JoinSet::new();
     for (name, listener, router) in listeners {
         let mut stop = services.stop.subscribe();
@@ -340,6 +392,8 @@ pub async fn serve(config: &Config) -> anyhow::Result<()> {
     for worker in workers {
         worker.abort();
     }
+    // Another scheduler takes over now rather than when the lease runs out.
+    services.leadership.resign().await;
     // Whatever reached the group commit (checkout attempts included) is made durable first.
     services.state.flash_sales.flush().await;
     services.records.close().await;

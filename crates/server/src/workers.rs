@@ -1,6 +1,8 @@
-//! The background work of a single-process deployment (expiry, live events, schedules, payments,
-//! refunds, housekeeping), each piece supervised: a run that panics is logged and the work goes
-//! on after a backoff, and every piece has a heartbeat that `/readyz` reads.
+//! The background work of each role (`crate::roles`): expiry, schedules and the payment closer
+//! (`scheduler`, only while this instance holds the scheduler lease), storing from the sales'
+//! logs and refunds (`worker`), live events (`api`), housekeeping (every role). Each piece is
+//! supervised: a run that panics is logged and the work goes on after a backoff, and every piece
+//! has a heartbeat that `/readyz` reads.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -12,6 +14,7 @@ use futures_util::FutureExt as _;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::roles::Roles;
 use crate::wiring::Services;
 
 /// The first wait after a panic; it doubles with every panic in a row, up to `MAX_BACKOFF`.
@@ -33,19 +36,79 @@ const OUTBOX_PERIOD: Duration = Duration::from_millis(50);
 /// engine). Most entries were stored by the request that made them, and are only acknowledged.
 const LOG_WRITER_PERIOD: Duration = Duration::from_millis(200);
 
-/// The background work of a single-process deployment: expiry, live events, schedules, the
-/// outbox applier, the order indexer, and housekeeping.
-pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
+/// The background work of `roles` (embedded mode runs them all, with the outbox applier and the
+/// order indexer besides).
+pub fn spawn(services: &Services, config: &Config, roles: Roles) -> Vec<JoinHandle<()>> {
+    let state = &services.state;
+    let mut workers = Vec::new();
+    if roles.scheduler {
+        workers.extend(scheduler(services, config));
+    }
+    if roles.worker {
+        workers.extend(worker(services, config));
+    }
+    if roles.api && !roles.worker && config.redis.is_set() {
+        // No log writer here: what this instance's requests stored is still dropped from the
+        // logs, so that the workers' writers do not read it.
+        let sales = Arc::clone(&state.flash_sales);
+        workers.push(every(
+            &state.workers,
+            "log_forgetter",
+            LOG_WRITER_PERIOD,
+            move || {
+                let sales = Arc::clone(&sales);
+                async move { sales.forget_stored().await }
+            },
+        ));
+    }
+    if roles.api {
+        let sales = Arc::clone(&state.flash_sales);
+        workers.push(every(
+            &state.workers,
+            "events_publisher",
+            Duration::from_millis(config.flash_sale.events_interval_ms),
+            move || {
+                let sales = Arc::clone(&sales);
+                async move { sales.publish_all().await }
+            },
+        ));
+    }
+    workers.extend(upkeep(services));
+    workers
+}
+
+/// The scheduler's work, each run only while this instance leads (`Leadership`: always in
+/// embedded mode, while it holds the scheduler lease in scaled mode), and the campaign for the
+/// lease.
+fn scheduler(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
     let state = &services.state;
     let ms = Duration::from_millis;
-    let sales = Arc::clone(&state.flash_sales);
+    let leadership = &services.leadership;
+    let lead = Arc::clone(leadership);
+    let campaign = every(
+        &state.workers,
+        "scheduler_lease",
+        leadership.renew_every(),
+        move || {
+            let lead = Arc::clone(&lead);
+            async move {
+                if let Err(err) = lead.campaign().await {
+                    tracing::warn!(%err, "cannot take or renew the scheduler lease; will retry");
+                }
+            }
+        },
+    );
+    let (sales, lead) = (Arc::clone(&state.flash_sales), Arc::clone(leadership));
     let sweeper = every(
         &state.workers,
         "reservation_sweeper",
         ms(config.flash_sale.sweep_interval_ms),
         move || {
-            let sales = Arc::clone(&sales);
+            let (sales, lead) = (Arc::clone(&sales), Arc::clone(&lead));
             async move {
+                if !lead.is_held() {
+                    return;
+                }
                 if let Err(err) = sales.sweep_expired().await {
                     tracing::error!(%err, "expiring reservations failed; will retry");
                 }
@@ -55,58 +118,64 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
             }
         },
     );
-    let sales = Arc::clone(&state.flash_sales);
-    let publisher = every(
-        &state.workers,
-        "events_publisher",
-        ms(config.flash_sale.events_interval_ms),
-        move || {
-            let sales = Arc::clone(&sales);
-            async move { sales.publish_all().await }
-        },
-    );
-    let sales = Arc::clone(&state.flash_sales);
-    let scheduler = every(
+    let (sales, lead) = (Arc::clone(&state.flash_sales), Arc::clone(leadership));
+    let schedules = every(
         &state.workers,
         "scheduler",
         ms(config.flash_sale.schedule_interval_ms),
         move || {
-            let sales = Arc::clone(&sales);
+            let (sales, lead) = (Arc::clone(&sales), Arc::clone(&lead));
             async move {
+                if !lead.is_held() {
+                    return;
+                }
                 if let Err(err) = sales.run_schedules().await {
                     tracing::error!(%err, "running schedules failed; will retry");
                 }
             }
         },
     );
-    let shop = Arc::clone(&state.shop);
+    let (shop, lead) = (Arc::clone(&state.shop), Arc::clone(leadership));
     let orders = every(
         &state.workers,
         "order_sweeper",
         ms(config.orders.sweep_interval_ms),
         move || {
-            let shop = Arc::clone(&shop);
+            let (shop, lead) = (Arc::clone(&shop), Arc::clone(&lead));
             async move {
+                if !lead.is_held() {
+                    return;
+                }
                 if let Err(err) = shop.sweep_expired().await {
                     tracing::error!(%err, "expiring unpaid orders failed; will retry");
                 }
             }
         },
     );
-    let payments = Arc::clone(&state.payments);
+    let (payments, lead) = (Arc::clone(&state.payments), Arc::clone(leadership));
     let stale_payments = every(
         &state.workers,
         "payment_closer",
         Duration::from_secs(5),
         move || {
-            let payments = Arc::clone(&payments);
+            let (payments, lead) = (Arc::clone(&payments), Arc::clone(&lead));
             async move {
+                if !lead.is_held() {
+                    return;
+                }
                 if let Err(err) = payments.close_stale().await {
                     tracing::warn!(%err, "closing payments of ended orders failed; will retry");
                 }
             }
         },
     );
+    vec![campaign, sweeper, schedules, orders, stale_payments]
+}
+
+/// Work any number of instances share: refunds, the sandbox's notifications, and with the
+/// shared engine the reservations its logs hold that no instance stored.
+fn worker(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
+    let state = &services.state;
     let payments = Arc::clone(&state.payments);
     let refunds = every(
         &state.workers,
@@ -121,7 +190,47 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
             }
         },
     );
-    // The embedded store's own upkeep; PostgreSQL needs none.
+    // With the shared engine: what Redis decided and no instance stored is stored from the
+    // sales' logs, by every worker under a name of its own.
+    let log_writer = config.redis.is_set().then(|| {
+        let sales = Arc::clone(&state.flash_sales);
+        every(&state.workers, "log_writer", LOG_WRITER_PERIOD, move || {
+            let sales = Arc::clone(&sales);
+            async move {
+                match sales.write_logged().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(written = n, "reservations written from the sales' logs"),
+                    Err(err) => tracing::warn!(%err, "writing reservations from the sales' logs failed; will retry"),
+                }
+            }
+        })
+    });
+    let resend = services.sandbox.clone().map(|sandbox| {
+        // Retries fall due on the sandbox's schedule (1 s at first), so it looks every second.
+        every(
+            &state.workers,
+            "sandbox_resender",
+            Duration::from_secs(1),
+            move || {
+                let sandbox = Arc::clone(&sandbox);
+                async move {
+                    if let Err(err) = sandbox.redeliver_due().await {
+                        tracing::warn!(%err, "sandbox cannot read its unsent notifications; will retry");
+                    }
+                }
+            },
+        )
+    });
+    let mut workers = vec![refunds];
+    workers.extend(log_writer);
+    workers.extend(resend);
+    workers
+}
+
+/// What every process runs: metrics and memory upkeep, and the embedded store's own (the
+/// outbox applier and the order indexer; PostgreSQL needs neither).
+fn upkeep(services: &Services) -> Vec<JoinHandle<()>> {
+    let state = &services.state;
     let embedded = services.records.embedded().map(|store| {
         let applier_store = store.clone();
         let applier = every(&state.workers, "outbox_applier", OUTBOX_PERIOD, move || {
@@ -148,35 +257,8 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
         );
         [applier, indexer]
     });
-    // With the shared engine: what Redis decided and no instance stored is stored from the
-    // sales' logs, by every instance under a name of its own.
-    let log_writer = config.redis.is_set().then(|| {
-        let sales = Arc::clone(&state.flash_sales);
-        every(&state.workers, "log_writer", LOG_WRITER_PERIOD, move || {
-            let sales = Arc::clone(&sales);
-            async move {
-                match sales.write_logged().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(written = n, "reservations written from the sales' logs"),
-                    Err(err) => tracing::warn!(%err, "writing reservations from the sales' logs failed; will retry"),
-                }
-            }
-        })
-    });
-    let workers = Arc::clone(&state.workers);
-    let resend = services.sandbox.clone().map(|sandbox| {
-        // Retries fall due on the sandbox's schedule (1 s at first), so it looks every second.
-        every(&workers, "sandbox_resender", Duration::from_secs(1), move || {
-            let sandbox = Arc::clone(&sandbox);
-            async move {
-                if let Err(err) = sandbox.redeliver_due().await {
-                    tracing::warn!(%err, "sandbox cannot read its unsent notifications; will retry");
-                }
-            }
-        })
-    });
     let metrics = state.metrics.clone();
-    let upkeep = every(
+    let metrics_upkeep = every(
         &state.workers,
         "metrics_upkeep",
         Duration::from_secs(5),
@@ -198,19 +280,8 @@ pub fn spawn(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
             async {}
         },
     );
-    let mut workers = vec![
-        sweeper,
-        orders,
-        stale_payments,
-        refunds,
-        publisher,
-        scheduler,
-        upkeep,
-        housekeeping,
-    ];
+    let mut workers = vec![metrics_upkeep, housekeeping];
     workers.extend(embedded.into_iter().flatten());
-    workers.extend(log_writer);
-    workers.extend(resend);
     workers
 }
 

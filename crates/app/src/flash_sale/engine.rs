@@ -121,6 +121,10 @@ pub(super) trait Engine: Send + Sync + std::fmt::Debug {
     /// Stores what the engine decided that no instance stored. Returns how many it wrote.
     async fn write_logged(&self) -> Result<usize, StoreError>;
 
+    /// Drops from the engine's logs what this instance's requests stored, so that no writer
+    /// reads it (`write_logged` does it first; an instance that runs no writer calls this).
+    async fn forget_stored(&self);
+
     /// How each sale not ended stands between the engine and the records.
     async fn reconcile(&self) -> Result<Vec<(SaleRecord, Reconciled)>, StoreError>;
 
@@ -217,6 +221,13 @@ impl Engine for Engines {
         match self {
             Self::InProcess(e) => e.write_logged().await,
             Self::Shared(e) => e.write_logged().await,
+        }
+    }
+
+    async fn forget_stored(&self) {
+        match self {
+            Self::InProcess(e) => e.forget_stored().await,
+            Self::Shared(e) => e.forget_stored().await,
         }
     }
 

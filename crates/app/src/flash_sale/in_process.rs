@@ -279,6 +279,8 @@ impl Engine for InProcess {
         Ok(0)
     }
 
+    async fn forget_stored(&self) {}
+
     async fn reconcile(&self) -> Result<Vec<(SaleRecord, Reconciled)>, StoreError> {
         Err(StoreError::Other(
             "reconcile compares the shared engine (redis.url) with the records; none is set".into(),

@@ -353,6 +353,13 @@ impl FlashSales {
         self.engine.write_logged().await
     }
 
+    /// With a shared engine: drops from the logs what this instance's requests stored, so that
+    /// no writer reads it (`write_logged` does it first; an `api` instance that runs no writer
+    /// calls this instead).
+    pub async fn forget_stored(&self) {
+        self.engine.forget_stored().await;
+    }
+
     /// With `flash_sale.ack = redis`, a reservation may be answered before it is stored: a
     /// read that finds no reservation or order by an id calls this, then reads again
     /// (`read_through`), and so do lists of orders and reservations, a sale's numbers and the

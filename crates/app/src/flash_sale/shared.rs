@@ -324,16 +324,7 @@ impl Shared {
         };
         // What this instance's requests stored is dropped from the logs first: most entries,
         // which no writer then reads.
-        let mut stored: std::collections::HashMap<SaleId, Vec<LogEntry>> = Default::default();
-        for (sale, entry) in self.core.commit.stored_log() {
-            stored.entry(sale).or_default().push(entry);
-        }
-        for (sale, entries) in stored {
-            if let Err(err) = engine.forget_logged(sale, &entries).await {
-                // Left in the log: read below, found stored, acknowledged.
-                tracing::warn!(%err, %sale, "stored reservations could not be dropped from the log");
-            }
-        }
+        self.forget_stored().await;
         // Sales made on other instances since this one started have logs too.
         let now = self.core.clock.now();
         let mut page = PageRequest::new(Some(1), Some(PageRequest::MAX_PER_PAGE));
@@ -516,6 +507,19 @@ impl Engine for Shared {
 
     async fn write_logged(&self) -> Result<usize, StoreError> {
         self.write_logged_taking(WRITER_IDLE, None).await
+    }
+
+    async fn forget_stored(&self) {
+        let mut stored: std::collections::HashMap<SaleId, Vec<LogEntry>> = Default::default();
+        for (sale, entry) in self.core.commit.stored_log() {
+            stored.entry(sale).or_default().push(entry);
+        }
+        for (sale, entries) in stored {
+            if let Err(err) = self.engine.forget_logged(sale, &entries).await {
+                // Left in the log: a writer reads it, finds it stored, acknowledges it.
+                tracing::warn!(%err, %sale, "stored reservations could not be dropped from the log");
+            }
+        }
     }
 
     /// Stores what its logs hold first (`write_logged`), then compares,

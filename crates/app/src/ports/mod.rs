@@ -8,6 +8,7 @@
 mod accounts;
 mod catalog;
 mod flash_sale;
+mod lease;
 mod payments;
 mod second_factor;
 mod shop;
@@ -18,6 +19,7 @@ pub use crate::error::StoreError;
 pub use accounts::*;
 pub use catalog::*;
 pub use flash_sale::*;
+pub use lease::*;
 pub use payments::*;
 pub use second_factor::*;
 pub use shop::*;

@@ -67,12 +67,16 @@ fn envs(mode: Mode<'_>) -> Vec<(&'static str, &str)> {
             redis_url,
             prefix,
             ack,
-        } => envs.extend([
-            ("FLASHMART__DATABASE__URL", database_url),
-            ("FLASHMART__REDIS__URL", redis_url),
-            ("FLASHMART__REDIS__KEY_PREFIX", prefix),
-            ("FLASHMART__FLASH_SALE__ACK", ack),
-        ]),
+        } => envs.extend(
+            [
+                ("FLASHMART__DATABASE__URL", database_url),
+                ("FLASHMART__REDIS__URL", redis_url),
+                ("FLASHMART__REDIS__KEY_PREFIX", prefix),
+                ("FLASHMART__FLASH_SALE__ACK", ack),
+            ]
+            .into_iter()
+            .chain(crate::support::SHARED_SECRETS),
+        ),
     }
     envs
 }

@@ -13,6 +13,7 @@ mod envelope;
 mod exposure;
 mod flash_sales;
 mod hoarding;
+mod instances;
 mod limits;
 mod ops;
 mod orders;

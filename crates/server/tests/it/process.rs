@@ -247,6 +247,8 @@ async fn stampede_contest_sells_exactly_10000_in_scaled_mode() {
             ("FLASHMART__REDIS__URL", redis_url),
             ("FLASHMART__REDIS__KEY_PREFIX", prefix),
             ("FLASHMART__FLASH_SALE__ACK", "redis"),
+            crate::support::SHARED_SECRETS[0],
+            crate::support::SHARED_SECRETS[1],
         ],
     );
     tokio::task::spawn_blocking(move || contest_stampede(&server))
@@ -466,6 +468,7 @@ async fn reconcile_reports_each_live_sale() {
             .env("FLASHMART__DATABASE__URL", schema.url())
             .env("FLASHMART__REDIS__URL", redis_url)
             .env("FLASHMART__REDIS__KEY_PREFIX", prefix)
+            .envs(crate::support::SHARED_SECRETS)
             .env("FLASHMART__LOG__LEVEL", "warn")
             .output()
             .unwrap()

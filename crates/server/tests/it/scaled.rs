@@ -19,7 +19,7 @@ fn scaled(schema: &flashmart_postgres::testing::TestSchema) -> Config {
     config.database.url = Some(Secret::new(schema.url()));
     config.redis.url = Some(Secret::new(redis));
     config.redis.key_prefix = format!("test:{}:", schema.name());
-    config.auth.jwt_secret = Some(Secret::new("a shared key of at least 32 bytes!!"));
+    crate::support::shared_secrets(&mut config);
     config
 }
 

@@ -98,6 +98,30 @@ pub fn test_redis(config: &mut Config) {
     }
 }
 
+/// The keys every instance of one scaled shop shares, which scaled mode needs set explicitly:
+/// as environment variables for a `flashmart` process.
+pub const SHARED_SECRETS: [(&str, &str); 2] = [
+    (
+        "FLASHMART__AUTH__JWT_SECRET",
+        "a shared token key of at least 32 bytes",
+    ),
+    (
+        "FLASHMART__PAYMENTS__SANDBOX_SECRET",
+        "a shared sandbox key of at least 32 bytes",
+    ),
+];
+
+/// The same keys in `config`, where it sets none of its own.
+pub fn shared_secrets(config: &mut Config) {
+    use flashmart_server::config::Secret;
+    let (auth, payments) = (&mut config.auth, &mut config.payments);
+    auth.jwt_secret
+        .get_or_insert_with(|| Secret::new(SHARED_SECRETS[0].1));
+    payments
+        .sandbox_secret
+        .get_or_insert_with(|| Secret::new(SHARED_SECRETS[1].1));
+}
+
 /// A schema of its own and a key prefix of its own on the local Redis, for a test that runs
 /// `flashmart` processes in scaled mode; the keys go when it is dropped, then the schema.
 pub struct ScaledStores {
@@ -135,6 +159,7 @@ pub async fn records_for(config: &mut Config) -> Option<flashmart_postgres::test
     if on_redis() {
         // The shared engine on the test Redis, under a key prefix of this test's own.
         test_redis(config);
+        shared_secrets(config);
         config.redis.key_prefix = format!("test:{}:", schema.name());
         if std::env::var("FLASHMART_TEST_ACK").is_ok_and(|v| v == "redis") {
             config.flash_sale.ack = flashmart_server::config::AckChoice::Redis;
@@ -560,6 +585,14 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Every log line the process has written so far (without waiting for more).
+    pub fn lines_so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
     }
 
     /// Waits for the process to exit.

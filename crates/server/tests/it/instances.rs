@@ -1,0 +1,276 @@
+//! Several `flashmart` processes on one PostgreSQL and one Redis, each running the roles it was
+//! given (`serve --role api,worker,scheduler`).
+
+use std::future::Future;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{SHARED_SECRETS, ScaledStores, Server};
+
+/// The environment of a scaled instance on `stores`.
+fn scaled_env(stores: &ScaledStores) -> Vec<(&'static str, String)> {
+    let mut envs = vec![
+        ("FLASHMART__DATABASE__URL", stores.schema.url()),
+        ("FLASHMART__REDIS__URL", stores.redis_url.clone()),
+        ("FLASHMART__REDIS__KEY_PREFIX", stores.prefix.clone()),
+    ];
+    envs.extend(SHARED_SECRETS.map(|(k, v)| (k, v.to_owned())));
+    envs
+}
+
+fn borrowed<'a>(envs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    envs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+async fn get(url: String) -> (u16, String) {
+    let res = reqwest::get(url).await.unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_answers_health_only_api_serves_the_api() {
+    let stores = ScaledStores::create().await;
+    let envs = scaled_env(&stores);
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Server::start(dir.path(), &["serve", "--role", "worker"], &borrowed(&envs));
+    // A second instance on the same data directory: scaled, it holds no records.
+    let api = Server::start(dir.path(), &["serve", "--role", "api"], &borrowed(&envs));
+
+    let (status, _) = get(format!("{}/healthz", worker.base)).await;
+    assert_eq!(status, 200);
+    let (status, body) = get(format!("{}/readyz", worker.base)).await;
+    assert_eq!(status, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["data"]["checks"]["postgres"], "ok", "{body}");
+    assert_eq!(ready["data"]["checks"]["redis"], "ok", "{body}");
+    let names = worker_names(&body);
+    for name in ["log_writer", "refund_worker", "sandbox_resender"] {
+        assert!(names.contains(&name.to_owned()), "{name} not in {names:?}");
+    }
+    for name in ["scheduler", "events_publisher", "log_forgetter"] {
+        assert!(!names.contains(&name.to_owned()), "{name} in {names:?}");
+    }
+    let (status, body) = get(format!("{}/metrics", worker.base)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("process_resident_memory_bytes"), "{body}");
+    for path in ["/api/v1/products", "/api/v1/flash-sales", "/openapi.json"] {
+        let (status, body) = get(format!("{}{path}", worker.base)).await;
+        assert_eq!(status, 404, "{path} on a worker: {body}");
+    }
+
+    let (status, body) = get(format!("{}/api/v1/products", api.base)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(format!("{}/readyz", api.base)).await;
+    assert_eq!(status, 200, "{body}");
+    let names = worker_names(&body);
+    for name in ["events_publisher", "log_forgetter", "group_commit"] {
+        assert!(names.contains(&name.to_owned()), "{name} not in {names:?}");
+    }
+    for name in ["log_writer", "scheduler", "reservation_sweeper"] {
+        assert!(!names.contains(&name.to_owned()), "{name} in {names:?}");
+    }
+}
+
+/// The names of the background work a `/readyz` answer lists.
+fn worker_names(body: &str) -> Vec<String> {
+    let ready: Value = serde_json::from_str(body).unwrap();
+    ready["data"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_are_split_only_in_scaled_mode_and_scaled_mode_needs_shared_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("FLASHMART__HTTP__ADDR", "127.0.0.1:0")
+            .env("FLASHMART__LOG__LEVEL", "warn")
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "it started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(&["serve", "--role", "api"], &[]);
+    assert!(
+        stderr.contains("--role api: without the shared engine every role runs in one process"),
+        "{stderr}"
+    );
+    let stderr = run(&["serve", "--role", "cron"], &[]);
+    assert!(stderr.contains("unknown role \"cron\""), "{stderr}");
+
+    let stores = ScaledStores::create().await;
+    let url = stores.schema.url();
+    let scaled = [
+        ("FLASHMART__DATABASE__URL", url.as_str()),
+        ("FLASHMART__REDIS__URL", stores.redis_url.as_str()),
+        ("FLASHMART__REDIS__KEY_PREFIX", stores.prefix.as_str()),
+    ];
+    let stderr = run(&["serve"], &scaled);
+    assert!(
+        stderr.contains("auth.jwt_secret is not set: scaled mode"),
+        "{stderr}"
+    );
+    let mut with_jwt = scaled.to_vec();
+    with_jwt.push(SHARED_SECRETS[0]);
+    let stderr = run(&["serve"], &with_jwt);
+    assert!(
+        stderr.contains("payments.sandbox_secret is not set: scaled mode"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data/jwt_secret").exists(),
+        "no key generated"
+    );
+}
+
+/// The process id in the scheduler lease's holder name (`host/pid/nonce`), when it is held.
+fn lease_holder(conn: &mut redis::Connection, key: &str) -> Option<u32> {
+    let holder: Option<String> = redis::cmd("GET").arg(key).query(conn).unwrap();
+    holder.and_then(|h| h.split('/').nth(1).and_then(|pid| pid.parse().ok()))
+}
+
+/// Asks `probe` every 20 ms until it answers, for at most `limit`.
+async fn poll<T, F: Future<Output = Option<T>>>(
+    limit: Duration,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(started.elapsed() < limit, "nothing within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Adds an hourly schedule straight to the records (not through the API, which would make
+/// its current sale at once): only a scheduler can make that sale.
+async fn add_schedule(pool: &sqlx::PgPool, name: &str) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO flash_sale_schedules (id, name, recurrence, item_count, price_cents, \
+         currency, per_user_limit, reservation_ttl_secs, duration_secs, active, created_at) \
+         VALUES ($1, $2, 'hourly', 3, 100, 'USD', 1, 600, 3600, true, now())",
+    )
+    .bind(id)
+    .bind(name)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+async fn sales_of(pool: &sqlx::PgPool, schedule: uuid::Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM flash_sales WHERE schedule_id = $1")
+        .bind(schedule)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn made_a_sale(server: &mut Server) -> bool {
+    server
+        .lines_so_far()
+        .iter()
+        .any(|l| l.contains("scheduled sale created"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scheduler_at_a_time_and_another_takes_over_when_it_dies() {
+    const LEASE_MS: u64 = 1_500;
+    let stores = ScaledStores::create().await;
+    let mut envs = scaled_env(&stores);
+    envs.extend([
+        ("FLASHMART__SCHEDULER__LEASE_MS", LEASE_MS.to_string()),
+        ("FLASHMART__FLASH_SALE__SCHEDULE_INTERVAL_MS", "100".into()),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlx::PgPool::connect_with(stores.schema.options())
+        .await
+        .unwrap();
+    let mut conn = redis::Client::open(stores.redis_url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let key = format!("{}lease:scheduler", stores.prefix);
+
+    let a = Server::start(
+        dir.path(),
+        &["serve", "--role", "scheduler"],
+        &borrowed(&envs),
+    );
+    let b = Server::start(
+        dir.path(),
+        &["serve", "--role", "scheduler"],
+        &borrowed(&envs),
+    );
+    let leader = poll(Duration::from_secs(30), || {
+        std::future::ready(lease_holder(&mut conn, &key))
+    })
+    .await;
+    assert!(leader == a.pid() || leader == b.pid(), "held by {leader}");
+    let (mut leader, mut standby) = if leader == a.pid() { (a, b) } else { (b, a) };
+    let metric = |server: &Server| {
+        let url = format!("{}/metrics", server.base);
+        async move {
+            let (_, body) = get(url).await;
+            body.lines()
+                .find_map(|l| l.strip_prefix("scheduler_leader "))
+                .map(str::to_owned)
+        }
+    };
+    assert_eq!(metric(&leader).await.as_deref(), Some("1"));
+    let standby_metric = poll(Duration::from_secs(10), || metric(&standby)).await;
+    assert_eq!(standby_metric, "0");
+
+    // A schedule's sale is made once, by the leader.
+    let first = add_schedule(&pool, "first").await;
+    leader.wait_for(|v| v["message"] == "scheduled sale created");
+    assert_eq!(sales_of(&pool, first).await, 1);
+    assert!(!made_a_sale(&mut standby), "the standby made a sale");
+
+    // The leader dies without a word; the standby takes the lease once it runs out.
+    let killed_at = Instant::now();
+    let dead = leader.pid();
+    leader.kill();
+    let survivor = standby.pid();
+    poll(Duration::from_secs(30), || {
+        std::future::ready((lease_holder(&mut conn, &key) == Some(survivor)).then_some(()))
+    })
+    .await;
+    let took = killed_at.elapsed();
+    eprintln!("the standby took the lease over {took:?} after the leader was killed");
+    // Within the lease and one renewal period (a third of it), with a second of slack for a
+    // slow machine.
+    assert!(
+        took < Duration::from_millis(LEASE_MS + LEASE_MS / 3 + 1_000),
+        "took {took:?}"
+    );
+    assert_ne!(dead, survivor);
+    standby.wait_for(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("this instance holds the scheduler lease"))
+    });
+
+    // The new leader does the schedules' work, still once per slot.
+    let second = add_schedule(&pool, "second").await;
+    standby.wait_for(|v| v["message"] == "scheduled sale created");
+    assert_eq!(sales_of(&pool, second).await, 1);
+    assert_eq!(sales_of(&pool, first).await, 1);
+    assert_eq!(metric(&standby).await.as_deref(), Some("1"));
+
+    // A clean stop gives the lease up at once.
+    assert!(standby.terminate().success());
+    assert_eq!(lease_holder(&mut conn, &key), None);
+}
