@@ -2,16 +2,23 @@
 //! token, per user. Checked after routing (the group comes from the route template) and before the
 //! handler; over the limit is a 429 with `Retry-After`. The token verified here is handed on to
 //! the `Auth` extractor, so a request's token is checked once.
+//!
+//! One process keeps its buckets in memory. The instances of a scaled shop keep them in Redis
+//! (`SharedLimits`, one script per bucket), so that a client's budget is the same whichever
+//! instance it reaches; that costs each limited request a round trip to Redis, taken only then.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use flashmart_app::auth::Principal;
+use flashmart_app::ports::SharedLimits;
 use flashmart_app::rate_limit::{KeyedLimiter, RetryAfter, client_key};
 use flashmart_domain::UserId;
 use futures_util::FutureExt as _;
@@ -103,7 +110,12 @@ pub struct RateLimits {
     reserve: Buckets,
     admin: Buckets,
     compat: Buckets,
+    /// Buckets in Redis instead of the ones above, with these limits.
+    shared: Option<(Arc<dyn SharedLimits>, LimitSettings)>,
 }
+
+/// The buckets in Redis one request takes from: (key, requests a minute).
+type SharedChecks = Vec<(String, u32)>;
 
 impl RateLimits {
     pub fn new(settings: &LimitSettings) -> Self {
@@ -114,7 +126,55 @@ impl RateLimits {
             reserve: Buckets::new(settings.reserve, on),
             admin: Buckets::new(settings.admin, on),
             compat: Buckets::new(settings.compat, on),
+            shared: None,
         }
+    }
+
+    /// Every instance's buckets in one place (scaled mode): the in-memory ones go unused.
+    pub fn shared(settings: &LimitSettings, shared: Arc<dyn SharedLimits>) -> Self {
+        if !settings.enabled {
+            return Self::new(settings);
+        }
+        Self {
+            shared: Some((shared, settings.clone())),
+            ..Self::new(&LimitSettings::default())
+        }
+    }
+
+    /// With shared buckets, the ones `group` takes from for this client and user.
+    fn shared_checks(
+        &self,
+        group: Group,
+        ip: Option<IpAddr>,
+        user: Option<UserId>,
+    ) -> Option<(&Arc<dyn SharedLimits>, SharedChecks)> {
+        let (shared, settings) = self.shared.as_ref()?;
+        let limit = match group {
+            Group::Public => settings.public,
+            Group::Auth => settings.auth,
+            Group::Reserve => settings.reserve,
+            Group::Admin => settings.admin,
+            Group::Compat => settings.compat,
+            Group::Unlimited => return None,
+        };
+        let mut checks = Vec::with_capacity(2);
+        if let Some(ip) = ip
+            && limit.per_ip_per_minute > 0
+        {
+            checks.push((
+                format!("rl:{}:ip:{}", group.as_str(), client_key(ip)),
+                limit.per_ip_per_minute,
+            ));
+        }
+        if let Some(user) = user
+            && limit.per_user_per_minute > 0
+        {
+            checks.push((
+                format!("rl:{}:user:{user}", group.as_str()),
+                limit.per_user_per_minute,
+            ));
+        }
+        (!checks.is_empty()).then_some((shared, checks))
     }
 
     fn buckets(&self, group: Group) -> Option<&Buckets> {
@@ -199,6 +259,7 @@ pub struct Limit<S> {
 }
 
 type Answered<F, R> = Map<F, fn(Result<R, Infallible>) -> Result<Response, Infallible>>;
+type Boxed = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// The inner layers' answer (tower-http's bodies) as axum's.
 fn answer<R: IntoResponse>(answer: Result<R, Infallible>) -> Result<Response, Infallible> {
@@ -208,12 +269,16 @@ fn answer<R: IntoResponse>(answer: Result<R, Infallible>) -> Result<Response, In
 
 impl<S> Service<Request> for Limit<S>
 where
-    S: Service<Request, Error = Infallible>,
+    S: Service<Request, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
     S::Response: IntoResponse,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, Answered<S::Future, S::Response>>;
+    type Future = Either<
+        Ready<Result<Response, Infallible>>,
+        Either<Answered<S::Future, S::Response>, Boxed>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -221,22 +286,57 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         match admit(&self.state, &mut req) {
-            Ok(()) => Either::Right(
+            Admission::Through => Either::Right(Either::Left(
                 self.inner
                     .call(req)
                     .map(answer::<S::Response> as fn(_) -> _),
-            ),
-            Err(retry) => Either::Left(ready(Ok(ApiError::too_many_requests(
-                retry.as_secs_ceil(),
-            )
-            .into_response()))),
+            )),
+            Admission::Refused(retry) => Either::Left(ready(Ok(refusal(retry)))),
+            Admission::Ask(group, shared, checks) => {
+                // The inner service was made ready for this request: it goes into the future,
+                // a fresh clone stays for the next.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Either::Right(Either::Right(Box::pin(async move {
+                    for (key, per_minute) in checks {
+                        match shared.take(&key, per_minute).await {
+                            Ok(None) => {}
+                            Ok(Some(wait)) => {
+                                metrics::counter!("rate_limited_total", "group" => group.as_str())
+                                    .increment(1);
+                                return Ok(refusal(RetryAfter(wait)));
+                            }
+                            // Redis away: the request goes on (and meets Redis's absence
+                            // itself if it needs it) rather than every request refused.
+                            Err(err) => {
+                                tracing::warn!(%err, "cannot read the shared rate limits");
+                                break;
+                            }
+                        }
+                    }
+                    let answered = inner.call(req).await;
+                    answer::<S::Response>(answered)
+                })))
+            }
         }
     }
 }
 
+fn refusal(retry: RetryAfter) -> Response {
+    ApiError::too_many_requests(retry.as_secs_ceil()).into_response()
+}
+
+/// What the layer decided before the route runs.
+enum Admission {
+    Through,
+    Refused(RetryAfter),
+    /// Through once the shared buckets let it.
+    Ask(Group, Arc<dyn SharedLimits>, SharedChecks),
+}
+
 /// Lets `req` through, with its client address and verified caller in its extensions, or says
-/// when the caller may try again (a 429).
-fn admit(limiter: &AppState, req: &mut Request) -> Result<(), RetryAfter> {
+/// when the caller may try again (a 429), or which shared buckets to ask.
+fn admit(limiter: &AppState, req: &mut Request) -> Admission {
     let group = req
         .extensions()
         .get::<MatchedPath>()
@@ -263,14 +363,15 @@ fn admit(limiter: &AppState, req: &mut Request) -> Result<(), RetryAfter> {
     if let Some(p) = principal {
         req.extensions_mut().insert(p);
     }
-    if let Err(retry) = limiter
-        .limits
-        .check(group, ip, principal.map(|p| p.user_id))
-    {
-        metrics::counter!("rate_limited_total", "group" => group.as_str()).increment(1);
-        return Err(retry);
+    let user = principal.map(|p| p.user_id);
+    if let Some((shared, checks)) = limiter.limits.shared_checks(group, ip, user) {
+        return Admission::Ask(group, Arc::clone(shared), checks);
     }
-    Ok(())
+    if let Err(retry) = limiter.limits.check(group, ip, user) {
+        metrics::counter!("rate_limited_total", "group" => group.as_str()).increment(1);
+        return Admission::Refused(retry);
+    }
+    Admission::Through
 }
 
 #[cfg(test)]

@@ -43,6 +43,16 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
         crate::RedisLease::new(self.sales.prefix(), name, self.conn.clone())
     }
 
+    /// Rate limits and login counters on this engine's connection, under its key prefix.
+    pub fn limits(&self) -> crate::RedisLimits<C> {
+        crate::RedisLimits::new(self.sales.prefix(), self.conn.clone())
+    }
+
+    /// The publisher of revocation news on this engine's connection.
+    pub fn revocations(&self) -> crate::RedisRevocations<C> {
+        crate::RedisRevocations::new(self.sales.prefix(), self.conn.clone())
+    }
+
     /// Checks that Redis answers (`PING`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();

@@ -11,6 +11,7 @@
 mod engine;
 mod lease;
 mod log;
+mod shared_state;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -25,6 +26,7 @@ use time::OffsetDateTime;
 pub use engine::RedisEngine;
 pub use lease::RedisLease;
 pub use log::Logged;
+pub use shared_state::{RedisLimits, RedisRevocations, listen_revocations};
 
 /// The keys of one sale, under `prefix` (so that tests, or two shops on one Redis, do not meet).
 #[derive(Debug, Clone)]

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use flashmart_app::ports::{
     AccountStore, AddressStore, CartStore, CatalogStore, CouponStore, FlashSaleStore, Lease,
-    OrderStore, PaymentStore, Probe, ReservationJournal, SecondFactorStore, SharedEngine,
+    OrderStore, PaymentStore, Probe, ReservationJournal, RevocationNews, SecondFactorStore,
+    SharedEngine, SharedLimits,
 };
 use flashmart_embedded::{Durability, SqliteStore};
 use flashmart_postgres::{PgConnectOptions, PgStore, SoleEngine};
@@ -98,6 +99,10 @@ pub struct Shared {
     pub probe: Arc<dyn Probe>,
     /// The scheduler's lease (`<prefix>lease:scheduler`).
     pub scheduler_lease: Arc<dyn Lease>,
+    /// Rate limits and failed-login counters every instance shares.
+    pub limits: Arc<dyn SharedLimits>,
+    /// News of revoked sessions, to every instance.
+    pub revocations: Arc<dyn RevocationNews>,
 }
 
 impl Shared {
@@ -115,6 +120,8 @@ impl Shared {
                 .context("Redis (redis.url) does not answer")?;
             return Ok(Some(Self {
                 scheduler_lease: Arc::new(engine.lease(SCHEDULER_LEASE)),
+                limits: Arc::new(engine.limits()),
+                revocations: Arc::new(engine.revocations()),
                 engine: engine.clone(),
                 probe: engine,
             }));
@@ -131,6 +138,8 @@ impl Shared {
                 .context("the Redis Cluster (redis.cluster_nodes) does not answer")?;
             return Ok(Some(Self {
                 scheduler_lease: Arc::new(engine.lease(SCHEDULER_LEASE)),
+                limits: Arc::new(engine.limits()),
+                revocations: Arc::new(engine.revocations()),
                 engine: engine.clone(),
                 probe: engine,
             }));

@@ -93,6 +93,8 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
                 per_email: config.rate_limit.login_per_email_per_minute,
             },
             require_staff_totp: config.auth.require_staff_totp,
+            shared_limits: shared.as_ref().map(|s| Arc::clone(&s.limits)),
+            revocation_news: shared.as_ref().map(|s| Arc::clone(&s.revocations)),
         },
     )
     .await
@@ -205,7 +207,12 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             loadtest: LoadTest {
                 enabled: config.loadtest.enabled,
             },
-            limits: Arc::new(RateLimits::new(&limit_settings(config))),
+            limits: Arc::new(match &shared {
+                Some(shared) => {
+                    RateLimits::shared(&limit_settings(config), Arc::clone(&shared.limits))
+                }
+                None => RateLimits::new(&limit_settings(config)),
+            }),
             proxies: TrustedProxies(
                 config
                     .trusted_proxies()

@@ -32,6 +32,10 @@ const ORDER_INDEXER_PERIOD: Duration = Duration::from_millis(250);
 /// makes on two cores longer; 10, 50 and 200 ms measured alike (docs/BENCHMARKS.md).
 const OUTBOX_PERIOD: Duration = Duration::from_millis(50);
 
+/// How often an `api` instance of a scaled shop reads the sessions revoked recently from the
+/// records, for what news of revocations missed.
+const REVOCATION_SYNC_PERIOD: Duration = Duration::from_secs(10);
+
 /// How often each instance reads the sales' logs for reservations to store (with the shared
 /// engine). Most entries were stored by the request that made them, and are only acknowledged.
 const LOG_WRITER_PERIOD: Duration = Duration::from_millis(200);
@@ -60,6 +64,9 @@ pub fn spawn(services: &Services, config: &Config, roles: Roles) -> Vec<JoinHand
                 async move { sales.forget_stored().await }
             },
         ));
+    }
+    if roles.api && config.redis.is_set() {
+        workers.extend(revocation_news(services, config));
     }
     if roles.api {
         let sales = Arc::clone(&state.flash_sales);
@@ -170,6 +177,53 @@ fn scheduler(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
         },
     );
     vec![campaign, sweeper, schedules, orders, stale_payments]
+}
+
+/// Scaled mode: what another instance revoked is refused here at once (its news, heard on a
+/// Redis channel), and every 10 s the records are read again for what the news missed (a
+/// publication that failed; what was published while this instance was not subscribed is read
+/// at each subscription too).
+fn revocation_news(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
+    let state = &services.state;
+    let url = match &config.redis.url {
+        Some(url) => url.expose().to_owned(),
+        None => config
+            .redis
+            .cluster_nodes
+            .first()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let auth = Arc::clone(&state.auth);
+    let heard = Arc::new(move |session, forget_after| {
+        auth.revoked_elsewhere(session, forget_after);
+    });
+    let auth = Arc::clone(&state.auth);
+    let subscribed = Arc::new(move || {
+        let auth = Arc::clone(&auth);
+        tokio::spawn(async move {
+            if let Err(err) = auth.sync_revocations().await {
+                tracing::warn!(%err, "cannot read revoked sessions from the records");
+            }
+        });
+    });
+    let listener =
+        flashmart_redis::listen_revocations(url, &config.redis.key_prefix, heard, subscribed);
+    let auth = Arc::clone(&state.auth);
+    let sync = every(
+        &state.workers,
+        "revocation_sync",
+        REVOCATION_SYNC_PERIOD,
+        move || {
+            let auth = Arc::clone(&auth);
+            async move {
+                if let Err(err) = auth.sync_revocations().await {
+                    tracing::warn!(%err, "cannot read revoked sessions from the records; will retry");
+                }
+            }
+        },
+    );
+    vec![listener, sync]
 }
 
 /// Work any number of instances share: refunds, the sandbox's notifications, and with the

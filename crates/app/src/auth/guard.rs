@@ -3,9 +3,14 @@
 //! /64) and, far higher, per email from everywhere. A success costs nothing, so the owner who
 //! knows the password is refused only when the account is under attack from many networks at
 //! once. A wrong old password on a password change counts as a failed login of that account.
+//!
+//! One process counts in memory; the instances of a scaled shop count in Redis
+//! (`SharedLimits`), so that a guesser's budget is the same whichever instance it reaches.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use crate::ports::SharedLimits;
 use crate::rate_limit::{FailureCounter, RetryAfter, client_key};
 
 /// The longest email anyone can have (RFC 5321's path limit less its angle brackets).
@@ -25,6 +30,8 @@ pub(super) struct LoginGuard {
     by_ip: FailureCounter<IpAddr>,
     by_email_ip: FailureCounter<(String, Option<IpAddr>)>,
     by_email: FailureCounter<String>,
+    /// Counted in Redis instead of the counters above, with these limits.
+    shared: Option<(Arc<dyn SharedLimits>, LoginLimits)>,
 }
 
 /// One login attempt's keys.
@@ -46,16 +53,31 @@ impl Attempt {
 }
 
 impl LoginGuard {
-    pub(super) fn new(limits: LoginLimits) -> Self {
+    pub(super) fn new(limits: LoginLimits, shared: Option<Arc<dyn SharedLimits>>) -> Self {
+        let local = shared.is_none() && limits.enabled;
         Self {
-            by_ip: FailureCounter::per_minute(limits.per_ip, limits.enabled),
-            by_email_ip: FailureCounter::per_minute(limits.per_email_ip, limits.enabled),
-            by_email: FailureCounter::per_minute(limits.per_email, limits.enabled),
+            by_ip: FailureCounter::per_minute(limits.per_ip, local),
+            by_email_ip: FailureCounter::per_minute(limits.per_email_ip, local),
+            by_email: FailureCounter::per_minute(limits.per_email, local),
+            shared: shared
+                .filter(|_| limits.enabled)
+                .map(|shared| (shared, limits)),
         }
     }
 
     /// Whether this attempt may be checked at all (before any hashing).
-    pub(super) fn admit(&self, attempt: &Attempt) -> Result<(), RetryAfter> {
+    pub(super) async fn admit(&self, attempt: &Attempt) -> Result<(), RetryAfter> {
+        if let Some((shared, limits)) = &self.shared {
+            for (key, limit) in shared_keys(attempt, limits) {
+                match shared.failures(&key).await {
+                    Ok((failures, left)) if failures >= limit => return Err(RetryAfter(left)),
+                    Ok(_) => {}
+                    // Redis away: the attempt is let through rather than every login refused.
+                    Err(err) => tracing::warn!(%err, "cannot read the shared login limits"),
+                }
+            }
+            return Ok(());
+        }
         if let Some(ip) = attempt.ip {
             self.by_ip.check(&ip)?;
         }
@@ -64,7 +86,15 @@ impl LoginGuard {
         self.by_email.check(&attempt.email)
     }
 
-    pub(super) fn failed(&self, attempt: Attempt) {
+    pub(super) async fn failed(&self, attempt: Attempt) {
+        if let Some((shared, limits)) = &self.shared {
+            for (key, _) in shared_keys(&attempt, limits) {
+                if let Err(err) = shared.record_failure(&key).await {
+                    tracing::warn!(%err, "cannot count a failed login in the shared limits");
+                }
+            }
+            return;
+        }
         if let Some(ip) = attempt.ip {
             self.by_ip.record(ip);
         }
@@ -77,4 +107,23 @@ impl LoginGuard {
         self.by_email_ip.retain_recent();
         self.by_email.retain_recent();
     }
+}
+
+/// The shared counters an attempt is checked against, each with its limit (those set to 0, no
+/// limit, left out).
+fn shared_keys(attempt: &Attempt, limits: &LoginLimits) -> Vec<(String, u32)> {
+    let ip = attempt
+        .ip
+        .map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+    let mut keys = Vec::with_capacity(3);
+    if attempt.ip.is_some() {
+        keys.push((format!("login:ip:{ip}"), limits.per_ip));
+    }
+    keys.push((
+        format!("login:email_ip:{}|{ip}", attempt.email),
+        limits.per_email_ip,
+    ));
+    keys.push((format!("login:email:{}", attempt.email), limits.per_email));
+    keys.retain(|(_, limit)| *limit > 0);
+    keys
 }

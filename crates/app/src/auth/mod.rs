@@ -23,7 +23,8 @@ use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::page::{Page, PageRequest};
 use crate::ports::{
-    AccountStore, NewSession, RefreshTokenRecord, RevokeReason, Rotation, SecondFactorStore,
+    AccountStore, NewSession, RefreshTokenRecord, RevocationNews, RevokeReason, Rotation,
+    SecondFactorStore, SharedLimits,
 };
 use crate::rate_limit::RetryAfter;
 use guard::{Attempt, LoginGuard};
@@ -119,6 +120,10 @@ pub struct AuthSettings {
     pub login_limits: LoginLimits,
     /// Keep operators and admins without a second factor off staff routes.
     pub require_staff_totp: bool,
+    /// Scaled mode: failed logins counted in Redis, shared by every instance.
+    pub shared_limits: Option<Arc<dyn SharedLimits>>,
+    /// Scaled mode: revocations told to every instance.
+    pub revocation_news: Option<Arc<dyn RevocationNews>>,
 }
 
 #[derive(Debug)]
@@ -132,6 +137,7 @@ pub struct AuthService {
     guard: LoginGuard,
     second: Arc<dyn SecondFactorStore>,
     require_staff_totp: bool,
+    news: Option<Arc<dyn RevocationNews>>,
 }
 
 impl AuthService {
@@ -153,20 +159,14 @@ impl AuthService {
             hasher,
             revoked: RevokedSessions::default(),
             refresh_ttl: settings.refresh_ttl,
-            guard: LoginGuard::new(settings.login_limits),
+            guard: LoginGuard::new(settings.login_limits, settings.shared_limits),
+            news: settings.revocation_news,
             second,
             require_staff_totp: settings.require_staff_totp,
             store,
             clock,
         };
-        let now = service.clock.now();
-        for (session, revoked_at) in service
-            .store
-            .sessions_revoked_since(now - service.tokens.ttl())
-            .await?
-        {
-            service.forget_after(session, revoked_at);
-        }
+        service.sync_revocations().await?;
         Ok(service)
     }
 
@@ -205,7 +205,10 @@ impl AuthService {
                 format!("must be at most {MAX_EMAIL_BYTES} bytes"),
             )])
         })?;
-        self.guard.admit(&attempt).map_err(AuthError::RateLimited)?;
+        self.guard
+            .admit(&attempt)
+            .await
+            .map_err(AuthError::RateLimited)?;
 
         let credentials = match Email::parse(email) {
             Ok(email) => self.store.credentials_by_email(&email).await?,
@@ -213,7 +216,7 @@ impl AuthService {
         };
         let Some(credentials) = credentials else {
             self.hasher.verify_dummy(password).await?;
-            self.guard.failed(attempt);
+            self.guard.failed(attempt).await;
             return Err(AuthError::BadCredentials);
         };
         if !self
@@ -221,7 +224,7 @@ impl AuthService {
             .verify(password, &credentials.password_hash)
             .await?
         {
-            self.guard.failed(attempt);
+            self.guard.failed(attempt).await;
             return Err(AuthError::BadCredentials);
         }
         // The password was right; a wrong code is a failed attempt like a wrong password, so
@@ -233,7 +236,7 @@ impl AuthService {
             None => false,
             Some(true) => true,
             Some(false) => {
-                self.guard.failed(attempt);
+                self.guard.failed(attempt).await;
                 return Err(AuthError::SecondFactorWrong);
             }
         };
@@ -277,12 +280,12 @@ impl AuthService {
             Rotation::Revoked { session } => {
                 // Already on the list unless it was revoked before this process started and
                 // long ago; adding it again is harmless.
-                self.forget_after(session, now);
+                self.revoke_everywhere(session, now).await;
                 Err(AuthError::SessionRevoked)
             }
             Rotation::Reused { session } => {
                 tracing::warn!(%session, "refresh token reused; session revoked");
-                self.forget_after(session, now);
+                self.revoke_everywhere(session, now).await;
                 Err(AuthError::SessionRevoked)
             }
         }
@@ -294,7 +297,7 @@ impl AuthService {
         self.store
             .revoke_session(principal.session_id, RevokeReason::Logout, now)
             .await?;
-        self.forget_after(principal.session_id, now);
+        self.revoke_everywhere(principal.session_id, now).await;
         Ok(())
     }
 
@@ -315,13 +318,16 @@ impl AuthService {
             .ok_or(AuthError::InvalidToken)?;
         let attempt = Attempt::new(credentials.user.email.as_str(), client)
             .ok_or(AuthError::BadCredentials)?;
-        self.guard.admit(&attempt).map_err(AuthError::RateLimited)?;
+        self.guard
+            .admit(&attempt)
+            .await
+            .map_err(AuthError::RateLimited)?;
         if !self
             .hasher
             .verify(old_password, &credentials.password_hash)
             .await?
         {
-            self.guard.failed(attempt);
+            self.guard.failed(attempt).await;
             return Err(AuthError::BadCredentials);
         }
         let new_password = NewPassword::parse(new_password, &credentials.user.email)
@@ -333,11 +339,11 @@ impl AuthService {
             .change_password(principal.user_id, &hash, now)
             .await?;
         for session in revoked {
-            self.forget_after(session, now);
+            self.revoke_everywhere(session, now).await;
         }
         // The caller's own session is on that list, but revoke it here too in case the store
         // saw it as revoked already.
-        self.forget_after(principal.session_id, now);
+        self.revoke_everywhere(principal.session_id, now).await;
         Ok(())
     }
 
@@ -410,6 +416,38 @@ impl AuthService {
 
     fn forget_after(&self, session: SessionId, revoked_at: OffsetDateTime) {
         self.revoked.revoke(session, revoked_at + self.tokens.ttl());
+    }
+
+    /// Revokes `session` here and, in scaled mode, tells every other instance. Should the news
+    /// not go out (Redis away), the others learn it from the records at their next
+    /// `sync_revocations`.
+    async fn revoke_everywhere(&self, session: SessionId, revoked_at: OffsetDateTime) {
+        self.forget_after(session, revoked_at);
+        if let Some(news) = &self.news
+            && let Err(err) = news.publish(session, revoked_at + self.tokens.ttl()).await
+        {
+            tracing::warn!(%err, %session, "cannot tell the other instances of a revoked session; they learn it from the records");
+        }
+    }
+
+    /// A revocation another instance made (its news): refused here too from now on.
+    pub fn revoked_elsewhere(&self, session: SessionId, forget_after: OffsetDateTime) {
+        self.revoked.revoke(session, forget_after);
+    }
+
+    /// Reads again from the records every session revoked recently enough that its access
+    /// tokens may still be presented: what news of revocations missed (an instance that was
+    /// not listening) is refused after this. Returns how many the records hold.
+    pub async fn sync_revocations(&self) -> Result<usize, AuthError> {
+        let now = self.clock.now();
+        let revoked = self
+            .store
+            .sessions_revoked_since(now - self.tokens.ttl())
+            .await?;
+        for (session, revoked_at) in &revoked {
+            self.forget_after(*session, *revoked_at);
+        }
+        Ok(revoked.len())
     }
 
     fn new_refresh(&self, now: OffsetDateTime) -> (String, RefreshTokenRecord) {

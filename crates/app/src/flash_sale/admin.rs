@@ -1,12 +1,14 @@
 //! Creating and inspecting sales, and the recurring schedules that make them.
 
+use std::sync::Arc;
+
 use flashmart_domain::flash_sale::{Recurrence, SalePhase, SaleRules, SaleWindow};
 use flashmart_domain::money::MAX_PRICE_CENTS;
 use flashmart_domain::{Currency, ReservationId, SaleId, ScheduleId};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use super::engine::Engine;
+use super::engine::{Engine, Engines};
 use super::{FlashSales, SaleError};
 use crate::error::FieldError;
 use crate::flash_sale::model::{
@@ -264,12 +266,36 @@ impl FlashSales {
         Ok(self.view(sale.record.clone()))
     }
 
-    /// With a shared engine, brings the ledger's copy of a sale's stock up to date first.
+    /// With a shared engine, brings the ledger's copy of a sale's stock up to date first
+    /// (mirroring it here first when another instance made it: `mirrored`).
     async fn fresh(&self, sale: SaleId) -> Result<(), SaleError> {
-        if let Some(live) = self.core.ledger.get(&sale) {
+        if let Some(live) = self.mirrored(sale).await? {
             self.engine.refresh(&live).await?;
         }
         Ok(())
+    }
+
+    /// The ledger's copy of a sale. With a shared engine, a sale not ended that another
+    /// instance made is mirrored here at first sight (this instance may run no log writer,
+    /// which would mirror it otherwise); in process, a sale the ledger lacks ended long ago.
+    pub(super) async fn mirrored(
+        &self,
+        sale: SaleId,
+    ) -> Result<Option<Arc<crate::flash_sale::ledger::LiveSale>>, crate::StoreError> {
+        if let Some(live) = self.core.ledger.get(&sale) {
+            return Ok(Some(live));
+        }
+        if !matches!(self.engine, Engines::Shared(_)) {
+            return Ok(None);
+        }
+        let now = self.core.clock.now();
+        Ok(self
+            .core
+            .store
+            .live_sale(sale)
+            .await?
+            .filter(|state| state.sale.rules.window().phase(now) != SalePhase::Ended)
+            .map(|state| self.core.ledger.install(state, now)))
     }
 
     fn view(&self, record: SaleRecord) -> SaleView {
@@ -307,6 +333,9 @@ impl FlashSales {
             .store
             .list_sales(phase, self.core.clock.now(), page)
             .await?;
+        for sale in &sales.items {
+            self.mirrored(sale.id).await?;
+        }
         Ok(sales.map(|r| self.view(r)))
     }
 

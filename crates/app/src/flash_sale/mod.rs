@@ -241,7 +241,13 @@ impl FlashSales {
         &self,
         sale: SaleId,
     ) -> Option<(SaleSnapshot, watch::Receiver<SaleSnapshot>)> {
-        let live = self.core.ledger.get(&sale)?;
+        let live = match self.mirrored(sale).await {
+            Ok(live) => live?,
+            Err(err) => {
+                tracing::warn!(%err, %sale, "cannot read the sale from the records");
+                self.core.ledger.get(&sale)?
+            }
+        };
         if let Err(err) = self.engine.refresh(&live).await {
             tracing::warn!(%err, %sale, "cannot read the sale's stock from the shared engine");
         }

@@ -11,6 +11,7 @@ mod flash_sale;
 mod lease;
 mod payments;
 mod second_factor;
+mod shared_state;
 mod shop;
 
 use async_trait::async_trait;
@@ -22,6 +23,7 @@ pub use flash_sale::*;
 pub use lease::*;
 pub use payments::*;
 pub use second_factor::*;
+pub use shared_state::*;
 pub use shop::*;
 
 /// A dependency whose health `/readyz` reports.

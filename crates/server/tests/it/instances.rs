@@ -274,3 +274,257 @@ async fn one_scheduler_at_a_time_and_another_takes_over_when_it_dies() {
     assert!(standby.terminate().success());
     assert_eq!(lease_holder(&mut conn, &key), None);
 }
+
+/// Registers and signs in `email` on `base`; the access token.
+async fn sign_in(client: &reqwest::Client, base: &str, email: &str) -> String {
+    let res = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({"email": email, "password": "a long enough password", "name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let res: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": "a long enough password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    res["data"]["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn me(client: &reqwest::Client, base: &str, token: &str) -> u16 {
+    client
+        .get(format!("{base}/api/v1/users/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn listening_for_revocations(v: &Value) -> bool {
+    v["message"] == "listening for news of revoked sessions"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_instance_is_refused_on_the_others_within_a_second() {
+    let stores = ScaledStores::create().await;
+    let envs = scaled_env(&stores);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Server::start(dir.path(), &["serve", "--role", "api"], &borrowed(&envs));
+    let mut b = Server::start(dir.path(), &["serve", "--role", "api"], &borrowed(&envs));
+    a.wait_for(listening_for_revocations);
+    b.wait_for(listening_for_revocations);
+    let client = reqwest::Client::new();
+    let token = sign_in(&client, &a.base, "ada@example.com").await;
+    assert_eq!(
+        me(&client, &b.base, &token).await,
+        200,
+        "B accepts A's token"
+    );
+
+    let res = client
+        .post(format!("{}/api/v1/auth/logout", a.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let logged_out = Instant::now();
+    poll(Duration::from_secs(5), || {
+        let (client, base, token) = (client.clone(), b.base.clone(), token.clone());
+        async move { (me(&client, &base, &token).await == 401).then_some(()) }
+    })
+    .await;
+    let took = logged_out.elapsed();
+    eprintln!("B refused the token {took:?} after the logout on A");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(me(&client, &a.base, &token).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_budget_is_the_same_on_every_instance() {
+    let stores = ScaledStores::create().await;
+    let mut envs = scaled_env(&stores);
+    envs.extend([
+        (
+            "FLASHMART__RATE_LIMIT__PUBLIC__PER_USER_PER_MINUTE",
+            "5".to_owned(),
+        ),
+        (
+            "FLASHMART__RATE_LIMIT__PUBLIC__PER_IP_PER_MINUTE",
+            "0".to_owned(),
+        ),
+        (
+            "FLASHMART__RATE_LIMIT__LOGIN_PER_EMAIL_IP_PER_MINUTE",
+            "3".to_owned(),
+        ),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let instances: Vec<Server> = (0..3)
+        .map(|_| Server::start(dir.path(), &["serve", "--role", "api"], &borrowed(&envs)))
+        .collect();
+    let client = reqwest::Client::new();
+    let token = sign_in(&client, &instances[0].base, "ada@example.com").await;
+
+    // Twelve requests round the three instances: the user's five a minute, no more.
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let res = client
+            .get(format!("{}/api/v1/users/me", instances[i % 3].base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            let retry: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry), "Retry-After {retry}");
+        }
+        answers.push(res.status().as_u16());
+    }
+    assert_eq!(
+        answers.iter().filter(|s| **s == 200).count(),
+        5,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|s| **s == 429).count(),
+        7,
+        "{answers:?}"
+    );
+    // Another user has a budget of its own.
+    let other = sign_in(&client, &instances[1].base, "grace@example.com").await;
+    assert_eq!(me(&client, &instances[2].base, &other).await, 200);
+
+    // Three wrong passwords for one account from one address, each on another instance: the
+    // fourth attempt is refused wherever it goes, even with the right password.
+    for (i, server) in instances.iter().enumerate() {
+        let res = client
+            .post(format!("{}/api/v1/auth/login", server.base))
+            .json(&serde_json::json!({"email": "ada@example.com", "password": "not the password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "attempt {i}");
+    }
+    for server in &instances {
+        let res = client
+            .post(format!("{}/api/v1/auth/login", server.base))
+            .json(&serde_json::json!({"email": "ada@example.com", "password": "a long enough password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 429);
+    }
+}
+
+/// The `remaining` of each `snapshot` event a stream has sent so far, read until one matches
+/// `want` (bounded by the test's poll).
+async fn next_remaining(res: &mut reqwest::Response, buffer: &mut String) -> u64 {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) {
+                let data: Value = serde_json::from_str(data.trim()).unwrap();
+                return data["remaining"].as_u64().unwrap();
+            }
+            continue;
+        }
+        let chunk = res.chunk().await.unwrap().expect("the stream ended");
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instances_event_stream_shows_the_same_stock_within_a_second() {
+    let stores = ScaledStores::create().await;
+    let envs = scaled_env(&stores);
+    let dir = tempfile::tempdir().unwrap();
+    let created = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["admin", "create-user", "--email", "ops@example.com"])
+        .args(["--password", "an operator password", "--role", "operator"])
+        .current_dir(dir.path())
+        .envs(borrowed(&envs))
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let a = Server::start(dir.path(), &["serve", "--role", "api"], &borrowed(&envs));
+    let b = Server::start(dir.path(), &["serve", "--role", "api"], &borrowed(&envs));
+    let _work = Server::start(
+        dir.path(),
+        &["serve", "--role", "worker,scheduler"],
+        &borrowed(&envs),
+    );
+    let client = reqwest::Client::new();
+    let login: Value = a
+        .login(&client, "ops@example.com", "an operator password")
+        .await;
+    let operator = login["data"]["access_token"].as_str().unwrap().to_owned();
+    let now = time::OffsetDateTime::now_utc();
+    let at = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    // Made on A after B started: B has never heard of it.
+    let res: Value = client
+        .post(format!("{}/api/v1/admin/flash-sales", a.base))
+        .bearer_auth(&operator)
+        .json(&serde_json::json!({
+            "name": "Drop", "starts_at": at(now - time::Duration::minutes(1)),
+            "ends_at": at(now + time::Duration::hours(1)), "per_user_limit": 5,
+            "reservation_ttl_secs": 600,
+            "items": [{"name": "Sneaker", "price_cents": 12900, "stock": 5}],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sale = res["data"]["id"].as_str().unwrap().to_owned();
+
+    let mut stream = client
+        .get(format!("{}/api/v1/flash-sales/{sale}/events", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut buffer = String::new();
+    assert_eq!(next_remaining(&mut stream, &mut buffer).await, 5);
+
+    let buyer = sign_in(&client, &a.base, "ada@example.com").await;
+    let res = client
+        .post(format!("{}/api/v1/flash-sales/{sale}/reservations", a.base))
+        .bearer_auth(&buyer)
+        .json(&serde_json::json!({"item_id": 1, "quantity": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let reserved = Instant::now();
+    let remaining = tokio::time::timeout(
+        Duration::from_secs(5),
+        next_remaining(&mut stream, &mut buffer),
+    )
+    .await
+    .expect("no event within 5 s");
+    let took = reserved.elapsed();
+    eprintln!("B's stream showed the reservation made on A {took:?} after its answer");
+    assert_eq!(remaining, 3);
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // And B's own view of the sale says the same.
+    let (status, body) = get(format!("{}/api/v1/flash-sales/{sale}", b.base)).await;
+    assert_eq!(status, 200);
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["data"]["remaining"], 3, "{body}");
+}
