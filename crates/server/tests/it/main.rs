@@ -26,3 +26,4 @@ mod second_factor;
 mod shutdown;
 mod support;
 mod tokens;
+mod topology;
