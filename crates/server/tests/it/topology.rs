@@ -2,13 +2,22 @@
 //! `worker`, 2 `scheduler`s and nginx (`deploy/nginx.conf`) on a database and a key prefix of
 //! the test's own; the test drives it from outside, as a user would.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
 
 /// A running `scripts/cluster`, taken down (its database and keys dropped) when dropped.
 pub struct Cluster {
     dir: tempfile::TempDir,
     name: String,
+    /// `flash_sale.ack` of every instance.
+    ack: &'static str,
     pub url: String,
 }
 
@@ -18,11 +27,16 @@ fn script() -> PathBuf {
 
 impl Cluster {
     pub fn up() -> Self {
+        Self::up_with("database")
+    }
+
+    pub fn up_with(ack: &'static str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("fmc_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut cluster = Self {
             dir,
             name,
+            ack,
             url: String::new(),
         };
         // Taken down by the drop should it fail half way.
@@ -39,6 +53,7 @@ impl Cluster {
             .env("FLASHMART_BIN", env!("CARGO_BIN_EXE_flashmart"))
             .env("FLASHMART_CLUSTER_DIR", self.dir.path())
             .env("FLASHMART_CLUSTER_NAME", &self.name)
+            .env("FLASHMART_CLUSTER_ACK", self.ack)
             .output()
             .unwrap()
     }
@@ -230,4 +245,214 @@ fn the_compose_file_describes_the_same_topology_with_a_valid_configuration() {
         .map(|l| l.split(':').next().unwrap().to_owned())
         .collect();
     assert_eq!(upstreams, ["api1", "api2", "api3"]);
+}
+
+/// An answer a retrying client gives up on or settles with: the status and the envelope.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> Result<(u16, Value), reqwest::Error> {
+    let mut req = client.post(url).bearer_auth(token).json(body);
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    let res = req.send().await?;
+    let status = res.status().as_u16();
+    let body = res.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_instance_killed_mid_race_loses_nothing_its_retrying_clients_were_told() {
+    killed_mid_race("database").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_instance_killed_mid_race_loses_nothing_answered_from_redis() {
+    killed_mid_race("redis").await;
+}
+
+/// 600 buyers race through nginx for 200 units, each retrying its one reservation under the
+/// same `Idempotency-Key` until it gets a real answer, while api2 is killed (SIGKILL) a sixth of
+/// the way in: exactly the stock is sold, every answered reservation is stored once and
+/// nothing else is, one unit per buyer.
+async fn killed_mid_race(ack: &'static str) {
+    const BUYERS: usize = 600;
+    const STOCK: u64 = 200;
+    let cluster = Cluster::up_with(ack);
+    let client = reqwest::Client::new();
+    let base = cluster.url.clone();
+    let login: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": "admin@demo.flashmart.dev", "password": "demo-admin-pass"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = login["data"]["access_token"].as_str().unwrap().to_owned();
+    let (status, minted) = post(
+        &client,
+        &format!("{base}/api/v1/admin/loadtest/buyers"),
+        &admin,
+        None,
+        &json!({"count": BUYERS}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{minted}");
+    let buyers: Vec<String> = minted["data"]["buyers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["access_token"].as_str().unwrap().to_owned())
+        .collect();
+    let now = time::OffsetDateTime::now_utc();
+    let at = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    // A limit of 3 a buyer: a retry that reserved a second time would show as a buyer with 2.
+    let (status, sale) = post(
+        &client,
+        &format!("{base}/api/v1/admin/flash-sales"),
+        &admin,
+        None,
+        &json!({
+            "name": "killed mid-race", "starts_at": at(now - time::Duration::seconds(1)),
+            "ends_at": at(now + time::Duration::hours(1)), "per_user_limit": 3,
+            "reservation_ttl_secs": 3600,
+            "generate_items": {"count": 1, "price_cents": 100, "stock": STOCK},
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{sale}");
+    let sale = sale["data"]["id"].as_str().unwrap().to_owned();
+    let url = format!("{base}/api/v1/flash-sales/{sale}/reservations");
+
+    // Each buyer sends one reservation under a key of its own and retries it, with the same
+    // key, until it gets an answer that is not the proxy's or the instance's failure.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let race = futures_util::stream::iter(buyers.iter().enumerate().map(|(i, token)| {
+        let (client, url, answered, retries) = (
+            client.clone(),
+            url.clone(),
+            Arc::clone(&answered),
+            Arc::clone(&retries),
+        );
+        let token = token.clone();
+        async move {
+            let key = format!("buyer-{i}-first-try");
+            for _ in 0..200 {
+                match post(&client, &url, &token, Some(&key), &json!({"item_id": 1})).await {
+                    Ok((status, body)) if !matches!(status, 502..=504) => {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        return (status, body);
+                    }
+                    _ => {
+                        retries.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            panic!("buyer {i} got no answer in 200 tries");
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<_>>();
+    // api2 dies without a word once a sixth of the buyers have their answer.
+    let killer = {
+        let (answered, pid) = (
+            Arc::clone(&answered),
+            std::fs::read_to_string(cluster.dir.path().join("api2.pid")).unwrap(),
+        );
+        tokio::spawn(async move {
+            while answered.load(Ordering::SeqCst) < BUYERS / 6 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let killed = Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+            answered.load(Ordering::SeqCst)
+        })
+    };
+    let answers = race.await;
+    let killed_at = killer.await.unwrap();
+    eprintln!(
+        "ack = {ack}: api2 killed after {killed_at} of {BUYERS} answers; {} retries",
+        retries.load(Ordering::SeqCst)
+    );
+    assert!(killed_at < BUYERS, "the kill came after the race");
+
+    let mut accepted = HashSet::new();
+    for (status, body) in &answers {
+        match status {
+            201 => assert!(accepted.insert(body["data"]["id"].as_str().unwrap().to_owned())),
+            409 => assert_eq!(body["code"], 60004, "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(
+        accepted.len() as u64,
+        STOCK,
+        "demand 600 > stock: exactly the stock sold"
+    );
+
+    // What the server holds, once the worker has stored what the killed instance left in the
+    // sale's log: exactly the reservations answered, each once, one per buyer.
+    let stats_url = format!("{base}/api/v1/admin/flash-sales/{sale}/stats");
+    let mut stats = Value::Null;
+    for _ in 0..300 {
+        stats = client
+            .get(&stats_url)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["data"]["reserved"] == STOCK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = &stats["data"];
+    assert_eq!(stats["reserved"], STOCK, "{stats}");
+    assert_eq!(stats["remaining"], 0, "{stats}");
+    assert_eq!(stats["sold"], 0, "{stats}");
+    assert_eq!(stats["buyers"], STOCK, "one unit each: {stats}");
+    let mut stored = HashSet::new();
+    let mut after = String::new();
+    loop {
+        let page: Value = client
+            .get(format!(
+                "{base}/api/v1/admin/flash-sales/{sale}/reservations?per_page=100{after}"
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = page["data"]["items"].as_array().expect("a page").clone();
+        let Some(last) = items.last() else { break };
+        after = format!("&after={}", last["id"].as_str().unwrap());
+        for r in &items {
+            assert!(
+                stored.insert(r["id"].as_str().unwrap().to_owned()),
+                "listed twice"
+            );
+        }
+    }
+    assert_eq!(stored, accepted, "stored = answered");
 }
