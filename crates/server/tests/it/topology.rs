@@ -265,6 +265,210 @@ async fn post(
     Ok((status, body))
 }
 
+/// A sale on a running cluster, its buyers and the admin who made it.
+struct Race {
+    client: reqwest::Client,
+    base: String,
+    admin: String,
+    sale: String,
+    buyers: Vec<String>,
+    stock: u64,
+}
+
+impl Race {
+    /// `buyers` load-test buyers and a sale of `stock` units of one item, a limit of 3 a buyer
+    /// (so a retry that reserved a second time would show as a buyer holding 2).
+    async fn prepare(cluster: &Cluster, buyers: usize, stock: u64) -> Self {
+        let client = reqwest::Client::new();
+        let base = cluster.url.clone();
+        let login: Value = client
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"email": "admin@demo.flashmart.dev", "password": "demo-admin-pass"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let admin = login["data"]["access_token"].as_str().unwrap().to_owned();
+        let (status, minted) = post(
+            &client,
+            &format!("{base}/api/v1/admin/loadtest/buyers"),
+            &admin,
+            None,
+            &json!({"count": buyers}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{minted}");
+        let buyers = minted["data"]["buyers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["access_token"].as_str().unwrap().to_owned())
+            .collect();
+        let now = time::OffsetDateTime::now_utc();
+        let at = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let (status, sale) = post(
+            &client,
+            &format!("{base}/api/v1/admin/flash-sales"),
+            &admin,
+            None,
+            &json!({
+                "name": "a race with a fault", "starts_at": at(now - time::Duration::seconds(1)),
+                "ends_at": at(now + time::Duration::hours(1)), "per_user_limit": 3,
+                "reservation_ttl_secs": 3600,
+                "generate_items": {"count": 1, "price_cents": 100, "stock": stock},
+            }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{sale}");
+        let sale = sale["data"]["id"].as_str().unwrap().to_owned();
+        Self {
+            client,
+            base,
+            admin,
+            sale,
+            buyers,
+            stock,
+        }
+    }
+
+    /// Every buyer sends one reservation under a key of its own and retries it, with the same
+    /// key, until it gets an answer that is not the proxy's or an instance's failure; `fault`
+    /// runs once a sixth of the buyers have theirs. Returns the reservations answered 201, and
+    /// how many answers had come when the fault began.
+    async fn run(&self, fault: impl FnOnce() + Send + 'static) -> (HashSet<String>, usize) {
+        let url = format!(
+            "{}/api/v1/flash-sales/{}/reservations",
+            self.base, self.sale
+        );
+        let answered = Arc::new(AtomicUsize::new(0));
+        let retries = Arc::new(AtomicUsize::new(0));
+        let race = futures_util::stream::iter(self.buyers.iter().enumerate().map(|(i, token)| {
+            let (client, url, token) = (self.client.clone(), url.clone(), token.clone());
+            let (answered, retries) = (Arc::clone(&answered), Arc::clone(&retries));
+            async move {
+                let key = format!("buyer-{i}-first-try");
+                for _ in 0..400 {
+                    match post(&client, &url, &token, Some(&key), &json!({"item_id": 1})).await {
+                        Ok((status, body)) if !matches!(status, 502..=504) => {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                            return (status, body);
+                        }
+                        _ => {
+                            retries.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                panic!("buyer {i} got no answer in 400 tries");
+            }
+        }))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>();
+        let total = self.buyers.len();
+        let faulted = {
+            let answered = Arc::clone(&answered);
+            tokio::spawn(async move {
+                while answered.load(Ordering::SeqCst) < total / 6 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let at = answered.load(Ordering::SeqCst);
+                tokio::task::spawn_blocking(fault).await.unwrap();
+                at
+            })
+        };
+        let answers = race.await;
+        let faulted_at = faulted.await.unwrap();
+        eprintln!(
+            "the fault came after {faulted_at} of {total} answers; {} retries",
+            retries.load(Ordering::SeqCst)
+        );
+        assert!(faulted_at < total, "the fault came after the race");
+        let mut accepted = HashSet::new();
+        for (status, body) in &answers {
+            match status {
+                201 => assert!(accepted.insert(body["data"]["id"].as_str().unwrap().to_owned())),
+                409 => assert_eq!(body["code"], 60004, "{body}"),
+                other => panic!("{other}: {body}"),
+            }
+        }
+        (accepted, faulted_at)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Exactly the stock sold, and what the server holds (once it has stored what a dead
+    /// instance left in the sale's log) exactly the reservations answered, each once, one unit
+    /// per buyer.
+    async fn assert_holds_exactly(&self, accepted: &HashSet<String>) {
+        assert_eq!(
+            accepted.len() as u64,
+            self.stock,
+            "demand > stock: exactly the stock sold"
+        );
+        let mut stats = Value::Null;
+        for _ in 0..300 {
+            stats = self
+                .get(&format!("/api/v1/admin/flash-sales/{}/stats", self.sale))
+                .await;
+            if stats["data"]["reserved"] == self.stock {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stats = &stats["data"];
+        assert_eq!(stats["reserved"], self.stock, "{stats}");
+        assert_eq!(stats["remaining"], 0, "{stats}");
+        assert_eq!(stats["sold"], 0, "{stats}");
+        assert_eq!(stats["buyers"], self.stock, "one unit each: {stats}");
+        let mut stored = HashSet::new();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .get(&format!(
+                    "/api/v1/admin/flash-sales/{}/reservations?per_page=100{after}",
+                    self.sale
+                ))
+                .await;
+            let items = page["data"]["items"].as_array().expect("a page").clone();
+            let Some(last) = items.last() else { break };
+            after = format!("&after={}", last["id"].as_str().unwrap());
+            for r in &items {
+                assert!(
+                    stored.insert(r["id"].as_str().unwrap().to_owned()),
+                    "listed twice"
+                );
+            }
+        }
+        assert_eq!(&stored, accepted, "stored = answered");
+    }
+}
+
+fn kill(cluster_dir: &Path, process: &str) {
+    let pid = std::fs::read_to_string(cluster_dir.join(format!("{process}.pid"))).unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_instance_killed_mid_race_loses_nothing_its_retrying_clients_were_told() {
     killed_mid_race("database").await;
@@ -275,184 +479,42 @@ async fn an_api_instance_killed_mid_race_loses_nothing_answered_from_redis() {
     killed_mid_race("redis").await;
 }
 
-/// 600 buyers race through nginx for 200 units, each retrying its one reservation under the
-/// same `Idempotency-Key` until it gets a real answer, while api2 is killed (SIGKILL) a sixth of
-/// the way in: exactly the stock is sold, every answered reservation is stored once and
-/// nothing else is, one unit per buyer.
+/// 600 buyers race through nginx for 200 units while api2 is killed (SIGKILL).
 async fn killed_mid_race(ack: &'static str) {
-    const BUYERS: usize = 600;
-    const STOCK: u64 = 200;
     let cluster = Cluster::up_with(ack);
-    let client = reqwest::Client::new();
-    let base = cluster.url.clone();
-    let login: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": "admin@demo.flashmart.dev", "password": "demo-admin-pass"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let admin = login["data"]["access_token"].as_str().unwrap().to_owned();
-    let (status, minted) = post(
-        &client,
-        &format!("{base}/api/v1/admin/loadtest/buyers"),
-        &admin,
-        None,
-        &json!({"count": BUYERS}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{minted}");
-    let buyers: Vec<String> = minted["data"]["buyers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["access_token"].as_str().unwrap().to_owned())
-        .collect();
-    let now = time::OffsetDateTime::now_utc();
-    let at = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
-    // A limit of 3 a buyer: a retry that reserved a second time would show as a buyer with 2.
-    let (status, sale) = post(
-        &client,
-        &format!("{base}/api/v1/admin/flash-sales"),
-        &admin,
-        None,
-        &json!({
-            "name": "killed mid-race", "starts_at": at(now - time::Duration::seconds(1)),
-            "ends_at": at(now + time::Duration::hours(1)), "per_user_limit": 3,
-            "reservation_ttl_secs": 3600,
-            "generate_items": {"count": 1, "price_cents": 100, "stock": STOCK},
-        }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{sale}");
-    let sale = sale["data"]["id"].as_str().unwrap().to_owned();
-    let url = format!("{base}/api/v1/flash-sales/{sale}/reservations");
+    let race = Race::prepare(&cluster, 600, 200).await;
+    let dir = cluster.dir.path().to_owned();
+    let (accepted, _) = race.run(move || kill(&dir, "api2")).await;
+    race.assert_holds_exactly(&accepted).await;
+}
 
-    // Each buyer sends one reservation under a key of its own and retries it, with the same
-    // key, until it gets an answer that is not the proxy's or the instance's failure.
-    let answered = Arc::new(AtomicUsize::new(0));
-    let retries = Arc::new(AtomicUsize::new(0));
-    let race = futures_util::stream::iter(buyers.iter().enumerate().map(|(i, token)| {
-        let (client, url, answered, retries) = (
-            client.clone(),
-            url.clone(),
-            Arc::clone(&answered),
-            Arc::clone(&retries),
-        );
-        let token = token.clone();
-        async move {
-            let key = format!("buyer-{i}-first-try");
-            for _ in 0..200 {
-                match post(&client, &url, &token, Some(&key), &json!({"item_id": 1})).await {
-                    Ok((status, body)) if !matches!(status, 502..=504) => {
-                        answered.fetch_add(1, Ordering::SeqCst);
-                        return (status, body);
-                    }
-                    _ => {
-                        retries.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            panic!("buyer {i} got no answer in 200 tries");
-        }
-    }))
-    .buffer_unordered(32)
-    .collect::<Vec<_>>();
-    // api2 dies without a word once a sixth of the buyers have their answer.
-    let killer = {
-        let (answered, pid) = (
-            Arc::clone(&answered),
-            std::fs::read_to_string(cluster.dir.path().join("api2.pid")).unwrap(),
-        );
-        tokio::spawn(async move {
-            while answered.load(Ordering::SeqCst) < BUYERS / 6 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let killed = Command::new("kill")
-                .args(["-KILL", pid.trim()])
-                .status()
+/// With `ack = redis` an instance killed between Redis's answer and its PostgreSQL write
+/// leaves the reservation to the workers. Here the worker is killed at the same moment as
+/// api2, and another worker started a second later catches up: nothing answered is lost,
+/// nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_killed_mid_stream_another_catches_up() {
+    let cluster = Cluster::up_with("redis");
+    let race = Race::prepare(&cluster, 600, 200).await;
+    let dir = cluster.dir.path().to_owned();
+    let script_env = (cluster.name.clone(), cluster.dir.path().to_owned());
+    let (accepted, _) = race
+        .run(move || {
+            kill(&dir, "api2");
+            kill(&dir, "worker");
+            std::thread::sleep(Duration::from_secs(1));
+            let out = Command::new(script())
+                .args(["start", "worker2"])
+                .env("FLASHMART_BIN", env!("CARGO_BIN_EXE_flashmart"))
+                .env("FLASHMART_CLUSTER_DIR", &script_env.1)
+                .env("FLASHMART_CLUSTER_NAME", &script_env.0)
+                .env("FLASHMART_CLUSTER_ACK", "redis")
+                .output()
                 .unwrap();
-            assert!(killed.success());
-            answered.load(Ordering::SeqCst)
+            assert!(out.status.success(), "{}", describe(&out));
         })
-    };
-    let answers = race.await;
-    let killed_at = killer.await.unwrap();
-    eprintln!(
-        "ack = {ack}: api2 killed after {killed_at} of {BUYERS} answers; {} retries",
-        retries.load(Ordering::SeqCst)
-    );
-    assert!(killed_at < BUYERS, "the kill came after the race");
-
-    let mut accepted = HashSet::new();
-    for (status, body) in &answers {
-        match status {
-            201 => assert!(accepted.insert(body["data"]["id"].as_str().unwrap().to_owned())),
-            409 => assert_eq!(body["code"], 60004, "{body}"),
-            other => panic!("{other}: {body}"),
-        }
-    }
-    assert_eq!(
-        accepted.len() as u64,
-        STOCK,
-        "demand 600 > stock: exactly the stock sold"
-    );
-
-    // What the server holds, once the worker has stored what the killed instance left in the
-    // sale's log: exactly the reservations answered, each once, one per buyer.
-    let stats_url = format!("{base}/api/v1/admin/flash-sales/{sale}/stats");
-    let mut stats = Value::Null;
-    for _ in 0..300 {
-        stats = client
-            .get(&stats_url)
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if stats["data"]["reserved"] == STOCK {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let stats = &stats["data"];
-    assert_eq!(stats["reserved"], STOCK, "{stats}");
-    assert_eq!(stats["remaining"], 0, "{stats}");
-    assert_eq!(stats["sold"], 0, "{stats}");
-    assert_eq!(stats["buyers"], STOCK, "one unit each: {stats}");
-    let mut stored = HashSet::new();
-    let mut after = String::new();
-    loop {
-        let page: Value = client
-            .get(format!(
-                "{base}/api/v1/admin/flash-sales/{sale}/reservations?per_page=100{after}"
-            ))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = page["data"]["items"].as_array().expect("a page").clone();
-        let Some(last) = items.last() else { break };
-        after = format!("&after={}", last["id"].as_str().unwrap());
-        for r in &items {
-            assert!(
-                stored.insert(r["id"].as_str().unwrap().to_owned()),
-                "listed twice"
-            );
-        }
-    }
-    assert_eq!(stored, accepted, "stored = answered");
+        .await;
+    race.assert_holds_exactly(&accepted).await;
+    let log = std::fs::read_to_string(cluster.dir.path().join("worker2.log")).unwrap();
+    assert!(log.contains("flashmart listening"), "{log}");
 }
