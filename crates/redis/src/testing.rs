@@ -130,6 +130,27 @@ impl LocalRedis {
         cluster
     }
 
+    /// Kills the (single) server and starts it again on the same port, empty: a restart of a
+    /// Redis that keeps nothing on disk.
+    pub fn restart(&mut self) {
+        assert_eq!(self.nodes.len(), 1, "restart is for a single server");
+        let _ = self.nodes[0].kill();
+        let _ = self.nodes[0].wait();
+        let port = self.ports[0];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.nodes[0] = spawn(self._dir.path(), port, false);
+            std::thread::sleep(Duration::from_millis(100));
+            if redis_cli(port, &["ping"]).trim() == "PONG" {
+                return;
+            }
+            // The port may not be free yet: try again.
+            let _ = self.nodes[0].kill();
+            let _ = self.nodes[0].wait();
+            assert!(Instant::now() < deadline, "redis on {port} did not restart");
+        }
+    }
+
     pub fn ports(&self) -> &[u16] {
         &self.ports
     }

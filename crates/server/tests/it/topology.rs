@@ -18,6 +18,8 @@ pub struct Cluster {
     name: String,
     /// `flash_sale.ack` of every instance.
     ack: &'static str,
+    /// The Redis the instances use, when not the local one.
+    redis_url: Option<String>,
     pub url: String,
 }
 
@@ -31,12 +33,18 @@ impl Cluster {
     }
 
     pub fn up_with(ack: &'static str) -> Self {
+        Self::up_on(ack, None)
+    }
+
+    /// On the Redis at `redis_url` (a test's own, which it may restart), or the local one.
+    pub fn up_on(ack: &'static str, redis_url: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("fmc_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut cluster = Self {
             dir,
             name,
             ack,
+            redis_url,
             url: String::new(),
         };
         // Taken down by the drop should it fail half way.
@@ -48,7 +56,11 @@ impl Cluster {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(script())
+        let mut command = Command::new(script());
+        if let Some(url) = &self.redis_url {
+            command.env("FLASHMART_CLUSTER_REDIS_URL", url);
+        }
+        command
             .args(args)
             .env("FLASHMART_BIN", env!("CARGO_BIN_EXE_flashmart"))
             .env("FLASHMART_CLUSTER_DIR", self.dir.path())
@@ -342,23 +354,30 @@ impl Race {
     /// key, until it gets an answer that is not the proxy's or an instance's failure; `fault`
     /// runs once a sixth of the buyers have theirs. Returns the reservations answered 201, and
     /// how many answers had come when the fault began.
-    async fn run(&self, fault: impl FnOnce() + Send + 'static) -> (HashSet<String>, usize) {
+    async fn run(&self, fault: impl FnOnce() + Send + 'static) -> (HashSet<String>, usize, usize) {
         let url = format!(
             "{}/api/v1/flash-sales/{}/reservations",
             self.base, self.sale
         );
         let answered = Arc::new(AtomicUsize::new(0));
         let retries = Arc::new(AtomicUsize::new(0));
+        let unavailable = Arc::new(AtomicUsize::new(0));
         let race = futures_util::stream::iter(self.buyers.iter().enumerate().map(|(i, token)| {
             let (client, url, token) = (self.client.clone(), url.clone(), token.clone());
             let (answered, retries) = (Arc::clone(&answered), Arc::clone(&retries));
+            let unavailable = Arc::clone(&unavailable);
             async move {
                 let key = format!("buyer-{i}-first-try");
-                for _ in 0..400 {
+                for _ in 0..600 {
                     match post(&client, &url, &token, Some(&key), &json!({"item_id": 1})).await {
                         Ok((status, body)) if !matches!(status, 502..=504) => {
                             answered.fetch_add(1, Ordering::SeqCst);
                             return (status, body);
+                        }
+                        Ok((503, _)) => {
+                            unavailable.fetch_add(1, Ordering::SeqCst);
+                            retries.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                         _ => {
                             retries.fetch_add(1, Ordering::SeqCst);
@@ -366,7 +385,7 @@ impl Race {
                         }
                     }
                 }
-                panic!("buyer {i} got no answer in 400 tries");
+                panic!("buyer {i} got no answer in 600 tries");
             }
         }))
         .buffer_unordered(32)
@@ -385,8 +404,10 @@ impl Race {
         };
         let answers = race.await;
         let faulted_at = faulted.await.unwrap();
+        let unavailable = unavailable.load(Ordering::SeqCst);
         eprintln!(
-            "the fault came after {faulted_at} of {total} answers; {} retries",
+            "the fault came after {faulted_at} of {total} answers; {} retries, {unavailable} \
+             of them after a 503",
             retries.load(Ordering::SeqCst)
         );
         assert!(faulted_at < total, "the fault came after the race");
@@ -398,7 +419,7 @@ impl Race {
                 other => panic!("{other}: {body}"),
             }
         }
-        (accepted, faulted_at)
+        (accepted, faulted_at, unavailable)
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -484,7 +505,7 @@ async fn killed_mid_race(ack: &'static str) {
     let cluster = Cluster::up_with(ack);
     let race = Race::prepare(&cluster, 600, 200).await;
     let dir = cluster.dir.path().to_owned();
-    let (accepted, _) = race.run(move || kill(&dir, "api2")).await;
+    let (accepted, _, _) = race.run(move || kill(&dir, "api2")).await;
     race.assert_holds_exactly(&accepted).await;
 }
 
@@ -498,7 +519,7 @@ async fn the_worker_killed_mid_stream_another_catches_up() {
     let race = Race::prepare(&cluster, 600, 200).await;
     let dir = cluster.dir.path().to_owned();
     let script_env = (cluster.name.clone(), cluster.dir.path().to_owned());
-    let (accepted, _) = race
+    let (accepted, _, _) = race
         .run(move || {
             kill(&dir, "api2");
             kill(&dir, "worker");
@@ -517,4 +538,21 @@ async fn the_worker_killed_mid_stream_another_catches_up() {
     race.assert_holds_exactly(&accepted).await;
     let log = std::fs::read_to_string(cluster.dir.path().join("worker2.log")).unwrap();
     assert!(log.contains("flashmart listening"), "{log}");
+}
+
+/// Redis restarted empty mid-sale (it keeps nothing on disk), `ack = database`: the instances
+/// answer 503 while the sale is rebuilt from the records, never a wrong answer, and then the
+/// sale sells exactly its stock, every answered reservation stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_mid_sale_is_rebuilt_and_sells_exactly_its_stock() {
+    let redis = Arc::new(std::sync::Mutex::new(
+        flashmart_redis::testing::LocalRedis::start(),
+    ));
+    let url = redis.lock().unwrap().urls()[0].clone();
+    let cluster = Cluster::up_on("database", Some(url));
+    let race = Race::prepare(&cluster, 600, 200).await;
+    let restarted = Arc::clone(&redis);
+    let (accepted, _, unavailable) = race.run(move || restarted.lock().unwrap().restart()).await;
+    assert!(unavailable > 0, "503 while the sale was rebuilt");
+    race.assert_holds_exactly(&accepted).await;
 }
