@@ -20,6 +20,8 @@ pub struct Cluster {
     ack: &'static str,
     /// The Redis the instances use, when not the local one.
     redis_url: Option<String>,
+    /// Where the instances reach PostgreSQL, when not at 127.0.0.1:5432 (a proxy).
+    pg_addr: Option<String>,
     pub url: String,
 }
 
@@ -40,25 +42,34 @@ impl Cluster {
     pub fn up_on(ack: &'static str, redis_url: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("fmc_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let mut cluster = Self {
+        Self {
             dir,
             name,
             ack,
             redis_url,
+            pg_addr: None,
             url: String::new(),
-        };
+        }
+        .start()
+    }
+
+    fn start(mut self) -> Self {
+        let cluster = &mut self;
         // Taken down by the drop should it fail half way.
         let out = cluster.run(&["up"]);
         assert!(out.status.success(), "{}", describe(&out));
         let url = std::fs::read_to_string(cluster.dir.path().join("url")).unwrap();
         cluster.url = url.trim().to_owned();
-        cluster
+        self
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
         let mut command = Command::new(script());
         if let Some(url) = &self.redis_url {
             command.env("FLASHMART_CLUSTER_REDIS_URL", url);
+        }
+        if let Some(addr) = &self.pg_addr {
+            command.env("FLASHMART_CLUSTER_PG_ADDR", addr);
         }
         command
             .args(args)
@@ -554,5 +565,174 @@ async fn redis_restarted_empty_mid_sale_is_rebuilt_and_sells_exactly_its_stock()
     let restarted = Arc::clone(&redis);
     let (accepted, _, unavailable) = race.run(move || restarted.lock().unwrap().restart()).await;
     assert!(unavailable > 0, "503 while the sale was rebuilt");
+    race.assert_holds_exactly(&accepted).await;
+}
+
+/// A TCP proxy to PostgreSQL that a test can cut: every connection through it closed and new
+/// ones refused, until it is restored.
+struct CutProxy {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    async fn to(upstream: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_cut, all) = (Arc::clone(&cut), Arc::clone(&links));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_cut.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                all.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Self {
+            port,
+            cut,
+            links,
+            _accept: accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL unreachable for 10 s, `ack = database`: a reservation that needs it answers 503
+/// within 3 s, a sold-out answer still comes from Redis, `/readyz` says 503; afterwards
+/// everything recovers by itself, and nothing answered before, during or after is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_for_ten_seconds_answers_503_and_recovers() {
+    let proxy = CutProxy::to("127.0.0.1:5432").await;
+    let cluster = {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("fmc_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Cluster {
+            dir,
+            name,
+            ack: "database",
+            redis_url: None,
+            pg_addr: Some(format!("127.0.0.1:{}", proxy.port)),
+            url: String::new(),
+        }
+        .start()
+    };
+    let race = Race::prepare(&cluster, 600, 200).await;
+    let url = format!(
+        "{}/api/v1/flash-sales/{}/reservations",
+        race.base, race.sale
+    );
+    let reserve = |i: usize| {
+        let (client, url, token) = (race.client.clone(), url.clone(), race.buyers[i].clone());
+        async move {
+            let started = std::time::Instant::now();
+            let key = format!("buyer-{i}-first-try");
+            let answer = post(&client, &url, &token, Some(&key), &json!({"item_id": 1})).await;
+            (answer.unwrap(), started.elapsed())
+        }
+    };
+    // Acknowledged before the cut.
+    let mut before = HashSet::new();
+    for i in 0..30 {
+        let ((status, body), _) = reserve(i).await;
+        assert_eq!(status, 201, "{body}");
+        before.insert(body["data"]["id"].as_str().unwrap().to_owned());
+    }
+    // A sale of one unit, sold out before the cut.
+    let now = time::OffsetDateTime::now_utc();
+    let at = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let (status, small) = post(
+        &race.client,
+        &format!("{}/api/v1/admin/flash-sales", race.base),
+        &race.admin,
+        None,
+        &json!({
+            "name": "one unit", "starts_at": at(now - time::Duration::seconds(1)),
+            "ends_at": at(now + time::Duration::hours(1)), "per_user_limit": 1,
+            "items": [{"name": "the one", "price_cents": 100, "stock": 1}],
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{small}");
+    let small_url = format!(
+        "{}/api/v1/flash-sales/{}/reservations",
+        race.base,
+        small["data"]["id"].as_str().unwrap()
+    );
+    let body = json!({"item_id": 1});
+    let (status, _) = post(&race.client, &small_url, &race.buyers[599], None, &body)
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    // A reservation needs PostgreSQL (its commit): 503 within 3 s, never a hang.
+    for i in 30..40 {
+        let ((status, body), took) = reserve(i).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+    }
+    // Sold out is Redis's answer alone.
+    let started = std::time::Instant::now();
+    let (status, body) = post(&race.client, &small_url, &race.buyers[598], None, &body)
+        .await
+        .unwrap();
+    assert_eq!((status, &body["code"]), (409, &json!(60004)), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    for api in ["api1", "api2", "api3"] {
+        let res = reqwest::get(format!("http://{}/readyz", cluster.addr(api)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503, "{api}");
+    }
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut_at.elapsed())).await;
+    proxy.restore();
+
+    // Ready again by itself.
+    for api in ["api1", "api2", "api3"] {
+        let mut ready = false;
+        for _ in 0..300 {
+            let res = reqwest::get(format!("http://{}/readyz", cluster.addr(api)))
+                .await
+                .unwrap();
+            if res.status() == 200 {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "{api} not ready again");
+    }
+    // Every buyer, those above included, under the same keys: the sale sells exactly its
+    // stock, and what was answered before the cut is among what is held.
+    let (accepted, _, _) = race.run(|| {}).await;
+    assert!(
+        before.is_subset(&accepted),
+        "an answer from before the cut is lost"
+    );
     race.assert_holds_exactly(&accepted).await;
 }
