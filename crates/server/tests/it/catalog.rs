@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::support::TestApp;
 
 /// A real 1x1 PNG.
-const PNG_B64: &str =
+pub const PNG_B64: &str =
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
 
 pub async fn operator(app: &TestApp) -> String {
@@ -210,7 +210,12 @@ async fn browsing_searches_filters_and_pages_in_a_stable_order() {
         .assert_error(StatusCode::BAD_REQUEST, 400);
 }
 
-fn multipart(field: &str, filename: &str, content_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+pub fn multipart(
+    field: &str,
+    filename: &str,
+    content_type: &str,
+    bytes: &[u8],
+) -> (String, Vec<u8>) {
     multipart_parts(&[(field, Some(filename), content_type, bytes)])
 }
 

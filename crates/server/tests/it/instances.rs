@@ -528,3 +528,61 @@ async fn every_instances_event_stream_shows_the_same_stock_within_a_second() {
     let view: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(view["data"]["remaining"], 3, "{body}");
 }
+
+/// Two instances with data directories of their own and one `uploads.dir`: an image uploaded
+/// through one is served, byte for byte, by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_uploaded_through_one_instance_is_served_by_another() {
+    use base64::Engine as _;
+    let stores = ScaledStores::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared-uploads");
+    let mut envs = scaled_env(&stores);
+    envs.push((
+        "FLASHMART__UPLOADS__DIR",
+        shared.to_string_lossy().into_owned(),
+    ));
+    let created = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["admin", "create-user", "--email", "ops@example.com"])
+        .args(["--password", "an operator password", "--role", "operator"])
+        .current_dir(dir.path())
+        .envs(borrowed(&envs))
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let with_data = |name: &'static str| {
+        let mut own = borrowed(&envs);
+        own.push(("FLASHMART__DATA_DIR", name));
+        own
+    };
+    let a = Server::start(dir.path(), &["serve", "--role", "api"], &with_data("a"));
+    let b = Server::start(dir.path(), &["serve", "--role", "api"], &with_data("b"));
+    let client = reqwest::Client::new();
+    let login = a
+        .login(&client, "ops@example.com", "an operator password")
+        .await;
+    let operator = login["data"]["access_token"].as_str().unwrap();
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(crate::catalog::PNG_B64)
+        .unwrap();
+    let (content_type, body) = crate::catalog::multipart("file", "shoe.png", "image/png", &png);
+    let res: Value = client
+        .post(format!("{}/api/v1/admin/uploads", a.base))
+        .bearer_auth(operator)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = res["data"]["url"].as_str().expect("uploaded").to_owned();
+    let served = reqwest::get(format!("{}{url}", b.base)).await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(&served.bytes().await.unwrap()[..], &png[..]);
+    assert!(
+        !dir.path().join("a/uploads").exists(),
+        "not in A's data dir"
+    );
+}
