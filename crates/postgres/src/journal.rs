@@ -107,6 +107,12 @@ fn int(n: u32) -> i32 {
 
 /// The reservations, then the `pending_payment` order of each one made through the API and
 /// that order's one line (the reservation's item).
+///
+/// Rows go in in the order of their ids, in every table: with a shared engine two writers (an
+/// instance's group commit and a log writer) may insert the same reservations at once, and two
+/// transactions taking the same index entries in different orders deadlock (PostgreSQL then
+/// aborts one after `deadlock_timeout`, and its batch is answered 503). In one order, one waits
+/// for the other and then finds the rows there.
 async fn insert_reservations(
     conn: &mut PgConnection,
     batch: &[&NewReservation],
@@ -115,6 +121,8 @@ async fn insert_reservations(
     if batch.is_empty() {
         return Ok(());
     }
+    let mut batch = batch.to_vec();
+    batch.sort_unstable_by_key(|r| *r.record.id.as_uuid());
     let n = batch.len();
     let mut ids = Vec::with_capacity(n);
     let mut sales = Vec::with_capacity(n);
@@ -127,7 +135,7 @@ async fn insert_reservations(
     let mut order_ids = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
     let mut fingerprints = Vec::with_capacity(n);
-    for r in batch {
+    for r in &batch {
         let rec = &r.record;
         ids.push(*rec.id.as_uuid());
         sales.push(*rec.sale_id.as_uuid());
@@ -149,7 +157,7 @@ async fn insert_reservations(
          FROM UNNEST($1::uuid[], $2::uuid[], $3::integer[], $4::uuid[], $5::text[], \
            $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], \
            $11::bytea[]) AS t(id, sale_id, item_no, buyer_id, buyer_ref, quantity, created_at, \
-           expires_at, order_id, key, fingerprint){}",
+           expires_at, order_id, key, fingerprint) ORDER BY id{}",
         conflicts.clause()
     )))
     .bind(&ids)
@@ -179,7 +187,7 @@ async fn insert_reservations(
     let mut names = Vec::new();
     let mut prices = Vec::new();
     let mut line_quantities = Vec::new();
-    for r in batch {
+    for r in &batch {
         let rec = &r.record;
         let (Some(order), Some(user)) = (rec.order_id, r.user_id) else {
             continue;
@@ -213,7 +221,7 @@ async fn insert_reservations(
          SELECT id, user_id, '{}', currency, total, total, reservation_id, at, at, due \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::uuid[], \
            $6::timestamptz[], $7::timestamptz[]) \
-           AS t(id, user_id, currency, total, reservation_id, at, due){}",
+           AS t(id, user_id, currency, total, reservation_id, at, due) ORDER BY id{}",
         OrderStatus::PendingPayment.as_str(),
         conflicts.clause()
     )))
@@ -231,7 +239,8 @@ async fn insert_reservations(
         "INSERT INTO order_items (order_id, line, sale_id, item_no, name, unit_price_cents, \
          quantity) SELECT order_id, 1, sale_id, item_no, name, price, quantity \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::integer[], $4::text[], $5::bigint[], \
-           $6::integer[]) AS t(order_id, sale_id, item_no, name, price, quantity){}",
+           $6::integer[]) AS t(order_id, sale_id, item_no, name, price, quantity) \
+         ORDER BY order_id{}",
         conflicts.clause()
     )))
     .bind(&orders)
