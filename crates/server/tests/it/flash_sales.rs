@@ -11,7 +11,7 @@ use tower::ServiceExt as _;
 
 use crate::support::TestApp;
 
-fn at(t: OffsetDateTime) -> String {
+pub fn at(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap()
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::flash_sales::at;
 use crate::support::{SHARED_SECRETS, ScaledStores, Server};
 
 /// The environment of a scaled instance on `stores`.
@@ -427,6 +428,18 @@ async fn one_clients_budget_is_the_same_on_every_instance() {
     }
 }
 
+/// `ops@example.com`, an operator, made with `flashmart admin create-user` on `envs`' stores.
+fn create_operator(dir: &std::path::Path, envs: &[(&'static str, String)]) {
+    let created = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["admin", "create-user", "--email", "ops@example.com"])
+        .args(["--password", "an operator password", "--role", "operator"])
+        .current_dir(dir)
+        .envs(borrowed(envs))
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+}
+
 /// The `remaining` of each `snapshot` event a stream has sent so far, read until one matches
 /// `want` (bounded by the test's poll).
 async fn next_remaining(res: &mut reqwest::Response, buffer: &mut String) -> u64 {
@@ -449,14 +462,7 @@ async fn every_instances_event_stream_shows_the_same_stock_within_a_second() {
     let stores = ScaledStores::create().await;
     let envs = scaled_env(&stores);
     let dir = tempfile::tempdir().unwrap();
-    let created = Command::new(env!("CARGO_BIN_EXE_flashmart"))
-        .args(["admin", "create-user", "--email", "ops@example.com"])
-        .args(["--password", "an operator password", "--role", "operator"])
-        .current_dir(dir.path())
-        .envs(borrowed(&envs))
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
+    create_operator(dir.path(), &envs);
     let a = Server::start(dir.path(), &["serve", "--role", "api"], &borrowed(&envs));
     let b = Server::start(dir.path(), &["serve", "--role", "api"], &borrowed(&envs));
     let _work = Server::start(
@@ -470,10 +476,6 @@ async fn every_instances_event_stream_shows_the_same_stock_within_a_second() {
         .await;
     let operator = login["data"]["access_token"].as_str().unwrap().to_owned();
     let now = time::OffsetDateTime::now_utc();
-    let at = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
     // Made on A after B started: B has never heard of it.
     let res: Value = client
         .post(format!("{}/api/v1/admin/flash-sales", a.base))
@@ -542,14 +544,7 @@ async fn an_image_uploaded_through_one_instance_is_served_by_another() {
         "FLASHMART__UPLOADS__DIR",
         shared.to_string_lossy().into_owned(),
     ));
-    let created = Command::new(env!("CARGO_BIN_EXE_flashmart"))
-        .args(["admin", "create-user", "--email", "ops@example.com"])
-        .args(["--password", "an operator password", "--role", "operator"])
-        .current_dir(dir.path())
-        .envs(borrowed(&envs))
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
+    create_operator(dir.path(), &envs);
     let with_data = |name: &'static str| {
         let mut own = borrowed(&envs);
         own.push(("FLASHMART__DATA_DIR", name));

@@ -12,6 +12,8 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
+use crate::flash_sales::at;
+
 /// A running `scripts/cluster`, taken down (its database and keys dropped) when dropped.
 pub struct Cluster {
     dir: tempfile::TempDir,
@@ -331,10 +333,6 @@ impl Race {
             .map(|b| b["access_token"].as_str().unwrap().to_owned())
             .collect();
         let now = time::OffsetDateTime::now_utc();
-        let at = |t: time::OffsetDateTime| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .unwrap()
-        };
         let (status, sale) = post(
             &client,
             &format!("{base}/api/v1/admin/flash-sales"),
@@ -659,10 +657,6 @@ async fn postgres_unreachable_for_ten_seconds_answers_503_and_recovers() {
     }
     // A sale of one unit, sold out before the cut.
     let now = time::OffsetDateTime::now_utc();
-    let at = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
     let (status, small) = post(
         &race.client,
         &format!("{}/api/v1/admin/flash-sales", race.base),
