@@ -87,7 +87,7 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
 }
 
 /// Redis away, busy or refusing: the request is answered 503 and may be retried.
-fn unavailable(err: RedisError) -> StoreError {
+pub(crate) fn unavailable(err: RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {err}"))
 }
 

@@ -11,6 +11,8 @@ use flashmart_app::ports::Lease;
 use redis::Script;
 use redis::aio::ConnectionLike;
 
+use crate::engine::unavailable;
+
 /// Grants the lease to ARGV[1] for ARGV[2] ms when it is free, renews it when ARGV[1] has it;
 /// 1 when ARGV[1] holds it afterwards, 0 when another does.
 const ACQUIRE: &str = r"
@@ -60,10 +62,6 @@ impl<C> RedisLease<C> {
             release: Script::new(RELEASE),
         }
     }
-
-    pub fn key(&self) -> &str {
-        &self.key
-    }
 }
 
 #[async_trait]
@@ -93,8 +91,4 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Lease for RedisLease<C> 
             .map_err(unavailable)?;
         Ok(())
     }
-}
-
-fn unavailable(err: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {err}"))
 }

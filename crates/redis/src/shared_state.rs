@@ -12,6 +12,8 @@ use flashmart_domain::SessionId;
 use futures_util::StreamExt as _;
 use redis::Script;
 use redis::aio::ConnectionLike;
+
+use crate::engine::unavailable;
 use time::OffsetDateTime;
 
 /// A token bucket kept as its theoretical arrival time (GCRA), in Redis's own clock so that
@@ -219,10 +221,6 @@ fn parse(payload: &str) -> Option<(SessionId, OffsetDateTime)> {
     let session = session.parse().ok()?;
     let at = OffsetDateTime::from_unix_timestamp(at.parse().ok()?).ok()?;
     Some((session, at))
-}
-
-fn unavailable(err: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {err}"))
 }
 
 #[cfg(test)]

@@ -105,17 +105,14 @@ fn scheduler(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
             }
         },
     );
-    let (sales, lead) = (Arc::clone(&state.flash_sales), Arc::clone(leadership));
-    let sweeper = every(
-        &state.workers,
+    let sales = Arc::clone(&state.flash_sales);
+    let sweeper = led(
+        services,
         "reservation_sweeper",
         ms(config.flash_sale.sweep_interval_ms),
         move || {
-            let (sales, lead) = (Arc::clone(&sales), Arc::clone(&lead));
+            let sales = Arc::clone(&sales);
             async move {
-                if !lead.is_held() {
-                    return;
-                }
                 if let Err(err) = sales.sweep_expired().await {
                     tracing::error!(%err, "expiring reservations failed; will retry");
                 }
@@ -125,51 +122,42 @@ fn scheduler(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
             }
         },
     );
-    let (sales, lead) = (Arc::clone(&state.flash_sales), Arc::clone(leadership));
-    let schedules = every(
-        &state.workers,
+    let sales = Arc::clone(&state.flash_sales);
+    let schedules = led(
+        services,
         "scheduler",
         ms(config.flash_sale.schedule_interval_ms),
         move || {
-            let (sales, lead) = (Arc::clone(&sales), Arc::clone(&lead));
+            let sales = Arc::clone(&sales);
             async move {
-                if !lead.is_held() {
-                    return;
-                }
                 if let Err(err) = sales.run_schedules().await {
                     tracing::error!(%err, "running schedules failed; will retry");
                 }
             }
         },
     );
-    let (shop, lead) = (Arc::clone(&state.shop), Arc::clone(leadership));
-    let orders = every(
-        &state.workers,
+    let shop = Arc::clone(&state.shop);
+    let orders = led(
+        services,
         "order_sweeper",
         ms(config.orders.sweep_interval_ms),
         move || {
-            let (shop, lead) = (Arc::clone(&shop), Arc::clone(&lead));
+            let shop = Arc::clone(&shop);
             async move {
-                if !lead.is_held() {
-                    return;
-                }
                 if let Err(err) = shop.sweep_expired().await {
                     tracing::error!(%err, "expiring unpaid orders failed; will retry");
                 }
             }
         },
     );
-    let (payments, lead) = (Arc::clone(&state.payments), Arc::clone(leadership));
-    let stale_payments = every(
-        &state.workers,
+    let payments = Arc::clone(&state.payments);
+    let stale_payments = led(
+        services,
         "payment_closer",
         Duration::from_secs(5),
         move || {
-            let (payments, lead) = (Arc::clone(&payments), Arc::clone(&lead));
+            let payments = Arc::clone(&payments);
             async move {
-                if !lead.is_held() {
-                    return;
-                }
                 if let Err(err) = payments.close_stale().await {
                     tracing::warn!(%err, "closing payments of ended orders failed; will retry");
                 }
@@ -337,6 +325,29 @@ fn upkeep(services: &Services) -> Vec<JoinHandle<()>> {
     let mut workers = vec![metrics_upkeep, housekeeping];
     workers.extend(embedded.into_iter().flatten());
     workers
+}
+
+/// `every`, with `job` run only while this instance leads (`Services::leadership`); a run while
+/// it does not is a turn of the loop that does nothing.
+fn led<F, Fut>(
+    services: &Services,
+    name: &'static str,
+    period: Duration,
+    mut job: F,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let lead = Arc::clone(&services.leadership);
+    every(&services.state.workers, name, period, move || {
+        let run = lead.is_held().then(&mut job);
+        async move {
+            if let Some(run) = run {
+                run.await;
+            }
+        }
+    })
 }
 
 /// Runs `job` every `period`, one run at a time (a slow run delays the next, never overlaps it),

@@ -8,7 +8,7 @@ use flashmart_domain::{Currency, ReservationId, SaleId, ScheduleId};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use super::engine::{Engine, Engines};
+use super::engine::Engine;
 use super::{FlashSales, SaleError};
 use crate::error::FieldError;
 use crate::flash_sale::model::{
@@ -275,27 +275,16 @@ impl FlashSales {
         Ok(())
     }
 
-    /// The ledger's copy of a sale. With a shared engine, a sale not ended that another
-    /// instance made is mirrored here at first sight (this instance may run no log writer,
-    /// which would mirror it otherwise); in process, a sale the ledger lacks ended long ago.
+    /// The ledger's copy of a sale, adopted at first sight when another instance made it
+    /// (`Engine::adopt`: this instance may run no log writer, which would adopt it otherwise).
     pub(super) async fn mirrored(
         &self,
         sale: SaleId,
     ) -> Result<Option<Arc<crate::flash_sale::ledger::LiveSale>>, crate::StoreError> {
-        if let Some(live) = self.core.ledger.get(&sale) {
-            return Ok(Some(live));
+        match self.core.ledger.get(&sale) {
+            Some(live) => Ok(Some(live)),
+            None => self.engine.adopt(sale).await,
         }
-        if !matches!(self.engine, Engines::Shared(_)) {
-            return Ok(None);
-        }
-        let now = self.core.clock.now();
-        Ok(self
-            .core
-            .store
-            .live_sale(sale)
-            .await?
-            .filter(|state| state.sale.rules.window().phase(now) != SalePhase::Ended)
-            .map(|state| self.core.ledger.install(state, now)))
     }
 
     fn view(&self, record: SaleRecord) -> SaleView {
@@ -333,8 +322,13 @@ impl FlashSales {
             .store
             .list_sales(phase, self.core.clock.now(), page)
             .await?;
+        // Sales not ended that another instance made, adopted (an ended one out of memory
+        // is not looked up again on every page).
+        let now = self.core.clock.now();
         for sale in &sales.items {
-            self.mirrored(sale.id).await?;
+            if sale.rules.window().phase(now) != SalePhase::Ended {
+                self.mirrored(sale.id).await?;
+            }
         }
         Ok(sales.map(|r| self.view(r)))
     }

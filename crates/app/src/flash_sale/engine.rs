@@ -121,6 +121,11 @@ pub(super) trait Engine: Send + Sync + std::fmt::Debug {
     /// Stores what the engine decided that no instance stored. Returns how many it wrote.
     async fn write_logged(&self) -> Result<usize, StoreError>;
 
+    /// A sale this instance does not hold in memory. With a shared engine, one another instance
+    /// made: held here from now on, from the records, unless it has ended. In process, none
+    /// (the ledger holds every sale not long ended).
+    async fn adopt(&self, sale: SaleId) -> Result<Option<Arc<LiveSale>>, StoreError>;
+
     /// Drops from the engine's logs what this instance's requests stored, so that no writer
     /// reads it (`write_logged` does it first; an instance that runs no writer calls this).
     async fn forget_stored(&self);
@@ -221,6 +226,13 @@ impl Engine for Engines {
         match self {
             Self::InProcess(e) => e.write_logged().await,
             Self::Shared(e) => e.write_logged().await,
+        }
+    }
+
+    async fn adopt(&self, sale: SaleId) -> Result<Option<Arc<LiveSale>>, StoreError> {
+        match self {
+            Self::InProcess(e) => e.adopt(sale).await,
+            Self::Shared(e) => e.adopt(sale).await,
         }
     }
 

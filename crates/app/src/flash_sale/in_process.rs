@@ -279,6 +279,10 @@ impl Engine for InProcess {
         Ok(0)
     }
 
+    async fn adopt(&self, _sale: SaleId) -> Result<Option<Arc<LiveSale>>, StoreError> {
+        Ok(None)
+    }
+
     async fn forget_stored(&self) {}
 
     async fn reconcile(&self) -> Result<Vec<(SaleRecord, Reconciled)>, StoreError> {

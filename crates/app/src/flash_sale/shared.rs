@@ -77,8 +77,8 @@ impl Shared {
             Some(sale) => sale,
             // Made by another instance: mirrored here, ended or not (a key's answer from
             // before the end is replayed by the engine).
-            None => match self.core.store.live_sale(sale_id).await? {
-                Some(state) => self.core.ledger.install(state, self.core.clock.now()),
+            None => match self.hold_stored(sale_id, true).await? {
+                Some(sale) => sale,
                 None => {
                     self.core
                         .counters
@@ -252,6 +252,23 @@ impl Shared {
         }
     }
 
+    /// A sale made by another instance, read from the records and held in the ledger from now
+    /// on (an ended one only if `ended_too`); `None` when the records have no such sale.
+    async fn hold_stored(
+        &self,
+        id: SaleId,
+        ended_too: bool,
+    ) -> Result<Option<Arc<LiveSale>>, StoreError> {
+        let now = self.core.clock.now();
+        Ok(self
+            .core
+            .store
+            .live_sale(id)
+            .await?
+            .filter(|state| ended_too || state.sale.rules.window().phase(now) != SalePhase::Ended)
+            .map(|state| self.core.ledger.install(state, now)))
+    }
+
     /// Sets the ledger's copy of a sale's stock to the engine's.
     async fn mirror(&self, sale: &LiveSale) -> Result<(), SaleError> {
         match self.engine.remaining(sale.record.id).await? {
@@ -339,9 +356,7 @@ impl Shared {
                 .iter()
                 .filter(|s| self.core.ledger.get(&s.id).is_none())
             {
-                if let Some(state) = self.core.store.live_sale(sale.id).await? {
-                    self.core.ledger.install(state, now);
-                }
+                self.hold_stored(sale.id, true).await?;
             }
             if u64::from(page.page()) * u64::from(page.per_page()) >= live.total {
                 break;
@@ -507,6 +522,10 @@ impl Engine for Shared {
 
     async fn write_logged(&self) -> Result<usize, StoreError> {
         self.write_logged_taking(WRITER_IDLE, None).await
+    }
+
+    async fn adopt(&self, sale: SaleId) -> Result<Option<Arc<LiveSale>>, StoreError> {
+        self.hold_stored(sale, false).await
     }
 
     async fn forget_stored(&self) {
