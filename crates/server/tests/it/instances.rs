@@ -285,15 +285,7 @@ async fn sign_in(client: &reqwest::Client, base: &str, email: &str) -> String {
         .await
         .unwrap();
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
-    let res: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&serde_json::json!({"email": email, "password": "a long enough password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let res = crate::support::login_at(client, base, email, "a long enough password").await;
     res["data"]["access_token"].as_str().unwrap().to_owned()
 }
 

@@ -621,15 +621,7 @@ impl Server {
 impl Server {
     /// `POST /api/v1/auth/login` over the server's socket; the whole answer.
     pub async fn login(&self, client: &reqwest::Client, email: &str, password: &str) -> Value {
-        client
-            .post(format!("{}/api/v1/auth/login", self.base))
-            .json(&json!({"email": email, "password": password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        login_at(client, &self.base, email, password).await
     }
 
     /// SIGKILL: no shutdown, no flush, as a crash.
@@ -672,4 +664,18 @@ impl flashmart_sandbox::Transport for RouterTransport {
         let response = self.router.clone().oneshot(request).await.unwrap();
         Ok(response.status().as_u16())
     }
+}
+
+/// `POST /api/v1/auth/login` at `base` (a server, or a load balancer in front of several); the
+/// whole answer.
+pub async fn login_at(client: &reqwest::Client, base: &str, email: &str, password: &str) -> Value {
+    client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }

@@ -306,15 +306,13 @@ impl Race {
     async fn prepare(cluster: &Cluster, buyers: usize, stock: u64) -> Self {
         let client = reqwest::Client::new();
         let base = cluster.url.clone();
-        let login: Value = client
-            .post(format!("{base}/api/v1/auth/login"))
-            .json(&json!({"email": "admin@demo.flashmart.dev", "password": "demo-admin-pass"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let login = crate::support::login_at(
+            &client,
+            &base,
+            "admin@demo.flashmart.dev",
+            "demo-admin-pass",
+        )
+        .await;
         let admin = login["data"]["access_token"].as_str().unwrap().to_owned();
         let (status, minted) = post(
             &client,
