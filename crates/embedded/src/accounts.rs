@@ -5,7 +5,7 @@ use flashmart_app::ports::{
     AccountStore, Credentials, NewSession, RefreshTokenRecord, RevokeReason, Rotation, TokenHash,
 };
 use flashmart_app::{Page, PageRequest, StoreError};
-use flashmart_domain::{DisplayName, Email, SessionId, User, UserId};
+use flashmart_domain::{DisplayName, Email, Role, SessionId, User, UserId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row as _, SqliteConnection};
 use time::OffsetDateTime;
@@ -240,6 +240,37 @@ impl AccountStore for SqliteStore {
         )
         .bind(micros(now))
         .bind(RevokeReason::PasswordChange.as_str())
+        .bind(user.as_uuid())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(revoked.into_iter().map(SessionId::from_uuid).collect())
+    }
+
+    async fn set_role(
+        &self,
+        user: UserId,
+        role: Role,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let updated = sqlx::query("UPDATE users SET role = ?, updated_at = ? WHERE id = ?")
+            .bind(role.as_str())
+            .bind(micros(now))
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let revoked: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = ?, revoked_reason = ? \
+             WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(micros(now))
+        .bind(RevokeReason::RoleChange.as_str())
         .bind(user.as_uuid())
         .fetch_all(&mut *tx)
         .await

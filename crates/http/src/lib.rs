@@ -123,8 +123,9 @@ pub fn router(
     router_with(state, settings, mounted, Router::new())
 }
 
-/// The application with `extra`, undocumented routes mounted under the same middleware too;
-/// tests use it to mount routes that misbehave on purpose (a handler that panics).
+/// The application with `extra`, undocumented routes mounted under the same middleware too: the
+/// web pages (which are not API), and in tests, routes that misbehave on purpose (a handler that
+/// panics).
 pub fn router_with(
     state: AppState,
     settings: &HttpSettings,

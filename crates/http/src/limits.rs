@@ -61,10 +61,18 @@ impl Group {
         match route {
             "/healthz" | "/readyz" | "/metrics" | "/api/v1/payments/notify" => Self::Unlimited,
             "/checkout" | "/purchase" | "/health" => Self::Compat,
-            "/api/v1/flash-sales/{id}/reservations" if method == Method::POST => Self::Reserve,
+            "/api/v1/flash-sales/{id}/reservations" | "/flash-sales/{id}/reserve"
+                if method == Method::POST =>
+            {
+                Self::Reserve
+            }
+            // The web pages' forms count as the API routes they stand for.
+            "/signin" | "/register" | "/signout" if method == Method::POST => Self::Auth,
             r if r.starts_with("/api/v1/auth/") => Self::Auth,
-            r if r.starts_with("/api/v1/admin/") => Self::Admin,
-            r if r.starts_with("/docs") || r == "/openapi.json" => Self::Unlimited,
+            r if r.starts_with("/api/v1/admin/") || r.starts_with("/admin") => Self::Admin,
+            r if r.starts_with("/docs") || r == "/openapi.json" || r.starts_with("/assets/") => {
+                Self::Unlimited
+            }
             _ => Self::Public,
         }
     }
@@ -393,6 +401,12 @@ mod tests {
             (Method::POST, "/api/v1/payments/notify", Group::Unlimited),
             (Method::GET, "/healthz", Group::Unlimited),
             (Method::GET, "/api/v1/cart", Group::Public),
+            (Method::POST, "/flash-sales/{id}/reserve", Group::Reserve),
+            (Method::POST, "/signin", Group::Auth),
+            (Method::GET, "/signin", Group::Public),
+            (Method::GET, "/admin/orders", Group::Admin),
+            (Method::GET, "/assets/app.js", Group::Unlimited),
+            (Method::GET, "/", Group::Public),
         ];
         for (m, route, want) in cases {
             assert_eq!(Group::of(&m, route), want, "{m} {route}");

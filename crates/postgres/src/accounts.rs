@@ -5,7 +5,7 @@ use flashmart_app::ports::{
     AccountStore, Credentials, NewSession, RefreshTokenRecord, RevokeReason, Rotation, TokenHash,
 };
 use flashmart_app::{Page, PageRequest, StoreError};
-use flashmart_domain::{DisplayName, Email, SessionId, User, UserId};
+use flashmart_domain::{DisplayName, Email, Role, SessionId, User, UserId};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row as _};
 use time::OffsetDateTime;
@@ -250,6 +250,37 @@ impl AccountStore for PgStore {
         )
         .bind(now)
         .bind(RevokeReason::PasswordChange.as_str())
+        .bind(user.as_uuid())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(revoked.into_iter().map(SessionId::from_uuid).collect())
+    }
+
+    async fn set_role(
+        &self,
+        user: UserId,
+        role: Role,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let updated = sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE id = $3")
+            .bind(role.as_str())
+            .bind(now)
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let revoked: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+             WHERE user_id = $3 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(now)
+        .bind(RevokeReason::RoleChange.as_str())
         .bind(user.as_uuid())
         .fetch_all(&mut *tx)
         .await

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -16,6 +16,45 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::{Sandbox, SandboxError};
+
+/// Where the buyer goes after paying (or failing): a path on the shop's own site, as a real
+/// provider's return URL; anything else (another host, a scheme) is ignored.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ReturnTo {
+    /// A path on this site (`/orders/...`) to send the buyer back to.
+    #[serde(rename = "return")]
+    #[param(rename = "return")]
+    return_to: Option<String>,
+}
+
+impl ReturnTo {
+    fn path(&self) -> Option<&str> {
+        self.return_to.as_deref().filter(|p| {
+            p.starts_with('/')
+                && !p.starts_with("//")
+                && p.len() <= 512
+                && !p
+                    .chars()
+                    .any(|c| c.is_control() || c == '\\' || c == '"' || c == '<')
+        })
+    }
+
+    /// `?return=...` for the page's own form actions.
+    fn query(&self) -> String {
+        self.path().map_or_else(String::new, |p| {
+            let mut q = String::from("?return=");
+            for b in p.bytes() {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+                    q.push(char::from(b));
+                } else {
+                    q.push_str(&format!("%{b:02X}"));
+                }
+            }
+            q
+        })
+    }
+}
 
 /// The pay pages of `sandbox`, ready to be merged into any router.
 pub fn pay_pages<S>(sandbox: Arc<Sandbox>) -> OpenApiRouter<S>
@@ -96,7 +135,7 @@ fn guarded(mut response: Response) -> Response {
 /// The sandbox's pay page: the amount, and Pay and Fail buttons. Each button is a form with an
 /// anti-forgery token bound to this browser's nonce cookie (same-site only) and the payment.
 #[utoipa::path(get, path = "/sandbox/pay/{reference}", tag = "payments",
-    params(("reference" = String, Path, description = "The sandbox payment reference")),
+    params(("reference" = String, Path, description = "The sandbox payment reference"), ReturnTo),
     responses(
         (status = 200, description = "HTML page", content_type = "text/html", body = String),
         (status = 404, description = "No such payment", content_type = "text/html", body = String),
@@ -105,6 +144,7 @@ async fn sandbox_pay_page(
     State(sandbox): State<Arc<Sandbox>>,
     headers: HeaderMap,
     Path(reference): Path<String>,
+    Query(back): Query<ReturnTo>,
 ) -> Response {
     let (nonce, fresh) = match nonce_from(&headers) {
         Some(nonce) => (nonce, false),
@@ -120,21 +160,25 @@ async fn sandbox_pay_page(
                 p.amount.currency()
             );
             let r = escape(&p.reference);
+            let q = escape(&back.query());
             let body = if p.status == "open" {
                 let token = escape(&sandbox.form_token(&nonce, &p.reference));
                 format!(
                     "<p>{}</p><p><strong>{amount}</strong></p>\
-                     <form method=\"post\" action=\"/sandbox/pay/{r}/pay\" style=\"display:inline\">\
+                     <form method=\"post\" action=\"/sandbox/pay/{r}/pay{q}\" style=\"display:inline\">\
                      <input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
                      <button type=\"submit\">Pay</button></form>\
-                     <form method=\"post\" action=\"/sandbox/pay/{r}/fail\" style=\"display:inline\">\
+                     <form method=\"post\" action=\"/sandbox/pay/{r}/fail{q}\" style=\"display:inline\">\
                      <input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
                      <button type=\"submit\">Fail</button></form>",
                     escape(&p.description)
                 )
             } else {
+                let back_link = back.path().map_or_else(String::new, |path| {
+                    format!("<p><a href=\"{}\">Back to the shop</a></p>", escape(path))
+                });
                 format!(
-                    "<p>{}</p><p><strong>{amount}</strong>: {}.</p>",
+                    "<p>{}</p><p><strong>{amount}</strong>: {}.</p>{back_link}",
                     escape(&p.description),
                     escape(&p.status)
                 )
@@ -166,6 +210,7 @@ async fn complete(
     reference: String,
     form: &PayForm,
     paid: bool,
+    back: &ReturnTo,
 ) -> Response {
     let genuine = nonce_from(headers)
         .is_some_and(|nonce| sandbox.check_form_token(&nonce, &reference, &form.csrf));
@@ -180,7 +225,10 @@ async fn complete(
         return guarded(response);
     }
     match sandbox.complete(&reference, paid).await {
-        Ok(()) => Redirect::to(&format!("/sandbox/pay/{}", escape(&reference))).into_response(),
+        Ok(()) => match back.path() {
+            Some(path) => Redirect::to(path).into_response(),
+            None => Redirect::to(&format!("/sandbox/pay/{}", escape(&reference))).into_response(),
+        },
         Err(e) => guarded(sandbox_error(e)),
     }
 }
@@ -188,10 +236,10 @@ async fn complete(
 /// The Pay button: the sandbox marks the payment paid and notifies the merchant. The form must
 /// carry the page's token and the browser its nonce cookie (403 otherwise).
 #[utoipa::path(post, path = "/sandbox/pay/{reference}/pay", tag = "payments",
-    params(("reference" = String, Path, description = "The sandbox payment reference")),
+    params(("reference" = String, Path, description = "The sandbox payment reference"), ReturnTo),
     request_body(content = PayForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 303, description = "Back to the pay page"),
+        (status = 303, description = "Back to the pay page, or to `return` when given"),
         (status = 403, description = "The form's token is missing or not this page's", content_type = "text/html", body = String),
         (status = 404, description = "No such payment", content_type = "text/html", body = String),
         (status = 409, description = "The payment is no longer open", content_type = "text/html", body = String),
@@ -200,17 +248,18 @@ async fn sandbox_pay(
     State(sandbox): State<Arc<Sandbox>>,
     headers: HeaderMap,
     Path(reference): Path<String>,
+    Query(back): Query<ReturnTo>,
     Form(form): Form<PayForm>,
 ) -> Response {
-    complete(sandbox, &headers, reference, &form, true).await
+    complete(sandbox, &headers, reference, &form, true, &back).await
 }
 
 /// The Fail button: the sandbox marks the payment failed and notifies the merchant.
 #[utoipa::path(post, path = "/sandbox/pay/{reference}/fail", tag = "payments",
-    params(("reference" = String, Path, description = "The sandbox payment reference")),
+    params(("reference" = String, Path, description = "The sandbox payment reference"), ReturnTo),
     request_body(content = PayForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 303, description = "Back to the pay page"),
+        (status = 303, description = "Back to the pay page, or to `return` when given"),
         (status = 403, description = "The form's token is missing or not this page's", content_type = "text/html", body = String),
         (status = 404, description = "No such payment", content_type = "text/html", body = String),
         (status = 409, description = "The payment is no longer open", content_type = "text/html", body = String),
@@ -219,7 +268,8 @@ async fn sandbox_fail(
     State(sandbox): State<Arc<Sandbox>>,
     headers: HeaderMap,
     Path(reference): Path<String>,
+    Query(back): Query<ReturnTo>,
     Form(form): Form<PayForm>,
 ) -> Response {
-    complete(sandbox, &headers, reference, &form, false).await
+    complete(sandbox, &headers, reference, &form, false, &back).await
 }

@@ -49,8 +49,15 @@ pub struct Services {
 }
 
 impl Services {
+    /// The public listener's router: the API, the sandbox's pay pages, and the web pages (the
+    /// storefront at `/`, the console at `/admin`).
     pub fn router(&self) -> axum::Router {
-        flashmart_http::router(self.state.clone(), &self.http, self.mounted())
+        flashmart_http::router_with(
+            self.state.clone(),
+            &self.http,
+            self.mounted(),
+            flashmart_web::routes(self.state.clone(), self.state.uploads.max_bytes()),
+        )
     }
 
     /// Documented routes served beside the API: the sandbox provider's pay pages.

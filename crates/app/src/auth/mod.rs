@@ -360,6 +360,32 @@ impl AuthService {
         Ok(principal)
     }
 
+    /// Gives `user` a new role (an admin's decision). Their sessions end, on every instance:
+    /// their tokens carry the old role. An admin cannot change their own role, so the last admin
+    /// cannot demote themselves by mistake.
+    pub async fn set_role(
+        &self,
+        by: &Principal,
+        user: UserId,
+        role: Role,
+    ) -> Result<User, AuthError> {
+        if by.user_id == user {
+            return Err(AuthError::Invalid(vec![FieldError::new(
+                "role",
+                "an admin cannot change their own role",
+            )]));
+        }
+        let now = self.clock.now();
+        let revoked = self.store.set_role(user, role, now).await?;
+        for session in revoked {
+            self.revoke_everywhere(session, now).await;
+        }
+        self.store
+            .user_by_id(user)
+            .await?
+            .ok_or(AuthError::Store(StoreError::NotFound))
+    }
+
     pub async fn user(&self, id: UserId) -> Result<Option<User>, AuthError> {
         Ok(self.store.user_by_id(id).await?)
     }

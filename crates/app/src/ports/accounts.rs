@@ -1,7 +1,7 @@
 //! Users, credentials and sessions.
 
 use async_trait::async_trait;
-use flashmart_domain::{Email, SessionId, User, UserId};
+use flashmart_domain::{Email, Role, SessionId, User, UserId};
 use time::OffsetDateTime;
 
 use crate::error::StoreError;
@@ -76,6 +76,8 @@ pub enum RevokeReason {
     Logout,
     RefreshReuse,
     PasswordChange,
+    /// An admin changed the user's role: tokens carry the role, so its sessions end.
+    RoleChange,
 }
 
 impl RevokeReason {
@@ -84,6 +86,7 @@ impl RevokeReason {
             Self::Logout => "logout",
             Self::RefreshReuse => "refresh_reuse",
             Self::PasswordChange => "password_change",
+            Self::RoleChange => "role_change",
         }
     }
 }
@@ -120,6 +123,14 @@ pub trait AccountStore: Send + Sync + std::fmt::Debug + 'static {
         &self,
         user: UserId,
         new_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Gives the user `role` and revokes every live session of theirs (their tokens carry the
+    /// old role), in one transaction. Returns the sessions it revoked; `NotFound` for no user.
+    async fn set_role(
+        &self,
+        user: UserId,
+        role: Role,
         now: OffsetDateTime,
     ) -> Result<Vec<SessionId>, StoreError>;
     /// Stores accounts that cannot log in (the password hash given is no valid hash), each with

@@ -237,6 +237,38 @@ pub async fn password_change_revokes_every_session(store: &dyn AccountStore) {
     ));
 }
 
+pub async fn role_change_revokes_the_users_sessions(store: &dyn AccountStore) {
+    let u = user("promoted@example.com", t0());
+    let bystander = user("same-as-before@example.com", t0());
+    store.insert_user(&u, "h").await.unwrap();
+    store.insert_user(&bystander, "h").await.unwrap();
+    let a = session_for(store, &u, 1).await;
+    let c = session_for(store, &bystander, 2).await;
+    let later = t0() + Duration::hours(1);
+    let revoked = store.set_role(u.id, Role::Operator, later).await.unwrap();
+    assert_eq!(revoked, vec![a]);
+    assert_eq!(
+        store.user_by_id(u.id).await.unwrap().unwrap().role,
+        Role::Operator
+    );
+    assert_eq!(
+        store.user_by_id(bystander.id).await.unwrap().unwrap().role,
+        bystander.role
+    );
+    assert!(
+        !store
+            .sessions_revoked_since(t0())
+            .await
+            .unwrap()
+            .iter()
+            .any(|(s, _)| *s == c)
+    );
+    assert!(matches!(
+        store.set_role(UserId::new(), Role::Admin, later).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
 pub async fn revoking_twice_keeps_the_first_time(store: &dyn AccountStore) {
     let u = user("twice@example.com", t0());
     store.insert_user(&u, "h").await.unwrap();

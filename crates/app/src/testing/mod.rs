@@ -45,6 +45,7 @@ macro_rules! port_contracts {
             refresh_rotation,
             an_expired_refresh_token_changes_nothing,
             password_change_revokes_every_session,
+            role_change_revokes_the_users_sessions,
             revoking_twice_keeps_the_first_time,
             buyers_are_inserted_with_sessions,
         );

@@ -20,6 +20,42 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_me))
         .routes(routes!(list_users))
         .routes(routes!(get_user))
+        .routes(routes!(set_role))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct RoleIn {
+    /// `customer`, `operator` or `admin`.
+    #[schema(pattern = "^(customer|operator|admin)$")]
+    pub role: String,
+}
+
+/// Changes an account's role; the account's sessions end (their tokens carry the old role), so
+/// its owner signs in again. Admins only, and never their own role (422).
+#[utoipa::path(put, path = "/api/v1/admin/users/{id}/role", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "User id")),
+    request_body = RoleIn,
+    responses(
+        (status = 200, description = "The account with its new role", body = Envelope<UserView>),
+        (status = 403, description = "Not an admin", body = ErrorEnvelope),
+        (status = 404, description = "No such account", body = ErrorEnvelope),
+        (status = 422, description = "Unknown role, or the caller's own", body = ErrorEnvelope),
+    ))]
+pub async fn set_role(
+    State(auth): State<Arc<AuthService>>,
+    AdminAuth(admin): AdminAuth,
+    Path(id): Path<Uuid>,
+    crate::extract::Json(body): crate::extract::Json<RoleIn>,
+) -> Result<Reply<UserView>, ApiError> {
+    let role = body
+        .role
+        .parse()
+        .map_err(|e: flashmart_domain::RoleError| {
+            ApiError::validation(vec![flashmart_app::FieldError::new("role", e.to_string())])
+        })?;
+    let user = auth.set_role(&admin, UserId::from_uuid(id), role).await?;
+    Ok(ok(user.into()))
 }
 
 /// The caller's account.

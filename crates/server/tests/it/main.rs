@@ -27,3 +27,4 @@ mod shutdown;
 mod support;
 mod tokens;
 mod topology;
+mod web;

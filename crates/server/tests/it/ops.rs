@@ -36,6 +36,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/users/me"),
     ("get", "/api/v1/admin/users"),
     ("get", "/api/v1/admin/users/{id}"),
+    ("put", "/api/v1/admin/users/{id}/role"),
     ("get", "/images/generated/{file}"),
     ("get", "/api/v1/flash-sales"),
     ("get", "/api/v1/flash-sales/{id}"),

@@ -235,7 +235,8 @@ impl TestApp {
             services.state.clone(),
             &services.http,
             services.mounted(),
-            extra,
+            flashmart_web::routes(services.state.clone(), services.state.uploads.max_bytes())
+                .merge(extra),
         )
         .layer(peer);
         let compat = services.compat_router().layer(peer);
