@@ -77,6 +77,20 @@ test('a shopper registers, searches, fills the cart, checks out with WELCOME10, 
 
   await page.getByRole('button', { name: 'Sign out', exact: true }).click();
   await page.getByRole('link', { name: 'Sign in', exact: true }).waitFor();
+
+  // And back in with the keyboard alone: the skip link, then the form's fields in order.
+  await page.goto('/signin');
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Skip to content');
+  await page.keyboard.press('Enter');
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'email');
+  await page.keyboard.type(email);
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'password');
+  await page.keyboard.type('browser-test-pass-1');
+  await page.keyboard.press('Enter');
+  await page.getByRole('button', { name: 'Sign out', exact: true }).waitFor();
   v.clean();
   await v.context.close();
 });

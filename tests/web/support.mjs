@@ -44,9 +44,18 @@ export async function visitor(browser, story) {
     context,
     page,
     problems,
-    /// Screenshots at 360 and 1280 px wide, and neither may scroll sideways.
+    /// Screenshots at 360 and 1280 px wide, and neither may scroll sideways; every control on
+    /// the page has an accessible name.
     async look(name) {
       shots += 1;
+      const unnamed = await page.evaluate(() => {
+        const named = (el) => (el.labels && el.labels.length > 0) || el.getAttribute('aria-label')
+          || el.getAttribute('aria-labelledby') || (el.tagName === 'BUTTON' && el.textContent.trim())
+          || (el.tagName === 'A' && (el.textContent.trim() || el.querySelector('img[alt]:not([alt=""])')));
+        return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button, a[href]')]
+          .filter((el) => !named(el)).map((el) => el.outerHTML.slice(0, 120));
+      });
+      assert.deepEqual(unnamed, [], `${name}: controls without an accessible name`);
       const file = `${story}-${String(shots).padStart(2, '0')}-${name}`;
       for (const width of [360, 1280]) {
         await page.setViewportSize({ width, height: 900 });

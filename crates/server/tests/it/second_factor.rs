@@ -12,7 +12,7 @@ fn now_unix(app: &TestApp) -> i64 {
     flashmart_app::Clock::now(&app.clock).unix_timestamp()
 }
 
-fn current_code(app: &TestApp, secret: &[u8]) -> String {
+pub(crate) fn current_code(app: &TestApp, secret: &[u8]) -> String {
     format!(
         "{:06}",
         totp::code(secret, totp::step_at(now_unix(app)), totp::DIGITS)
@@ -33,7 +33,7 @@ async fn login(
 }
 
 /// Enrols and confirms a second factor; returns the secret and the recovery codes.
-async fn switch_on(app: &TestApp, token: &str) -> (Vec<u8>, Vec<String>) {
+pub(crate) async fn switch_on(app: &TestApp, token: &str) -> (Vec<u8>, Vec<String>) {
     let enrolled = app
         .post("/api/v1/auth/totp/enroll")
         .bearer(token)

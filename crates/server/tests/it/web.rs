@@ -462,9 +462,10 @@ async fn the_console_is_for_staff_and_users_for_admins() {
 }
 
 #[tokio::test]
-async fn staff_without_the_required_second_factor_are_kept_out_of_the_console() {
+async fn staff_sign_in_with_their_second_factor_and_without_it_stay_out() {
     let app = TestApp::with_config(|c| c.auth.require_staff_totp = true).await;
-    app.staff("ops@example.com", "operator password", Role::Operator)
+    let token = app
+        .staff("ops@example.com", "operator password", Role::Operator)
         .await;
     let mut op = Browser::new(&app);
     op.get("/signin").await;
@@ -476,9 +477,40 @@ async fn staff_without_the_required_second_factor_are_kept_out_of_the_console() 
         ],
     )
     .await;
+    // Signed in, but without the second factor the configuration asks staff for.
     let res = op.get("/admin").await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
     assert!(res.text().contains("second factor"), "{}", res.text());
+
+    let (secret, _) = crate::second_factor::switch_on(&app, &token).await;
+    app.clock.advance(Duration::seconds(30));
+    let mut op = Browser::new(&app);
+    op.get("/signin?next=/admin").await;
+    let signin = [
+        ("email", "ops@example.com"),
+        ("password", "operator password"),
+        ("next", "/admin"),
+    ];
+    // The page asks for the code.
+    let asked = op.submit("/signin", &signin).await;
+    assert_eq!(asked.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        asked.text().contains("Authentication code"),
+        "{}",
+        asked.text()
+    );
+    let mut wrong = signin.to_vec();
+    wrong.push(("code", "000000"));
+    let refused = op.submit("/signin", &wrong).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(!op.cookies.contains_key(flashmart_web::ACCESS_COOKIE));
+    let code = crate::second_factor::current_code(&app, &secret);
+    let mut right = signin.to_vec();
+    right.push(("code", &code));
+    let res = op.submit("/signin", &right).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.text());
+    assert_eq!(location(&res), "/admin");
+    assert_eq!(op.get("/admin").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
