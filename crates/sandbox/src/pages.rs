@@ -31,12 +31,12 @@ struct ReturnTo {
 impl ReturnTo {
     fn path(&self) -> Option<&str> {
         self.return_to.as_deref().filter(|p| {
+            // Visible ASCII only: it goes into a `Location` header as it is.
             p.starts_with('/')
                 && !p.starts_with("//")
                 && p.len() <= 512
-                && !p
-                    .chars()
-                    .any(|c| c.is_control() || c == '\\' || c == '"' || c == '<')
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'\\' | b'"' | b'<' | b'>'))
         })
     }
 

@@ -21,7 +21,14 @@ function countdowns() {
     for (const el of all) {
       const at = Date.parse(el.dataset.countdown);
       if (Number.isNaN(at)) continue;
-      el.textContent = at <= now ? el.dataset.done : el.dataset.prefix + ' ' + left(at - now);
+      if (at > now) {
+        el.textContent = el.dataset.prefix + ' ' + left(at - now);
+        continue;
+      }
+      el.textContent = el.dataset.done;
+      // The time to pay is over: its Pay button would only be refused.
+      const pay = el.closest('[data-pay]');
+      if (pay) for (const form of pay.querySelectorAll('form')) form.hidden = true;
     }
   };
   tick();

@@ -959,11 +959,11 @@ pub async fn sale_live(
             p.remaining aria-live="polite" { strong data-remaining { (sale.remaining) " left" } " of " (stats.stock) }
             meter data-meter min="0" max=(stats.stock) value=(sale.remaining) aria-label="Stock left" {}
             dl.stats {
-                (stat("reserved", "Reserved", stats.reserved))
+                (stat("reserved", "Held, unpaid", stats.reserved))
                 (stat("sold", "Paid", stats.sold))
                 (stat("released", "Given back", stats.released))
                 (stat("buyers", "Buyers", stats.buyers))
-                (stat("attempts", "Attempts", stats.attempts))
+                (stat("attempts", "Contest attempts", stats.attempts))
             }
             h2 { "Reservations per second, by result" }
             p.help { "As this server answered them (every sale it serves), from its metrics." }

@@ -112,14 +112,15 @@ pub fn encode(s: &str) -> String {
     out
 }
 
-/// `next` when it is a path on this site (never `//host` or a scheme), else `fallback`.
+/// `next` when it is a path on this site (never `//host` or a scheme), in visible ASCII (it goes
+/// into a `Location` header as it is), else `fallback`.
 pub fn local_path<'a>(next: Option<&'a str>, fallback: &'a str) -> &'a str {
     match next {
         Some(n)
             if n.starts_with('/')
                 && !n.starts_with("//")
-                && !n.starts_with("/\\")
-                && !n.chars().any(|c| c.is_control() || c == '\\') =>
+                && n.len() <= 1024
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
         {
             n
         }
@@ -248,11 +249,16 @@ pub async fn middleware(
     let staff = principal.is_some_and(|p| {
         p.role.allows(Role::Operator) && !state.auth.lacks_required_second_factor(&p)
     });
-    let here = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let here = if req.method() == axum::http::Method::GET {
+        req.uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned()
+    } else {
+        // A form posted without a session: back to the page the form was on, not to the
+        // form's action (which answers only posts).
+        referring_page(req.headers()).unwrap_or_else(|| "/".to_owned())
+    };
     req.extensions_mut().insert(Viewer {
         principal,
         csrf: Arc::from(csrf),
@@ -276,6 +282,19 @@ pub async fn middleware(
     }
     harden(headers);
     response
+}
+
+/// The path of the page on this site that `headers`' request came from (its `Referer`, when that
+/// names the same host).
+fn referring_page(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let referer = headers.get(header::REFERER)?.to_str().ok()?;
+    let rest = referer
+        .strip_prefix("https://")
+        .or_else(|| referer.strip_prefix("http://"))?;
+    let path = rest.strip_prefix(host)?;
+    let path = if path.is_empty() { "/" } else { path };
+    (local_path(Some(path), "") == path).then(|| path.to_owned())
 }
 
 /// The headers of every page.
@@ -311,6 +330,8 @@ mod tests {
             "/\\evil",
             "orders",
             "",
+            "/caf\u{e9}",
+            "/a b",
         ] {
             assert_eq!(local_path(Some(bad), "/"), "/", "{bad}");
         }
@@ -324,6 +345,27 @@ mod tests {
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Secure"));
         let plain = cookie(CSRF_COOKIE, "t", None, false);
         assert!(!plain.to_str().unwrap_or_default().contains("Secure"));
+    }
+
+    #[test]
+    fn a_form_posted_without_a_session_goes_back_to_its_page() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("shop.example:8080"));
+        h.insert(
+            header::REFERER,
+            HeaderValue::from_static("http://shop.example:8080/flash-sales/1?page=2"),
+        );
+        assert_eq!(referring_page(&h).as_deref(), Some("/flash-sales/1?page=2"));
+        h.insert(
+            header::REFERER,
+            HeaderValue::from_static("https://elsewhere.example/x"),
+        );
+        assert_eq!(referring_page(&h), None);
+        h.insert(
+            header::REFERER,
+            HeaderValue::from_static("http://shop.example:8080.evil/x"),
+        );
+        assert_eq!(referring_page(&h), None);
     }
 
     #[test]

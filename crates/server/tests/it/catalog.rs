@@ -220,7 +220,7 @@ pub fn multipart(
 }
 
 /// A multipart body of `(field, filename, content type, bytes)` parts, and its content type.
-fn multipart_parts(parts: &[(&str, Option<&str>, &str, &[u8])]) -> (String, Vec<u8>) {
+pub fn multipart_parts(parts: &[(&str, Option<&str>, &str, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "flashmart-test-boundary";
     let mut body = Vec::new();
     for (field, filename, content_type, bytes) in parts {

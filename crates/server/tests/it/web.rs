@@ -278,6 +278,18 @@ async fn a_shopper_buys_through_the_forms_and_the_order_turns_paid() {
     let cart = b.get("/cart").await;
     assert_eq!(cart.status, StatusCode::SEE_OTHER);
     assert_eq!(location(&cart), "/signin?next=/cart");
+    // A form posted without a session goes to sign in, and back to the page it was on.
+    let res = app
+        .post("/cart")
+        .header("host", "shop.test")
+        .header("referer", &format!("http://shop.test/products/{product}"))
+        .raw(
+            "application/x-www-form-urlencoded",
+            format!("product_id={product}"),
+        )
+        .send()
+        .await;
+    assert_eq!(location(&res), format!("/signin?next=/products/{product}"));
     register(&mut b, "web-shopper@example.com").await;
 
     let found = b.get("/?q=hoodie").await.text();
@@ -354,6 +366,17 @@ async fn a_shopper_buys_through_the_forms_and_the_order_turns_paid() {
         .await
         .text();
     assert!(!stray.contains("evil.example"));
+    let odd = app
+        .get(&format!("{pay_path}?return=/caf%C3%A9"))
+        .send()
+        .await;
+    assert_eq!(odd.status, StatusCode::OK);
+    assert!(!odd.text().contains("Back to the shop"));
+    let fine = app.get(&format!("{pay_path}?{back}")).send().await.text();
+    assert!(
+        fine.contains(&format!("<a href=\"{order_url}\">Back to the shop</a>")),
+        "{fine}"
+    );
 }
 
 #[tokio::test]
@@ -585,4 +608,203 @@ async fn an_admin_changes_a_role_and_that_accounts_sessions_end() {
     .send()
     .await
     .assert_error(StatusCode::UNAUTHORIZED, 10003);
+}
+
+#[tokio::test]
+async fn the_console_edits_products_with_pictures_and_sells_them_in_sales_and_schedules() {
+    use base64::Engine as _;
+    let app = app().await;
+    app.staff("ops@example.com", "operator password", Role::Operator)
+        .await;
+    let mut op = Browser::new(&app);
+    op.get("/signin").await;
+    op.submit(
+        "/signin",
+        &[
+            ("email", "ops@example.com"),
+            ("password", "operator password"),
+        ],
+    )
+    .await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(crate::catalog::PNG_B64)
+        .unwrap();
+    let csrf = op.csrf();
+    let form = |fields: &[(&str, &str)], picture: bool| {
+        let mut parts: Vec<(&str, Option<&str>, &str, &[u8])> = fields
+            .iter()
+            .map(|(k, v)| (*k, None, "text/plain", v.as_bytes()))
+            .collect();
+        if picture {
+            parts.push(("images", Some("lamp.png"), "image/png", &png));
+        }
+        crate::catalog::multipart_parts(&parts)
+    };
+    let post = async |b: &mut Browser<'_>, path: &str, (ct, body): (String, Vec<u8>)| {
+        let res = b
+            .app
+            .post(path)
+            .header("cookie", &b.cookie_header())
+            .raw(&ct, body)
+            .send()
+            .await;
+        b.keep(&res);
+        res
+    };
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("name", "Desk Lamp"),
+        ("price", "12.50"),
+        ("stock", "10"),
+        ("category", "lamps"),
+        ("active", "1"),
+    ];
+    // A price that is no price is shown back with the form.
+    let mut bad = fields.to_vec();
+    bad[2] = ("price", "twelve");
+    let res = post(&mut op, "/admin/products/new", form(&bad, false)).await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.text().contains("price: a price such as 19.99"));
+    // Without this browser's token, nothing is made.
+    let mut forged = fields.to_vec();
+    forged[0] = ("csrf", "0123456789abcdef0123456789abcdef");
+    let res = post(&mut op, "/admin/products/new", form(&forged, true)).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN);
+
+    let res = post(&mut op, "/admin/products/new", form(&fields, true)).await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.text());
+    let page = location(&res);
+    let id = page
+        .trim_start_matches("/admin/products/")
+        .trim_end_matches("?saved=1")
+        .to_owned();
+    let public = app
+        .get(&format!("/api/v1/products/{id}"))
+        .send()
+        .await
+        .data();
+    assert_eq!(public["price_cents"], 1250);
+    let picture = public["images"][0].as_str().unwrap().to_owned();
+    assert!(picture.starts_with("/uploads/"), "{picture}");
+    assert_eq!(app.get(&picture).send().await.status, StatusCode::OK);
+
+    // Edited: renamed, the picture kept, off sale.
+    let edit = [
+        ("csrf", csrf.as_str()),
+        ("name", "Desk Lamp II"),
+        ("price", "13"),
+        ("stock", "9"),
+        ("category", ""),
+        ("keep", picture.as_str()),
+    ];
+    let res = post(
+        &mut op,
+        &format!("/admin/products/{id}"),
+        form(&edit, false),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.text());
+    assert_eq!(
+        app.get(&format!("/api/v1/products/{id}"))
+            .send()
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "off sale"
+    );
+    let mut on_sale = edit.to_vec();
+    on_sale.push(("active", "1"));
+    post(
+        &mut op,
+        &format!("/admin/products/{id}"),
+        form(&on_sale, false),
+    )
+    .await;
+    let public = app
+        .get(&format!("/api/v1/products/{id}"))
+        .send()
+        .await
+        .data();
+    assert_eq!(public["name"], "Desk Lamp II");
+    assert_eq!(public["price_cents"], 1300);
+    assert_eq!(public["images"][0], picture.as_str());
+
+    // A sale of 4 of its units at 5.00, made from the catalogue.
+    let res = op
+        .submit(
+            "/admin/flash-sales/new",
+            &[
+                ("name", "Lamp hour"),
+                ("minutes", "60"),
+                ("per_user_limit", "1"),
+                ("pay_minutes", "10"),
+                ("items", "products"),
+                ("product_1", &id),
+                ("units_1", "4"),
+                ("sale_price_1", "5.00"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.text());
+    let live = op.get(&location(&res)).await.text();
+    assert!(live.contains("4 left"), "{live}");
+    let public = app
+        .get(&format!("/api/v1/products/{id}"))
+        .send()
+        .await
+        .data();
+    assert_eq!(
+        public["stock"], 5,
+        "the sale's units left the product's stock"
+    );
+    // More units than the product has: the form says so.
+    let res = op
+        .submit(
+            "/admin/flash-sales/new",
+            &[
+                ("name", "Too many lamps"),
+                ("minutes", "60"),
+                ("per_user_limit", "1"),
+                ("pay_minutes", "10"),
+                ("items", "products"),
+                ("product_1", &id),
+                ("units_1", "50"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.text().contains("has only 5 in stock"), "{}", res.text());
+
+    let res = op
+        .submit(
+            "/admin/schedules",
+            &[
+                ("name", "Lamps every day"),
+                ("recurrence", "daily"),
+                ("item_count", "3"),
+                ("price", "4.99"),
+                ("per_user_limit", "1"),
+                ("pay_minutes", "15"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER, "{}", res.text());
+    assert!(
+        op.get("/admin/schedules")
+            .await
+            .text()
+            .contains("Lamps every day")
+    );
+
+    let res = op
+        .submit(&format!("/admin/products/{id}/delete"), &[])
+        .await;
+    assert_eq!(res.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.get(&format!("/api/v1/products/{id}"))
+            .send()
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
 }
