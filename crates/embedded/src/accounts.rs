@@ -234,18 +234,10 @@ impl AccountStore for SqliteStore {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        let revoked: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE sessions SET revoked_at = ?, revoked_reason = ? \
-             WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(micros(now))
-        .bind(RevokeReason::PasswordChange.as_str())
-        .bind(user.as_uuid())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let revoked =
+            revoke_every_session(&mut tx, user, RevokeReason::PasswordChange, now).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(revoked.into_iter().map(SessionId::from_uuid).collect())
+        Ok(revoked)
     }
 
     async fn set_role(
@@ -265,18 +257,9 @@ impl AccountStore for SqliteStore {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        let revoked: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE sessions SET revoked_at = ?, revoked_reason = ? \
-             WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(micros(now))
-        .bind(RevokeReason::RoleChange.as_str())
-        .bind(user.as_uuid())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let revoked = revoke_every_session(&mut tx, user, RevokeReason::RoleChange, now).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(revoked.into_iter().map(SessionId::from_uuid).collect())
+        Ok(revoked)
     }
 
     async fn insert_buyers(
@@ -345,4 +328,24 @@ async fn insert_refresh(
     .await
     .map_err(map_err)?;
     Ok(())
+}
+
+/// Revokes every live session of `user` for `reason`; returns the sessions it revoked.
+async fn revoke_every_session(
+    conn: &mut SqliteConnection,
+    user: UserId,
+    reason: RevokeReason,
+    now: OffsetDateTime,
+) -> Result<Vec<SessionId>, StoreError> {
+    let revoked: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = ?, revoked_reason = ? \
+         WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(micros(now))
+    .bind(reason.as_str())
+    .bind(user.as_uuid())
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(revoked.into_iter().map(SessionId::from_uuid).collect())
 }

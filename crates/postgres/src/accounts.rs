@@ -244,18 +244,10 @@ impl AccountStore for PgStore {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        let revoked: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
-             WHERE user_id = $3 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(now)
-        .bind(RevokeReason::PasswordChange.as_str())
-        .bind(user.as_uuid())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let revoked =
+            revoke_every_session(&mut tx, user, RevokeReason::PasswordChange, now).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(revoked.into_iter().map(SessionId::from_uuid).collect())
+        Ok(revoked)
     }
 
     async fn set_role(
@@ -275,18 +267,9 @@ impl AccountStore for PgStore {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        let revoked: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
-             WHERE user_id = $3 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(now)
-        .bind(RevokeReason::RoleChange.as_str())
-        .bind(user.as_uuid())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let revoked = revoke_every_session(&mut tx, user, RevokeReason::RoleChange, now).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(revoked.into_iter().map(SessionId::from_uuid).collect())
+        Ok(revoked)
     }
 
     async fn insert_buyers(
@@ -345,4 +328,24 @@ impl AccountStore for PgStore {
             .map(|(id, at)| (SessionId::from_uuid(id), at))
             .collect())
     }
+}
+
+/// Revokes every live session of `user` for `reason`; returns the sessions it revoked.
+async fn revoke_every_session(
+    conn: &mut PgConnection,
+    user: UserId,
+    reason: RevokeReason,
+    now: OffsetDateTime,
+) -> Result<Vec<SessionId>, StoreError> {
+    let revoked: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+         WHERE user_id = $3 AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(now)
+    .bind(reason.as_str())
+    .bind(user.as_uuid())
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(revoked.into_iter().map(SessionId::from_uuid).collect())
 }

@@ -1,6 +1,6 @@
 //! Registering, signing in (with the second factor when the account has one) and signing out.
 
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use flashmart_app::auth::{AuthError, Registration};
@@ -10,8 +10,8 @@ use flashmart_http::extract::ClientIp;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use crate::layout::{PageError, PageResult, csrf_field, problem, shop_page};
-use crate::session::{Viewer, ended_session, local_path, session_cookies};
+use crate::layout::{PageError, PageResult, csrf_field, errors_box, problem, shop_page};
+use crate::session::{Nothing, Posted, Viewer, ended_session, local_path, session_cookies};
 
 #[derive(Debug, Deserialize)]
 pub struct NextParam {
@@ -20,8 +20,6 @@ pub struct NextParam {
 
 #[derive(Debug, Deserialize)]
 pub struct SignInForm {
-    #[serde(default)]
-    csrf: String,
     #[serde(default)]
     email: String,
     #[serde(default)]
@@ -75,11 +73,8 @@ pub async fn sign_in(
     State(state): State<AppState>,
     viewer: Viewer,
     ClientIp(ip): ClientIp,
-    Form(form): Form<SignInForm>,
+    Posted(form): Posted<SignInForm>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     let next = local_path(form.next.as_deref(), "/");
     let code = Some(form.code.trim()).filter(|c| !c.is_empty());
     let failed = |error: &str, ask_code: bool, status: StatusCode| {
@@ -137,8 +132,6 @@ pub async fn sign_in(
 #[derive(Debug, Deserialize)]
 pub struct RegisterForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     name: String,
     #[serde(default)]
     email: String,
@@ -148,12 +141,7 @@ pub struct RegisterForm {
 
 fn register_form(viewer: &Viewer, name: &str, email: &str, errors: &[String]) -> Markup {
     html! {
-        @if !errors.is_empty() {
-            div.problem role="alert" {
-                p { "Please fix:" }
-                ul { @for e in errors { li { (e) } } }
-            }
-        }
+        (errors_box("Please fix:", errors))
         form.stack method="post" action="/register" {
             (csrf_field(viewer))
             label for="name" { "Name" }
@@ -178,11 +166,8 @@ pub async fn register(
     State(state): State<AppState>,
     viewer: Viewer,
     ClientIp(ip): ClientIp,
-    Form(form): Form<RegisterForm>,
+    Posted(form): Posted<RegisterForm>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     let again = |errors: Vec<String>| {
         (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -227,20 +212,11 @@ pub async fn register(
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    pub csrf: String,
-}
-
 pub async fn sign_out(
     State(state): State<AppState>,
     viewer: Viewer,
-    Form(form): Form<CsrfOnly>,
+    Posted(Nothing {}): Posted<Nothing>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     if let Some(principal) = &viewer.principal
         && let Err(e) = state.auth.logout(principal).await
     {

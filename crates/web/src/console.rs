@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Form, Multipart, Path, Query, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -23,12 +23,14 @@ use time::macros::format_description;
 use time::{Duration, OffsetDateTime, PrimitiveDateTime};
 
 use crate::layout::{
-    PageError, PageResult, cents, console_page, csrf_field, money, notice, parse_price,
-    status_label, when,
+    PageError, PageResult, cents, console_page, csrf_field, errors_box, money, notice, pager,
+    parse_price, status_label, when,
 };
 use crate::sales::{sale_clock, sale_error};
-use crate::session::Viewer;
-use crate::shop::{fields_text, order_details, payment_error, shop_error, short, uuid_of};
+use crate::session::{Nothing, Posted, Viewer};
+use crate::shop::{
+    catalog_error, fields_text, order_details, payment_error, shop_error, short, uuid_of,
+};
 
 /// Pictures one product form may upload at once.
 pub const MAX_FORM_IMAGES: usize = 4;
@@ -70,17 +72,6 @@ fn admin_only(viewer: &Viewer) -> Result<(), PageError> {
     }
 }
 
-fn catalog_error(e: CatalogError) -> PageError {
-    match e {
-        CatalogError::NotFound => PageError::not_found(),
-        CatalogError::Invalid(f) => {
-            PageError::new(StatusCode::UNPROCESSABLE_ENTITY, fields_text(&f))
-        }
-        CatalogError::Busy => PageError::new(StatusCode::CONFLICT, "Busy; try again."),
-        CatalogError::Store(s) => PageError::internal(&s),
-    }
-}
-
 /// `/admin`: where to go.
 pub async fn home(State(state): State<AppState>, Staff(viewer): Staff) -> PageResult {
     let live = state
@@ -90,21 +81,13 @@ pub async fn home(State(state): State<AppState>, Staff(viewer): Staff) -> PageRe
         .map_err(sale_error)?;
     let body = html! {
         h2 { "Live sales" }
-        @if live.items.is_empty() { p { "None just now. " a href="/admin/flash-sales/new" { "New sale" } } }
+        @if live.items.is_empty() { p { "None just now." } }
         @else {
             ul { @for s in &live.items {
                 li { a href={ "/admin/flash-sales/" (s.record.id.as_uuid()) } { (s.record.name) } " — " (s.remaining) " left, " (sale_clock(s)) }
             } }
         }
-        h2 { "Manage" }
-        ul {
-            li { a href="/admin/products" { "Products" } }
-            li { a href="/admin/coupons" { "Coupons" } }
-            li { a href="/admin/flash-sales" { "Flash sales" } }
-            li { a href="/admin/schedules" { "Schedules" } }
-            li { a href="/admin/orders" { "Orders" } }
-            @if viewer.is_admin() { li { a href="/admin/users" { "Users" } } }
-        }
+        p { a.button href="/admin/flash-sales/new" { "New sale" } " " a.button href="/admin/products/new" { "New product" } }
     };
     Ok(console_page(&viewer, "Console", body).into_response())
 }
@@ -114,21 +97,6 @@ pub struct PageParams {
     page: Option<u32>,
     status: Option<String>,
     saved: Option<String>,
-}
-
-fn pager(base: &str, page: u32, total: u64, per_page: u32) -> Markup {
-    let pages = total.div_ceil(u64::from(per_page)).max(1);
-    let current = u64::from(page);
-    let sep = if base.contains('?') { '&' } else { '?' };
-    html! {
-        @if pages > 1 {
-            nav.pages aria-label="Pages" {
-                @if current > 1 { a href={ (base) (sep) "page=" (current - 1) } rel="prev" { "Previous page" } }
-                span { "Page " (current) " of " (pages) }
-                @if current < pages { a href={ (base) (sep) "page=" (current + 1) } rel="next" { "Next page" } }
-            }
-        }
-    }
 }
 
 /// `/admin/products`.
@@ -188,9 +156,7 @@ fn product_form(
     errors: &[String],
 ) -> Markup {
     html! {
-        @if !errors.is_empty() {
-            div.problem role="alert" { p { "Not saved:" } ul { @for e in errors { li { (e) } } } }
-        }
+        (errors_box("Not saved:", errors))
         form.stack method="post" action=(action) enctype="multipart/form-data" {
             (csrf_field(viewer))
             label for="name" { "Name" }
@@ -440,22 +406,13 @@ pub async fn update_product(
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// `POST /admin/products/{id}/delete`.
 pub async fn delete_product(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(_): Staff,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted(Nothing {}): Posted<Nothing>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     let id = ProductId::from_uuid(uuid_of(&id)?);
     state.catalog.delete(id).await.map_err(catalog_error)?;
     Ok(Redirect::to("/admin/products?saved=1").into_response())
@@ -478,8 +435,6 @@ fn local_value(t: OffsetDateTime) -> String {
 #[derive(Debug, Default, Deserialize)]
 pub struct CouponForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     code: String,
     #[serde(default)]
     kind: String,
@@ -497,9 +452,7 @@ pub struct CouponForm {
 
 fn coupon_form(viewer: &Viewer, f: &CouponForm, errors: &[String]) -> Markup {
     html! {
-        @if !errors.is_empty() {
-            div.problem role="alert" { p { "Not saved:" } ul { @for e in errors { li { (e) } } } }
-        }
+        (errors_box("Not saved:", errors))
         form.stack method="post" action="/admin/coupons" {
             (csrf_field(viewer))
             label for="code" { "Code" }
@@ -599,11 +552,8 @@ fn optional_number(text: &str, field: &str, errors: &mut Vec<String>) -> Option<
 pub async fn create_coupon(
     State(state): State<AppState>,
     Staff(viewer): Staff,
-    Form(form): Form<CouponForm>,
+    Posted(form): Posted<CouponForm>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     let mut errors = Vec::new();
     let fixed = form.kind == "fixed";
     let (percent, amount_cents) = if fixed {
@@ -693,8 +643,6 @@ const PRODUCT_ROWS: usize = 3;
 #[derive(Debug, Default, Deserialize)]
 pub struct SaleForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     name: String,
     #[serde(default)]
     starts_at: String,
@@ -726,9 +674,7 @@ fn sale_form(
     let generated = f.items != "products";
     let row = |key: String| f.rows.get(&key).cloned().unwrap_or_default();
     html! {
-        @if !errors.is_empty() {
-            div.problem role="alert" { p { "Not created:" } ul { @for e in errors { li { (e) } } } }
-        }
+        (errors_box("Not created:", errors))
         form.stack method="post" action="/admin/flash-sales/new" {
             (csrf_field(viewer))
             label for="name" { "Name" }
@@ -831,11 +777,8 @@ fn number(text: &str, field: &str, errors: &mut Vec<String>) -> i64 {
 pub async fn create_sale(
     State(state): State<AppState>,
     Staff(viewer): Staff,
-    Form(f): Form<SaleForm>,
+    Posted(f): Posted<SaleForm>,
 ) -> PageResult {
-    if !viewer.genuine(&f.csrf) {
-        return Err(PageError::bad_form());
-    }
     let mut errors = Vec::new();
     let now = state.flash_sales.clock().now();
     let starts_at = match f.starts_at.trim() {
@@ -1055,8 +998,6 @@ pub async fn schedules(
 #[derive(Debug, Default, Deserialize)]
 pub struct ScheduleForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     name: String,
     #[serde(default)]
     recurrence: String,
@@ -1093,9 +1034,7 @@ async fn schedules_page(
         } }
         (pager("/admin/schedules", list.page, list.total, 50))
         h2 { "New schedule" }
-        @if !errors.is_empty() {
-            div.problem role="alert" { p { "Not saved:" } ul { @for e in errors { li { (e) } } } }
-        }
+        (errors_box("Not saved:", errors))
         form.stack method="post" action="/admin/schedules" {
             (csrf_field(viewer))
             label for="name" { "Name" }
@@ -1128,11 +1067,8 @@ async fn schedules_page(
 pub async fn create_schedule(
     State(state): State<AppState>,
     Staff(viewer): Staff,
-    Form(f): Form<ScheduleForm>,
+    Posted(f): Posted<ScheduleForm>,
 ) -> PageResult {
-    if !viewer.genuine(&f.csrf) {
-        return Err(PageError::bad_form());
-    }
     let mut errors = Vec::new();
     let item_count = number(&f.item_count, "items", &mut errors);
     let per_user_limit = number(&f.per_user_limit, "per buyer", &mut errors);
@@ -1255,8 +1191,6 @@ pub async fn order(
 #[derive(Debug, Deserialize)]
 pub struct RefundForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     amount: String,
     #[serde(default)]
     reason: String,
@@ -1267,11 +1201,8 @@ pub async fn refund(
     State(state): State<AppState>,
     Staff(viewer): Staff,
     Path(id): Path<String>,
-    Form(form): Form<RefundForm>,
+    Posted(form): Posted<RefundForm>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     admin_only(&viewer)?;
     let id = OrderId::from_uuid(uuid_of(&id)?);
     let amount = match form.amount.trim() {
@@ -1342,8 +1273,6 @@ pub async fn users(
 #[derive(Debug, Deserialize)]
 pub struct RoleForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     role: String,
 }
 
@@ -1352,11 +1281,8 @@ pub async fn set_role(
     State(state): State<AppState>,
     Staff(viewer): Staff,
     Path(id): Path<String>,
-    Form(form): Form<RoleForm>,
+    Posted(form): Posted<RoleForm>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     admin_only(&viewer)?;
     let Some(admin) = viewer.principal else {
         return Err(PageError::forbidden("Only admins may do this."));

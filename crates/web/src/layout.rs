@@ -159,6 +159,32 @@ pub fn countdown(t: OffsetDateTime, prefix: &str, done: &str) -> Markup {
     }
 }
 
+/// Previous and next links and where the reader is, when there is more than one page; `base` is
+/// the list's URL, to which `page=N` is added.
+pub fn pager(base: &str, page: u32, total: u64, per_page: u32) -> Markup {
+    let pages = total.div_ceil(u64::from(per_page)).max(1);
+    let current = u64::from(page);
+    let sep = if base.contains('?') { '&' } else { '?' };
+    html! {
+        @if pages > 1 {
+            nav.pages aria-label="Pages" {
+                @if current > 1 { a href={ (base) (sep) "page=" (current - 1) } rel="prev" { "Previous page" } }
+                span { "Page " (current) " of " (pages) }
+                @if current < pages { a href={ (base) (sep) "page=" (current + 1) } rel="next" { "Next page" } }
+            }
+        }
+    }
+}
+
+/// What is wrong with a form, when anything is: `title`, then each problem.
+pub fn errors_box(title: &str, errors: &[String]) -> Markup {
+    html! {
+        @if !errors.is_empty() {
+            div.problem role="alert" { p { (title) } ul { @for e in errors { li { (e) } } } }
+        }
+    }
+}
+
 pub fn notice(text: &str) -> Markup {
     html! { p.notice role="status" { (text) } }
 }

@@ -2,23 +2,22 @@
 //! stock ("N left") follows the sale's event stream; Reserve; and the reservation with its
 //! payment deadline counting down and a Pay button.
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use flashmart_app::flash_sale::{SaleError, SaleView};
 use flashmart_app::page::PageRequest;
 use flashmart_domain::flash_sale::SalePhase;
-use flashmart_domain::order::OrderStatus;
 use flashmart_domain::{ReservationId, SaleId};
 use flashmart_http::AppState;
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use crate::layout::{
-    PageError, PageResult, cents, countdown, csrf_field, problem, shop_page, status_label,
+    PageError, PageResult, cents, countdown, csrf_field, pager, problem, shop_page,
 };
-use crate::session::{Shopper, Viewer};
-use crate::shop::{fields_text, order_url, uuid_of};
+use crate::session::{Posted, Shopper, Viewer};
+use crate::shop::{fields_text, order_url, payment_status, uuid_of};
 
 /// Items shown on a sale's page at once.
 const ITEMS_PER_PAGE: u32 = 100;
@@ -114,7 +113,6 @@ async fn sale_page(
     let currency = sale.record.currency.as_str().to_owned();
     let live = sale.phase == SalePhase::Live;
     let sold_out = sale.remaining == 0;
-    let pages = items.total.div_ceil(u64::from(ITEMS_PER_PAGE)).max(1);
     let url = sale_url(id);
     let body = html! {
         div.sale-head data-sale=(id.as_uuid()) data-page=(items.page) data-per-page=(ITEMS_PER_PAGE) {
@@ -150,14 +148,7 @@ async fn sale_page(
                 }
             }
         }
-        @if pages > 1 {
-            nav.pages aria-label="Pages" {
-                @let current = u64::from(items.page);
-                @if current > 1 { a href={ (url) "?page=" (current - 1) } rel="prev" { "Previous page" } }
-                span { "Page " (current) " of " (pages) }
-                @if current < pages { a href={ (url) "?page=" (current + 1) } rel="next" { "Next page" } }
-            }
-        }
+        (pager(&url, items.page, items.total, ITEMS_PER_PAGE))
     };
     let page = shop_page(viewer, &sale.record.name, body);
     Ok(match error {
@@ -179,8 +170,6 @@ pub async fn sale(
 
 #[derive(Debug, Deserialize)]
 pub struct ReserveForm {
-    #[serde(default)]
-    csrf: String,
     item_id: i64,
 }
 
@@ -190,11 +179,8 @@ pub async fn reserve(
     State(state): State<AppState>,
     Shopper(viewer, me): Shopper,
     Path(id): Path<String>,
-    Form(form): Form<ReserveForm>,
+    Posted(form): Posted<ReserveForm>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     let id = SaleId::from_uuid(uuid_of(&id)?);
     let why = match state
         .flash_sales
@@ -252,9 +238,6 @@ pub async fn reservation(
         ),
         None => None,
     };
-    let awaiting = order
-        .as_ref()
-        .is_some_and(|o| o.status == OrderStatus::PendingPayment);
     let body = html! {
         p {
             "From " a href=(sale_url(sale.record.id)) { (sale.record.name) } ": "
@@ -262,21 +245,7 @@ pub async fn reservation(
             @if let Some((i, _)) = item { " at " (cents(i.price_cents, sale.record.currency.as_str())) }
         }
         @if let Some(o) = &order {
-            p.status {
-                "Status: "
-                strong data-order-status data-watch=[awaiting.then(|| format!("{}/status", order_url(o.id)))] {
-                    (status_label(o.status.as_str()))
-                }
-            }
-            @if awaiting {
-                div data-pay {
-                    p.deadline { (countdown(r.expires_at, "Pay within", "The time to pay is over: the units went back on sale.")) }
-                    form.inline method="post" action={ (order_url(o.id)) "/pay" } {
-                        (csrf_field(&viewer))
-                        button type="submit" { "Pay" }
-                    }
-                }
-            }
+            (payment_status(&viewer, o, "The time to pay is over: the units went back on sale.", html! {}))
             p { a href=(order_url(o.id)) { "The order" } }
         } @else {
             p { "Status: " (r.status.as_str()) }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
@@ -16,6 +16,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use flashmart_app::auth::{AuthService, Principal, TokenPair};
 use flashmart_domain::Role;
 use flashmart_http::AppState;
+
+use crate::layout::PageError;
 
 /// The access token (a JWT, as the API's bearer token).
 pub const ACCESS_COOKIE: &str = "fm_session";
@@ -80,6 +82,48 @@ impl<S: Send + Sync> FromRequestParts<S> for Viewer {
                 here: Arc::from("/"),
                 staff: false,
             }))
+    }
+}
+
+/// A posted form (`application/x-www-form-urlencoded`) whose `csrf` field is this browser's
+/// anti-forgery token: any other form is refused (403) before the handler runs.
+#[derive(Debug)]
+pub struct Posted<T>(pub T);
+
+/// A form with nothing but its token (sign out, Pay, Cancel, Delete).
+#[derive(Debug, serde::Deserialize)]
+pub struct Nothing {}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Posted<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        #[derive(serde::Deserialize)]
+        struct Token {
+            #[serde(default)]
+            csrf: String,
+        }
+        let (mut parts, body) = req.into_parts();
+        let Ok(viewer) = Viewer::from_request_parts(&mut parts, state).await;
+        let bytes = axum::body::Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|e| {
+                PageError::new(e.status(), "The form could not be read.").into_response()
+            })?;
+        let token: Token = serde_urlencoded::from_bytes(&bytes)
+            .map_err(|_| PageError::bad_form().into_response())?;
+        if !viewer.genuine(&token.csrf) {
+            return Err(PageError::bad_form().into_response());
+        }
+        serde_urlencoded::from_bytes(&bytes)
+            .map(Posted)
+            .map_err(|e| {
+                PageError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("The form is not complete: {e}."),
+                )
+                .into_response()
+            })
     }
 }
 

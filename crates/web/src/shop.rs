@@ -3,7 +3,7 @@
 //! orders, each of which turns `paid` in the page when the provider's notification arrives.
 
 use axum::Json;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use flashmart_app::FieldError;
@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::layout::{
-    PageError, PageResult, cents, countdown, csrf_field, money, problem, shop_page, status_label,
-    when,
+    PageError, PageResult, cents, countdown, csrf_field, money, pager, problem, shop_page,
+    status_label, when,
 };
-use crate::session::{Shopper, Viewer, encode};
+use crate::session::{Nothing, Posted, Shopper, Viewer, encode};
 
 const PER_PAGE: u32 = 12;
 
@@ -49,7 +49,7 @@ pub fn shop_error(e: ShopError) -> PageError {
     }
 }
 
-fn catalog_error(e: CatalogError) -> PageError {
+pub fn catalog_error(e: CatalogError) -> PageError {
     match e {
         CatalogError::NotFound => PageError::not_found(),
         CatalogError::Invalid(fields) => {
@@ -138,16 +138,18 @@ pub async fn catalogue(
         .collect();
     categories.sort();
     categories.dedup();
-    let pages = page.total.div_ceil(u64::from(PER_PAGE)).max(1);
-    let link = |n: u64| {
-        let mut url = format!("/?page={n}");
-        if !q.is_empty() {
-            url.push_str(&format!("&q={}", encode(&q)));
-        }
-        if let Some(c) = &category {
-            url.push_str(&format!("&category={}", encode(c)));
-        }
-        url
+    let mut base = "/?".to_owned();
+    if !q.is_empty() {
+        base.push_str(&format!("q={}&", encode(&q)));
+    }
+    if let Some(c) = &category {
+        base.push_str(&format!("category={}&", encode(c)));
+    }
+    let base = base.trim_end_matches(['&', '?']).to_owned();
+    let base = if base.is_empty() {
+        "/".to_owned()
+    } else {
+        base
     };
     let body = html! {
         form.search role="search" method="get" action="/" {
@@ -184,14 +186,7 @@ pub async fn catalogue(
                     }
                 }
             }
-            @if pages > 1 {
-                nav.pages aria-label="Pages" {
-                    @let current = u64::from(page.page);
-                    @if current > 1 { a href=(link(current - 1)) rel="prev" { "Previous page" } }
-                    span { "Page " (current) " of " (pages) }
-                    @if current < pages { a href=(link(current + 1)) rel="next" { "Next page" } }
-                }
-            }
+            (pager(&base, page.page, page.total, PER_PAGE))
         }
     };
     Ok(shop_page(&viewer, "Shop", body).into_response())
@@ -234,8 +229,6 @@ pub async fn product(
 
 #[derive(Debug, Deserialize)]
 pub struct CartForm {
-    #[serde(default)]
-    csrf: String,
     product_id: String,
     quantity: Option<String>,
     #[serde(default)]
@@ -245,12 +238,9 @@ pub struct CartForm {
 /// `POST /cart`: adds a product (or sets a line's quantity, or removes it).
 pub async fn change_cart(
     State(state): State<AppState>,
-    Shopper(viewer, me): Shopper,
-    Form(form): Form<CartForm>,
+    Shopper(_, me): Shopper,
+    Posted(form): Posted<CartForm>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     let product = ProductId::from_uuid(parse_id(&form.product_id)?);
     if form.remove.is_some() {
         return match state.shop.remove_cart_line(me.user_id, product).await {
@@ -328,8 +318,6 @@ pub async fn cart(State(state): State<AppState>, Shopper(viewer, me): Shopper) -
 
 #[derive(Debug, Default, Deserialize)]
 pub struct CheckoutForm {
-    #[serde(default)]
-    csrf: String,
     /// `new`, or a saved address's id.
     #[serde(default)]
     ship_to: String,
@@ -462,11 +450,8 @@ fn optional(s: &str) -> Option<String> {
 pub async fn checkout(
     State(state): State<AppState>,
     Shopper(viewer, me): Shopper,
-    Form(form): Form<CheckoutForm>,
+    Posted(form): Posted<CheckoutForm>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     let again = async |error: String, status: StatusCode| -> PageResult {
         let cart = state.shop.cart(me.user_id).await.map_err(shop_error)?;
         let saved = state.shop.addresses(me.user_id).await.map_err(shop_error)?;
@@ -537,7 +522,6 @@ pub async fn orders(
         .orders_of(me.user_id, None, PageRequest::new(params.page, Some(20)))
         .await
         .map_err(shop_error)?;
-    let pages = page.total.div_ceil(20).max(1);
     let body = html! {
         @if page.items.is_empty() {
             p { "No orders yet. " a href="/" { "Browse the shop" } }
@@ -555,14 +539,7 @@ pub async fn orders(
                     }
                 }
             } }
-            @if pages > 1 {
-                nav.pages aria-label="Pages" {
-                    @let current = u64::from(page.page);
-                    @if current > 1 { a href={ "/orders?page=" (current - 1) } rel="prev" { "Previous page" } }
-                    span { "Page " (current) " of " (pages) }
-                    @if current < pages { a href={ "/orders?page=" (current + 1) } rel="next" { "Next page" } }
-                }
-            }
+            (pager("/orders", page.page, page.total, 20))
         }
     };
     Ok(shop_page(&viewer, "Orders", body).into_response())
@@ -624,8 +601,24 @@ pub async fn order(
         .order_of(me.user_id, id)
         .await
         .map_err(shop_error)?;
-    let pending = o.status == OrderStatus::PendingPayment;
+    let cancel = html! {
+        form.inline method="post" action={ (order_url(o.id)) "/cancel" } {
+            (csrf_field(&viewer))
+            button.secondary type="submit" { "Cancel order" }
+        }
+    };
     let body = html! {
+        (payment_status(&viewer, &o, "The time to pay is over.", cancel))
+        (order_details(&o))
+    };
+    Ok(shop_page(&viewer, &format!("Order {}", short(o.id.as_uuid())), body).into_response())
+}
+
+/// An order's status, which follows the provider's notification in the page while the order
+/// awaits payment, and then the time left to pay, Pay, and `more` (other buttons).
+pub fn payment_status(viewer: &Viewer, o: &OrderRecord, over: &str, more: Markup) -> Markup {
+    let pending = o.status == OrderStatus::PendingPayment;
+    html! {
         p.status {
             "Status: "
             strong data-order-status data-watch=[pending.then(|| format!("{}/status", order_url(o.id)))] {
@@ -634,20 +627,15 @@ pub async fn order(
         }
         @if pending {
             div data-pay {
-                p { (countdown(o.expires_at, "Pay within", "The time to pay is over.")) }
+                p.deadline { (countdown(o.expires_at, "Pay within", over)) }
                 form.inline method="post" action={ (order_url(o.id)) "/pay" } {
-                    (csrf_field(&viewer))
+                    (csrf_field(viewer))
                     button type="submit" { "Pay" }
                 }
-                form.inline method="post" action={ (order_url(o.id)) "/cancel" } {
-                    (csrf_field(&viewer))
-                    button.secondary type="submit" { "Cancel order" }
-                }
+                (more)
             }
         }
-        (order_details(&o))
-    };
-    Ok(shop_page(&viewer, &format!("Order {}", short(o.id.as_uuid())), body).into_response())
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -676,19 +664,14 @@ pub async fn order_status(
     }))
 }
 
-use crate::account::CsrfOnly;
-
 /// `POST /orders/{id}/pay`: opens a payment and sends the buyer to the provider's page, which
 /// sends them back to the order.
 pub async fn pay(
     State(state): State<AppState>,
-    Shopper(viewer, me): Shopper,
+    Shopper(_, me): Shopper,
     Path(id): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    Posted(Nothing {}): Posted<Nothing>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     let id = OrderId::from_uuid(parse_id(&id)?);
     let payment = state
         .payments
@@ -707,13 +690,10 @@ pub async fn pay(
 /// `POST /orders/{id}/cancel`.
 pub async fn cancel(
     State(state): State<AppState>,
-    Shopper(viewer, me): Shopper,
+    Shopper(_, me): Shopper,
     Path(id): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    Posted(Nothing {}): Posted<Nothing>,
 ) -> PageResult {
-    if !viewer.genuine(&form.csrf) {
-        return Err(PageError::bad_form());
-    }
     let id = OrderId::from_uuid(parse_id(&id)?);
     state
         .shop

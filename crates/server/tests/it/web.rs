@@ -102,6 +102,13 @@ impl<'a> Browser<'a> {
         res
     }
 
+    /// Opens the sign-in page and signs in.
+    async fn sign_in(&mut self, email: &str, password: &str) -> TestResponse {
+        self.get("/signin").await;
+        self.submit("/signin", &[("email", email), ("password", password)])
+            .await
+    }
+
     fn csrf(&self) -> String {
         self.cookies
             .get(flashmart_web::CSRF_COOKIE)
@@ -491,15 +498,7 @@ async fn staff_sign_in_with_their_second_factor_and_without_it_stay_out() {
         .staff("ops@example.com", "operator password", Role::Operator)
         .await;
     let mut op = Browser::new(&app);
-    op.get("/signin").await;
-    op.submit(
-        "/signin",
-        &[
-            ("email", "ops@example.com"),
-            ("password", "operator password"),
-        ],
-    )
-    .await;
+    op.sign_in("ops@example.com", "operator password").await;
     // Signed in, but without the second factor the configuration asks staff for.
     let res = op.get("/admin").await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
@@ -547,16 +546,7 @@ async fn an_admin_changes_a_role_and_that_accounts_sessions_end() {
         .staff("root@example.com", "admin password", Role::Admin)
         .await;
     let mut admin = Browser::new(&app);
-    admin.get("/signin").await;
-    admin
-        .submit(
-            "/signin",
-            &[
-                ("email", "root@example.com"),
-                ("password", "admin password"),
-            ],
-        )
-        .await;
+    admin.sign_in("root@example.com", "admin password").await;
     let users = admin.get("/admin/users").await.text();
     assert!(
         users.contains("Change role") && users.contains("(you)"),
@@ -617,15 +607,7 @@ async fn the_console_edits_products_with_pictures_and_sells_them_in_sales_and_sc
     app.staff("ops@example.com", "operator password", Role::Operator)
         .await;
     let mut op = Browser::new(&app);
-    op.get("/signin").await;
-    op.submit(
-        "/signin",
-        &[
-            ("email", "ops@example.com"),
-            ("password", "operator password"),
-        ],
-    )
-    .await;
+    op.sign_in("ops@example.com", "operator password").await;
     let png = base64::engine::general_purpose::STANDARD
         .decode(crate::catalog::PNG_B64)
         .unwrap();
