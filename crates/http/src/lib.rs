@@ -132,6 +132,23 @@ pub fn router_with(
     mounted: OpenApiRouter<AppState>,
     extra: Router<AppState>,
 ) -> Router {
+    router_with_fallback(state, settings, mounted, extra, observe::no_route)
+}
+
+/// [`router_with`], with `fallback` answering what no route matched instead of the envelope's
+/// 404: the web pages answer a browser with a page of their own (and anyone else as the API
+/// does).
+pub fn router_with_fallback<H, T>(
+    state: AppState,
+    settings: &HttpSettings,
+    mounted: OpenApiRouter<AppState>,
+    extra: Router<AppState>,
+    fallback: H,
+) -> Router
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
     let options = RouteOptions {
         upload_max_bytes: state.uploads.max_bytes(),
         ops_apart: settings.ops_apart,
@@ -144,7 +161,7 @@ pub fn router_with(
             // The validator badge would call validator.swagger.io from the reader's browser.
             .config(SwaggerConfig::new(["/openapi.json"]).validator_url("none")),
     );
-    with_middleware(routes, state, settings)
+    with_middleware(routes.fallback(fallback), state, settings)
 }
 
 /// The ops listener (`ops.addr`): `/healthz`, `/readyz` with each dependency's state, and
@@ -154,7 +171,7 @@ pub fn ops_router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(routes::ops::liveness())
         .merge(routes::ops::internals())
         .split_for_parts();
-    with_middleware(routes, state, settings)
+    with_middleware(routes.fallback(observe::no_route), state, settings)
 }
 
 /// The contest compatibility API (`/checkout`, `/purchase`, `/health`, and its own
@@ -169,7 +186,7 @@ pub fn compat_router(state: AppState, settings: &HttpSettings) -> Router {
         "/openapi.json",
         axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
     );
-    with_middleware(routes, state, settings)
+    with_middleware(routes.fallback(observe::no_route), state, settings)
 }
 
 #[derive(OpenApi)]
@@ -180,7 +197,7 @@ pub fn compat_router(state: AppState, settings: &HttpSettings) -> Router {
 ))]
 struct CompatDoc;
 
-/// The layers every listener's routes run inside, outermost first. They are one layer to the
+/// The layers every listener's routes (and their fallback) run inside, outermost first. They are one layer to the
 /// router: each `Router::layer` call wraps every route in a boxed service of its own, which costs
 /// every request a clone and a boxed future per call, freed only when the answer is sent (on
 /// another thread, for a reservation that waited for its commit).
@@ -194,8 +211,5 @@ fn with_middleware(routes: Router<AppState>, state: AppState, settings: &HttpSet
             settings.request_timeout,
         ))
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
-    routes
-        .fallback(observe::no_route)
-        .layer(layers)
-        .with_state(state)
+    routes.layer(layers).with_state(state)
 }

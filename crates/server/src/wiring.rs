@@ -52,11 +52,12 @@ impl Services {
     /// The public listener's router: the API, the sandbox's pay pages, and the web pages (the
     /// storefront at `/`, the console at `/admin`).
     pub fn router(&self) -> axum::Router {
-        flashmart_http::router_with(
+        flashmart_http::router_with_fallback(
             self.state.clone(),
             &self.http,
             self.mounted(),
             flashmart_web::routes(self.state.clone(), self.state.uploads.max_bytes()),
+            flashmart_web::not_found,
         )
     }
 

@@ -98,6 +98,29 @@ pub fn routes(state: AppState, upload_max_bytes: usize) -> Router<AppState> {
         .merge(pages)
 }
 
+/// What no route matched: a page for a browser asking for one outside the API, the API's
+/// envelope (404) for anyone else.
+pub async fn not_found(
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    let wants_page = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let api = ["/api/", "/sandbox/", "/uploads/", "/images/"]
+        .iter()
+        .any(|p| uri.path().starts_with(p));
+    if wants_page && !api {
+        let mut response = layout::PageError::not_found().into_response();
+        session::harden(response.headers_mut());
+        response
+    } else {
+        flashmart_http::ApiError::status(axum::http::StatusCode::NOT_FOUND, "no such route")
+            .into_response()
+    }
+}
+
 const APP_CSS: &str = include_str!("../assets/app.css");
 const APP_JS: &str = include_str!("../assets/app.js");
 const ICON_SVG: &str = include_str!("../assets/icon.svg");

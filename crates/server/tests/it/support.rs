@@ -231,12 +231,13 @@ impl TestApp {
         extra: Router<flashmart_http::AppState>,
     ) -> Self {
         let peer = MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000)));
-        let router = flashmart_http::router_with(
+        let router = flashmart_http::router_with_fallback(
             services.state.clone(),
             &services.http,
             services.mounted(),
             flashmart_web::routes(services.state.clone(), services.state.uploads.max_bytes())
                 .merge(extra),
+            flashmart_web::not_found,
         )
         .layer(peer);
         let compat = services.compat_router().layer(peer);

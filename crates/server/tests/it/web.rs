@@ -205,6 +205,27 @@ async fn every_page_has_a_strict_policy_no_inline_script_and_a_strict_cookie() {
         b.get("/products/not-an-id").await.status,
         StatusCode::NOT_FOUND
     );
+    // An address nothing answers: a page for a browser, the envelope for anyone else.
+    let page = app
+        .get("/no-such-page")
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        page.headers[header::CONTENT_SECURITY_POLICY],
+        flashmart_web::PAGE_CSP
+    );
+    assert!(page.text().contains("There is nothing here."));
+    app.get("/no-such-page")
+        .send()
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 404);
+    app.get("/api/v1/no-such-route")
+        .header("accept", "text/html")
+        .send()
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 404);
     let first = app.get("/").send().await;
     let cookie = set_cookies(&first)
         .into_iter()
