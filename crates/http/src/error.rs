@@ -264,6 +264,7 @@ impl From<AuthError> for ApiError {
             e @ AuthError::NoEnrollment => {
                 Self::new(StatusCode::CONFLICT, codes::NO_ENROLLMENT, e.to_string())
             }
+            e @ AuthError::OwnRole => Self::status(StatusCode::CONFLICT, e.to_string()),
             AuthError::Store(e) => e.into(),
             AuthError::Hash(e) => Self::internal(e),
             AuthError::Signing(e) => Self::internal(e),

@@ -28,9 +28,7 @@ use crate::layout::{
 };
 use crate::sales::{sale_clock, sale_error};
 use crate::session::{Nothing, Posted, Viewer};
-use crate::shop::{
-    catalog_error, fields_text, order_details, payment_error, shop_error, short, uuid_of,
-};
+use crate::shop::{catalog_error, order_details, payment_error, shop_error, short, uuid_of};
 
 /// Pictures one product form may upload at once.
 pub const MAX_FORM_IMAGES: usize = 4;
@@ -1299,10 +1297,9 @@ pub async fn set_role(
         Err(flashmart_app::auth::AuthError::Store(flashmart_app::StoreError::NotFound)) => {
             Err(PageError::not_found())
         }
-        Err(flashmart_app::auth::AuthError::Invalid(f)) => Err(PageError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            fields_text(&f),
-        )),
+        Err(e @ flashmart_app::auth::AuthError::OwnRole) => {
+            Err(PageError::new(StatusCode::CONFLICT, e.to_string()))
+        }
         Err(e) => Err(PageError::internal(&e)),
     }
 }

@@ -55,6 +55,8 @@ pub enum AuthError {
     SecondFactorOn,
     #[error("no second factor is being enrolled: enroll first")]
     NoEnrollment,
+    #[error("an admin cannot change their own role")]
+    OwnRole,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -370,10 +372,7 @@ impl AuthService {
         role: Role,
     ) -> Result<User, AuthError> {
         if by.user_id == user {
-            return Err(AuthError::Invalid(vec![FieldError::new(
-                "role",
-                "an admin cannot change their own role",
-            )]));
+            return Err(AuthError::OwnRole);
         }
         let now = self.clock.now();
         let revoked = self.store.set_role(user, role, now).await?;

@@ -31,7 +31,7 @@ pub struct RoleIn {
 }
 
 /// Changes an account's role; the account's sessions end (their tokens carry the old role), so
-/// its owner signs in again. Admins only, and never their own role (422).
+/// its owner signs in again. Admins only, and never their own role (409).
 #[utoipa::path(put, path = "/api/v1/admin/users/{id}/role", tag = "admin",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "User id")),
@@ -40,7 +40,8 @@ pub struct RoleIn {
         (status = 200, description = "The account with its new role", body = Envelope<UserView>),
         (status = 403, description = "Not an admin", body = ErrorEnvelope),
         (status = 404, description = "No such account", body = ErrorEnvelope),
-        (status = 422, description = "Unknown role, or the caller's own", body = ErrorEnvelope),
+        (status = 409, description = "The caller's own role", body = ErrorEnvelope),
+        (status = 422, description = "Unknown role", body = ErrorEnvelope),
     ))]
 pub async fn set_role(
     State(auth): State<Arc<AuthService>>,

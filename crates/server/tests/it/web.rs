@@ -609,7 +609,7 @@ async fn an_admin_changes_a_role_and_that_accounts_sessions_end() {
     .json(&json!({"role": "customer"}))
     .send()
     .await
-    .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+    .assert_error(StatusCode::CONFLICT, 409);
     app.req(
         axum::http::Method::PUT,
         &format!("/api/v1/admin/users/{}/role", id.as_uuid()),
