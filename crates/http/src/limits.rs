@@ -7,6 +7,7 @@
 //! (`SharedLimits`, one script per bucket), so that a client's budget is the same whichever
 //! instance it reaches; that costs each limited request a round trip to Redis, taken only then.
 
+use arc_swap::ArcSwap;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::net::{IpAddr, SocketAddr};
@@ -110,9 +111,70 @@ impl Buckets {
     }
 }
 
-/// Every group's buckets.
+/// Every group's limits, replaceable while the server runs (a SIGHUP reloads them): requests
+/// take from the buckets of the limits in force when they arrive.
 #[derive(Debug)]
 pub struct RateLimits {
+    current: ArcSwap<Limiters>,
+    /// Scaled mode's buckets in Redis, used whenever limits are on.
+    shared_port: Option<Arc<dyn SharedLimits>>,
+}
+
+impl RateLimits {
+    pub fn new(settings: &LimitSettings) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Limiters::new(settings)),
+            shared_port: None,
+        }
+    }
+
+    /// Every instance's buckets in one place (scaled mode): the in-memory ones go unused.
+    pub fn shared(settings: &LimitSettings, shared: Arc<dyn SharedLimits>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Limiters::shared(settings, Arc::clone(&shared))),
+            shared_port: Some(shared),
+        }
+    }
+
+    /// Puts `settings` in force, with fresh buckets.
+    pub fn reload(&self, settings: &LimitSettings) {
+        let next = match &self.shared_port {
+            Some(shared) => Limiters::shared(settings, Arc::clone(shared)),
+            None => Limiters::new(settings),
+        };
+        self.current.store(Arc::new(next));
+    }
+
+    fn shared_checks(
+        &self,
+        group: Group,
+        ip: Option<IpAddr>,
+        user: Option<UserId>,
+    ) -> Option<(Arc<dyn SharedLimits>, SharedChecks)> {
+        self.current
+            .load()
+            .shared_checks(group, ip, user)
+            .map(|(shared, checks)| (Arc::clone(shared), checks))
+    }
+
+    pub fn check(
+        &self,
+        group: Group,
+        ip: Option<IpAddr>,
+        user: Option<UserId>,
+    ) -> Result<(), RetryAfter> {
+        self.current.load().check(group, ip, user)
+    }
+
+    /// Forgets idle keys; called now and then.
+    pub fn retain_recent(&self) {
+        self.current.load().retain_recent();
+    }
+}
+
+/// Every group's buckets under one set of limits.
+#[derive(Debug)]
+struct Limiters {
     public: Buckets,
     auth: Buckets,
     reserve: Buckets,
@@ -125,8 +187,8 @@ pub struct RateLimits {
 /// The buckets in Redis one request takes from: (key, requests a minute).
 type SharedChecks = Vec<(String, u32)>;
 
-impl RateLimits {
-    pub fn new(settings: &LimitSettings) -> Self {
+impl Limiters {
+    fn new(settings: &LimitSettings) -> Self {
         let on = settings.enabled;
         Self {
             public: Buckets::new(settings.public, on),
@@ -138,8 +200,7 @@ impl RateLimits {
         }
     }
 
-    /// Every instance's buckets in one place (scaled mode): the in-memory ones go unused.
-    pub fn shared(settings: &LimitSettings, shared: Arc<dyn SharedLimits>) -> Self {
+    fn shared(settings: &LimitSettings, shared: Arc<dyn SharedLimits>) -> Self {
         if !settings.enabled {
             return Self::new(settings);
         }
@@ -196,7 +257,7 @@ impl RateLimits {
         }
     }
 
-    pub fn check(
+    fn check(
         &self,
         group: Group,
         ip: Option<IpAddr>,
@@ -215,8 +276,7 @@ impl RateLimits {
         Ok(())
     }
 
-    /// Forgets idle keys; called now and then.
-    pub fn retain_recent(&self) {
+    fn retain_recent(&self) {
         for b in [
             &self.public,
             &self.auth,
@@ -373,7 +433,7 @@ fn admit(limiter: &AppState, req: &mut Request) -> Admission {
     }
     let user = principal.map(|p| p.user_id);
     if let Some((shared, checks)) = limiter.limits.shared_checks(group, ip, user) {
-        return Admission::Ask(group, Arc::clone(shared), checks);
+        return Admission::Ask(group, shared, checks);
     }
     if let Err(retry) = limiter.limits.check(group, ip, user) {
         metrics::counter!("rate_limited_total", "group" => group.as_str()).increment(1);
@@ -440,5 +500,26 @@ mod tests {
         for _ in 0..10 {
             assert!(off.check(Group::Reserve, Some(ip), Some(a)).is_ok());
         }
+    }
+
+    #[test]
+    fn reloaded_limits_are_in_force_at_once() {
+        let limits = RateLimits::new(&LimitSettings::default());
+        let ip: IpAddr = "203.0.113.2".parse().unwrap();
+        for _ in 0..5 {
+            assert!(limits.check(Group::Public, Some(ip), None).is_ok());
+        }
+        limits.reload(&LimitSettings {
+            enabled: true,
+            public: GroupLimit {
+                per_ip_per_minute: 1,
+                per_user_per_minute: 0,
+            },
+            ..LimitSettings::default()
+        });
+        assert!(limits.check(Group::Public, Some(ip), None).is_ok());
+        assert!(limits.check(Group::Public, Some(ip), None).is_err());
+        limits.reload(&LimitSettings::default());
+        assert!(limits.check(Group::Public, Some(ip), None).is_ok());
     }
 }

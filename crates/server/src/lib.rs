@@ -7,6 +7,7 @@ pub mod config;
 pub mod lock;
 pub mod logging;
 pub mod records;
+pub mod reload;
 pub mod roles;
 mod secrets;
 pub mod wiring;

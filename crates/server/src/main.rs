@@ -130,7 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(command, &config)) {
+    match runtime.block_on(run(command, &config, cli.config.as_deref())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -162,15 +162,19 @@ fn stampede(scenario: &flashmart_stampede::Scenario) -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
+async fn run(
+    command: Command,
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     match command {
-        Command::Serve { role } => wiring::serve(config, role).await,
+        Command::Serve { role } => wiring::serve(config, role, config_path).await,
         Command::Demo { seed_only } => {
             commands::seed_demo(config).await?;
             if seed_only {
                 Ok(())
             } else {
-                wiring::serve(config, Roles::ALL).await
+                wiring::serve(config, Roles::ALL, config_path).await
             }
         }
         Command::Migrate => commands::migrate(config).await,

@@ -263,7 +263,7 @@ fn instance_name() -> String {
     format!("{host}/{}/{}", std::process::id(), &nonce[..8])
 }
 
-fn limit_settings(config: &Config) -> LimitSettings {
+pub(crate) fn limit_settings(config: &Config) -> LimitSettings {
     let group = |g: GroupLimitConfig| GroupLimit {
         per_ip_per_minute: g.per_ip_per_minute,
         per_user_per_minute: g.per_user_per_minute,
@@ -286,8 +286,13 @@ fn secs(n: u64) -> time::Duration {
 /// Runs `roles` in this process until SIGTERM or Ctrl-C, then stops: listeners stop
 /// accepting, event streams are told to end, requests in flight get `http.shutdown_grace_secs`
 /// to finish (then they are closed), the scheduler lease is given up, the group commit is
-/// flushed and storage closed.
-pub async fn serve(config: &Config, roles: Roles) -> anyhow::Result<()> {
+/// flushed and storage closed. SIGHUP reads the configuration again (from `config_path` and the
+/// environment, as at start) and applies what can change live (`reload.rs`).
+pub async fn serve(
+    config: &Config,
+    roles: Roles,
+    config_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let scaled = config.redis.is_set();
     anyhow::ensure!(
         scaled || roles.is_all(),
@@ -296,6 +301,10 @@ pub async fn serve(config: &Config, roles: Roles) -> anyhow::Result<()> {
          (database.url and redis.url or redis.cluster_nodes set)"
     );
     let mut signals = StopSignals::install()?;
+    // Listened for before the server says it is listening: a SIGHUP's default action is death.
+    #[cfg(unix)]
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
     // With the in-process engine the data directory holds the live truth (the SQLite file, or
     // the engine's claim): one server each. Scaled, it holds nothing of the kind, and
     // instances on one machine may share it (and its uploads).
@@ -360,6 +369,23 @@ pub async fn serve(config: &Config, roles: Roles) -> anyhow::Result<()> {
         engine = if scaled { "redis" } else { "in-process" },
         "flashmart listening on http://{addr}"
     );
+
+    #[cfg(unix)]
+    {
+        let reloader = crate::reload::Reloader::new(
+            config_path.map(std::path::Path::to_path_buf),
+            config.clone(),
+            Arc::clone(&services.state.limits),
+        );
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reading the configuration again");
+                let _ = reloader.reload();
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = config_path;
 
     let workers = crate::workers::spawn(&services, config, roles);
     let mut servers = tokio::task::JoinSet::new();

@@ -19,6 +19,7 @@ mod ops;
 mod orders;
 mod process;
 mod refunds;
+mod reload;
 mod retries;
 mod roles;
 mod scaled;
