@@ -2,6 +2,7 @@
 //! into the HTTP application, and the commands. Kept as a library so that integration tests
 //! build exactly what the binary builds.
 
+pub mod backup;
 pub mod commands;
 pub mod config;
 pub mod lock;

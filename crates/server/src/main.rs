@@ -52,6 +52,23 @@ enum Command {
     /// Scaled mode: store what Redis decided and no instance stored, compare every live sale
     /// between Redis and the records, and mark sales Redis lost for rebuilding.
     Reconcile,
+    /// Embedded mode: write a backup of data_dir (databases, the reservation outbox, uploads,
+    /// generated keys) to FILE, consistent while the server runs.
+    Backup {
+        /// The archive to write (must not exist).
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// Embedded mode: restore a backup into data_dir, which must be empty (or --force) and not
+    /// in use by a server.
+    Restore {
+        /// The archive `flashmart backup` wrote.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// Replace what data_dir holds.
+        #[arg(long)]
+        force: bool,
+    },
     /// Administrative tasks.
     Admin {
         #[command(subcommand)]
@@ -179,6 +196,8 @@ async fn run(
         }
         Command::Migrate => commands::migrate(config).await,
         Command::Reconcile => commands::reconcile(config).await,
+        Command::Backup { to } => flashmart_server::backup::backup(config, &to).await,
+        Command::Restore { from, force } => flashmart_server::backup::restore(config, &from, force),
         Command::Admin {
             command:
                 AdminCommand::CreateUser {
