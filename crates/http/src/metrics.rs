@@ -54,6 +54,79 @@ pub fn record_process() {
     }
 }
 
+/// Gauges computed at each scrape rather than recorded as things happen: the health of each
+/// piece of background work (`background_work_up`, `background_work_seconds_since_run`), and
+/// each live sale's units left and held unpaid (`flash_sale_remaining_units`,
+/// `flash_sale_held_units`, labelled by sale id). Series of a sale end with it.
+pub async fn live_gauges(
+    workers: &flashmart_app::health::Workers,
+    sales: &flashmart_app::flash_sale::FlashSales,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let reports = workers.reports();
+    let now = time::OffsetDateTime::now_utc();
+    let _ = writeln!(
+        out,
+        "# HELP background_work_up Whether each piece of background work is healthy (1) or stuck, stalled or stopped (0)\n# TYPE background_work_up gauge"
+    );
+    for r in &reports {
+        let _ = writeln!(
+            out,
+            "background_work_up{{work=\"{}\"}} {}",
+            r.name,
+            u8::from(r.state.is_healthy())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP background_work_seconds_since_run Seconds since each piece of background work last finished a run\n# TYPE background_work_seconds_since_run gauge"
+    );
+    for r in &reports {
+        if let Some(at) = r.last_run_at {
+            let _ = writeln!(
+                out,
+                "background_work_seconds_since_run{{work=\"{}\"}} {:.3}",
+                r.name,
+                (now - at).as_seconds_f64().max(0.0)
+            );
+        }
+    }
+    let live = sales
+        .list_sales(
+            Some(flashmart_domain::flash_sale::SalePhase::Live),
+            flashmart_app::page::PageRequest::new(None, Some(100)),
+        )
+        .await;
+    let Ok(live) = live else {
+        return out;
+    };
+    let mut held = Vec::with_capacity(live.items.len());
+    for sale in &live.items {
+        if let Ok(stats) = sales.stats(sale.record.id).await {
+            held.push((sale.record.id, sale.remaining, stats.reserved));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP flash_sale_remaining_units Units left to reserve in each live sale\n# TYPE flash_sale_remaining_units gauge"
+    );
+    for (id, remaining, _) in &held {
+        let _ = writeln!(
+            out,
+            "flash_sale_remaining_units{{sale=\"{id}\"}} {remaining}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP flash_sale_held_units Units of each live sale reserved and not yet paid\n# TYPE flash_sale_held_units gauge"
+    );
+    for (id, _, reserved) in &held {
+        let _ = writeln!(out, "flash_sale_held_units{{sale=\"{id}\"}} {reserved}");
+    }
+    out
+}
+
 fn describe() {
     metrics::describe_gauge!(
         "process_resident_memory_bytes",

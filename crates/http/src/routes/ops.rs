@@ -140,14 +140,20 @@ pub async fn get_readyz(
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
-pub async fn get_metrics(State(handle): State<PrometheusHandle>) -> Response {
+pub async fn get_metrics(
+    State(handle): State<PrometheusHandle>,
+    State(workers): State<Arc<flashmart_app::health::Workers>>,
+    State(sales): State<Arc<flashmart_app::flash_sale::FlashSales>>,
+) -> Response {
     crate::metrics::record_process();
+    let mut body = handle.render();
+    body.push_str(&crate::metrics::live_gauges(&workers, &sales).await);
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        handle.render(),
+        body,
     )
         .into_response()
 }
