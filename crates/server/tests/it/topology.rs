@@ -153,6 +153,133 @@ fn deploy_file(name: &str) -> String {
     .unwrap()
 }
 
+/// `deploy/compose.embedded.yaml`: one container, its data directory on a volume.
+#[test]
+fn the_embedded_compose_file_runs_one_server_on_a_volume() {
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&deploy_file("compose.embedded.yaml")).unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    assert_eq!(services.len(), 1);
+    let server = &compose["services"]["flashmart"];
+    assert_eq!(server["command"][0].as_str(), Some("serve"));
+    assert_eq!(
+        server["volumes"][0].as_str(),
+        Some("data:/var/lib/flashmart"),
+        "the image's data directory"
+    );
+    assert!(compose["volumes"].get("data").is_some());
+    assert!(deploy_file("Dockerfile").contains("ENV FLASHMART__DATA_DIR=/var/lib/flashmart"));
+}
+
+/// The Kubernetes manifests: a Deployment per role with probes on /healthz and /readyz and a
+/// termination grace that covers `http.shutdown_grace_secs`, the api's autoscaler and disruption
+/// budget, and a configuration the binary accepts.
+#[test]
+fn the_kubernetes_manifests_run_every_role_with_probes_and_a_long_enough_grace() {
+    let mut docs = Vec::new();
+    for file in [
+        "k8s/config.yaml",
+        "k8s/api.yaml",
+        "k8s/worker.yaml",
+        "k8s/scheduler.yaml",
+    ] {
+        for doc in serde_yaml::Deserializer::from_str(&deploy_file(file)) {
+            docs.push(<serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap());
+        }
+    }
+    let of_kind = |kind: &str| -> Vec<&serde_yaml::Value> {
+        docs.iter()
+            .filter(|d| d["kind"].as_str() == Some(kind))
+            .collect()
+    };
+    let config = of_kind("ConfigMap")[0]["data"]
+        .as_mapping()
+        .unwrap()
+        .clone();
+    let grace: u64 = config[&serde_yaml::Value::from("FLASHMART__HTTP__SHUTDOWN_GRACE_SECS")]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deployments = of_kind("Deployment");
+    let mut roles: Vec<&str> = Vec::new();
+    for d in &deployments {
+        let pod = &d["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(args[..2], ["serve", "--role"]);
+        roles.push(args[2]);
+        assert_eq!(
+            container["livenessProbe"]["httpGet"]["path"].as_str(),
+            Some("/healthz")
+        );
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"].as_str(),
+            Some("/readyz")
+        );
+        let pause: u64 = container["lifecycle"]["preStop"]["exec"]["command"][1]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let termination = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+        assert!(
+            termination >= pause + grace + 5,
+            "{}: {termination} s cannot hold a {pause} s pause and a {grace} s drain",
+            args[2]
+        );
+        assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    }
+    roles.sort_unstable();
+    assert_eq!(roles, ["api", "scheduler", "worker"]);
+    let hpa = of_kind("HorizontalPodAutoscaler");
+    assert_eq!(
+        hpa[0]["spec"]["scaleTargetRef"]["name"].as_str(),
+        Some("flashmart-api")
+    );
+    assert!(hpa[0]["spec"]["minReplicas"].as_u64().unwrap() >= 2);
+    let pdb = of_kind("PodDisruptionBudget");
+    assert_eq!(
+        pdb[0]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"].as_str(),
+        Some("api")
+    );
+    assert_eq!(of_kind("Secret").len(), 1);
+
+    // The binary accepts the ConfigMap and the Secret together.
+    let secret = of_kind("Secret")[0]["stringData"]
+        .as_mapping()
+        .unwrap()
+        .clone();
+    let dir = tempfile::tempdir().unwrap();
+    let envs: Vec<(String, String)> = config
+        .iter()
+        .chain(secret.iter())
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_owned(),
+                v.as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["config", "print"])
+        .current_dir(dir.path())
+        .envs(envs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("shutdown_grace_secs = {grace}")),
+        "{printed}"
+    );
+}
+
 /// `deploy/compose.yaml` cannot run here (no Docker engine): it is read instead, and checked to
 /// describe the topology `scripts/cluster` runs, with a configuration the binary accepts.
 #[test]
@@ -177,15 +304,52 @@ fn the_compose_file_describes_the_same_topology_with_a_valid_configuration() {
             "api1",
             "api2",
             "api3",
+            "grafana",
             "migrate",
             "nginx",
             "postgres",
+            "prometheus",
             "redis",
             "scheduler1",
             "scheduler2",
             "worker"
         ]
     );
+    // Prometheus scrapes every flashmart service, with the rules the test command checks, and
+    // Grafana shows the dashboard it checks.
+    let prometheus: serde_yaml::Value =
+        serde_yaml::from_str(&deploy_file("prometheus/prometheus.yml")).unwrap();
+    let targets: Vec<&str> = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let wanted: Vec<String> = roles.iter().map(|(s, _)| format!("{s}:8080")).collect();
+    assert_eq!(targets, wanted);
+    let mounts = |service: &str| -> Vec<String> {
+        services[service]["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(mounts("prometheus").contains(
+        &"./prometheus/flashmart-rules.yml:/etc/prometheus/flashmart-rules.yml:ro".to_owned()
+    ));
+    assert!(
+        mounts("grafana")
+            .iter()
+            .any(|m| m.starts_with("./grafana/flashmart-dashboard.json:"))
+    );
+    for provisioned in [
+        "grafana/provisioning/datasources/prometheus.yml",
+        "grafana/provisioning/dashboards/flashmart.yml",
+    ] {
+        let file: serde_yaml::Value = serde_yaml::from_str(&deploy_file(provisioned)).unwrap();
+        assert_eq!(file["apiVersion"].as_u64(), Some(1), "{provisioned}");
+    }
     let environment = |service: &str| -> Vec<(String, String)> {
         services[service]["environment"]
             .as_mapping()
