@@ -40,6 +40,32 @@ impl TraceId {
         plain.then(|| Self(s.into()))
     }
 
+    /// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex
+    /// flags>`), so that a request made inside a caller's trace is logged and answered under
+    /// that trace's id. Anything malformed (or an all-zero id, or version `ff`) is ignored.
+    pub fn from_traceparent(value: &HeaderValue) -> Option<Self> {
+        let s = value.to_str().ok()?.trim();
+        let mut parts = s.split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |p: &str, len: usize| {
+            p.len() == len
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let zero = |p: &str| p.bytes().all(|b| b == b'0');
+        let valid = hex(version, 2)
+            && version != "ff"
+            // Version 00 has exactly four fields; later versions may add more.
+            && (version != "00" || parts.next().is_none())
+            && hex(trace, 32)
+            && !zero(trace)
+            && hex(parent, 16)
+            && !zero(parent)
+            && hex(flags, 2);
+        valid.then(|| Self(trace.into()))
+    }
+
     /// The trace id of the request being served, or a fresh one outside of any request.
     pub fn current() -> Self {
         CURRENT_TRACE_ID

@@ -24,6 +24,8 @@ use crate::envelope::{CURRENT_TRACE_ID, TraceId};
 use crate::error::{ApiError, ErrorCause};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// W3C Trace Context: the caller's trace, which the request joins.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The route label of requests that matched no route, so that scanners probing random paths do
 /// not create a metric series per path.
@@ -65,10 +67,12 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let started = Instant::now();
-        let trace_id = req
-            .headers()
-            .get(REQUEST_ID)
-            .and_then(TraceId::from_header)
+        // The caller's W3C trace first, then its own request id, else a fresh id.
+        let headers = req.headers();
+        let trace_id = headers
+            .get(TRACEPARENT)
+            .and_then(TraceId::from_traceparent)
+            .or_else(|| headers.get(REQUEST_ID).and_then(TraceId::from_header))
             .unwrap_or_else(TraceId::random);
         let method = req.method().clone();
         let route = req.extensions().get::<MatchedPath>().cloned();

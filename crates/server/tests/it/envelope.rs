@@ -163,6 +163,38 @@ async fn an_incoming_request_id_is_kept_when_plain() {
     res.data();
 }
 
+/// A request made inside a caller's W3C trace is answered (and logged) under that trace's id,
+/// ahead of any `x-request-id`; a malformed `traceparent` is ignored.
+#[tokio::test]
+async fn a_callers_traceparent_gives_the_trace_id() {
+    let app = TestApp::start().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let res = app
+        .get("/api/v1/products/not-a-uuid")
+        .header("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("x-request-id", "other-id")
+        .send()
+        .await;
+    assert_eq!(res.json()["trace_id"], trace);
+    assert_eq!(res.headers["x-request-id"], trace);
+    for bad in [
+        format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+        format!("00-{trace}-0000000000000000-01"),
+        format!("ff-{trace}-00f067aa0ba902b7-01"),
+        format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase()),
+        format!("00-{trace}-00f067aa0ba902b7-01-extra"),
+        "garbage".to_owned(),
+    ] {
+        let res = app
+            .get("/healthz")
+            .header("traceparent", &bad)
+            .header("x-request-id", "kept-request-id")
+            .send()
+            .await;
+        assert_eq!(res.headers["x-request-id"], "kept-request-id", "{bad}");
+    }
+}
+
 #[tokio::test]
 async fn a_bad_path_parameter_is_404() {
     let app = TestApp::start().await;
