@@ -38,7 +38,8 @@ pub struct Viewer {
     pub principal: Option<Principal>,
     /// This browser's anti-forgery token.
     pub csrf: Arc<str>,
-    /// The page came over TLS (a trusted proxy said `X-Forwarded-Proto: https`).
+    /// The page came over TLS (a proxy said `X-Forwarded-Proto: https`; whoever sends it only
+    /// makes the cookies stricter).
     pub secure: bool,
     /// The path and query the page was asked for (where sign-in sends the viewer back to).
     pub here: Arc<str>,
@@ -55,10 +56,13 @@ impl Viewer {
         self.principal.is_some_and(|p| p.role == Role::Admin)
     }
 
-    /// Whether a posted form's token is this browser's.
+    /// Whether a posted form's token is this browser's (compared in constant time; an empty one
+    /// never is).
     pub fn genuine(&self, token: &str) -> bool {
         let (a, b) = (self.csrf.as_bytes(), token.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        !a.is_empty()
+            && a.len() == b.len()
+            && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
     /// Sign-in, then back here.
