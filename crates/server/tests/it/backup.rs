@@ -24,6 +24,11 @@ fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The JSON an API request answers.
+async fn body(req: reqwest::RequestBuilder) -> Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 async fn token_of(client: &reqwest::Client, base: &str, email: &str, password: &str) -> String {
     login_at(client, base, email, password).await["data"]["access_token"]
         .as_str()
@@ -40,17 +45,14 @@ async fn reservation_ids(
 ) -> HashSet<String> {
     let mut ids = HashSet::new();
     for page in 1.. {
-        let body: Value = client
-            .get(format!(
-                "{base}/api/v1/admin/flash-sales/{sale}/reservations?page={page}&per_page=100"
-            ))
-            .bearer_auth(admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = body(
+            client
+                .get(format!(
+                    "{base}/api/v1/admin/flash-sales/{sale}/reservations?page={page}&per_page=100"
+                ))
+                .bearer_auth(admin),
+        )
+        .await;
         let items = body["data"]["items"].as_array().unwrap();
         if items.is_empty() {
             break;
@@ -90,21 +92,18 @@ async fn a_backup_under_load_restores_every_reservation_answered_before_it() {
         t.format(&time::format_description::well_known::Rfc3339)
             .unwrap()
     };
-    let sale: Value = client
-        .post(format!("{base}/api/v1/admin/flash-sales"))
-        .bearer_auth(&admin)
-        .json(&json!({
-            "name": "Backup drop", "starts_at": rfc(now - time::Duration::seconds(1)),
-            "ends_at": rfc(now + time::Duration::hours(1)), "per_user_limit": 10_000,
-            "items": [{"name": "A", "price_cents": 100, "stock": 100_000},
-                      {"name": "B", "price_cents": 100, "stock": 100_000}]
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sale = body(
+        client
+            .post(format!("{base}/api/v1/admin/flash-sales"))
+            .bearer_auth(&admin)
+            .json(&json!({
+                "name": "Backup drop", "starts_at": rfc(now - time::Duration::seconds(1)),
+                "ends_at": rfc(now + time::Duration::hours(1)), "per_user_limit": 10_000,
+                "items": [{"name": "A", "price_cents": 100, "stock": 100_000},
+                          {"name": "B", "price_cents": 100, "stock": 100_000}]
+            })),
+    )
+    .await;
     let sale = sale["data"]["id"].as_str().unwrap().to_owned();
     let mut buyers = Vec::new();
     for n in 0..8 {
@@ -217,15 +216,12 @@ async fn a_backup_under_load_restores_every_reservation_answered_before_it() {
     let all: HashSet<&String> = answered.iter().map(|(_, id)| id).collect();
     assert!(ids.iter().all(|id| all.contains(id)));
     // And the sale's numbers add up: stock = held + sold + left, one unit per reservation.
-    let stats: Value = client
-        .get(format!("{base}/api/v1/admin/flash-sales/{sale}/stats"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = body(
+        client
+            .get(format!("{base}/api/v1/admin/flash-sales/{sale}/stats"))
+            .bearer_auth(&admin),
+    )
+    .await;
     let s = &stats["data"];
     let n = |k: &str| s[k].as_u64().unwrap();
     assert_eq!(n("stock"), 200_000);

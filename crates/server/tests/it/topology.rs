@@ -153,6 +153,19 @@ fn deploy_file(name: &str) -> String {
     .unwrap()
 }
 
+/// What `flashmart config print` says with `envs` (it must accept them: every key exists, every
+/// value parses).
+fn config_print(dir: &Path, envs: impl IntoIterator<Item = (String, String)>) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["config", "print"])
+        .current_dir(dir)
+        .envs(envs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `deploy/compose.embedded.yaml`: one container, its data directory on a volume.
 #[test]
 fn the_embedded_compose_file_runs_one_server_on_a_volume() {
@@ -266,14 +279,7 @@ fn the_kubernetes_manifests_run_every_role_with_probes_and_a_long_enough_grace()
             )
         })
         .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
-        .args(["config", "print"])
-        .current_dir(dir.path())
-        .envs(envs)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = config_print(dir.path(), envs);
     assert!(
         printed.contains(&format!("shutdown_grace_secs = {grace}")),
         "{printed}"
@@ -407,14 +413,7 @@ fn the_compose_file_describes_the_same_topology_with_a_valid_configuration() {
         };
         (k.clone(), value)
     });
-    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
-        .args(["config", "print"])
-        .current_dir(dir.path())
-        .envs(envs)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = config_print(dir.path(), envs);
     assert!(
         printed.contains("dir = \"/var/lib/flashmart/uploads\""),
         "{printed}"
