@@ -152,6 +152,7 @@ impl CatalogStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    #[tracing::instrument(level = "debug", name = "sqlite.list_products", skip_all)]
     async fn list_products(
         &self,
         filter: &ProductFilter,

@@ -44,26 +44,11 @@ impl TraceId {
     /// flags>`), so that a request made inside a caller's trace is logged and answered under
     /// that trace's id. Anything malformed (or an all-zero id, or version `ff`) is ignored.
     pub fn from_traceparent(value: &HeaderValue) -> Option<Self> {
-        let s = value.to_str().ok()?.trim();
-        let mut parts = s.split('-');
-        let (version, trace, parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |p: &str, len: usize| {
-            p.len() == len
-                && p.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        let zero = |p: &str| p.bytes().all(|b| b == b'0');
-        let valid = hex(version, 2)
-            && version != "ff"
-            // Version 00 has exactly four fields; later versions may add more.
-            && (version != "00" || parts.next().is_none())
-            && hex(trace, 32)
-            && !zero(trace)
-            && hex(parent, 16)
-            && !zero(parent)
-            && hex(flags, 2);
-        valid.then(|| Self(trace.into()))
+        traceparent(value).map(|p| Self::from_trace_parent(&p))
+    }
+
+    pub(crate) fn from_trace_parent(p: &TraceParent<'_>) -> Self {
+        Self(p.trace_id.into())
     }
 
     /// The trace id of the request being served, or a fresh one outside of any request.
@@ -83,6 +68,43 @@ impl TraceId {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The fields of a valid W3C `traceparent`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TraceParent<'a> {
+    pub trace_id: &'a str,
+    pub parent_id: &'a str,
+    pub flags: u8,
+}
+
+/// Parses `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` (lower-case hex, neither id all
+/// zeros, never version `ff`); anything else is `None`.
+pub(crate) fn traceparent(value: &HeaderValue) -> Option<TraceParent<'_>> {
+    let s = value.to_str().ok()?.trim();
+    let mut parts = s.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |p: &str, len: usize| {
+        p.len() == len
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |p: &str| p.bytes().all(|b| b == b'0');
+    let valid = hex(version, 2)
+        && version != "ff"
+        // Version 00 has exactly four fields; later versions may add more.
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && !zero(trace)
+        && hex(parent, 16)
+        && !zero(parent)
+        && hex(flags, 2);
+    valid.then(|| TraceParent {
+        trace_id: trace,
+        parent_id: parent,
+        flags: u8::from_str_radix(flags, 16).unwrap_or(0),
+    })
+}
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

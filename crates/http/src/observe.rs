@@ -24,6 +24,19 @@ use crate::envelope::{CURRENT_TRACE_ID, TraceId};
 use crate::error::{ApiError, ErrorCause};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The caller's span, as an OpenTelemetry parent.
+fn remote_parent(p: &crate::envelope::TraceParent<'_>) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceState};
+    let context = SpanContext::new(
+        opentelemetry::trace::TraceId::from_hex(p.trace_id).ok()?,
+        SpanId::from_hex(p.parent_id).ok()?,
+        TraceFlags::new(p.flags),
+        true,
+        TraceState::default(),
+    );
+    Some(opentelemetry::Context::new().with_remote_span_context(context))
+}
+
 /// W3C Trace Context: the caller's trace, which the request joins.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -69,11 +82,14 @@ where
         let started = Instant::now();
         // The caller's W3C trace first, then its own request id, else a fresh id.
         let headers = req.headers();
-        let trace_id = headers
+        let caller = headers
             .get(TRACEPARENT)
-            .and_then(TraceId::from_traceparent)
+            .and_then(crate::envelope::traceparent);
+        let trace_id = caller
+            .map(|p| TraceId::from_trace_parent(&p))
             .or_else(|| headers.get(REQUEST_ID).and_then(TraceId::from_header))
             .unwrap_or_else(TraceId::random);
+        let remote_parent = caller.and_then(|p| remote_parent(&p));
         let method = req.method().clone();
         let route = req.extensions().get::<MatchedPath>().cloned();
         let span = tracing::info_span!(
@@ -82,6 +98,10 @@ where
             method = %method,
             route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
         );
+        if let Some(parent) = remote_parent {
+            // Joins the caller's trace (in OpenTelemetry, when it exports; a no-op otherwise).
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+        }
         tracing::trace!(parent: &span, "request started");
         // The inner layers' own work (the rate limits' refusal, say) and the envelope put on the
         // answer run inside the trace id's scope and the span, as the handler does: an error

@@ -148,6 +148,7 @@ impl CatalogStore for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    #[tracing::instrument(level = "debug", name = "postgres.list_products", skip_all)]
     async fn list_products(
         &self,
         filter: &ProductFilter,

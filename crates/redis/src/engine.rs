@@ -136,6 +136,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "redis.reserve", skip_all)]
     async fn reserve(&self, request: &SharedReserve<'_>) -> Result<SharedDecision, StoreError> {
         let mut buyer = uuid::Uuid::encode_buffer();
         let buyer = &*request.buyer.0.hyphenated().encode_lower(&mut buyer);

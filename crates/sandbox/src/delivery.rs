@@ -31,10 +31,15 @@ impl Sandbox {
             return;
         }
         let sandbox = Arc::clone(self);
-        tokio::spawn(async move {
-            sandbox.attempt(&event_id, &body).await;
-            sandbox.release(&event_id);
-        });
+        // In the trace of whatever settled the payment (the buyer pressing Pay).
+        let span = tracing::debug_span!("sandbox.notify", event = %event_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                sandbox.attempt(&event_id, &body).await;
+                sandbox.release(&event_id);
+            },
+            span,
+        ));
     }
 
     /// Marks an event as being sent now; `false` when it already is.

@@ -19,6 +19,23 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     async fn post(&self, url: &str, signature: &str, body: Vec<u8>) -> Result<u16, String>;
 }
 
+/// The W3C `traceparent` of the current span, when OpenTelemetry records it.
+fn traceparent() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
 /// Notifications over HTTP (http:// only: the sandbox talks to the server it runs in).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpTransport;
@@ -46,7 +63,13 @@ impl Transport for HttpTransport {
                 HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
             )
             .header(CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, signature)
+            .header(SIGNATURE_HEADER, signature);
+        // The notification continues the trace it was sent in (when traces are exported).
+        let request = match traceparent() {
+            Some(value) => request.header("traceparent", value),
+            None => request,
+        };
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))

@@ -33,6 +33,41 @@ pub struct Config {
     pub orders: OrdersConfig,
     pub payments: PaymentsConfig,
     pub scheduler: SchedulerConfig,
+    pub otel: OtelConfig,
+}
+
+/// OpenTelemetry traces over OTLP. Without `endpoint` nothing is exported and nothing is paid:
+/// no exporter exists and the spans only OpenTelemetry would read are never made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtelConfig {
+    /// The collector: `http://host:4317` for grpc, `http://host:4318` for http/protobuf (to
+    /// which `/v1/traces` is added when the URL has no path).
+    pub endpoint: Option<String>,
+    pub protocol: OtelProtocol,
+    /// The spans' `service.name`.
+    pub service_name: String,
+    /// How long finished spans wait to be sent together.
+    pub batch_delay_ms: u64,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: OtelProtocol::Grpc,
+            service_name: "flashmart".to_owned(),
+            batch_delay_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtelProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
 }
 
 /// The work that runs on one instance at a time (`--role scheduler`).
@@ -366,6 +401,7 @@ impl Default for Config {
             orders: OrdersConfig::default(),
             payments: PaymentsConfig::default(),
             scheduler: SchedulerConfig::default(),
+            otel: OtelConfig::default(),
         }
     }
 }
@@ -667,6 +703,17 @@ impl Config {
         }
         if !(1..=1000).contains(&self.database.max_connections) {
             return invalid("database.max_connections", "must be between 1 and 1000");
+        }
+        if let Some(endpoint) = &self.otel.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return invalid("otel.endpoint", "must be an http:// or https:// URL");
+        }
+        if !(10..=60_000).contains(&self.otel.batch_delay_ms) {
+            return invalid("otel.batch_delay_ms", "must be between 10 and 60000 (ms)");
+        }
+        if self.otel.service_name.trim().is_empty() {
+            return invalid("otel.service_name", "must not be empty");
         }
         if !(300..=600_000).contains(&self.scheduler.lease_ms) {
             return invalid("scheduler.lease_ms", "must be between 300 and 600000 (ms)");

@@ -1,57 +1,130 @@
 //! Log output through `tracing`: readable in a terminal, or one JSON object a line. Request lines
-//! carry the trace id through the request span the HTTP middleware opens. The filter
+//! carry the trace id through the request span the HTTP middleware opens. The log filter
 //! (`log.level`) can be replaced while the process runs (a SIGHUP reloads it).
+//!
+//! With `otel.endpoint` set, the same spans also go to an OpenTelemetry collector over OTLP,
+//! with a filter of their own that lets in the debug-level spans flashmart's crates open around
+//! its use cases, store calls, the Redis scripts and the group commit. Without it no exporter
+//! exists, and those spans, which no log reads, are never made.
 
 use std::io::IsTerminal as _;
 use std::sync::OnceLock;
+use std::time::Duration;
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracerProvider};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, OtelConfig, OtelProtocol};
 
 type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 
-/// Replaces the installed subscriber's filter (whichever format it writes).
+/// Replaces the log output's filter.
 static SET_FILTER: OnceLock<SetFilter> = OnceLock::new();
 
-/// Installs the global subscriber. Call once, at start-up.
-pub fn init(config: &LogConfig) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&config.level)?;
-    let builder = tracing_subscriber::fmt()
-        .with_span_events(FmtSpan::NONE)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    // The reloadable filter goes on last: its handle's type names the formatter under it.
-    let result = match config.format {
-        LogFormat::Pretty => {
-            let builder = builder
-                .with_target(false)
-                .compact()
-                .with_env_filter(filter)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            let _ = SET_FILTER.set(Box::new(move |f| {
-                handle.reload(f).map_err(|e| e.to_string())
-            }));
-            builder.try_init()
+/// The spans OpenTelemetry receives: flashmart's own down to debug, everyone else's from info.
+const OTEL_FILTER: &str = "info,flashmart_app=debug,flashmart_http=debug,flashmart_web=debug,\
+                           flashmart_embedded=debug,flashmart_postgres=debug,flashmart_redis=debug,\
+                           flashmart_sandbox=debug,flashmart_server=debug";
+
+/// The exporter's pipeline, flushed and shut down at exit.
+#[derive(Debug)]
+pub struct Telemetry(SdkTracerProvider);
+
+impl Telemetry {
+    /// Sends what is still queued (bounded by the exporter's timeout) and stops.
+    pub fn shutdown(self) {
+        if let Err(err) = self.0.shutdown() {
+            eprintln!("flashmart: OpenTelemetry exporter: {err}");
         }
-        LogFormat::Json => {
-            let builder = builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_env_filter(filter)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            let _ = SET_FILTER.set(Box::new(move |f| {
-                handle.reload(f).map_err(|e| e.to_string())
-            }));
-            builder.try_init()
+    }
+}
+
+fn tracer_provider(otel: &OtelConfig, endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+    let exporter = match otel.protocol {
+        OtelProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(Duration::from_secs(5))
+            .build()?,
+        OtelProtocol::HttpProtobuf => {
+            // The collector's traces path, unless the URL names one.
+            let has_path = endpoint
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.trim_end_matches('/').contains('/'));
+            let url = if has_path {
+                endpoint.to_owned()
+            } else {
+                format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(url)
+                .with_timeout(Duration::from_secs(5))
+                .build()?
         }
     };
-    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+    let batch = BatchConfigBuilder::default()
+        .with_scheduled_delay(Duration::from_millis(otel.batch_delay_ms))
+        .build();
+    // Exports run as tasks of the process's tokio runtime (the gRPC client needs it).
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .with_batch_config(batch)
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(otel.service_name.clone())
+                .build(),
+        )
+        .build())
+}
+
+/// Installs the global subscriber, and with `otel.endpoint` the OpenTelemetry exporter. Call
+/// once, at start-up, inside the tokio runtime.
+pub fn init(config: &LogConfig, otel: &OtelConfig) -> anyhow::Result<Option<Telemetry>> {
+    let filter = EnvFilter::try_new(&config.level)?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = SET_FILTER.set(Box::new(move |f| {
+        handle.reload(f).map_err(|e| e.to_string())
+    }));
+    let output = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let output = match config.format {
+        LogFormat::Pretty => output.with_target(false).compact().boxed(),
+        LogFormat::Json => output
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    let provider = match &otel.endpoint {
+        Some(endpoint) => Some(tracer_provider(otel, endpoint)?),
+        None => None,
+    };
+    let exported = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("flashmart"))
+            .with_filter(EnvFilter::new(OTEL_FILTER))
+    });
+    tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(exported)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    Ok(provider.map(Telemetry))
 }
 
 /// Checks that `level` is a filter `tracing` understands.
@@ -61,7 +134,7 @@ pub fn check_level(level: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Puts `level` in force for the installed subscriber.
+/// Puts `level` in force for the log output.
 pub fn set_level(level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
     match SET_FILTER.get() {

@@ -133,10 +133,6 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    if let Err(err) = logging::init(&config.log) {
-        eprintln!("flashmart: {err:#}");
-        return ExitCode::FAILURE;
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,7 +143,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(command, &config, cli.config.as_deref())) {
+    // Inside the runtime: the OpenTelemetry exporter, when there is one, runs on it.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match logging::init(&config.log, &config.otel) {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("flashmart: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let result = runtime.block_on(run(command, &config, cli.config.as_deref()));
+    if let Some(telemetry) = telemetry {
+        // Whatever spans are still queued go out before the process ends.
+        let _runtime = runtime.enter();
+        telemetry.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

@@ -312,6 +312,7 @@ impl Catalog {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "catalog.list", skip_all)]
     pub async fn list(
         &self,
         mut filter: ProductFilter,

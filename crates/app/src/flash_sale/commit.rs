@@ -262,7 +262,11 @@ async fn run(
         } else {
             // A panic in storage code unwinds out of its transaction (which rolls back): the
             // batch failed, and the task carries on.
-            match AssertUnwindSafe(journal.commit(&ops)).catch_unwind().await {
+            let span = tracing::debug_span!("flash_sale.group_commit", batch = ops.len());
+            match AssertUnwindSafe(tracing::Instrument::instrument(journal.commit(&ops), span))
+                .catch_unwind()
+                .await
+            {
                 Ok(result) => result,
                 Err(_) => {
                     panicked = true;

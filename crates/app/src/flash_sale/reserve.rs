@@ -28,6 +28,7 @@ impl FlashSales {
     /// `Idempotency-Key`. The answer comes after the reservation and its `pending_payment` order
     /// are durable (with a shared engine and `Ack::Engine`: after the engine has decided and
     /// logged it).
+    #[tracing::instrument(level = "debug", name = "flash_sale.reserve", skip_all, fields(%sale, item_no))]
     pub async fn reserve(
         &self,
         user: UserId,

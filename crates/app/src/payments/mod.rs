@@ -292,6 +292,7 @@ impl Payments {
 
     /// Starts paying an order: the open payment if there is one, a new one otherwise. Starts
     /// for one order take turns, so parallel requests share one payment.
+    #[tracing::instrument(level = "debug", name = "payments.start", skip_all, fields(%order))]
     pub async fn start(&self, user: UserId, order: OrderId) -> Result<PaymentRecord, PaymentError> {
         let _turn = self.turn(order).lock().await;
         let order = self.own_order(user, order).await?;

@@ -340,6 +340,7 @@ impl Shop {
 
     /// Places an order from the cart: stock taken, coupon counted, cart emptied, all or nothing.
     /// The order waits `orders.payment_window_secs` for payment.
+    #[tracing::instrument(level = "debug", name = "shop.checkout", skip_all)]
     pub async fn checkout(
         &self,
         user: UserId,

@@ -27,6 +27,7 @@ mod scaled;
 mod second_factor;
 mod shutdown;
 mod support;
+mod telemetry;
 mod tokens;
 mod topology;
 mod web;
