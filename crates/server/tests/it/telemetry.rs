@@ -15,9 +15,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test]
-async fn a_requests_spans_reach_an_otlp_http_collector_under_the_callers_trace() {
-    // A collector of the test's own, keeping every span it is sent.
+/// An OTLP/HTTP collector of the test's own on a free loopback port: its endpoint, and every
+/// batch of spans it is sent.
+async fn http_collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<Span>>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Span>>();
     let collector = axum::Router::new().route(
         "/v1/traces",
@@ -39,8 +39,13 @@ async fn a_requests_spans_reach_an_otlp_http_collector_under_the_callers_trace()
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, collector).await.unwrap() });
+    (format!("http://{addr}"), rx)
+}
 
-    spans_arrive(&format!("http://{addr}"), "http/protobuf", rx).await;
+#[tokio::test]
+async fn a_requests_spans_reach_an_otlp_http_collector_under_the_callers_trace() {
+    let (endpoint, rx) = http_collector().await;
+    spans_arrive(&endpoint, "http/protobuf", rx).await;
 }
 
 /// The default protocol, gRPC, to a gRPC collector of the test's own.
@@ -156,29 +161,7 @@ async fn spans_arrive(
 async fn a_payment_notification_continues_the_trace_of_the_pay_button() {
     use serde_json::json;
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Span>>();
-    let collector = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let tx = tx.clone();
-            async move {
-                let request = ExportTraceServiceRequest::decode(body).unwrap();
-                let _ = tx.send(
-                    request
-                        .resource_spans
-                        .into_iter()
-                        .flat_map(|r| r.scope_spans)
-                        .flat_map(|s| s.spans)
-                        .collect(),
-                );
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, collector).await.unwrap() });
-
+    let (endpoint, mut rx) = http_collector().await;
     let dir = tempfile::tempdir().unwrap();
     let made = std::process::Command::new(env!("CARGO_BIN_EXE_flashmart"))
         .args(["admin", "create-user", "--email", "ops@example.com"])
@@ -187,7 +170,6 @@ async fn a_payment_notification_continues_the_trace_of_the_pay_button() {
         .output()
         .unwrap();
     assert!(made.status.success());
-    let endpoint = format!("http://{addr}");
     let server = Server::start(
         dir.path(),
         &["serve"],
