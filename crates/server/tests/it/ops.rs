@@ -481,18 +481,34 @@ async fn the_dashboard_and_the_alert_rules_query_only_metrics_the_server_exports
                 seen += 1;
                 continue;
             }
-            let family = ["_bucket", "_sum", "_count"]
+            // Declared without samples just now, a histogram's or summary's series, or one
+            // only another mode records.
+            let (family, suffix) = ["_bucket", "_sum", "_count"]
                 .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(&name);
+                .find_map(|s| name.strip_suffix(s).map(|f| (f, *s)))
+                .unwrap_or((name.as_str(), ""));
+            let declared = scraped
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("# TYPE {family} ")));
+            if declared.is_some() {
+                seen += 1;
+            }
+            let fits = match (declared, suffix) {
+                (Some(_), "") => true,
+                (Some(kind), "_bucket") => kind == "histogram",
+                (Some(kind), _) => kind == "histogram" || kind == "summary",
+                (None, _) => recorded.contains(family),
+            };
             assert!(
-                recorded.contains(family) && !scraped.contains(&format!("# TYPE {family} ")),
+                fits,
                 "{name} (in `{expr}`) is neither on /metrics nor recorded by the server"
             );
         }
     }
+    // How many have samples or a declaration depends on the store and engine of the run (the
+    // group commit's metrics are absent with flash_sale.ack = redis); a dozen at least.
     assert!(
-        seen >= 15,
+        seen >= 12,
         "only {seen} names were checked against a scrape"
     );
     // The gauges the alerts on stock read are there for a live sale.
