@@ -31,6 +31,13 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// `field: message`, as forms and the command line show it.
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
 impl FieldError {
     pub fn new(field: impl Into<Cow<'static, str>>, message: impl ToString) -> Self {
         Self {

@@ -252,7 +252,7 @@ fn describe(err: AuthError) -> anyhow::Error {
             "{}",
             fields
                 .iter()
-                .map(|f| format!("{}: {}", f.field, f.message))
+                .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ")
         ),

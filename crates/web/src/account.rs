@@ -182,12 +182,7 @@ pub async fn register(
     let registration = match Registration::parse(&form.email, form.password.clone(), &form.name) {
         Ok(r) => r,
         Err(AuthError::Invalid(fields) | AuthError::WeakPassword(fields)) => {
-            return Ok(again(
-                fields
-                    .iter()
-                    .map(|f| format!("{}: {}", f.field, f.message))
-                    .collect(),
-            ));
+            return Ok(again(fields.iter().map(ToString::to_string).collect()));
         }
         Err(e) => return Err(PageError::internal(&e)),
     };

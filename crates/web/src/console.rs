@@ -270,10 +270,7 @@ async fn prepare(
 
 fn invalid_fields(e: CatalogError) -> Result<Vec<String>, PageError> {
     match e {
-        CatalogError::Invalid(f) => Ok(f
-            .iter()
-            .map(|f| format!("{}: {}", f.field, f.message))
-            .collect()),
+        CatalogError::Invalid(f) => Ok(f.iter().map(ToString::to_string).collect()),
         other => Err(catalog_error(other)),
     }
 }
@@ -596,7 +593,7 @@ pub async fn create_coupon(
         match state.shop.create_coupon(draft).await {
             Ok(_) => return Ok(Redirect::to("/admin/coupons?saved=1").into_response()),
             Err(flashmart_app::shop::ShopError::Invalid(f)) => {
-                errors.extend(f.iter().map(|f| format!("{}: {}", f.field, f.message)));
+                errors.extend(f.iter().map(ToString::to_string));
             }
             Err(flashmart_app::shop::ShopError::Store(e)) => return Err(PageError::internal(&e)),
             Err(e) => errors.push(e.to_string()),
@@ -865,7 +862,7 @@ pub async fn create_sale(
                 .into_response());
             }
             Err(flashmart_app::flash_sale::SaleError::Invalid(fields)) => {
-                errors.extend(fields.iter().map(|e| format!("{}: {}", e.field, e.message)));
+                errors.extend(fields.iter().map(ToString::to_string));
             }
             Err(e @ flashmart_app::flash_sale::SaleError::ProductShort { .. }) => {
                 errors.push(e.to_string());
@@ -1089,7 +1086,7 @@ pub async fn create_schedule(
         match state.flash_sales.create_schedule(draft).await {
             Ok(_) => return Ok(Redirect::to("/admin/schedules?saved=1").into_response()),
             Err(flashmart_app::flash_sale::SaleError::Invalid(fields)) => {
-                errors.extend(fields.iter().map(|e| format!("{}: {}", e.field, e.message)));
+                errors.extend(fields.iter().map(ToString::to_string));
             }
             Err(e @ flashmart_app::flash_sale::SaleError::ScheduleNameTaken) => {
                 errors.push(e.to_string())

@@ -31,7 +31,7 @@ const PER_PAGE: u32 = 12;
 pub fn fields_text(fields: &[FieldError]) -> String {
     fields
         .iter()
-        .map(|f| format!("{}: {}", f.field, f.message))
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
 }
