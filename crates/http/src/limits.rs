@@ -145,16 +145,16 @@ impl RateLimits {
         self.current.store(Arc::new(next));
     }
 
-    fn shared_checks(
-        &self,
-        group: Group,
-        ip: Option<IpAddr>,
-        user: Option<UserId>,
-    ) -> Option<(Arc<dyn SharedLimits>, SharedChecks)> {
-        self.current
-            .load()
-            .shared_checks(group, ip, user)
-            .map(|(shared, checks)| (Arc::clone(shared), checks))
+    /// What the limits in force say of one request, read once.
+    fn decide(&self, group: Group, ip: Option<IpAddr>, user: Option<UserId>) -> Admission {
+        let limits = self.current.load();
+        if let Some((shared, checks)) = limits.shared_checks(group, ip, user) {
+            return Admission::Ask(group, Arc::clone(shared), checks);
+        }
+        match limits.check(group, ip, user) {
+            Ok(()) => Admission::Through,
+            Err(retry) => Admission::Refused(retry),
+        }
     }
 
     pub fn check(
@@ -432,14 +432,11 @@ fn admit(limiter: &AppState, req: &mut Request) -> Admission {
         req.extensions_mut().insert(p);
     }
     let user = principal.map(|p| p.user_id);
-    if let Some((shared, checks)) = limiter.limits.shared_checks(group, ip, user) {
-        return Admission::Ask(group, shared, checks);
-    }
-    if let Err(retry) = limiter.limits.check(group, ip, user) {
+    let admission = limiter.limits.decide(group, ip, user);
+    if matches!(admission, Admission::Refused(_)) {
         metrics::counter!("rate_limited_total", "group" => group.as_str()).increment(1);
-        return Admission::Refused(retry);
     }
-    Admission::Through
+    admission
 }
 
 #[cfg(test)]
