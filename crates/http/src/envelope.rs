@@ -40,13 +40,8 @@ impl TraceId {
         plain.then(|| Self(s.into()))
     }
 
-    /// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex
-    /// flags>`), so that a request made inside a caller's trace is logged and answered under
-    /// that trace's id. Anything malformed (or an all-zero id, or version `ff`) is ignored.
-    pub fn from_traceparent(value: &HeaderValue) -> Option<Self> {
-        traceparent(value).map(|p| Self::from_trace_parent(&p))
-    }
-
+    /// The trace id of a caller's W3C `traceparent`, so that a request made inside a caller's
+    /// trace is logged and answered under that trace's id.
     pub(crate) fn from_trace_parent(p: &TraceParent<'_>) -> Self {
         Self(p.trace_id.into())
     }

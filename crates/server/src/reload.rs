@@ -24,7 +24,7 @@ pub struct Change {
 
 /// Whether a change of `key` is put in force without a restart.
 pub fn applies_live(key: &str) -> bool {
-    key == "log.level" || key == "rate_limit" || key.starts_with("rate_limit.")
+    key == "log.level" || key.starts_with("rate_limit.")
 }
 
 fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {

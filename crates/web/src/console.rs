@@ -28,7 +28,7 @@ use crate::layout::{
 };
 use crate::sales::{sale_clock, sale_error};
 use crate::session::{Nothing, Posted, Viewer};
-use crate::shop::{catalog_error, order_details, payment_error, shop_error, short, uuid_of};
+use crate::shop::{catalog_error, order_details, parse_id, payment_error, shop_error, short};
 
 /// Pictures one product form may upload at once.
 pub const MAX_FORM_IMAGES: usize = 4;
@@ -340,7 +340,7 @@ pub async fn product_page(
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
 ) -> PageResult {
-    let id = ProductId::from_uuid(uuid_of(&id)?);
+    let id = ProductId::from_uuid(parse_id(&id)?);
     let p = state.catalog.get(id, true).await.map_err(catalog_error)?;
     let action = format!("/admin/products/{}", id.as_uuid());
     let body = html! {
@@ -362,7 +362,7 @@ pub async fn update_product(
     Path(id): Path<String>,
     form: Multipart,
 ) -> PageResult {
-    let id = ProductId::from_uuid(uuid_of(&id)?);
+    let id = ProductId::from_uuid(parse_id(&id)?);
     let f = read_product_form(form)
         .await
         .map_err(|e| PageError::new(StatusCode::BAD_REQUEST, e))?;
@@ -408,7 +408,7 @@ pub async fn delete_product(
     Path(id): Path<String>,
     Posted(Nothing {}): Posted<Nothing>,
 ) -> PageResult {
-    let id = ProductId::from_uuid(uuid_of(&id)?);
+    let id = ProductId::from_uuid(parse_id(&id)?);
     state.catalog.delete(id).await.map_err(catalog_error)?;
     Ok(Redirect::to("/admin/products?saved=1").into_response())
 }
@@ -879,7 +879,7 @@ pub async fn sale_live(
     Staff(viewer): Staff,
     Path(id): Path<String>,
 ) -> PageResult {
-    let id = SaleId::from_uuid(uuid_of(&id)?);
+    let id = SaleId::from_uuid(parse_id(&id)?);
     let sale = state.flash_sales.sale(id).await.map_err(sale_error)?;
     let stats = state.flash_sales.stats(id).await.map_err(sale_error)?;
     let recent = state
@@ -941,7 +941,7 @@ pub async fn sale_live_data(
     Staff(_): Staff,
     Path(id): Path<String>,
 ) -> Result<Json<LiveOut>, PageError> {
-    let id = SaleId::from_uuid(uuid_of(&id)?);
+    let id = SaleId::from_uuid(parse_id(&id)?);
     let sale = state.flash_sales.sale(id).await.map_err(sale_error)?;
     let stats = state.flash_sales.stats(id).await.map_err(sale_error)?;
     Ok(Json(LiveOut {
@@ -1160,7 +1160,7 @@ pub async fn order(
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
 ) -> PageResult {
-    let id = OrderId::from_uuid(uuid_of(&id)?);
+    let id = OrderId::from_uuid(parse_id(&id)?);
     let o = state.shop.order(id).await.map_err(shop_error)?;
     let refundable = matches!(o.status, OrderStatus::Paid | OrderStatus::PartiallyRefunded);
     let body = html! {
@@ -1199,7 +1199,7 @@ pub async fn refund(
     Posted(form): Posted<RefundForm>,
 ) -> PageResult {
     admin_only(&viewer)?;
-    let id = OrderId::from_uuid(uuid_of(&id)?);
+    let id = OrderId::from_uuid(parse_id(&id)?);
     let amount = match form.amount.trim() {
         "" => None,
         t => Some(parse_price(t).ok_or_else(|| {
@@ -1288,7 +1288,7 @@ pub async fn set_role(
         .map_err(|e: flashmart_domain::RoleError| {
             PageError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         })?;
-    let user = flashmart_domain::UserId::from_uuid(uuid_of(&id)?);
+    let user = flashmart_domain::UserId::from_uuid(parse_id(&id)?);
     match state.auth.set_role(&admin, user, role).await {
         Ok(_) => Ok(Redirect::to("/admin/users?saved=1").into_response()),
         Err(flashmart_app::auth::AuthError::Store(flashmart_app::StoreError::NotFound)) => {

@@ -117,14 +117,7 @@ pub fn csrf_field(viewer: &Viewer) -> Markup {
 }
 
 pub fn money(m: Money) -> String {
-    let sign = if m.cents() < 0 { "-" } else { "" };
-    let cents = m.cents().unsigned_abs();
-    format!(
-        "{sign}{}.{:02} {}",
-        cents / 100,
-        cents % 100,
-        m.currency().as_str()
-    )
+    cents(m.cents(), m.currency().as_str())
 }
 
 pub fn cents(c: i64, currency: &str) -> String {

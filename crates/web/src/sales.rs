@@ -17,7 +17,7 @@ use crate::layout::{
     PageError, PageResult, cents, countdown, csrf_field, pager, problem, shop_page,
 };
 use crate::session::{Posted, Shopper, Viewer};
-use crate::shop::{fields_text, order_url, payment_status, uuid_of};
+use crate::shop::{fields_text, order_url, parse_id, payment_status};
 
 /// Items shown on a sale's page at once.
 const ITEMS_PER_PAGE: u32 = 100;
@@ -38,14 +38,6 @@ pub fn sale_url(id: SaleId) -> String {
     format!("/flash-sales/{}", id.as_uuid())
 }
 
-fn phase_text(phase: SalePhase) -> &'static str {
-    match phase {
-        SalePhase::Upcoming => "upcoming",
-        SalePhase::Live => "live",
-        SalePhase::Ended => "ended",
-    }
-}
-
 /// The sale's state and its countdown to the next change.
 pub fn sale_clock(s: &SaleView) -> Markup {
     let window = s.record.rules.window();
@@ -62,7 +54,7 @@ fn sale_card(s: &SaleView) -> Markup {
     html! {
         li.card {
             h2 { a href=(sale_url(s.record.id)) { (s.record.name) } }
-            p { span.badge { (phase_text(s.phase)) } " " (sale_clock(s)) }
+            p { span.badge { (s.phase.as_str()) } " " (sale_clock(s)) }
             p { (s.remaining) " of " (s.record.total_stock) " left · " (s.record.item_count) " items" }
         }
     }
@@ -117,7 +109,7 @@ async fn sale_page(
     let body = html! {
         div.sale-head data-sale=(id.as_uuid()) data-page=(items.page) data-per-page=(ITEMS_PER_PAGE) {
             p {
-                span.badge data-sale-status { (phase_text(sale.phase)) } " "
+                span.badge data-sale-status { (sale.phase.as_str()) } " "
                 (sale_clock(&sale))
             }
             p.remaining aria-live="polite" {
@@ -164,7 +156,7 @@ pub async fn sale(
     Path(id): Path<String>,
     Query(params): Query<SaleParams>,
 ) -> PageResult {
-    let id = SaleId::from_uuid(uuid_of(&id)?);
+    let id = SaleId::from_uuid(parse_id(&id)?);
     sale_page(&state, &viewer, id, params.page, None).await
 }
 
@@ -181,7 +173,7 @@ pub async fn reserve(
     Path(id): Path<String>,
     Posted(form): Posted<ReserveForm>,
 ) -> PageResult {
-    let id = SaleId::from_uuid(uuid_of(&id)?);
+    let id = SaleId::from_uuid(parse_id(&id)?);
     let why = match state
         .flash_sales
         .reserve(me.user_id, id, form.item_id, 1, None)
@@ -207,7 +199,7 @@ pub async fn reservation(
     Shopper(viewer, me): Shopper,
     Path(id): Path<String>,
 ) -> PageResult {
-    let id = ReservationId::from_uuid(uuid_of(&id)?);
+    let id = ReservationId::from_uuid(parse_id(&id)?);
     let r = state
         .flash_sales
         .reservation_for(me.user_id, id)

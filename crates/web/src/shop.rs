@@ -192,7 +192,8 @@ pub async fn catalogue(
     Ok(shop_page(&viewer, "Shop", body).into_response())
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, PageError> {
+/// The id in `raw`, or the page is not found.
+pub fn parse_id(raw: &str) -> Result<Uuid, PageError> {
     Uuid::parse_str(raw).map_err(|_| PageError::not_found())
 }
 
@@ -701,9 +702,4 @@ pub async fn cancel(
         .await
         .map_err(shop_error)?;
     Ok(Redirect::to(&order_url(id)).into_response())
-}
-
-/// The id in `raw`, or the page is not found.
-pub fn uuid_of(raw: &str) -> Result<Uuid, PageError> {
-    parse_id(raw)
 }
