@@ -222,22 +222,16 @@ impl AccountStore for SqliteStore {
         new_hash: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<SessionId>, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let updated =
-            sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
-                .bind(new_hash)
-                .bind(micros(now))
-                .bind(user.as_uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let revoked =
-            revoke_every_session(&mut tx, user, RevokeReason::PasswordChange, now).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(revoked)
+        let sql = "UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?";
+        update_ending_sessions(
+            &self.writer,
+            sql,
+            new_hash,
+            user,
+            RevokeReason::PasswordChange,
+            now,
+        )
+        .await
     }
 
     async fn set_role(
@@ -246,20 +240,16 @@ impl AccountStore for SqliteStore {
         role: Role,
         now: OffsetDateTime,
     ) -> Result<Vec<SessionId>, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let updated = sqlx::query("UPDATE users SET role = ?, updated_at = ? WHERE id = ?")
-            .bind(role.as_str())
-            .bind(micros(now))
-            .bind(user.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let revoked = revoke_every_session(&mut tx, user, RevokeReason::RoleChange, now).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(revoked)
+        let sql = "UPDATE users SET role = ?, updated_at = ? WHERE id = ?";
+        update_ending_sessions(
+            &self.writer,
+            sql,
+            role.as_str(),
+            user,
+            RevokeReason::RoleChange,
+            now,
+        )
+        .await
     }
 
     async fn insert_buyers(
@@ -328,6 +318,32 @@ async fn insert_refresh(
     .await
     .map_err(map_err)?;
     Ok(())
+}
+
+/// Sets one field of `user` (`sql` binds the value, the time and the id) and revokes every live
+/// session of theirs for `reason`, in one transaction; `NotFound` for no such user.
+async fn update_ending_sessions(
+    pool: &sqlx::SqlitePool,
+    sql: &'static str,
+    value: &str,
+    user: UserId,
+    reason: RevokeReason,
+    now: OffsetDateTime,
+) -> Result<Vec<SessionId>, StoreError> {
+    let mut tx = pool.begin().await.map_err(map_err)?;
+    let updated = sqlx::query(sql)
+        .bind(value)
+        .bind(micros(now))
+        .bind(user.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    let revoked = revoke_every_session(&mut tx, user, reason, now).await?;
+    tx.commit().await.map_err(map_err)?;
+    Ok(revoked)
 }
 
 /// Revokes every live session of `user` for `reason`; returns the sessions it revoked.

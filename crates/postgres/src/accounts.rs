@@ -232,22 +232,16 @@ impl AccountStore for PgStore {
         new_hash: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<SessionId>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let updated =
-            sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
-                .bind(new_hash)
-                .bind(now)
-                .bind(user.as_uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let revoked =
-            revoke_every_session(&mut tx, user, RevokeReason::PasswordChange, now).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(revoked)
+        let sql = "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3";
+        update_ending_sessions(
+            &self.pool,
+            sql,
+            new_hash,
+            user,
+            RevokeReason::PasswordChange,
+            now,
+        )
+        .await
     }
 
     async fn set_role(
@@ -256,20 +250,16 @@ impl AccountStore for PgStore {
         role: Role,
         now: OffsetDateTime,
     ) -> Result<Vec<SessionId>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let updated = sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE id = $3")
-            .bind(role.as_str())
-            .bind(now)
-            .bind(user.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let revoked = revoke_every_session(&mut tx, user, RevokeReason::RoleChange, now).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(revoked)
+        let sql = "UPDATE users SET role = $1, updated_at = $2 WHERE id = $3";
+        update_ending_sessions(
+            &self.pool,
+            sql,
+            role.as_str(),
+            user,
+            RevokeReason::RoleChange,
+            now,
+        )
+        .await
     }
 
     async fn insert_buyers(
@@ -328,6 +318,32 @@ impl AccountStore for PgStore {
             .map(|(id, at)| (SessionId::from_uuid(id), at))
             .collect())
     }
+}
+
+/// Sets one field of `user` (`sql` binds the value, the time and the id) and revokes every live
+/// session of theirs for `reason`, in one transaction; `NotFound` for no such user.
+async fn update_ending_sessions(
+    pool: &sqlx::PgPool,
+    sql: &'static str,
+    value: &str,
+    user: UserId,
+    reason: RevokeReason,
+    now: OffsetDateTime,
+) -> Result<Vec<SessionId>, StoreError> {
+    let mut tx = pool.begin().await.map_err(map_err)?;
+    let updated = sqlx::query(sql)
+        .bind(value)
+        .bind(now)
+        .bind(user.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    let revoked = revoke_every_session(&mut tx, user, reason, now).await?;
+    tx.commit().await.map_err(map_err)?;
+    Ok(revoked)
 }
 
 /// Revokes every live session of `user` for `reason`; returns the sessions it revoked.
