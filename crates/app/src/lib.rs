@@ -2,6 +2,7 @@
 //! from storage and the outside world. Adapters implement the ports; the HTTP layer calls the use
 //! cases. Nothing here knows about HTTP or SQL.
 
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod shop;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod uploads;
+pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FieldError, StoreError};

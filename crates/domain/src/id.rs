@@ -94,6 +94,14 @@ uuid_id!(
     /// One refund of a payment; also the provider's idempotency key for it.
     RefundId
 );
+uuid_id!(
+    /// An endpoint outbound webhooks are delivered to.
+    WebhookId
+);
+uuid_id!(
+    /// One outbound webhook event: its `id` in the body, the key receivers deduplicate on.
+    EventId
+);
 
 #[cfg(test)]
 mod tests {

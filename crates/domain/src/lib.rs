@@ -14,8 +14,8 @@ pub mod user;
 
 pub use email::{Email, EmailError};
 pub use id::{
-    AddressId, CouponId, OrderId, PaymentId, ProductId, RefundId, ReservationId, SaleId,
-    ScheduleId, SessionId, UserId,
+    AddressId, CouponId, EventId, OrderId, PaymentId, ProductId, RefundId, ReservationId, SaleId,
+    ScheduleId, SessionId, UserId, WebhookId,
 };
 pub use money::{Currency, Money, MoneyError, Quantity, QuantityError};
 pub use order::OrderStatus;

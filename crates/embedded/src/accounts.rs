@@ -1,6 +1,7 @@
 //! Users, sessions and refresh tokens in SQLite.
 
 use async_trait::async_trait;
+use flashmart_app::audit::AuditEntry;
 use flashmart_app::ports::{
     AccountStore, Credentials, NewSession, RefreshTokenRecord, RevokeReason, Rotation, TokenHash,
 };
@@ -228,24 +229,29 @@ impl AccountStore for SqliteStore {
             sql,
             new_hash,
             user,
+            None,
             RevokeReason::PasswordChange,
             now,
         )
-        .await
+        .await?
+        .ok_or(StoreError::NotFound)
     }
 
     async fn set_role(
         &self,
         user: UserId,
+        from: Role,
         role: Role,
         now: OffsetDateTime,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        let sql = "UPDATE users SET role = ?, updated_at = ? WHERE id = ?";
+        audit: &AuditEntry,
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+        let sql = "UPDATE users SET role = ?, updated_at = ? WHERE id = ? AND role = ?";
         update_ending_sessions(
             &self.writer,
             sql,
             role.as_str(),
             user,
+            Some((from.as_str(), audit)),
             RevokeReason::RoleChange,
             now,
         )
@@ -256,8 +262,10 @@ impl AccountStore for SqliteStore {
         &self,
         buyers: &[(User, SessionId)],
         unusable_password_hash: &str,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
+        crate::audit::record(&mut tx, audit).await?;
         for chunk in crate::flash_sale::chunks(buyers) {
             let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO users (id, email, name, password_hash, role, created_at, updated_at) ",
@@ -320,30 +328,42 @@ async fn insert_refresh(
     Ok(())
 }
 
-/// Sets one field of `user` (`sql` binds the value, the time and the id) and revokes every live
-/// session of theirs for `reason`, in one transaction; `NotFound` for no such user.
+/// Sets one field of `user` (`sql` binds the value, the time and the id, then the field's
+/// expected value when `guard` gives one) and revokes every live session of theirs for `reason`,
+/// in one transaction with `guard`'s audit entry. `None` when the field no longer has the value
+/// expected; `NotFound` for no such user.
 async fn update_ending_sessions(
     pool: &sqlx::SqlitePool,
     sql: &'static str,
     value: &str,
     user: UserId,
+    guard: Option<(&str, &AuditEntry)>,
     reason: RevokeReason,
     now: OffsetDateTime,
-) -> Result<Vec<SessionId>, StoreError> {
+) -> Result<Option<Vec<SessionId>>, StoreError> {
     let mut tx = pool.begin().await.map_err(map_err)?;
-    let updated = sqlx::query(sql)
+    let mut update = sqlx::query(sql)
         .bind(value)
         .bind(micros(now))
-        .bind(user.as_uuid())
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        .bind(user.as_uuid());
+    if let Some((expected, _)) = guard {
+        update = update.bind(expected);
+    }
+    let updated = update.execute(&mut *tx).await.map_err(map_err)?;
     if updated.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = ?")
+            .bind(user.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        return exists.map(|_| None).ok_or(StoreError::NotFound);
+    }
+    if let Some((_, audit)) = guard {
+        crate::audit::record(&mut tx, audit).await?;
     }
     let revoked = revoke_every_session(&mut tx, user, reason, now).await?;
     tx.commit().await.map_err(map_err)?;
-    Ok(revoked)
+    Ok(Some(revoked))
 }
 
 /// Revokes every live session of `user` for `reason`; returns the sessions it revoked.

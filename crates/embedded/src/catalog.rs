@@ -1,6 +1,7 @@
 //! Products in SQLite.
 
 use async_trait::async_trait;
+use flashmart_app::audit::AuditEntry;
 use flashmart_app::catalog::{Product, ProductFilter};
 use flashmart_app::ports::CatalogStore;
 use flashmart_app::{Page, PageRequest, StoreError};
@@ -10,6 +11,7 @@ use sqlx::{QueryBuilder, Row as _, Sqlite};
 use time::OffsetDateTime;
 
 use crate::SqliteStore;
+use crate::audit::record;
 use crate::db::{corrupt, from_micros, map_err, micros};
 
 const PRODUCT_COLUMNS: &str = "id, name, description, price_cents, currency, stock, sold, \
@@ -71,7 +73,8 @@ fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &ProductFilter) {
 
 #[async_trait]
 impl CatalogStore for SqliteStore {
-    async fn insert_product(&self, p: &Product) -> Result<(), StoreError> {
+    async fn insert_product(&self, p: &Product, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO products (id, name, description, price_cents, currency, stock, sold, \
              category, images, active, created_at, updated_at, version) \
@@ -90,10 +93,11 @@ impl CatalogStore for SqliteStore {
         .bind(micros(p.created_at))
         .bind(micros(p.updated_at))
         .bind(p.version)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        Ok(())
+        record(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn product(&self, id: ProductId) -> Result<Option<Product>, StoreError> {
@@ -107,7 +111,8 @@ impl CatalogStore for SqliteStore {
             .transpose()
     }
 
-    async fn update_product(&self, p: &Product) -> Result<bool, StoreError> {
+    async fn update_product(&self, p: &Product, audit: &AuditEntry) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
         let done = sqlx::query(
             "UPDATE products SET name = ?, description = ?, price_cents = ?, currency = ?, \
              stock = ?, category = ?, images = ?, active = ?, updated_at = ?, version = ? \
@@ -125,31 +130,46 @@ impl CatalogStore for SqliteStore {
         .bind(p.version)
         .bind(p.id.as_uuid())
         .bind(p.version - 1)
-        .execute(&self.writer)
-        .await
-        .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn delete_product(&self, id: ProductId, now: OffsetDateTime) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let done = sqlx::query(
-            "UPDATE products SET deleted_at = ?1, updated_at = ?1, version = version + 1 \
-             WHERE id = ?2 AND deleted_at IS NULL",
-        )
-        .bind(micros(now))
-        .bind(id.as_uuid())
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        record(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn delete_product(
+        &self,
+        p: &Product,
+        now: OffsetDateTime,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let done = sqlx::query(
+            "UPDATE products SET deleted_at = ?1, updated_at = ?1, version = version + 1 \
+             WHERE id = ?2 AND version = ?3 AND deleted_at IS NULL",
+        )
+        .bind(micros(now))
+        .bind(p.id.as_uuid())
+        .bind(p.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
         // A deleted product leaves every cart at once.
         sqlx::query("DELETE FROM cart_items WHERE product_id = ?")
-            .bind(id.as_uuid())
+            .bind(p.id.as_uuid())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        record(&mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+        Ok(true)
     }
 
     #[tracing::instrument(level = "debug", name = "sqlite.list_products", skip_all)]

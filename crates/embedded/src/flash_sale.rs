@@ -2,11 +2,13 @@
 //! is rebuilt from.
 
 use async_trait::async_trait;
+use flashmart_app::audit::AuditEntry;
 use flashmart_app::flash_sale::model::{
     BuyerId, IdempotencyRecord, ItemRecord, LiveItemState, LiveSaleState, NewItem, Released,
     ReservationRecord, SaleInsert, SaleRecord, Schedule, StoredIdempotency, StoredStats,
 };
 use flashmart_app::ports::FlashSaleStore;
+use flashmart_app::webhooks::{EventType, WebhookEvent};
 use flashmart_app::{Page, PageRequest, StoreError};
 use flashmart_domain::flash_sale::{SalePhase, SaleRules, SaleWindow};
 use flashmart_domain::{Currency, OrderId, OrderStatus, ReservationId, SaleId, ScheduleId};
@@ -17,6 +19,7 @@ use uuid::Uuid;
 
 use crate::SqliteStore;
 use crate::db::{corrupt, from_micros, map_err, micros, order_may_become};
+use crate::webhooks;
 
 macro_rules! select_sales {
     ($rest:literal) => {
@@ -242,6 +245,7 @@ impl FlashSaleStore for SqliteStore {
         &self,
         sale: &SaleRecord,
         items: &[NewItem],
+        audit: Option<&AuditEntry>,
     ) -> Result<SaleInsert, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let (schedule, slot) = match sale.slot {
@@ -302,6 +306,9 @@ impl FlashSaleStore for SqliteStore {
             }
         }
         insert_items(&mut tx, sale.id, items).await?;
+        if let Some(audit) = audit {
+            crate::audit::record(&mut tx, audit).await?;
+        }
         tx.commit().await.map_err(map_err)?;
         Ok(SaleInsert::Stored)
     }
@@ -679,6 +686,33 @@ impl FlashSaleStore for SqliteStore {
             qb.push(")");
             qb.build().execute(&mut *tx).await.map_err(map_err)?;
         }
+        let expired = webhooks::subscribers(&mut tx, EventType::ReservationExpired).await?;
+        let orders_expired = webhooks::subscribers(&mut tx, EventType::OrderExpired).await?;
+        for (order, sale, item_no, buyer, quantity, id) in &rows {
+            if !expired.is_empty() {
+                let data = serde_json::json!({
+                    "reservation_id": id,
+                    "sale_id": sale,
+                    "item_id": item_no,
+                    "quantity": quantity,
+                    "buyer_id": buyer,
+                    "order_id": order,
+                });
+                let event = WebhookEvent::new(EventType::ReservationExpired, now, data);
+                webhooks::write_event(&mut tx, &event, &expired).await?;
+            }
+            if let Some(order) = order {
+                let order = OrderId::from_uuid(*order);
+                webhooks::order_event_to(
+                    &mut tx,
+                    EventType::OrderExpired,
+                    order,
+                    now,
+                    &orders_expired,
+                )
+                .await?;
+            }
+        }
         tx.commit().await.map_err(map_err)?;
         rows.into_iter()
             .map(|(_, sale, item_no, buyer, quantity, id)| {
@@ -693,7 +727,12 @@ impl FlashSaleStore for SqliteStore {
             .collect()
     }
 
-    async fn insert_schedule(&self, schedule: &Schedule) -> Result<(), StoreError> {
+    async fn insert_schedule(
+        &self,
+        schedule: &Schedule,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO flash_sale_schedules (id, name, recurrence, item_count, price_cents, \
              currency, per_user_limit, reservation_ttl_secs, duration_secs, active, created_at) \
@@ -710,10 +749,13 @@ impl FlashSaleStore for SqliteStore {
         .bind(schedule.duration_secs)
         .bind(i64::from(schedule.active))
         .bind(micros(schedule.created_at))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        Ok(())
+        if let Some(audit) = audit {
+            crate::audit::record(&mut tx, audit).await?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 
     async fn schedules(&self, page: PageRequest) -> Result<Page<Schedule>, StoreError> {

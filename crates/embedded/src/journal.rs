@@ -41,6 +41,7 @@ use async_trait::async_trait;
 use flashmart_app::StoreError;
 use flashmart_app::flash_sale::model::{JournalOp, JournalOutcome, PurchaseOutcome};
 use flashmart_app::ports::ReservationJournal;
+use flashmart_app::webhooks::EventType;
 use flashmart_domain::ReservationId;
 use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -220,9 +221,18 @@ impl SqliteStore {
         if let Some(direct) = &direct {
             decoded.read(direct.body)?;
         }
+        let mut conn = self.writer.acquire().await.map_err(map_err)?;
+        // Webhooks: only when an endpoint wants `order.created` are the events built at all.
+        let notify = decoded.reservations.iter().any(|r| r.order.is_some())
+            && !crate::webhooks::subscribers(&mut conn, EventType::OrderCreated)
+                .await?
+                .is_empty();
         let mut sql = String::from("BEGIN IMMEDIATE; ");
         let mut args = SqliteArguments::default();
         let (orders, first_order) = rows::inserts(&mut sql, &mut args, &decoded)?;
+        if notify {
+            rows::order_events(&mut sql, &mut args, &decoded)?;
+        }
         // The order indexer's mark: every order written here is at or after it (order_index.rs).
         if let Some(first) = first_order {
             sql.push_str(LOWER_PENDING_FROM);
@@ -239,7 +249,6 @@ impl SqliteStore {
             rows::purchase_statements(&mut sql, &mut args, direct.purchases)?;
         }
         sql.push_str("COMMIT");
-        let mut conn = self.writer.acquire().await.map_err(map_err)?;
         // The whole transaction in one text; purchases read their rows back inside it.
         let found = match sqlx::query_with(AssertSqlSafe(sql), args)
             .fetch_all(&mut *conn)

@@ -4,6 +4,7 @@
 //! read-only connections that WAL lets run beside the writer.
 
 mod accounts;
+mod audit;
 mod catalog;
 mod db;
 mod flash_sale;
@@ -12,6 +13,7 @@ mod order_index;
 mod payments;
 mod second_factor;
 mod shop;
+mod webhooks;
 
 pub use db::{Durability, SqliteStore};
 pub use order_index::IndexStep;

@@ -4,12 +4,14 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use flashmart_app::StoreError;
+use flashmart_app::audit::AuditEntry;
 use flashmart_app::page::{Page, PageRequest};
 use flashmart_app::payments::{
     Applied, Notification, NotificationKind, PaymentRecord, PaymentStatus, RefundKind,
     RefundRecord, RefundSettlement, RefundStart, RefundStatus,
 };
 use flashmart_app::ports::PaymentStore;
+use flashmart_app::webhooks::EventType;
 use flashmart_domain::{Currency, Money, OrderId, OrderStatus, PaymentId, RefundId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row as _, Sqlite};
@@ -18,6 +20,7 @@ use uuid::Uuid;
 
 use crate::SqliteStore;
 use crate::db::{corrupt, from_micros, map_err, micros, order_may_become};
+use crate::webhooks::emit_order;
 
 /// An order paid, guarded by the state machine: built once, since every payment needs it.
 static MARK_PAID: LazyLock<String> = LazyLock::new(|| {
@@ -239,6 +242,7 @@ impl PaymentStore for SqliteStore {
                 let order = crate::shop::load_order(&mut tx, payment.order_id)
                     .await?
                     .ok_or_else(|| corrupt("orders", "the order just paid is missing"))?;
+                emit_order(&mut tx, EventType::OrderPaid, order.id, now).await?;
                 Applied::Paid(Box::new(order))
             }
         };
@@ -250,6 +254,7 @@ impl PaymentStore for SqliteStore {
         &self,
         refund: &RefundRecord,
         order_as_read: Option<(Money, OrderStatus)>,
+        audit: Option<&AuditEntry>,
     ) -> Result<RefundStart, StoreError> {
         self.settled().await?;
         let mut tx = self.writer.begin().await.map_err(map_err)?;
@@ -279,6 +284,9 @@ impl PaymentStore for SqliteStore {
             }
         }
         insert_refund(&mut tx, refund).await?;
+        if let Some(audit) = audit {
+            crate::audit::record(&mut tx, audit).await?;
+        }
         tx.commit().await.map_err(map_err)?;
         Ok(RefundStart::Started)
     }
@@ -332,6 +340,7 @@ impl PaymentStore for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
+                emit_order(&mut tx, EventType::OrderRefunded, refund.order_id, now).await?;
             }
         }
         tx.commit().await.map_err(map_err)?;

@@ -1,6 +1,7 @@
 //! Addresses, carts, coupons and orders in SQLite.
 
 use async_trait::async_trait;
+use flashmart_app::audit::AuditEntry;
 use flashmart_app::flash_sale::model::{BuyerId, Released};
 use flashmart_app::ports::{AddressStore, CartStore, CouponStore, OrderStore};
 use flashmart_app::shop::model::{
@@ -8,6 +9,7 @@ use flashmart_app::shop::model::{
     OrderRecord,
 };
 use flashmart_app::shop::pricing;
+use flashmart_app::webhooks::EventType;
 use flashmart_app::{Page, PageRequest, StoreError};
 use flashmart_domain::address::{Address, AddressFields};
 use flashmart_domain::coupon::{CouponRules, Discount};
@@ -23,6 +25,7 @@ use uuid::Uuid;
 use crate::SqliteStore;
 use crate::catalog::product_from_row;
 use crate::db::{corrupt, from_micros, map_err, micros, order_may_become};
+use crate::webhooks::emit_order;
 
 fn get<'r, T>(row: &'r SqliteRow, col: &str) -> Result<T, StoreError>
 where
@@ -263,7 +266,7 @@ const COUPON_COLUMNS: &str = "id, code, kind, percent, amount_cents, currency, m
 
 #[async_trait]
 impl CouponStore for SqliteStore {
-    async fn insert_coupon(&self, c: &Coupon) -> Result<(), StoreError> {
+    async fn insert_coupon(&self, c: &Coupon, audit: &AuditEntry) -> Result<(), StoreError> {
         let (kind, percent, amount, currency) = match c.rules.discount {
             Discount::Percent { percent } => ("percent", Some(i64::from(percent)), None, None),
             Discount::Fixed { amount } => {
@@ -271,6 +274,7 @@ impl CouponStore for SqliteStore {
             }
         };
         let currency = currency.or(c.rules.min_spend.map(|m| m.currency()));
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO coupons (id, code, kind, percent, amount_cents, currency, \
              min_spend_cents, starts_at, ends_at, max_uses, per_user_limit, uses, active, \
@@ -290,10 +294,11 @@ impl CouponStore for SqliteStore {
         .bind(i64::from(c.uses))
         .bind(i64::from(c.active))
         .bind(micros(c.created_at))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        Ok(())
+        crate::audit::record(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn coupons(&self, page: PageRequest) -> Result<Page<Coupon>, StoreError> {
@@ -736,6 +741,7 @@ impl OrderStore for SqliteStore {
         let order = load_order(&mut tx, req.order_id)
             .await?
             .ok_or_else(|| corrupt("orders", "the order just written is missing"))?;
+        emit_order(&mut tx, EventType::OrderCreated, order.id, order.created_at).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(CheckoutOutcome::Placed(Box::new(order)))
     }
@@ -826,6 +832,7 @@ impl OrderStore for SqliteStore {
         let order = load_order(&mut tx, id)
             .await?
             .ok_or_else(|| corrupt("orders", "the order just cancelled is missing"))?;
+        emit_order(&mut tx, EventType::OrderCancelled, id, now).await?;
         tx.commit().await.map_err(map_err)?;
         Ok((CancelOutcome::Cancelled(Box::new(order)), released))
     }
@@ -852,6 +859,13 @@ impl OrderStore for SqliteStore {
         .map_err(map_err)?;
         for id in &due {
             give_back(&mut tx, OrderId::from_uuid(*id)).await?;
+            emit_order(
+                &mut tx,
+                EventType::OrderExpired,
+                OrderId::from_uuid(*id),
+                now,
+            )
+            .await?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(due.into_iter().map(OrderId::from_uuid).collect())

@@ -122,7 +122,10 @@ async fn racing_buyers_never_oversell_one_item() {
     let users = world.users(150).await;
     let engine = Arc::new(world.engine().await);
     let sale = engine
-        .create_sale(draft(world.clock.now(), &[100], 2))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(world.clock.now(), &[100], 2),
+        )
         .await
         .unwrap();
     let sale_id = sale.record.id;
@@ -215,9 +218,17 @@ async fn answers_outside_the_window_touch_no_storage() {
     let mut later = draft(now, &[5], 1);
     later.starts_at = now + Duration::hours(1);
     later.ends_at = now + Duration::hours(2);
-    let upcoming = engine.create_sale(later).await.unwrap().record.id;
+    let upcoming = engine
+        .create_sale(flashmart_app::audit::Actor::Command("test"), later)
+        .await
+        .unwrap()
+        .record
+        .id;
     let live = engine
-        .create_sale(draft(now, &[5], 1))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(now, &[5], 1),
+        )
         .await
         .unwrap()
         .record
@@ -245,7 +256,10 @@ async fn limits_count_across_items_and_quantities_are_checked() {
     let users = world.users(1).await;
     let engine = world.engine().await;
     let sale = engine
-        .create_sale(draft(world.clock.now(), &[10, 10], 3))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(world.clock.now(), &[10, 10], 3),
+        )
         .await
         .unwrap()
         .record
@@ -274,7 +288,10 @@ async fn idempotency_keys_replay_and_survive_a_restart() {
     let users = world.users(2).await;
     let engine = world.engine().await;
     let sale = engine
-        .create_sale(draft(world.clock.now(), &[10], 5))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(world.clock.now(), &[10], 5),
+        )
         .await
         .unwrap()
         .record
@@ -325,7 +342,10 @@ async fn a_refusal_is_replayed_too() {
     let users = world.users(2).await;
     let engine = world.engine().await;
     let sale = engine
-        .create_sale(draft(world.clock.now(), &[1], 1))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(world.clock.now(), &[1], 1),
+        )
         .await
         .unwrap()
         .record
@@ -365,7 +385,10 @@ async fn a_failed_commit_gives_the_stock_back() {
     let users = world.users(1).await;
     let engine = world.engine_with(Arc::new(BrokenJournal), false).await;
     let sale = engine
-        .create_sale(draft(world.clock.now(), &[1], 1))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(world.clock.now(), &[1], 1),
+        )
         .await
         .unwrap()
         .record
@@ -418,7 +441,10 @@ async fn a_panicking_journal_fails_its_batch_and_the_commit_goes_on() {
         )
         .await;
     let sale = engine
-        .create_sale(draft(world.clock.now(), &[1], 1))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(world.clock.now(), &[1], 1),
+        )
         .await
         .unwrap()
         .record
@@ -472,7 +498,10 @@ async fn with_the_commit_task_gone_reservations_fail_at_once_and_stock_goes_back
     .unwrap();
     let engine = Arc::new(engine);
     let sale = engine
-        .create_sale(draft(world.clock.now(), &[2], 1))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(world.clock.now(), &[2], 1),
+        )
         .await
         .unwrap()
         .record
@@ -527,7 +556,10 @@ async fn expired_reservations_return_their_stock() {
     let users = world.users(2).await;
     let engine = world.engine().await;
     let sale = engine
-        .create_sale(draft(world.clock.now(), &[1], 1))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(world.clock.now(), &[1], 1),
+        )
         .await
         .unwrap()
         .record
@@ -558,7 +590,10 @@ async fn reservations_are_shown_to_their_owner_only() {
     let users = world.users(2).await;
     let engine = world.engine().await;
     let sale = engine
-        .create_sale(draft(world.clock.now(), &[3], 3))
+        .create_sale(
+            flashmart_app::audit::Actor::Command("test"),
+            draft(world.clock.now(), &[3], 3),
+        )
         .await
         .unwrap()
         .record
@@ -581,16 +616,19 @@ async fn two_schedulers_make_one_sale_per_slot() {
     let world = World::new().await;
     let a = Arc::new(world.engine().await);
     let b = Arc::new(world.engine().await);
-    a.create_schedule(ScheduleDraft {
-        name: "hourly".into(),
-        recurrence: "hourly".into(),
-        item_count: 50,
-        price_cents: 500,
-        currency: None,
-        per_user_limit: 2,
-        reservation_ttl_secs: 300,
-        duration_secs: None,
-    })
+    a.create_schedule(
+        flashmart_app::audit::Actor::Command("test"),
+        ScheduleDraft {
+            name: "hourly".into(),
+            recurrence: "hourly".into(),
+            item_count: 50,
+            price_cents: 500,
+            currency: None,
+            per_user_limit: 2,
+            reservation_ttl_secs: 300,
+            duration_secs: None,
+        },
+    )
     .await
     .unwrap();
     world.clock.advance(Duration::hours(1));

@@ -62,21 +62,24 @@ impl World {
     async fn sale(&self, engine: &FlashSales) -> SaleId {
         let now = self.clock.now();
         let sale = engine
-            .create_sale(SaleDraft {
-                name: "Drop".into(),
-                starts_at: now - Duration::minutes(1),
-                ends_at: now + Duration::hours(1),
-                per_user_limit: 10,
-                reservation_ttl_secs: 600,
-                currency: None,
-                items: ItemsDraft::Listed(vec![ItemDraft {
-                    name: "Sneaker".into(),
-                    product_id: None,
-                    image_url: None,
-                    price_cents: 9900,
-                    stock: 100,
-                }]),
-            })
+            .create_sale(
+                flashmart_app::audit::Actor::Command("test"),
+                SaleDraft {
+                    name: "Drop".into(),
+                    starts_at: now - Duration::minutes(1),
+                    ends_at: now + Duration::hours(1),
+                    per_user_limit: 10,
+                    reservation_ttl_secs: 600,
+                    currency: None,
+                    items: ItemsDraft::Listed(vec![ItemDraft {
+                        name: "Sneaker".into(),
+                        product_id: None,
+                        image_url: None,
+                        price_cents: 9900,
+                        stock: 100,
+                    }]),
+                },
+            )
             .await
             .unwrap();
         sale.record.id

@@ -91,7 +91,9 @@ fn documented_routes(
         .merge(routes::payments::routes())
         .merge(routes::uploads::routes(options.upload_max_bytes))
         .merge(routes::flash_sales::routes())
-        .merge(routes::admin_flash_sales::routes());
+        .merge(routes::admin_flash_sales::routes())
+        .merge(routes::audit::routes())
+        .merge(routes::webhooks::routes());
     // The API's routes name their whole path (`/api/v1/...`) rather than being nested under
     // `/api/v1`: a nested router costs every request a rewritten URI, an extension and one more
     // boxed service level.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
+use flashmart_app::audit::AuditLog;
 use flashmart_app::auth::AuthService;
 use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::FlashSales;
@@ -13,6 +14,7 @@ use flashmart_app::payments::Payments;
 use flashmart_app::ports::Probe;
 use flashmart_app::shop::Shop;
 use flashmart_app::uploads::Uploads;
+use flashmart_app::webhooks::Webhooks;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 #[derive(Clone, Debug)]
@@ -50,6 +52,8 @@ sub_states! {
     shop: Arc<Shop>,
     payments: Arc<Payments>,
     uploads: Arc<Uploads>,
+    audit: Arc<AuditLog>,
+    webhooks: Arc<Webhooks>,
     loadtest: LoadTest,
     limits: Arc<crate::limits::RateLimits>,
     proxies: crate::client_ip::TrustedProxies,
@@ -68,6 +72,8 @@ pub struct AppServices {
     pub shop: Arc<Shop>,
     pub payments: Arc<Payments>,
     pub uploads: Arc<Uploads>,
+    pub audit: Arc<AuditLog>,
+    pub webhooks: Arc<Webhooks>,
     pub loadtest: LoadTest,
     pub limits: Arc<crate::limits::RateLimits>,
     pub proxies: crate::client_ip::TrustedProxies,

@@ -1,6 +1,7 @@
 //! Users, sessions and refresh tokens in PostgreSQL.
 
 use async_trait::async_trait;
+use flashmart_app::audit::AuditEntry;
 use flashmart_app::ports::{
     AccountStore, Credentials, NewSession, RefreshTokenRecord, RevokeReason, Rotation, TokenHash,
 };
@@ -238,24 +239,29 @@ impl AccountStore for PgStore {
             sql,
             new_hash,
             user,
+            None,
             RevokeReason::PasswordChange,
             now,
         )
-        .await
+        .await?
+        .ok_or(StoreError::NotFound)
     }
 
     async fn set_role(
         &self,
         user: UserId,
+        from: Role,
         role: Role,
         now: OffsetDateTime,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        let sql = "UPDATE users SET role = $1, updated_at = $2 WHERE id = $3";
+        audit: &AuditEntry,
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+        let sql = "UPDATE users SET role = $1, updated_at = $2 WHERE id = $3 AND role = $4";
         update_ending_sessions(
             &self.pool,
             sql,
             role.as_str(),
             user,
+            Some((from.as_str(), audit)),
             RevokeReason::RoleChange,
             now,
         )
@@ -266,6 +272,7 @@ impl AccountStore for PgStore {
         &self,
         buyers: &[(User, SessionId)],
         unusable_password_hash: &str,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         // Column arrays unnested into rows: one statement per table whatever the count.
         let ids: Vec<Uuid> = buyers.iter().map(|(u, _)| *u.id.as_uuid()).collect();
@@ -300,6 +307,7 @@ impl AccountStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        crate::audit::record(&mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -320,30 +328,39 @@ impl AccountStore for PgStore {
     }
 }
 
-/// Sets one field of `user` (`sql` binds the value, the time and the id) and revokes every live
-/// session of theirs for `reason`, in one transaction; `NotFound` for no such user.
+/// Sets one field of `user` (`sql` binds the value, the time and the id, then the field's
+/// expected value when `guard` gives one) and revokes every live session of theirs for `reason`,
+/// in one transaction with `guard`'s audit entry. `None` when the field no longer has the value
+/// expected; `NotFound` for no such user.
 async fn update_ending_sessions(
     pool: &sqlx::PgPool,
     sql: &'static str,
     value: &str,
     user: UserId,
+    guard: Option<(&str, &AuditEntry)>,
     reason: RevokeReason,
     now: OffsetDateTime,
-) -> Result<Vec<SessionId>, StoreError> {
+) -> Result<Option<Vec<SessionId>>, StoreError> {
     let mut tx = pool.begin().await.map_err(map_err)?;
-    let updated = sqlx::query(sql)
-        .bind(value)
-        .bind(now)
-        .bind(user.as_uuid())
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+    let mut update = sqlx::query(sql).bind(value).bind(now).bind(user.as_uuid());
+    if let Some((expected, _)) = guard {
+        update = update.bind(expected);
+    }
+    let updated = update.execute(&mut *tx).await.map_err(map_err)?;
     if updated.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
+            .bind(user.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        return exists.map(|_| None).ok_or(StoreError::NotFound);
+    }
+    if let Some((_, audit)) = guard {
+        crate::audit::record(&mut tx, audit).await?;
     }
     let revoked = revoke_every_session(&mut tx, user, reason, now).await?;
     tx.commit().await.map_err(map_err)?;
-    Ok(revoked)
+    Ok(Some(revoked))
 }
 
 /// Revokes every live session of `user` for `reason`; returns the sessions it revoked.

@@ -1,6 +1,7 @@
 //! Products in PostgreSQL.
 
 use async_trait::async_trait;
+use flashmart_app::audit::AuditEntry;
 use flashmart_app::catalog::{Product, ProductFilter};
 use flashmart_app::ports::CatalogStore;
 use flashmart_app::{Page, PageRequest, StoreError};
@@ -10,6 +11,7 @@ use sqlx::{Postgres, QueryBuilder, Row as _};
 use time::OffsetDateTime;
 
 use crate::PgStore;
+use crate::audit::record;
 use crate::db::{corrupt, map_err};
 
 const PRODUCT_COLUMNS: &str = "id, name, description, price_cents, currency, stock, sold, \
@@ -67,7 +69,8 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, filter: &ProductFilter) {
 
 #[async_trait]
 impl CatalogStore for PgStore {
-    async fn insert_product(&self, p: &Product) -> Result<(), StoreError> {
+    async fn insert_product(&self, p: &Product, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO products (id, name, description, price_cents, currency, stock, sold, \
              category, images, active, created_at, updated_at, version) \
@@ -86,10 +89,11 @@ impl CatalogStore for PgStore {
         .bind(p.created_at)
         .bind(p.updated_at)
         .bind(p.version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        Ok(())
+        record(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn product(&self, id: ProductId) -> Result<Option<Product>, StoreError> {
@@ -103,7 +107,8 @@ impl CatalogStore for PgStore {
             .transpose()
     }
 
-    async fn update_product(&self, p: &Product) -> Result<bool, StoreError> {
+    async fn update_product(&self, p: &Product, audit: &AuditEntry) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         let done = sqlx::query(
             "UPDATE products SET name = $1, description = $2, price_cents = $3, currency = $4, \
              stock = $5, category = $6, images = $7, active = $8, updated_at = $9, version = $10 \
@@ -121,31 +126,46 @@ impl CatalogStore for PgStore {
         .bind(p.version)
         .bind(p.id.as_uuid())
         .bind(p.version - 1)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn delete_product(&self, id: ProductId, now: OffsetDateTime) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let done = sqlx::query(
-            "UPDATE products SET deleted_at = $1, updated_at = $1, version = version + 1 \
-             WHERE id = $2 AND deleted_at IS NULL",
-        )
-        .bind(now)
-        .bind(id.as_uuid())
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        record(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn delete_product(
+        &self,
+        p: &Product,
+        now: OffsetDateTime,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let done = sqlx::query(
+            "UPDATE products SET deleted_at = $1, updated_at = $1, version = version + 1 \
+             WHERE id = $2 AND version = $3 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(p.id.as_uuid())
+        .bind(p.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
         // A deleted product leaves every cart at once.
         sqlx::query("DELETE FROM cart_items WHERE product_id = $1")
-            .bind(id.as_uuid())
+            .bind(p.id.as_uuid())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        record(&mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+        Ok(true)
     }
 
     #[tracing::instrument(level = "debug", name = "postgres.list_products", skip_all)]

@@ -11,6 +11,7 @@ use flashmart_app::flash_sale::model::{
     JournalOp, JournalOutcome, NewReservation, PurchaseOutcome,
 };
 use flashmart_app::ports::ReservationJournal;
+use flashmart_app::webhooks::{EventType, WebhookEvent};
 use flashmart_domain::flash_sale::ReservationStatus;
 use flashmart_domain::{Currency, OrderStatus, ReservationId};
 use sqlx::{AssertSqlSafe, PgConnection};
@@ -20,6 +21,7 @@ use uuid::Uuid;
 use crate::PgStore;
 use crate::db::{corrupt, map_err};
 use crate::flash_sale::{RESERVATION_COLUMNS, get, reservation_from_row};
+use crate::webhooks;
 
 #[async_trait]
 impl ReservationJournal for PgStore {
@@ -214,14 +216,19 @@ async fn insert_reservations(
     if orders.is_empty() {
         return Ok(());
     }
-    // No discount on a sale: the subtotal is the total.
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO orders (id, user_id, status, currency, subtotal_cents, total_cents, \
+    // No discount on a sale: the subtotal is the total. The same round trip reads the webhook
+    // endpoints that want an event for each order made.
+    let (inserted, endpoints): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(format!(
+        "WITH made AS (INSERT INTO orders (id, user_id, status, currency, subtotal_cents, total_cents, \
          reservation_id, created_at, updated_at, expires_at) \
          SELECT id, user_id, '{}', currency, total, total, reservation_id, at, at, due \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::uuid[], \
            $6::timestamptz[], $7::timestamptz[]) \
-           AS t(id, user_id, currency, total, reservation_id, at, due) ORDER BY id{}",
+           AS t(id, user_id, currency, total, reservation_id, at, due) ORDER BY id{} \
+         RETURNING id) \
+         SELECT (SELECT coalesce(array_agg(id), '{{}}') FROM made), \
+           (SELECT coalesce(array_agg(id), '{{}}') FROM webhook_endpoints \
+            WHERE active AND 'order.created' = ANY (events))",
         OrderStatus::PendingPayment.as_str(),
         conflicts.clause()
     )))
@@ -232,9 +239,29 @@ async fn insert_reservations(
     .bind(&of)
     .bind(&at)
     .bind(&due)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await
     .map_err(map_err)?;
+    // Webhooks: an event for each order this batch made (not one a replay found there).
+    if !endpoints.is_empty() {
+        let made: HashSet<Uuid> = inserted.into_iter().collect();
+        let events: Vec<WebhookEvent> = (0..orders.len())
+            .filter(|&n| made.contains(&orders[n]))
+            .map(|n| {
+                let data = serde_json::json!({
+                    "order_id": orders[n],
+                    "user_id": users[n],
+                    "status": OrderStatus::PendingPayment.as_str(),
+                    "currency": currencies[n],
+                    "total_cents": totals[n],
+                    "refunded_cents": 0,
+                    "reservation_id": of[n],
+                });
+                WebhookEvent::new(EventType::OrderCreated, at[n], data)
+            })
+            .collect();
+        webhooks::write_events(conn, &events, &endpoints).await?;
+    }
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO order_items (order_id, line, sale_id, item_no, name, unit_price_cents, \
          quantity) SELECT order_id, 1, sale_id, item_no, name, price, quantity \

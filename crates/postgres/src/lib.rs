@@ -10,6 +10,7 @@
 //! and flash sales with the reservation journal.
 
 mod accounts;
+mod audit;
 mod catalog;
 mod db;
 mod flash_sale;
@@ -19,6 +20,7 @@ mod second_factor;
 mod shop;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod webhooks;
 
 pub use db::{PgStore, SoleEngine};
 /// How to reach the database: parsed from a `postgres://` URL.

@@ -6,12 +6,14 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use flashmart_app::StoreError;
+use flashmart_app::audit::AuditEntry;
 use flashmart_app::page::{Page, PageRequest};
 use flashmart_app::payments::{
     Applied, Notification, NotificationKind, PaymentRecord, PaymentStatus, RefundKind,
     RefundRecord, RefundSettlement, RefundStart, RefundStatus,
 };
 use flashmart_app::ports::PaymentStore;
+use flashmart_app::webhooks::EventType;
 use flashmart_domain::{Currency, Money, OrderId, OrderStatus, PaymentId, RefundId};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, Row as _};
@@ -21,6 +23,7 @@ use uuid::Uuid;
 use crate::PgStore;
 use crate::db::{corrupt, map_err, order_may_become};
 use crate::shop::load_order;
+use crate::webhooks::emit_order;
 
 /// An order paid, guarded by the state machine: built once, since every payment needs it.
 static MARK_PAID: LazyLock<String> = LazyLock::new(|| {
@@ -314,6 +317,7 @@ impl PaymentStore for PgStore {
                 let order = load_order(&mut tx, payment.order_id)
                     .await?
                     .ok_or_else(|| corrupt("orders", "the order just paid is missing"))?;
+                emit_order(&mut tx, EventType::OrderPaid, order.id, now).await?;
                 Applied::Paid(Box::new(order))
             }
         };
@@ -325,6 +329,7 @@ impl PaymentStore for PgStore {
         &self,
         refund: &RefundRecord,
         order_as_read: Option<(Money, OrderStatus)>,
+        audit: Option<&AuditEntry>,
     ) -> Result<RefundStart, StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         // The payment's row is the turn: one refund of it starts at a time.
@@ -359,6 +364,9 @@ impl PaymentStore for PgStore {
             }
         }
         insert_refund(&mut tx, refund).await?;
+        if let Some(audit) = audit {
+            crate::audit::record(&mut tx, audit).await?;
+        }
         tx.commit().await.map_err(map_err)?;
         Ok(RefundStart::Started)
     }
@@ -411,6 +419,7 @@ impl PaymentStore for PgStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
+                emit_order(&mut tx, EventType::OrderRefunded, refund.order_id, now).await?;
             }
         }
         tx.commit().await.map_err(map_err)?;

@@ -4,6 +4,7 @@
 //! or the coupon, `FOR UPDATE`.
 
 use async_trait::async_trait;
+use flashmart_app::audit::AuditEntry;
 use flashmart_app::flash_sale::model::{BuyerId, Released};
 use flashmart_app::ports::{AddressStore, CartStore, CouponStore, OrderStore};
 use flashmart_app::shop::model::{
@@ -11,6 +12,7 @@ use flashmart_app::shop::model::{
     OrderRecord,
 };
 use flashmart_app::shop::pricing;
+use flashmart_app::webhooks::EventType;
 use flashmart_app::{Page, PageRequest, StoreError};
 use flashmart_domain::address::{Address, AddressFields};
 use flashmart_domain::coupon::{CouponRules, Discount};
@@ -26,6 +28,7 @@ use uuid::Uuid;
 use crate::PgStore;
 use crate::catalog::product_from_row;
 use crate::db::{corrupt, map_err, order_may_become};
+use crate::webhooks::emit_order;
 
 fn get<'r, T>(row: &'r PgRow, col: &str) -> Result<T, StoreError>
 where
@@ -326,7 +329,7 @@ const COUPON_COLUMNS: &str = "id, code, kind, percent, amount_cents, currency, m
 
 #[async_trait]
 impl CouponStore for PgStore {
-    async fn insert_coupon(&self, c: &Coupon) -> Result<(), StoreError> {
+    async fn insert_coupon(&self, c: &Coupon, audit: &AuditEntry) -> Result<(), StoreError> {
         let (kind, percent, amount, currency) = match c.rules.discount {
             Discount::Percent { percent } => ("percent", Some(i32::from(percent)), None, None),
             Discount::Fixed { amount } => {
@@ -334,6 +337,7 @@ impl CouponStore for PgStore {
             }
         };
         let currency = currency.or(c.rules.min_spend.map(|m| m.currency()));
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO coupons (id, code, kind, percent, amount_cents, currency, \
              min_spend_cents, starts_at, ends_at, max_uses, per_user_limit, uses, active, \
@@ -353,10 +357,11 @@ impl CouponStore for PgStore {
         .bind(i64::from(c.uses))
         .bind(c.active)
         .bind(c.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        Ok(())
+        crate::audit::record(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn coupons(&self, page: PageRequest) -> Result<Page<Coupon>, StoreError> {
@@ -755,6 +760,7 @@ impl OrderStore for PgStore {
         let order = load_order(&mut tx, req.order_id)
             .await?
             .ok_or_else(|| corrupt("orders", "the order just written is missing"))?;
+        emit_order(&mut tx, EventType::OrderCreated, order.id, order.created_at).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(CheckoutOutcome::Placed(Box::new(order)))
     }
@@ -844,6 +850,7 @@ impl OrderStore for PgStore {
         let order = load_order(&mut tx, id)
             .await?
             .ok_or_else(|| corrupt("orders", "the order just cancelled is missing"))?;
+        emit_order(&mut tx, EventType::OrderCancelled, id, now).await?;
         tx.commit().await.map_err(map_err)?;
         Ok((CancelOutcome::Cancelled(Box::new(order)), released))
     }
@@ -872,6 +879,13 @@ impl OrderStore for PgStore {
         lock_products_of(&mut tx, &due).await?;
         for id in &due {
             give_back(&mut tx, OrderId::from_uuid(*id)).await?;
+            emit_order(
+                &mut tx,
+                EventType::OrderExpired,
+                OrderId::from_uuid(*id),
+                now,
+            )
+            .await?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(due.into_iter().map(OrderId::from_uuid).collect())

@@ -46,7 +46,7 @@ async fn a_decided_reservation_is_stored_once_however_often_it_is_written() {
         price_cents: 300,
         stock: 5,
     };
-    store.insert_sale(&sale, &[item]).await.unwrap();
+    store.insert_sale(&sale, &[item], None).await.unwrap();
     let user = User {
         id: UserId::new(),
         email: Email::parse("buyer@example.com").unwrap(),

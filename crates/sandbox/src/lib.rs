@@ -30,7 +30,7 @@ use tokio::sync::watch;
 pub use delivery::RETRY_SCHEDULE_SECS;
 pub use pages::pay_pages;
 pub use signature::{TOLERANCE_SECS, sign};
-pub use transport::{HttpTransport, Transport};
+pub use transport::{HttpTransport, Transport, traceparent};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sandbox");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator =

@@ -20,7 +20,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The W3C `traceparent` of the current span, when OpenTelemetry records it.
-fn traceparent() -> Option<String> {
+pub fn traceparent() -> Option<String> {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let context = tracing::Span::current().context();

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use flashmart_app::audit::Actor;
 use flashmart_app::auth::{AuthError, Registration};
 use flashmart_app::catalog::{ProductDraft, ProductFilter};
 use flashmart_app::flash_sale::ScheduleDraft;
@@ -124,6 +125,9 @@ pub const DEMO_ACCOUNTS: &[(&str, &str, &str, Role)] = &[
     ),
 ];
 
+/// Who the audit log says made the demo data.
+const SEEDER: Actor = Actor::Command("seed");
+
 /// Seeds demo data; what already exists is left alone, so seeding twice is harmless.
 pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     let services = wiring::build(config, Arc::new(SystemClock)).await?;
@@ -142,16 +146,19 @@ pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     let sales = &services.state.flash_sales;
     if sales.schedule_named(DEMO_SCHEDULE).await?.is_none() {
         sales
-            .create_schedule(ScheduleDraft {
-                name: DEMO_SCHEDULE.to_owned(),
-                recurrence: "hourly".to_owned(),
-                item_count: 100,
-                price_cents: 999,
-                currency: None,
-                per_user_limit: 2,
-                reservation_ttl_secs: 900,
-                duration_secs: None,
-            })
+            .create_schedule(
+                SEEDER,
+                ScheduleDraft {
+                    name: DEMO_SCHEDULE.to_owned(),
+                    recurrence: "hourly".to_owned(),
+                    item_count: 100,
+                    price_cents: 999,
+                    currency: None,
+                    per_user_limit: 2,
+                    reservation_ttl_secs: 900,
+                    duration_secs: None,
+                },
+            )
             .await
             .map_err(|e| anyhow::anyhow!("demo schedule: {e:?}"))?;
         tracing::info!(
@@ -200,16 +207,19 @@ async fn seed_catalog(services: &wiring::Services) -> anyhow::Result<()> {
     if existing.total == 0 {
         for (name, category, price_cents, stock) in DEMO_PRODUCTS {
             catalog
-                .create(ProductDraft {
-                    name: (*name).to_owned(),
-                    description: Some(format!("Demo {category}: {name}.")),
-                    price_cents: *price_cents,
-                    currency: None,
-                    stock: *stock,
-                    category: Some((*category).to_owned()),
-                    images: Vec::new(),
-                    active: None,
-                })
+                .create(
+                    SEEDER,
+                    ProductDraft {
+                        name: (*name).to_owned(),
+                        description: Some(format!("Demo {category}: {name}.")),
+                        price_cents: *price_cents,
+                        currency: None,
+                        stock: *stock,
+                        category: Some((*category).to_owned()),
+                        images: Vec::new(),
+                        active: None,
+                    },
+                )
                 .await
                 .map_err(|e| anyhow::anyhow!("demo product {name}: {e:?}"))?;
         }
@@ -221,18 +231,21 @@ async fn seed_catalog(services: &wiring::Services) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("listing coupons: {e}"))?;
     if coupons.total == 0 {
-        shop.create_coupon(CouponDraft {
-            code: DEMO_COUPON.to_owned(),
-            kind: "percent".to_owned(),
-            percent: Some(10),
-            amount_cents: None,
-            currency: None,
-            min_spend_cents: Some(3_000),
-            starts_at: None,
-            ends_at: SystemClock.now() + time::Duration::days(365),
-            max_uses: None,
-            per_user_limit: Some(1),
-        })
+        shop.create_coupon(
+            SEEDER,
+            CouponDraft {
+                code: DEMO_COUPON.to_owned(),
+                kind: "percent".to_owned(),
+                percent: Some(10),
+                amount_cents: None,
+                currency: None,
+                min_spend_cents: Some(3_000),
+                starts_at: None,
+                ends_at: SystemClock.now() + time::Duration::days(365),
+                max_uses: None,
+                per_user_limit: Some(1),
+            },
+        )
         .await
         .map_err(|e| anyhow::anyhow!("demo coupon: {e:?}"))?;
         tracing::info!(

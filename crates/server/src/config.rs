@@ -34,6 +34,37 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub scheduler: SchedulerConfig,
     pub otel: OtelConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Outbound webhooks. Both keys apply live on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Deliver to loopback, private and link-local addresses too (a receiver on the same host
+    /// or network). Off: such URLs are refused when registered, and names resolving only to
+    /// such addresses fail the attempt.
+    pub allow_private: bool,
+    /// How long one delivery attempt may take, connecting included.
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            timeout_secs: 10,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    pub fn settings(&self) -> flashmart_app::webhooks::WebhookSettings {
+        flashmart_app::webhooks::WebhookSettings {
+            allow_private: self.allow_private,
+            timeout: std::time::Duration::from_secs(self.timeout_secs),
+        }
+    }
 }
 
 /// OpenTelemetry traces over OTLP. Without `endpoint` nothing is exported and nothing is paid:
@@ -402,6 +433,7 @@ impl Default for Config {
             payments: PaymentsConfig::default(),
             scheduler: SchedulerConfig::default(),
             otel: OtelConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -582,6 +614,9 @@ impl Config {
                 key: "log.level",
                 message: e.to_string(),
             });
+        }
+        if !(1..=60).contains(&self.webhooks.timeout_secs) {
+            return invalid("webhooks.timeout_secs", "must be between 1 and 60");
         }
         if self.uploads.max_bytes == 0 || self.uploads.max_bytes > 256 * 1024 * 1024 {
             return invalid("uploads.max_bytes", "must be between 1 and 268435456");

@@ -11,9 +11,11 @@ pub mod records;
 pub mod reload;
 pub mod roles;
 mod secrets;
+mod webhook_sender;
 pub mod wiring;
 pub mod workers;
 
 pub use config::Config;
 pub use roles::Roles;
+pub use webhook_sender::HttpWebhookSender;
 pub use wiring::{Services, build};

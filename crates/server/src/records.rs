@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use flashmart_app::ports::{
-    AccountStore, AddressStore, CartStore, CatalogStore, CouponStore, FlashSaleStore, Lease,
-    OrderStore, PaymentStore, Probe, ReservationJournal, RevocationNews, SecondFactorStore,
-    SharedEngine, SharedLimits,
+    AccountStore, AddressStore, AuditStore, CartStore, CatalogStore, CouponStore, FlashSaleStore,
+    Lease, OrderStore, PaymentStore, Probe, ReservationJournal, RevocationNews, SecondFactorStore,
+    SharedEngine, SharedLimits, WebhookStore,
 };
 use flashmart_embedded::{Durability, SqliteStore};
 use flashmart_postgres::{PgConnectOptions, PgStore, SoleEngine};
@@ -35,6 +35,8 @@ pub struct Ports {
     pub payments: Arc<dyn PaymentStore>,
     pub flash_sales: Arc<dyn FlashSaleStore>,
     pub journal: Arc<dyn ReservationJournal>,
+    pub audit: Arc<dyn AuditStore>,
+    pub webhooks: Arc<dyn WebhookStore>,
     pub probe: Arc<dyn Probe>,
 }
 
@@ -50,6 +52,8 @@ trait AllPorts:
     + PaymentStore
     + FlashSaleStore
     + ReservationJournal
+    + AuditStore
+    + WebhookStore
     + Probe
     + Clone
 {
@@ -66,6 +70,8 @@ impl<T> AllPorts for T where
         + PaymentStore
         + FlashSaleStore
         + ReservationJournal
+        + AuditStore
+        + WebhookStore
         + Probe
         + Clone
 {
@@ -84,6 +90,8 @@ fn ports_of<S: AllPorts>(store: &S) -> Ports {
         payments: shared.clone(),
         flash_sales: shared.clone(),
         journal: shared.clone(),
+        audit: shared.clone(),
+        webhooks: shared.clone(),
         probe: shared,
     }
 }

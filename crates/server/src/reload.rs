@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use flashmart_app::webhooks::Webhooks;
 use flashmart_http::limits::RateLimits;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -24,7 +25,7 @@ pub struct Change {
 
 /// Whether a change of `key` is put in force without a restart.
 pub fn applies_live(key: &str) -> bool {
-    key == "log.level" || key.starts_with("rate_limit.")
+    key == "log.level" || key.starts_with("rate_limit.") || key.starts_with("webhooks.")
 }
 
 fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
@@ -136,14 +137,21 @@ pub struct Reloader {
     /// The configuration in force: as started, with the live keys of every reload since.
     running: Mutex<Config>,
     limits: Arc<RateLimits>,
+    webhooks: Arc<Webhooks>,
 }
 
 impl Reloader {
-    pub fn new(path: Option<PathBuf>, running: Config, limits: Arc<RateLimits>) -> Self {
+    pub fn new(
+        path: Option<PathBuf>,
+        running: Config,
+        limits: Arc<RateLimits>,
+        webhooks: Arc<Webhooks>,
+    ) -> Self {
         Self {
             path,
             running: Mutex::new(running),
             limits,
+            webhooks,
         }
     }
 
@@ -174,6 +182,9 @@ impl Reloader {
         if all.iter().any(|c| c.key.starts_with("rate_limit.")) {
             self.limits.reload(&crate::wiring::limit_settings(&next));
         }
+        if all.iter().any(|c| c.key.starts_with("webhooks.")) {
+            self.webhooks.set_settings(next.webhooks.settings());
+        }
         for change in all {
             if applies_live(&change.key) {
                 tracing::info!(key = %change.key, "{}: {} -> {}", change.key, change.from, change.to);
@@ -184,6 +195,7 @@ impl Reloader {
         }
         running.log.level = next.log.level.clone();
         running.rate_limit = next.rate_limit.clone();
+        running.webhooks = next.webhooks.clone();
         if !done.pending.is_empty() {
             tracing::warn!(
                 keys = %done.pending.join(", "),

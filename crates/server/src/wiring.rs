@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use flashmart_app::audit::AuditLog;
 use flashmart_app::auth::{AuthService, AuthSettings, HashCost, LoginLimits};
 use flashmart_app::catalog::Catalog;
 use flashmart_app::flash_sale::{Ack, FlashSaleSettings, FlashSales};
@@ -14,6 +15,7 @@ use flashmart_app::leader::Leadership;
 use flashmart_app::payments::{NoProvider, PaymentProvider, Payments};
 use flashmart_app::shop::{Shop, ShopSettings, ShopStores};
 use flashmart_app::uploads::Uploads;
+use flashmart_app::webhooks::Webhooks;
 use flashmart_app::{Clock, SystemClock};
 use flashmart_http::client_ip::TrustedProxies;
 use flashmart_http::limits::{GroupLimit, LimitSettings, RateLimits};
@@ -212,6 +214,13 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             shop: Arc::new(shop),
             payments: Arc::new(payments),
             uploads: Arc::new(Uploads::new(config.uploads_dir(), config.uploads.max_bytes)),
+            audit: Arc::new(AuditLog::new(Arc::clone(&ports.audit))),
+            webhooks: Arc::new(Webhooks::new(
+                Arc::clone(&ports.webhooks),
+                Arc::new(crate::HttpWebhookSender::default()),
+                Arc::clone(&clock),
+                config.webhooks.settings(),
+            )),
             loadtest: LoadTest {
                 enabled: config.loadtest.enabled,
             },
@@ -376,6 +385,7 @@ pub async fn serve(
             config_path.map(std::path::Path::to_path_buf),
             config.clone(),
             Arc::clone(&services.state.limits),
+            Arc::clone(&services.state.webhooks),
         );
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {

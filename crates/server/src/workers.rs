@@ -164,7 +164,23 @@ fn scheduler(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
             }
         },
     );
-    vec![campaign, sweeper, schedules, orders, stale_payments]
+    let (sales, webhooks) = (Arc::clone(&state.flash_sales), Arc::clone(&state.webhooks));
+    let sale_events = led(services, "sale_events", Duration::from_secs(1), move || {
+        let (sales, webhooks) = (Arc::clone(&sales), Arc::clone(&webhooks));
+        async move {
+            if let Err(err) = webhooks.report_sales(&sales).await {
+                tracing::warn!(%err, "reporting sales' starts and ends to webhooks failed; will retry");
+            }
+        }
+    });
+    vec![
+        campaign,
+        sweeper,
+        schedules,
+        orders,
+        stale_payments,
+        sale_events,
+    ]
 }
 
 /// Scaled mode: what another instance revoked is refused here at once (its news, heard on a
@@ -263,7 +279,22 @@ fn worker(services: &Services, config: &Config) -> Vec<JoinHandle<()>> {
             },
         )
     });
-    let mut workers = vec![refunds];
+    let webhooks = Arc::clone(&state.webhooks);
+    // The first retry is due 5 s after a failure, so it looks every second.
+    let deliveries = every(
+        &state.workers,
+        "webhook_deliverer",
+        Duration::from_secs(1),
+        move || {
+            let webhooks = Arc::clone(&webhooks);
+            async move {
+                if let Err(err) = webhooks.deliver_due(50).await {
+                    tracing::warn!(%err, "reading the webhook deliveries due failed; will retry");
+                }
+            }
+        },
+    );
+    let mut workers = vec![refunds, deliveries];
     workers.extend(log_writer);
     workers.extend(resend);
     workers

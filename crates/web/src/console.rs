@@ -8,6 +8,7 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
+use flashmart_app::audit::Actor;
 use flashmart_app::catalog::{CatalogError, ProductDraft, ProductFilter, ProductPatch};
 use flashmart_app::flash_sale::{ItemDraft, ItemsDraft, SaleDraft, ScheduleDraft};
 use flashmart_app::page::PageRequest;
@@ -35,7 +36,7 @@ pub const MAX_FORM_IMAGES: usize = 4;
 
 /// An operator or admin (with the second factor when the configuration asks for one).
 #[derive(Debug, Clone)]
-pub struct Staff(pub Viewer);
+pub struct Staff(pub Viewer, pub Actor);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Staff {
     type Rejection = Response;
@@ -58,7 +59,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Staff {
             )
             .into_response());
         }
-        Ok(Self(viewer))
+        Ok(Self(viewer, principal.actor()))
     }
 }
 
@@ -71,7 +72,7 @@ fn admin_only(viewer: &Viewer) -> Result<(), PageError> {
 }
 
 /// `/admin`: where to go.
-pub async fn home(State(state): State<AppState>, Staff(viewer): Staff) -> PageResult {
+pub async fn home(State(state): State<AppState>, Staff(viewer, _): Staff) -> PageResult {
     let live = state
         .flash_sales
         .list_sales(Some(SalePhase::Live), PageRequest::new(None, Some(20)))
@@ -100,7 +101,7 @@ pub struct PageParams {
 /// `/admin/products`.
 pub async fn products(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Query(params): Query<PageParams>,
 ) -> PageResult {
     let page = state
@@ -194,7 +195,7 @@ fn product_form(
 }
 
 /// `/admin/products/new`.
-pub async fn new_product_page(Staff(viewer): Staff) -> PageResult {
+pub async fn new_product_page(Staff(viewer, _): Staff) -> PageResult {
     let f = ProductFields {
         active: true,
         ..ProductFields::default()
@@ -278,7 +279,7 @@ fn invalid_fields(e: CatalogError) -> Result<Vec<String>, PageError> {
 /// `POST /admin/products/new` (multipart, with pictures).
 pub async fn create_product(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, by): Staff,
     form: Multipart,
 ) -> PageResult {
     let f = read_product_form(form)
@@ -312,7 +313,7 @@ pub async fn create_product(
         images,
         active: Some(f.active),
     };
-    match state.catalog.create(draft).await {
+    match state.catalog.create(by, draft).await {
         Ok(p) => Ok(
             Redirect::to(&format!("/admin/products/{}?saved=1", p.id.as_uuid())).into_response(),
         ),
@@ -336,7 +337,7 @@ fn fields_of(p: &flashmart_app::catalog::Product) -> ProductFields {
 /// `/admin/products/{id}`: edit, pictures, delete.
 pub async fn product_page(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
 ) -> PageResult {
@@ -358,7 +359,7 @@ pub async fn product_page(
 /// `POST /admin/products/{id}` (multipart).
 pub async fn update_product(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, by): Staff,
     Path(id): Path<String>,
     form: Multipart,
 ) -> PageResult {
@@ -395,7 +396,7 @@ pub async fn update_product(
         images: Some(images),
         active: Some(f.active),
     };
-    match state.catalog.update(id, patch).await {
+    match state.catalog.update(by, id, patch).await {
         Ok(_) => Ok(Redirect::to(&format!("{action}?saved=1")).into_response()),
         Err(e) => Ok(again(invalid_fields(e)?)),
     }
@@ -404,12 +405,12 @@ pub async fn update_product(
 /// `POST /admin/products/{id}/delete`.
 pub async fn delete_product(
     State(state): State<AppState>,
-    Staff(_): Staff,
+    Staff(_, by): Staff,
     Path(id): Path<String>,
     Posted(Nothing {}): Posted<Nothing>,
 ) -> PageResult {
     let id = ProductId::from_uuid(parse_id(&id)?);
-    state.catalog.delete(id).await.map_err(catalog_error)?;
+    state.catalog.delete(by, id).await.map_err(catalog_error)?;
     Ok(Redirect::to("/admin/products?saved=1").into_response())
 }
 
@@ -515,7 +516,7 @@ async fn coupons_page(
 /// `/admin/coupons`.
 pub async fn coupons(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Query(params): Query<PageParams>,
 ) -> PageResult {
     let form = CouponForm {
@@ -546,7 +547,7 @@ fn optional_number(text: &str, field: &str, errors: &mut Vec<String>) -> Option<
 /// `POST /admin/coupons`.
 pub async fn create_coupon(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, by): Staff,
     Posted(form): Posted<CouponForm>,
 ) -> PageResult {
     let mut errors = Vec::new();
@@ -590,7 +591,7 @@ pub async fn create_coupon(
             max_uses,
             per_user_limit,
         };
-        match state.shop.create_coupon(draft).await {
+        match state.shop.create_coupon(by, draft).await {
             Ok(_) => return Ok(Redirect::to("/admin/coupons?saved=1").into_response()),
             Err(flashmart_app::shop::ShopError::Invalid(f)) => {
                 errors.extend(f.iter().map(ToString::to_string));
@@ -605,7 +606,7 @@ pub async fn create_coupon(
 /// `/admin/flash-sales`.
 pub async fn sales(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Query(params): Query<PageParams>,
 ) -> PageResult {
     let list = state
@@ -747,7 +748,7 @@ async fn sale_form_page(
 }
 
 /// `/admin/flash-sales/new`.
-pub async fn new_sale_page(State(state): State<AppState>, Staff(viewer): Staff) -> PageResult {
+pub async fn new_sale_page(State(state): State<AppState>, Staff(viewer, _): Staff) -> PageResult {
     let f = SaleForm {
         minutes: "60".to_owned(),
         per_user_limit: "1".to_owned(),
@@ -771,7 +772,7 @@ fn number(text: &str, field: &str, errors: &mut Vec<String>) -> i64 {
 /// `POST /admin/flash-sales/new`.
 pub async fn create_sale(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, by): Staff,
     Posted(f): Posted<SaleForm>,
 ) -> PageResult {
     let mut errors = Vec::new();
@@ -853,7 +854,7 @@ pub async fn create_sale(
             currency: None,
             items,
         };
-        match state.flash_sales.create_sale(draft).await {
+        match state.flash_sales.create_sale(by, draft).await {
             Ok(sale) => {
                 return Ok(Redirect::to(&format!(
                     "/admin/flash-sales/{}",
@@ -876,7 +877,7 @@ pub async fn create_sale(
 /// `/admin/flash-sales/{id}`: the sale as it runs.
 pub async fn sale_live(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Path(id): Path<String>,
 ) -> PageResult {
     let id = SaleId::from_uuid(parse_id(&id)?);
@@ -938,7 +939,7 @@ pub struct LiveOut {
 /// `/admin/flash-sales/{id}/live`: what the live view polls.
 pub async fn sale_live_data(
     State(state): State<AppState>,
-    Staff(_): Staff,
+    Staff(_, _): Staff,
     Path(id): Path<String>,
 ) -> Result<Json<LiveOut>, PageError> {
     let id = SaleId::from_uuid(parse_id(&id)?);
@@ -976,7 +977,7 @@ fn reservation_results(exposition: &str) -> BTreeMap<String, f64> {
 /// `/admin/schedules`.
 pub async fn schedules(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Query(params): Query<PageParams>,
 ) -> PageResult {
     schedules_page(
@@ -1061,7 +1062,7 @@ async fn schedules_page(
 /// `POST /admin/schedules`.
 pub async fn create_schedule(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, by): Staff,
     Posted(f): Posted<ScheduleForm>,
 ) -> PageResult {
     let mut errors = Vec::new();
@@ -1083,7 +1084,7 @@ pub async fn create_schedule(
             reservation_ttl_secs: pay_minutes.saturating_mul(60),
             duration_secs: None,
         };
-        match state.flash_sales.create_schedule(draft).await {
+        match state.flash_sales.create_schedule(by, draft).await {
             Ok(_) => return Ok(Redirect::to("/admin/schedules?saved=1").into_response()),
             Err(flashmart_app::flash_sale::SaleError::Invalid(fields)) => {
                 errors.extend(fields.iter().map(ToString::to_string));
@@ -1100,7 +1101,7 @@ pub async fn create_schedule(
 /// `/admin/orders?status=`.
 pub async fn orders(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Query(params): Query<PageParams>,
 ) -> PageResult {
     let status = match params.status.as_deref().filter(|s| !s.is_empty()) {
@@ -1156,7 +1157,7 @@ pub async fn orders(
 /// `/admin/orders/{id}`: the order, and Refund for admins.
 pub async fn order(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
 ) -> PageResult {
@@ -1194,7 +1195,7 @@ pub struct RefundForm {
 /// `POST /admin/orders/{id}/refund` (admins).
 pub async fn refund(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, by): Staff,
     Path(id): Path<String>,
     Posted(form): Posted<RefundForm>,
 ) -> PageResult {
@@ -1210,7 +1211,7 @@ pub async fn refund(
         })?),
     };
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
-    match state.payments.refund(id, amount, reason).await {
+    match state.payments.refund(by, id, amount, reason).await {
         Ok(_) => {
             Ok(Redirect::to(&format!("/admin/orders/{}?saved=1", id.as_uuid())).into_response())
         }
@@ -1224,7 +1225,7 @@ pub async fn refund(
 /// `/admin/users` (admins): every account and its role.
 pub async fn users(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Query(params): Query<PageParams>,
 ) -> PageResult {
     admin_only(&viewer)?;
@@ -1274,7 +1275,7 @@ pub struct RoleForm {
 /// `POST /admin/users/{id}/role` (admins): the account's sessions end with it.
 pub async fn set_role(
     State(state): State<AppState>,
-    Staff(viewer): Staff,
+    Staff(viewer, _): Staff,
     Path(id): Path<String>,
     Posted(form): Posted<RoleForm>,
 ) -> PageResult {

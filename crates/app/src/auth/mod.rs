@@ -19,6 +19,7 @@ pub use passwords::{HashCost, HashError, PasswordHasher};
 pub use revoked::RevokedSessions;
 pub use tokens::{AccessTokens, Principal, TokenError};
 
+use crate::audit::{Actor, AuditEntry};
 use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::page::{Page, PageRequest};
@@ -374,15 +375,37 @@ impl AuthService {
         if by.user_id == user {
             return Err(AuthError::OwnRole);
         }
-        let now = self.clock.now();
-        let revoked = self.store.set_role(user, role, now).await?;
-        for session in revoked {
-            self.revoke_everywhere(session, now).await;
+        for _ in 0..5 {
+            let current = self
+                .store
+                .user_by_id(user)
+                .await?
+                .ok_or(AuthError::Store(StoreError::NotFound))?;
+            let now = self.clock.now();
+            let audit = AuditEntry::new(
+                Actor::User(by.user_id),
+                now,
+                "user.role_changed",
+                user,
+                Some(serde_json::json!({ "role": current.role.as_str() })),
+                Some(serde_json::json!({ "role": role.as_str() })),
+            );
+            let Some(revoked) = self
+                .store
+                .set_role(user, current.role, role, now, &audit)
+                .await?
+            else {
+                // Another admin changed it since it was read: decide on what it is now.
+                continue;
+            };
+            for session in revoked {
+                self.revoke_everywhere(session, now).await;
+            }
+            return Ok(User { role, ..current });
         }
-        self.store
-            .user_by_id(user)
-            .await?
-            .ok_or(AuthError::Store(StoreError::NotFound))
+        Err(AuthError::Store(StoreError::Unavailable(
+            "the role kept changing under this request; try again".into(),
+        )))
     }
 
     pub async fn user(&self, id: UserId) -> Result<Option<User>, AuthError> {
@@ -391,7 +414,11 @@ impl AuthService {
 
     /// Makes `count` customer accounts that cannot log in, each with a session and an access
     /// token: buyers for load tests, without paying for `count` password hashes.
-    pub async fn mint_buyers(&self, count: usize) -> Result<Vec<(UserId, String)>, AuthError> {
+    pub async fn mint_buyers(
+        &self,
+        by: Actor,
+        count: usize,
+    ) -> Result<Vec<(UserId, String)>, AuthError> {
         let now = self.clock.now();
         let buyers: Vec<(User, SessionId)> = (0..count)
             .map(|_| {
@@ -412,7 +439,15 @@ impl AuthService {
             })
             .collect::<Result<_, AuthError>>()?;
         // "!" is no PHC string: verification always fails, so these accounts cannot log in.
-        self.store.insert_buyers(&buyers, "!").await?;
+        let audit = AuditEntry::new(
+            by,
+            now,
+            "user.buyers_minted",
+            "loadtest",
+            None,
+            Some(serde_json::json!({ "count": count })),
+        );
+        self.store.insert_buyers(&buyers, "!", &audit).await?;
         buyers
             .iter()
             .map(|(user, session)| {

@@ -31,6 +31,13 @@ pub struct Principal {
     pub second_factor: bool,
 }
 
+impl Principal {
+    /// The caller as the audit log names them.
+    pub const fn actor(&self) -> crate::audit::Actor {
+        crate::audit::Actor::User(self.user_id)
+    }
+}
+
 /// Claims as issued.
 #[derive(Debug, Serialize)]
 struct Claims {

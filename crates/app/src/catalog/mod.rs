@@ -7,6 +7,7 @@ use std::sync::Arc;
 use flashmart_domain::{Currency, Money, ProductId};
 use time::OffsetDateTime;
 
+use crate::audit::{Actor, AuditEntry};
 use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::page::{Page, PageRequest};
@@ -198,6 +199,20 @@ fn category(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Option<String> {
     c
 }
 
+/// What the audit log keeps of a product: the fields an operator sets.
+fn audit_fields(p: &Product) -> serde_json::Value {
+    serde_json::json!({
+        "name": p.name,
+        "description": p.description,
+        "price_cents": p.price.cents(),
+        "currency": p.price.currency().as_str(),
+        "stock": p.stock,
+        "category": p.category,
+        "images": p.images,
+        "active": p.active,
+    })
+}
+
 #[derive(Debug)]
 pub struct Catalog {
     store: Arc<dyn CatalogStore>,
@@ -209,7 +224,7 @@ impl Catalog {
         Self { store, clock }
     }
 
-    pub async fn create(&self, draft: ProductDraft) -> Result<Product, CatalogError> {
+    pub async fn create(&self, by: Actor, draft: ProductDraft) -> Result<Product, CatalogError> {
         let mut errors = Vec::new();
         let now = self.clock.now();
         let name = check_text("name", &draft.name, MAX_NAME, &mut errors);
@@ -232,7 +247,15 @@ impl Catalog {
         if !errors.is_empty() {
             return Err(CatalogError::Invalid(errors));
         }
-        self.store.insert_product(&product).await?;
+        let audit = AuditEntry::new(
+            by,
+            now,
+            "product.created",
+            product.id,
+            None,
+            Some(audit_fields(&product)),
+        );
+        self.store.insert_product(&product, &audit).await?;
         Ok(product)
     }
 
@@ -240,6 +263,7 @@ impl Catalog {
     /// changed it in between, so no concurrent change is lost.
     pub async fn update(
         &self,
+        by: Actor,
         id: ProductId,
         patch: ProductPatch,
     ) -> Result<Product, CatalogError> {
@@ -285,19 +309,44 @@ impl Catalog {
             }
             next.updated_at = self.clock.now();
             next.version = current.version + 1;
-            if self.store.update_product(&next).await? {
+            let audit = AuditEntry::new(
+                by,
+                next.updated_at,
+                "product.updated",
+                id,
+                Some(audit_fields(&current)),
+                Some(audit_fields(&next)),
+            );
+            if self.store.update_product(&next, &audit).await? {
                 return Ok(next);
             }
         }
         Err(CatalogError::Busy)
     }
 
-    pub async fn delete(&self, id: ProductId) -> Result<(), CatalogError> {
-        if self.store.delete_product(id, self.clock.now()).await? {
-            Ok(())
-        } else {
-            Err(CatalogError::NotFound)
+    /// Deletes the product as it is now; retried like [`Catalog::update`], so that the audit log
+    /// records the fields it had when it went.
+    pub async fn delete(&self, by: Actor, id: ProductId) -> Result<(), CatalogError> {
+        for _ in 0..5 {
+            let current = self
+                .store
+                .product(id)
+                .await?
+                .ok_or(CatalogError::NotFound)?;
+            let now = self.clock.now();
+            let audit = AuditEntry::new(
+                by,
+                now,
+                "product.deleted",
+                id,
+                Some(audit_fields(&current)),
+                None,
+            );
+            if self.store.delete_product(&current, now, &audit).await? {
+                return Ok(());
+            }
         }
+        Err(CatalogError::Busy)
     }
 
     /// A product as the public sees it: inactive ones do not exist.

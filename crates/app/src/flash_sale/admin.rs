@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::engine::Engine;
 use super::{FlashSales, SaleError};
+use crate::audit::{Actor, AuditEntry, time_field};
 use crate::error::FieldError;
 use crate::flash_sale::model::{
     ItemRecord, NewItem, ReservationRecord, SaleInsert, SaleRecord, Schedule,
@@ -212,7 +213,7 @@ fn items_from_draft(draft: ItemsDraft, errors: &mut Vec<FieldError>) -> Vec<NewI
 }
 
 impl FlashSales {
-    pub async fn create_sale(&self, draft: SaleDraft) -> Result<SaleView, SaleError> {
+    pub async fn create_sale(&self, by: Actor, draft: SaleDraft) -> Result<SaleView, SaleError> {
         let now = self.core.clock.now();
         let mut errors = Vec::new();
         let name = check_name(&draft.name, &mut errors);
@@ -238,7 +239,20 @@ impl FlashSales {
             total_stock: items.iter().map(|i| u64::from(i.stock)).sum(),
             created_at: now,
         };
-        match self.core.store.insert_sale(&record, &items).await? {
+        let audit = AuditEntry::new(
+            by,
+            now,
+            "flash_sale.created",
+            record.id,
+            None,
+            Some(sale_fields(&record, &items)),
+        );
+        match self
+            .core
+            .store
+            .insert_sale(&record, &items, Some(&audit))
+            .await?
+        {
             SaleInsert::Stored => self.load(record.id).await,
             SaleInsert::ProductShort {
                 product_id,
@@ -397,7 +411,11 @@ impl FlashSales {
         Ok(self.core.store.reservations(sale, page, after).await?)
     }
 
-    pub async fn create_schedule(&self, draft: ScheduleDraft) -> Result<Schedule, SaleError> {
+    pub async fn create_schedule(
+        &self,
+        by: Actor,
+        draft: ScheduleDraft,
+    ) -> Result<Schedule, SaleError> {
         let mut errors = Vec::new();
         let name = check_name(&draft.name, &mut errors);
         let currency = check_currency(draft.currency.as_deref(), &mut errors);
@@ -451,7 +469,20 @@ impl FlashSales {
             active: true,
             created_at: self.core.clock.now(),
         };
-        match self.core.store.insert_schedule(&schedule).await {
+        let audit = AuditEntry::new(
+            by,
+            schedule.created_at,
+            "schedule.created",
+            schedule.id,
+            None,
+            Some(schedule_fields(&schedule)),
+        );
+        match self
+            .core
+            .store
+            .insert_schedule(&schedule, Some(&audit))
+            .await
+        {
             Ok(()) => {}
             Err(crate::StoreError::Conflict { .. }) => return Err(SaleError::ScheduleNameTaken),
             Err(e) => return Err(e.into()),
@@ -536,7 +567,8 @@ impl FlashSales {
             total_stock: u64::from(schedule.item_count),
             created_at: now,
         };
-        let inserted = self.core.store.insert_sale(&record, &items).await? == SaleInsert::Stored;
+        let inserted =
+            self.core.store.insert_sale(&record, &items, None).await? == SaleInsert::Stored;
         let stored = self
             .core
             .store
@@ -555,4 +587,38 @@ impl FlashSales {
 
 fn invalid(v: &flashmart_domain::flash_sale::RuleViolation) -> SaleError {
     SaleError::Invalid(vec![FieldError::new(v.field, v.message.clone())])
+}
+
+/// What the audit log keeps of a new sale: its rules and items.
+fn sale_fields(record: &SaleRecord, items: &[NewItem]) -> serde_json::Value {
+    let rules = &record.rules;
+    serde_json::json!({
+        "name": record.name,
+        "currency": record.currency.as_str(),
+        "starts_at": time_field(rules.window().starts_at()),
+        "ends_at": time_field(rules.window().ends_at()),
+        "per_user_limit": rules.per_user_limit(),
+        "reservation_ttl_secs": rules.reservation_ttl().whole_seconds(),
+        "items": items.iter().map(|i| serde_json::json!({
+            "name": i.name,
+            "product_id": i.product_id,
+            "price_cents": i.price_cents,
+            "stock": i.stock,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// What the audit log keeps of a schedule: every field an operator set.
+fn schedule_fields(s: &Schedule) -> serde_json::Value {
+    serde_json::json!({
+        "name": s.name,
+        "recurrence": s.recurrence.as_str(),
+        "item_count": s.item_count,
+        "price_cents": s.price_cents,
+        "currency": s.currency.as_str(),
+        "per_user_limit": s.per_user_limit,
+        "reservation_ttl_secs": s.reservation_ttl_secs,
+        "duration_secs": s.duration_secs,
+        "active": s.active,
+    })
 }

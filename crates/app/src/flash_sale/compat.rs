@@ -47,7 +47,8 @@ pub(super) async fn ensure_contest_schedule(
         active: true,
         created_at: now,
     };
-    match store.insert_schedule(&schedule).await {
+    // Made by the server itself, not by an operator: nothing to audit.
+    match store.insert_schedule(&schedule, None).await {
         Ok(()) => Ok(schedule.id),
         // Another process made it first.
         Err(StoreError::Conflict { .. }) => store

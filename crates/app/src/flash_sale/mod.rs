@@ -347,6 +347,17 @@ impl FlashSales {
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.core.clock
     }
+
+    /// Every sale this instance holds in memory (live ones, and ended ones until housekeeping
+    /// lets them go), with its remaining units.
+    pub fn in_memory(&self) -> Vec<(SaleRecord, u64)> {
+        self.core
+            .ledger
+            .all()
+            .into_iter()
+            .map(|live| (live.record.clone(), live.remaining()))
+            .collect()
+    }
 }
 
 impl FlashSales {

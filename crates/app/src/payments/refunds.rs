@@ -9,6 +9,7 @@ use flashmart_domain::{Money, OrderId, OrderStatus, PaymentId, RefundId};
 use time::{Duration, OffsetDateTime};
 
 use super::{PaymentError, PaymentRecord, PaymentStatus, Payments, ProviderError};
+use crate::audit::{Actor, AuditEntry};
 use crate::page::{Page, PageRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +157,7 @@ impl Payments {
     /// processes (a second one elsewhere is refused with `RefundInProgress`).
     pub async fn refund(
         &self,
+        by: Actor,
         order: OrderId,
         amount_cents: Option<i64>,
         reason: Option<&str>,
@@ -187,9 +189,25 @@ impl Payments {
             reason.unwrap_or(""),
             now,
         );
+        let audit = AuditEntry::new(
+            by,
+            now,
+            "order.refund_requested",
+            order.id,
+            Some(serde_json::json!({
+                "status": order.status.as_str(),
+                "refunded_cents": order.refunded.cents(),
+            })),
+            Some(serde_json::json!({
+                "refund_id": refund.id,
+                "amount_cents": amount.cents(),
+                "currency": amount.currency().as_str(),
+                "reason": refund.reason,
+            })),
+        );
         match self
             .store
-            .begin_refund(&refund, Some((order.refunded, order.status)))
+            .begin_refund(&refund, Some((order.refunded, order.status)), Some(&audit))
             .await?
         {
             RefundStart::Started => {}

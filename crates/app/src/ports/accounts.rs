@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use flashmart_domain::{Email, Role, SessionId, User, UserId};
 use time::OffsetDateTime;
 
+use crate::audit::AuditEntry;
 use crate::error::StoreError;
 use crate::page::{Page, PageRequest};
 
@@ -126,19 +127,24 @@ pub trait AccountStore: Send + Sync + std::fmt::Debug + 'static {
         now: OffsetDateTime,
     ) -> Result<Vec<SessionId>, StoreError>;
     /// Gives the user `role` and revokes every live session of theirs (their tokens carry the
-    /// old role), in one transaction. Returns the sessions it revoked; `NotFound` for no user.
+    /// old role), in one transaction with `audit`, if the user still has the role `audit.before`
+    /// was read with (`from`): `None` when they do not (someone changed it meanwhile). Returns
+    /// the sessions it revoked; `NotFound` for no user.
     async fn set_role(
         &self,
         user: UserId,
+        from: Role,
         role: Role,
         now: OffsetDateTime,
-    ) -> Result<Vec<SessionId>, StoreError>;
+        audit: &AuditEntry,
+    ) -> Result<Option<Vec<SessionId>>, StoreError>;
     /// Stores accounts that cannot log in (the password hash given is no valid hash), each with
-    /// one session: load-test buyers. One transaction.
+    /// one session: load-test buyers. One transaction, with `audit`.
     async fn insert_buyers(
         &self,
         buyers: &[(User, SessionId)],
         unusable_password_hash: &str,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError>;
     /// Sessions revoked at or after `since`: what the in-memory revocation list must know at start.
     async fn sessions_revoked_since(

@@ -6,6 +6,7 @@ use flashmart_domain::flash_sale::SalePhase;
 use flashmart_domain::{ReservationId, SaleId, ScheduleId};
 use time::OffsetDateTime;
 
+use crate::audit::AuditEntry;
 use crate::error::StoreError;
 use crate::flash_sale::idempotency::Refusal;
 use crate::flash_sale::model::{
@@ -19,11 +20,12 @@ pub trait FlashSaleStore: Send + Sync + std::fmt::Debug + 'static {
     /// Stores a sale and its items in one transaction. A sale for a schedule slot that already
     /// has one is not stored (`SlotTaken`). An item with a product moves its stock out of the
     /// product's by a conditional update; a product with less is `ProductShort`, and nothing is
-    /// stored.
+    /// stored. `audit` (absent for a sale a schedule made) is written in the same transaction.
     async fn insert_sale(
         &self,
         sale: &SaleRecord,
         items: &[NewItem],
+        audit: Option<&AuditEntry>,
     ) -> Result<SaleInsert, StoreError>;
     async fn sale(&self, id: SaleId) -> Result<Option<SaleRecord>, StoreError>;
     /// The sale a schedule made for a slot, if any.
@@ -81,7 +83,13 @@ pub trait FlashSaleStore: Send + Sync + std::fmt::Debug + 'static {
     /// units given back.
     async fn return_unsold(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
 
-    async fn insert_schedule(&self, schedule: &Schedule) -> Result<(), StoreError>;
+    /// Stores a schedule and `audit` (absent for one the server made itself), in one
+    /// transaction; `Conflict` when the name is taken.
+    async fn insert_schedule(
+        &self,
+        schedule: &Schedule,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError>;
     async fn schedules(&self, page: PageRequest) -> Result<Page<Schedule>, StoreError>;
     async fn schedule_by_name(&self, name: &str) -> Result<Option<Schedule>, StoreError>;
 }

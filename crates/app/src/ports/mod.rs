@@ -6,6 +6,7 @@
 //! through them: it runs on the in-memory ledger and reaches storage once per group commit.
 
 mod accounts;
+mod audit;
 mod catalog;
 mod flash_sale;
 mod lease;
@@ -13,11 +14,13 @@ mod payments;
 mod second_factor;
 mod shared_state;
 mod shop;
+mod webhooks;
 
 use async_trait::async_trait;
 
 pub use crate::error::StoreError;
 pub use accounts::*;
+pub use audit::*;
 pub use catalog::*;
 pub use flash_sale::*;
 pub use lease::*;
@@ -25,6 +28,7 @@ pub use payments::*;
 pub use second_factor::*;
 pub use shared_state::*;
 pub use shop::*;
+pub use webhooks::*;
 
 /// A dependency whose health `/readyz` reports.
 #[async_trait]

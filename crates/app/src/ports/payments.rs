@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use flashmart_domain::{Money, OrderId, OrderStatus, PaymentId, RefundId};
 use time::OffsetDateTime;
 
+use crate::audit::AuditEntry;
 use crate::error::StoreError;
 use crate::page::{Page, PageRequest};
 use crate::payments::{
@@ -44,11 +45,13 @@ pub trait PaymentStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Applied, StoreError>;
     /// Records a pending refund, unless another refund of its payment is pending
     /// (`InProgress`) or, for an order refund, the order is no longer at the (refunded total,
-    /// status) read (`OrderChanged`). Nothing is written then.
+    /// status) read (`OrderChanged`). Nothing is written then. `audit`, the admin's request, is
+    /// written with the refund.
     async fn begin_refund(
         &self,
         refund: &RefundRecord,
         order_as_read: Option<(Money, OrderStatus)>,
+        audit: Option<&AuditEntry>,
     ) -> Result<RefundStart, StoreError>;
     /// Settles a pending refund by the provider's answer, in one transaction: a success adds
     /// its amount to the payment's (and, for an order refund, the order's) refunded total and

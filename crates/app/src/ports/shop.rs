@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use flashmart_domain::{AddressId, OrderId, OrderStatus, ProductId, UserId};
 use time::OffsetDateTime;
 
+use crate::audit::AuditEntry;
 use crate::error::StoreError;
 use crate::flash_sale::model::Released;
 use crate::page::{Page, PageRequest};
@@ -51,7 +52,7 @@ pub trait CartStore: Send + Sync + std::fmt::Debug + 'static {
 #[async_trait]
 pub trait CouponStore: Send + Sync + std::fmt::Debug + 'static {
     /// `Conflict` when the code is taken.
-    async fn insert_coupon(&self, coupon: &Coupon) -> Result<(), StoreError>;
+    async fn insert_coupon(&self, coupon: &Coupon, audit: &AuditEntry) -> Result<(), StoreError>;
     async fn coupons(&self, page: PageRequest) -> Result<Page<Coupon>, StoreError>;
 }
 

@@ -13,6 +13,7 @@ use flashmart_domain::{
 };
 use time::{Duration, OffsetDateTime};
 
+use crate::audit::{Actor, AuditEntry, time_field};
 use crate::clock::Clock;
 use crate::error::{FieldError, StoreError};
 use crate::flash_sale::FlashSales;
@@ -476,7 +477,7 @@ impl Shop {
 
     // ---- coupons ---------------------------------------------------------------------------
 
-    pub async fn create_coupon(&self, draft: CouponDraft) -> Result<Coupon, ShopError> {
+    pub async fn create_coupon(&self, by: Actor, draft: CouponDraft) -> Result<Coupon, ShopError> {
         let mut errors = Vec::new();
         let code = normalize_code(&draft.code);
         if code.is_none() {
@@ -555,7 +556,15 @@ impl Shop {
             active: true,
             created_at: now,
         };
-        match self.coupons.insert_coupon(&coupon).await {
+        let audit = AuditEntry::new(
+            by,
+            now,
+            "coupon.created",
+            coupon.id,
+            None,
+            Some(coupon_fields(&coupon)),
+        );
+        match self.coupons.insert_coupon(&coupon, &audit).await {
             Ok(()) => Ok(coupon),
             Err(StoreError::Conflict { .. }) => {
                 Err(ShopError::Conflict("a coupon with this code exists"))
@@ -567,4 +576,19 @@ impl Shop {
     pub async fn coupons(&self, page: PageRequest) -> Result<Page<Coupon>, ShopError> {
         Ok(self.coupons.coupons(page).await?)
     }
+}
+
+/// What the audit log keeps of a coupon: its code and rules.
+fn coupon_fields(c: &Coupon) -> serde_json::Value {
+    let r = &c.rules;
+    serde_json::json!({
+        "code": c.code,
+        "discount": r.discount,
+        "min_spend_cents": r.min_spend.map(|m| m.cents()),
+        "starts_at": time_field(r.starts_at),
+        "ends_at": time_field(r.ends_at),
+        "max_uses": r.max_uses,
+        "per_user_limit": r.per_user_limit,
+        "active": c.active,
+    })
 }

@@ -245,8 +245,21 @@ pub async fn role_change_revokes_the_users_sessions(store: &dyn AccountStore) {
     let a = session_for(store, &u, 1).await;
     let c = session_for(store, &bystander, 2).await;
     let later = t0() + Duration::hours(1);
-    let revoked = store.set_role(u.id, Role::Operator, later).await.unwrap();
-    assert_eq!(revoked, vec![a]);
+    let audit = super::audit_entry("user.role_changed");
+    assert_eq!(
+        store
+            .set_role(u.id, Role::Admin, Role::Operator, later, &audit)
+            .await
+            .unwrap(),
+        None,
+        "a role changed since it was read is left alone"
+    );
+    assert_eq!(store.user_by_id(u.id).await.unwrap().unwrap().role, u.role);
+    let revoked = store
+        .set_role(u.id, u.role, Role::Operator, later, &audit)
+        .await
+        .unwrap();
+    assert_eq!(revoked, Some(vec![a]));
     assert_eq!(
         store.user_by_id(u.id).await.unwrap().unwrap().role,
         Role::Operator
@@ -264,7 +277,9 @@ pub async fn role_change_revokes_the_users_sessions(store: &dyn AccountStore) {
             .any(|(s, _)| *s == c)
     );
     assert!(matches!(
-        store.set_role(UserId::new(), Role::Admin, later).await,
+        store
+            .set_role(UserId::new(), Role::Customer, Role::Admin, later, &audit)
+            .await,
         Err(StoreError::NotFound)
     ));
 }
@@ -297,7 +312,10 @@ pub async fn buyers_are_inserted_with_sessions(store: &dyn AccountStore) {
             )
         })
         .collect();
-    store.insert_buyers(&buyers, "!").await.unwrap();
+    store
+        .insert_buyers(&buyers, "!", &super::audit_entry("user.buyers_minted"))
+        .await
+        .unwrap();
     assert_eq!(
         store
             .list_users(PageRequest::default())

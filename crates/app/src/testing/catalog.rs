@@ -4,6 +4,7 @@ use flashmart_domain::{Currency, Money, ProductId};
 use time::Duration;
 
 use super::accounts::t0;
+use super::audit_entry;
 use crate::catalog::{Product, ProductFilter};
 use crate::page::PageRequest;
 use crate::ports::CatalogStore;
@@ -28,7 +29,10 @@ fn product(name: &str, category: Option<&str>, age_secs: i64) -> Product {
 
 pub async fn products_round_trip(store: &dyn CatalogStore) {
     let p = product("Red Sneaker", Some("shoes"), 0);
-    store.insert_product(&p).await.unwrap();
+    store
+        .insert_product(&p, &audit_entry("product.created"))
+        .await
+        .unwrap();
     assert_eq!(store.product(p.id).await.unwrap(), Some(p.clone()));
     assert!(store.product(ProductId::new()).await.unwrap().is_none());
 
@@ -36,23 +40,41 @@ pub async fn products_round_trip(store: &dyn CatalogStore) {
     let mut edit = p.clone();
     edit.name = "Blue Sneaker".into();
     edit.version = 2;
-    assert!(store.update_product(&edit).await.unwrap());
+    assert!(
+        store
+            .update_product(&edit, &audit_entry("product.updated"))
+            .await
+            .unwrap()
+    );
     let mut stale = p.clone();
     stale.name = "Stale".into();
     stale.version = 2;
-    assert!(!store.update_product(&stale).await.unwrap());
+    assert!(
+        !store
+            .update_product(&stale, &audit_entry("product.updated"))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store.product(p.id).await.unwrap().unwrap().name,
         "Blue Sneaker"
     );
 
-    assert!(store.delete_product(p.id, t0()).await.unwrap());
+    let deleted = audit_entry("product.deleted");
+    assert!(
+        !store.delete_product(&p, t0(), &deleted).await.unwrap(),
+        "a delete applies only to the version it read"
+    );
+    assert!(store.delete_product(&edit, t0(), &deleted).await.unwrap());
     assert!(store.product(p.id).await.unwrap().is_none());
-    assert!(!store.delete_product(p.id, t0()).await.unwrap());
+    assert!(!store.delete_product(&edit, t0(), &deleted).await.unwrap());
     let mut late = edit.clone();
     late.version = 3;
     assert!(
-        !store.update_product(&late).await.unwrap(),
+        !store
+            .update_product(&late, &audit_entry("product.updated"))
+            .await
+            .unwrap(),
         "deleted products stay deleted"
     );
 }
@@ -66,13 +88,19 @@ pub async fn products_search_filter_and_page(store: &dyn CatalogStore) {
     ];
     for (i, (name, cat)) in names.iter().enumerate() {
         store
-            .insert_product(&product(name, *cat, i64::try_from(i).unwrap()))
+            .insert_product(
+                &product(name, *cat, i64::try_from(i).unwrap()),
+                &audit_entry("product.created"),
+            )
             .await
             .unwrap();
     }
     let mut hidden = product("Red Secret", Some("shoes"), 10);
     hidden.active = false;
-    store.insert_product(&hidden).await.unwrap();
+    store
+        .insert_product(&hidden, &audit_entry("product.created"))
+        .await
+        .unwrap();
 
     let names_of =
         |p: crate::Page<Product>| p.items.into_iter().map(|p| p.name).collect::<Vec<_>>();

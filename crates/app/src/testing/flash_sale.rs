@@ -98,7 +98,10 @@ async fn customer<S: FlashSaleAdapter + ?Sized>(store: &S, email: &str) -> UserI
 pub async fn sales_round_trip<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[3, 1, 2]);
     assert_eq!(
-        store.insert_sale(&s, &items(&[3, 1, 2])).await.unwrap(),
+        store
+            .insert_sale(&s, &items(&[3, 1, 2]), None)
+            .await
+            .unwrap(),
         SaleInsert::Stored
     );
     assert_eq!(store.sale(s.id).await.unwrap(), Some(s.clone()));
@@ -137,13 +140,13 @@ pub async fn one_sale_per_schedule_slot<S: FlashSaleAdapter + ?Sized>(store: &S)
         active: true,
         created_at: t0(),
     };
-    store.insert_schedule(&schedule).await.unwrap();
+    store.insert_schedule(&schedule, None).await.unwrap();
     let dup = Schedule {
         id: ScheduleId::new(),
         ..schedule.clone()
     };
     assert!(matches!(
-        store.insert_schedule(&dup).await,
+        store.insert_schedule(&dup, None).await,
         Err(StoreError::Conflict { .. })
     ));
     assert_eq!(
@@ -161,11 +164,17 @@ pub async fn one_sale_per_schedule_slot<S: FlashSaleAdapter + ?Sized>(store: &S)
     let mut second = sale(slot, slot + Duration::hours(1), &[1, 1]);
     second.slot = Some((schedule.id, slot));
     assert_eq!(
-        store.insert_sale(&first, &items(&[1, 1])).await.unwrap(),
+        store
+            .insert_sale(&first, &items(&[1, 1]), None)
+            .await
+            .unwrap(),
         SaleInsert::Stored
     );
     assert_eq!(
-        store.insert_sale(&second, &items(&[1, 1])).await.unwrap(),
+        store
+            .insert_sale(&second, &items(&[1, 1]), None)
+            .await
+            .unwrap(),
         SaleInsert::SlotTaken
     );
     assert_eq!(
@@ -178,7 +187,7 @@ pub async fn one_sale_per_schedule_slot<S: FlashSaleAdapter + ?Sized>(store: &S)
     let mut third = sale(next, next + Duration::hours(1), &[1]);
     third.slot = Some((schedule.id, next));
     assert_eq!(
-        store.insert_sale(&third, &items(&[1])).await.unwrap(),
+        store.insert_sale(&third, &items(&[1]), None).await.unwrap(),
         SaleInsert::Stored
     );
 }
@@ -190,7 +199,7 @@ pub async fn sales_list_by_phase<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let soon = sale(now + Duration::hours(1), now + Duration::hours(2), &[1]);
     let later = sale(now + Duration::hours(3), now + Duration::hours(4), &[1]);
     for s in [&ended, &live, &soon, &later] {
-        store.insert_sale(s, &items(&[1])).await.unwrap();
+        store.insert_sale(s, &items(&[1]), None).await.unwrap();
     }
     let ids = |p: crate::Page<SaleRecord>| p.items.into_iter().map(|s| s.id).collect::<Vec<_>>();
     let page = PageRequest::default();
@@ -222,7 +231,7 @@ pub async fn sales_list_by_phase<S: FlashSaleAdapter + ?Sized>(store: &S) {
 
 pub async fn journal_makes_reservations_durable<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[5, 5]);
-    store.insert_sale(&s, &items(&[5, 5])).await.unwrap();
+    store.insert_sale(&s, &items(&[5, 5]), None).await.unwrap();
     let alice = customer(store, "alice@example.com").await;
     let bob = customer(store, "bob@example.com").await;
     let at = t0() + Duration::minutes(1);
@@ -331,7 +340,7 @@ pub async fn journal_makes_reservations_durable<S: FlashSaleAdapter + ?Sized>(st
 
 pub async fn a_failed_batch_leaves_nothing<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[5]);
-    store.insert_sale(&s, &items(&[5])).await.unwrap();
+    store.insert_sale(&s, &items(&[5]), None).await.unwrap();
     let alice = customer(store, "alice@example.com").await;
     let at = t0() + Duration::minutes(1);
     let good = reservation(&s, 1, BuyerId::user(alice), 1, at, true);
@@ -357,7 +366,7 @@ pub async fn a_failed_batch_leaves_nothing<S: FlashSaleAdapter + ?Sized>(store: 
 
 pub async fn purchases_by_code<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[3]);
-    store.insert_sale(&s, &items(&[3])).await.unwrap();
+    store.insert_sale(&s, &items(&[3]), None).await.unwrap();
     let at = t0() + Duration::minutes(1);
     let live = reservation(&s, 1, BuyerId::external("a"), 1, at, false);
     let stale = reservation(&s, 1, BuyerId::external("b"), 1, at, false);
@@ -453,7 +462,7 @@ pub async fn purchases_by_code<S: FlashSaleAdapter + ?Sized>(store: &S) {
 /// shopper's (which has an order).
 pub async fn decided_purchases_are_recorded<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[5]);
-    store.insert_sale(&s, &items(&[5])).await.unwrap();
+    store.insert_sale(&s, &items(&[5]), None).await.unwrap();
     let at = t0() + Duration::minutes(1);
     let early = reservation(&s, 1, BuyerId::external("a"), 1, at, false);
     let same_batch = reservation(&s, 1, BuyerId::external("b"), 1, at, false);
@@ -499,7 +508,7 @@ pub async fn decided_purchases_are_recorded<S: FlashSaleAdapter + ?Sized>(store:
 
 pub async fn expiry_releases_stock<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[4]);
-    store.insert_sale(&s, &items(&[4])).await.unwrap();
+    store.insert_sale(&s, &items(&[4]), None).await.unwrap();
     let alice = customer(store, "alice@example.com").await;
     let early = reservation(&s, 1, BuyerId::user(alice), 2, t0(), true);
     let late = reservation(
@@ -574,7 +583,7 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let s = sale(t0(), t0() + Duration::hours(1), &[50]);
-    store.insert_sale(&s, &items(&[50])).await.unwrap();
+    store.insert_sale(&s, &items(&[50]), None).await.unwrap();
     let alice = customer(store, "alice@example.com").await;
     let bob = customer(store, "bob@example.com").await;
     let at = t0() + Duration::minutes(1);
@@ -649,7 +658,7 @@ where
 /// A batch of any size is written whole: more rows than one statement takes, of every kind.
 pub async fn large_batches_are_written_whole<S: FlashSaleAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[5000]);
-    store.insert_sale(&s, &items(&[5000])).await.unwrap();
+    store.insert_sale(&s, &items(&[5000]), None).await.unwrap();
     let alice = customer(store, "alice@example.com").await;
     let at = t0() + Duration::minutes(1);
     let mut ops = Vec::new();
@@ -732,7 +741,7 @@ async fn flash_payment<S: FlashOrderAdapter + ?Sized>(
 /// first, the other never happens to the same order.
 pub async fn flash_sale_orders_follow_their_reservation<S: FlashOrderAdapter + ?Sized>(store: &S) {
     let s = sale(t0(), t0() + Duration::hours(1), &[10]);
-    store.insert_sale(&s, &items(&[10])).await.unwrap();
+    store.insert_sale(&s, &items(&[10]), None).await.unwrap();
     let made = reserved_with_orders(store, &s, 3).await;
     let (paid, cancelled, expired) = (&made[0], &made[1], &made[2]);
 
@@ -826,7 +835,7 @@ pub async fn flash_sale_orders_follow_their_reservation<S: FlashOrderAdapter + ?
 /// owed back; never a mix, never an error (no deadlock between the two).
 pub async fn payments_racing_expiry_settle_each_order_once<S: FlashOrderAdapter>(store: Arc<S>) {
     let s = sale(t0(), t0() + Duration::hours(1), &[40]);
-    store.insert_sale(&s, &items(&[40])).await.unwrap();
+    store.insert_sale(&s, &items(&[40]), None).await.unwrap();
     let made = reserved_with_orders(store.as_ref(), &s, 40).await;
     let mut payments = Vec::new();
     for r in &made {

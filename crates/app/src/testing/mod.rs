@@ -7,31 +7,36 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod accounts;
+mod audit;
 mod catalog;
 mod flash_sale;
 mod payments;
 mod second_factor;
 mod shop;
+mod webhooks;
 
 pub use accounts::*;
+pub use audit::*;
 pub use catalog::*;
 pub use flash_sale::*;
 pub use payments::*;
 pub use second_factor::*;
 pub use shop::*;
+pub use webhooks::*;
 
 /// Every contract of this module as a `#[tokio::test]` against one adapter:
 /// `port_contracts!(setup)`, where `setup` is an async fn returning `(guard, Arc<Store>)`, a fresh
 /// and empty store and whatever must outlive the test beside it (a temporary directory, a schema
 /// dropped afterwards). `port_contracts!(setup; accounts, catalog)` runs only the suites named
-/// (`accounts`, `second_factor`, `catalog`, `shop`, `payments`, `flash_sales`), for an adapter
+/// (`accounts`, `second_factor`, `catalog`, `shop`, `payments`, `flash_sales`, `audit`, `webhooks`), for an adapter
 /// that does not yet implement every port. A unit test below fails when a public contract is
 /// missing here.
 #[macro_export]
 macro_rules! port_contracts {
     ($setup:path) => {
         $crate::port_contracts!(
-            $setup; accounts, second_factor, catalog, shop, payments, flash_sales
+            $setup; accounts, second_factor, catalog, shop, payments, flash_sales, audit,
+            webhooks
         );
     };
     ($setup:path; $($suite:ident),+ $(,)?) => {
@@ -58,6 +63,16 @@ macro_rules! port_contracts {
             )
             .await;
         }
+    };
+    (@suite audit $setup:path) => {
+        $crate::port_contracts!(@by_ref $setup;
+            audit_entries_are_written_with_their_change,
+        );
+    };
+    (@suite webhooks $setup:path) => {
+        $crate::port_contracts!(@by_ref $setup;
+            webhook_deliveries_follow_their_schedule,
+        );
     };
     (@suite second_factor $setup:path) => {
         $crate::port_contracts!(@by_ref $setup;
@@ -157,6 +172,18 @@ macro_rules! port_contracts {
     };
 }
 
+/// An audit entry for a contract's audited write; the `audit` suite checks what is stored.
+pub(crate) fn audit_entry(action: &str) -> crate::audit::AuditEntry {
+    crate::audit::AuditEntry::new(
+        crate::audit::Actor::Command("contract"),
+        accounts::t0(),
+        action,
+        "-",
+        None,
+        None,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     /// Every `pub async fn` of the suites is run by `port_contracts!`, so no adapter can miss
@@ -165,11 +192,13 @@ mod tests {
     fn every_contract_is_in_port_contracts() {
         let suites = [
             include_str!("accounts.rs"),
+            include_str!("audit.rs"),
             include_str!("catalog.rs"),
             include_str!("flash_sale.rs"),
             include_str!("payments.rs"),
             include_str!("second_factor.rs"),
             include_str!("shop.rs"),
+            include_str!("webhooks.rs"),
         ];
         let this = include_str!("mod.rs");
         assert_eq!(

@@ -280,13 +280,13 @@ pub async fn refunds_take_turns_and_settle_once<S: PaymentAdapter + ?Sized>(stor
     let part = Money::new(1000, order.total.currency()).unwrap();
     let first = RefundRecord::pending(&payment, RefundKind::Order, part, "damaged", t0());
     assert_eq!(
-        store.begin_refund(&first, as_read).await.unwrap(),
+        store.begin_refund(&first, as_read, None).await.unwrap(),
         RefundStart::Started
     );
     // While one is pending, no other refund of the payment starts.
     let second = RefundRecord::pending(&payment, RefundKind::Order, part, "again", t0());
     assert_eq!(
-        store.begin_refund(&second, as_read).await.unwrap(),
+        store.begin_refund(&second, as_read, None).await.unwrap(),
         RefundStart::InProgress
     );
     assert_eq!(store.refund(second.id).await.unwrap(), None);
@@ -311,7 +311,7 @@ pub async fn refunds_take_turns_and_settle_once<S: PaymentAdapter + ?Sized>(stor
     );
     // A refund decided on what the order was before is refused: the order moved on.
     assert_eq!(
-        store.begin_refund(&second, as_read).await.unwrap(),
+        store.begin_refund(&second, as_read, None).await.unwrap(),
         RefundStart::OrderChanged
     );
     assert_eq!(store.refund(second.id).await.unwrap(), None);
@@ -319,7 +319,7 @@ pub async fn refunds_take_turns_and_settle_once<S: PaymentAdapter + ?Sized>(stor
     let last = RefundRecord::pending(&payment, RefundKind::Order, rest, "", t0());
     assert_eq!(
         store
-            .begin_refund(&last, Some((order_now.refunded, order_now.status)))
+            .begin_refund(&last, Some((order_now.refunded, order_now.status)), None)
             .await
             .unwrap(),
         RefundStart::Started
@@ -348,11 +348,11 @@ pub async fn unanswered_refunds_wait_and_are_listed<S: PaymentAdapter + ?Sized>(
     b.created_at = t0() + Duration::seconds(1);
     b.next_attempt_at = a.next_attempt_at + Duration::seconds(1);
     assert_eq!(
-        store.begin_refund(&a, None).await.unwrap(),
+        store.begin_refund(&a, None, None).await.unwrap(),
         RefundStart::Started
     );
     assert_eq!(
-        store.begin_refund(&b, None).await.unwrap(),
+        store.begin_refund(&b, None, None).await.unwrap(),
         RefundStart::Started
     );
     let later = b.next_attempt_at + Duration::minutes(1);

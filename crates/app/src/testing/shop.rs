@@ -69,7 +69,10 @@ pub(super) async fn product<S: ShopAdapter + ?Sized>(
         updated_at: t0(),
         version: 1,
     };
-    store.insert_product(&p).await.unwrap();
+    store
+        .insert_product(&p, &super::audit_entry("product.created"))
+        .await
+        .unwrap();
     p.id
 }
 
@@ -299,11 +302,16 @@ pub async fn coupons_are_counted_once_per_use<S: ShopAdapter + ?Sized>(store: &S
         active: true,
         created_at: t0(),
     };
-    store.insert_coupon(&coupon).await.unwrap();
+    store
+        .insert_coupon(&coupon, &super::audit_entry("coupon.created"))
+        .await
+        .unwrap();
     let mut dup = coupon.clone();
     dup.id = CouponId::new();
     assert!(matches!(
-        store.insert_coupon(&dup).await,
+        store
+            .insert_coupon(&dup, &super::audit_entry("coupon.created"))
+            .await,
         Err(crate::StoreError::Conflict { .. })
     ));
 
@@ -418,7 +426,10 @@ pub async fn racing_for_a_coupons_last_use<S: ShopAdapter>(store: Arc<S>) {
         active: true,
         created_at: t0(),
     };
-    store.insert_coupon(&coupon).await.unwrap();
+    store
+        .insert_coupon(&coupon, &super::audit_entry("coupon.created"))
+        .await
+        .unwrap();
     // A product each, so that nothing but the coupon makes the checkouts wait for each other.
     let mut users = Vec::new();
     let mut products = Vec::new();

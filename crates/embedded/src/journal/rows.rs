@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use flashmart_app::StoreError;
 use flashmart_app::flash_sale::model::PurchaseOutcome;
+use flashmart_app::webhooks::{EventType, WebhookEvent};
 use flashmart_domain::flash_sale::ReservationStatus;
 use flashmart_domain::{Currency, ReservationId};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -155,6 +156,70 @@ pub(crate) fn inserts(
     }
     let first_order = orders.iter().map(|o| Uuid::from_bytes(o.id)).min();
     Ok((orders.len() as u64, first_order))
+}
+
+/// The deliveries of the `order.created` events just inserted (bound to a JSON list of their
+/// ids in hex), one per active endpoint subscribed, decided inside the transaction.
+const DELIVER_ORDERS_CREATED: &str = "INSERT INTO webhook_deliveries (endpoint_id, event_id, \
+     status, next_attempt_at, created_at) \
+     SELECT p.id, e.id, 'pending', e.created_at, e.created_at \
+     FROM webhook_events e JOIN webhook_endpoints p ON p.active = 1 \
+       AND EXISTS (SELECT 1 FROM json_each(p.events) WHERE value = 'order.created') \
+     WHERE e.id IN (SELECT unhex(value) FROM json_each(?)); ";
+
+/// Appends `order.created` webhook events for the orders `rows` make, with their deliveries:
+/// called only when an endpoint subscribes to them, so that the hot path pays nothing otherwise.
+pub(crate) fn order_events(
+    sql: &mut String,
+    args: &mut SqliteArguments,
+    rows: &Decoded<'_>,
+) -> Result<(), StoreError> {
+    let mut events = Vec::new();
+    for r in &rows.reservations {
+        let (Some(order), Some(user)) = (r.order, r.user) else {
+            continue;
+        };
+        let at = crate::db::from_micros(r.created_at)?;
+        let data = serde_json::json!({
+            "order_id": Uuid::from_bytes(order),
+            "user_id": Uuid::from_bytes(user),
+            "status": "pending_payment",
+            "currency": r.currency,
+            "total_cents": r.unit_price_cents.saturating_mul(i64::from(r.quantity)),
+            "refunded_cents": 0,
+            "reservation_id": Uuid::from_bytes(r.id),
+        });
+        let event = WebhookEvent::new(EventType::OrderCreated, at, data);
+        events.push((*event.id.as_uuid(), r.created_at, event.body()));
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    insert(
+        sql,
+        args,
+        "INSERT INTO webhook_events (id, type, created_at, body) \
+         SELECT column1, 'order.created', column2, column3",
+        3,
+        "column1",
+        &events,
+        |args, (id, at, body)| {
+            add(args, *id)?;
+            add(args, *at)?;
+            add(args, body.clone())
+        },
+    )?;
+    let mut ids = String::with_capacity(2 + events.len() * 35);
+    ids.push('[');
+    for (n, (id, _, _)) in events.iter().enumerate() {
+        if n > 0 {
+            ids.push(',');
+        }
+        let _ = write!(ids, "\"{}\"", id.simple());
+    }
+    ids.push(']');
+    sql.push_str(DELIVER_ORDERS_CREATED);
+    add(args, ids)
 }
 
 pub(crate) fn add<'q, T>(args: &mut SqliteArguments, value: T) -> Result<(), StoreError>

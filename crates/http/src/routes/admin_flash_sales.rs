@@ -109,7 +109,7 @@ pub struct CreateSaleRequest {
     ))]
 pub async fn create_sale(
     State(sales): State<Arc<FlashSales>>,
-    _operator: OperatorAuth,
+    OperatorAuth(staff): OperatorAuth,
     Json(body): Json<CreateSaleRequest>,
 ) -> Result<Reply<SaleOut>, ApiError> {
     let items = match (body.items, body.generate_items) {
@@ -138,15 +138,18 @@ pub async fn create_sale(
         }
     };
     let view = sales
-        .create_sale(SaleDraft {
-            name: body.name,
-            starts_at: body.starts_at,
-            ends_at: body.ends_at,
-            per_user_limit: body.per_user_limit,
-            reservation_ttl_secs: body.reservation_ttl_secs,
-            currency: body.currency,
-            items,
-        })
+        .create_sale(
+            staff.actor(),
+            SaleDraft {
+                name: body.name,
+                starts_at: body.starts_at,
+                ends_at: body.ends_at,
+                per_user_limit: body.per_user_limit,
+                reservation_ttl_secs: body.reservation_ttl_secs,
+                currency: body.currency,
+                items,
+            },
+        )
         .await?;
     Ok(created(view.into()))
 }
@@ -372,20 +375,23 @@ impl From<Schedule> for ScheduleOut {
     ))]
 pub async fn create_schedule(
     State(sales): State<Arc<FlashSales>>,
-    _operator: OperatorAuth,
+    OperatorAuth(staff): OperatorAuth,
     Json(body): Json<CreateScheduleRequest>,
 ) -> Result<Reply<ScheduleOut>, ApiError> {
     let schedule = sales
-        .create_schedule(ScheduleDraft {
-            name: body.name,
-            recurrence: body.recurrence,
-            item_count: body.item_count,
-            price_cents: body.price_cents,
-            currency: body.currency,
-            per_user_limit: body.per_user_limit,
-            reservation_ttl_secs: body.reservation_ttl_secs,
-            duration_secs: body.duration_secs,
-        })
+        .create_schedule(
+            staff.actor(),
+            ScheduleDraft {
+                name: body.name,
+                recurrence: body.recurrence,
+                item_count: body.item_count,
+                price_cents: body.price_cents,
+                currency: body.currency,
+                per_user_limit: body.per_user_limit,
+                reservation_ttl_secs: body.reservation_ttl_secs,
+                duration_secs: body.duration_secs,
+            },
+        )
         .await?;
     Ok(created(schedule.into()))
 }
@@ -436,7 +442,7 @@ pub struct MintedBuyers {
 pub async fn mint_buyers(
     State(auth): State<Arc<AuthService>>,
     State(loadtest): State<LoadTest>,
-    _admin: AdminAuth,
+    AdminAuth(staff): AdminAuth,
     Json(body): Json<MintBuyersRequest>,
 ) -> Result<Reply<MintedBuyers>, ApiError> {
     if !loadtest.enabled {
@@ -454,7 +460,7 @@ pub async fn mint_buyers(
                 "must be between 1 and 10000",
             )])
         })?;
-    let buyers = auth.mint_buyers(count).await?;
+    let buyers = auth.mint_buyers(staff.actor(), count).await?;
     Ok(created(MintedBuyers {
         buyers: buyers
             .into_iter()

@@ -168,20 +168,23 @@ pub struct ProductIn {
     ))]
 pub async fn create_product(
     State(catalog): State<Arc<Catalog>>,
-    _operator: OperatorAuth,
+    OperatorAuth(staff): OperatorAuth,
     Json(body): Json<ProductIn>,
 ) -> Result<Reply<ProductOut>, ApiError> {
     let product = catalog
-        .create(ProductDraft {
-            name: body.name,
-            description: body.description,
-            price_cents: body.price_cents,
-            currency: body.currency,
-            stock: body.stock,
-            category: body.category,
-            images: body.images,
-            active: body.active,
-        })
+        .create(
+            staff.actor(),
+            ProductDraft {
+                name: body.name,
+                description: body.description,
+                price_cents: body.price_cents,
+                currency: body.currency,
+                stock: body.stock,
+                category: body.category,
+                images: body.images,
+                active: body.active,
+            },
+        )
         .await?;
     Ok(created(product.into()))
 }
@@ -259,12 +262,13 @@ pub struct ProductPatchIn {
     ))]
 pub async fn update_product(
     State(catalog): State<Arc<Catalog>>,
-    _operator: OperatorAuth,
+    OperatorAuth(staff): OperatorAuth,
     Path(id): Path<Uuid>,
     Json(body): Json<ProductPatchIn>,
 ) -> Result<Reply<ProductOut>, ApiError> {
     let product = catalog
         .update(
+            staff.actor(),
             ProductId::from_uuid(id),
             ProductPatch {
                 name: body.name,
@@ -291,9 +295,11 @@ pub async fn update_product(
     ))]
 pub async fn delete_product(
     State(catalog): State<Arc<Catalog>>,
-    _operator: OperatorAuth,
+    OperatorAuth(staff): OperatorAuth,
     Path(id): Path<Uuid>,
 ) -> Result<Reply<Empty>, ApiError> {
-    catalog.delete(ProductId::from_uuid(id)).await?;
+    catalog
+        .delete(staff.actor(), ProductId::from_uuid(id))
+        .await?;
     Ok(ok(Empty {}))
 }

@@ -2,6 +2,7 @@
 //! a route cannot exist without its OpenAPI entry.
 
 pub mod admin_flash_sales;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod compat;
@@ -12,3 +13,4 @@ pub mod payments;
 pub mod shop;
 pub mod uploads;
 pub mod users;
+pub mod webhooks;

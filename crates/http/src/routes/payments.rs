@@ -168,12 +168,13 @@ pub struct RefundIn {
     ))]
 pub async fn refund_order(
     State(payments): State<Arc<Payments>>,
-    _admin: AdminAuth,
+    AdminAuth(staff): AdminAuth,
     Path(id): Path<Uuid>,
     Json(body): Json<RefundIn>,
 ) -> Result<Reply<OrderOut>, ApiError> {
     let order = payments
         .refund(
+            staff.actor(),
             OrderId::from_uuid(id),
             body.amount_cents,
             body.reason.as_deref(),

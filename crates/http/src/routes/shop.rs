@@ -710,22 +710,25 @@ impl From<Coupon> for CouponOut {
     ))]
 pub async fn create_coupon(
     State(shop): State<Arc<Shop>>,
-    _operator: OperatorAuth,
+    OperatorAuth(staff): OperatorAuth,
     Json(body): Json<CouponIn>,
 ) -> Result<Reply<CouponOut>, ApiError> {
     let coupon = shop
-        .create_coupon(CouponDraft {
-            code: body.code,
-            kind: body.kind,
-            percent: body.percent,
-            amount_cents: body.amount_cents,
-            currency: body.currency,
-            min_spend_cents: body.min_spend_cents,
-            starts_at: body.starts_at,
-            ends_at: body.ends_at,
-            max_uses: body.max_uses,
-            per_user_limit: body.per_user_limit,
-        })
+        .create_coupon(
+            staff.actor(),
+            CouponDraft {
+                code: body.code,
+                kind: body.kind,
+                percent: body.percent,
+                amount_cents: body.amount_cents,
+                currency: body.currency,
+                min_spend_cents: body.min_spend_cents,
+                starts_at: body.starts_at,
+                ends_at: body.ends_at,
+                max_uses: body.max_uses,
+                per_user_limit: body.per_user_limit,
+            },
+        )
         .await?;
     Ok(created(coupon.into()))
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod auth;
 mod backup;
 mod catalog;
@@ -31,3 +32,4 @@ mod telemetry;
 mod tokens;
 mod topology;
 mod web;
+mod webhooks;

@@ -37,6 +37,19 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/admin/users"),
     ("get", "/api/v1/admin/users/{id}"),
     ("put", "/api/v1/admin/users/{id}/role"),
+    ("get", "/api/v1/admin/audit"),
+    ("post", "/api/v1/admin/webhooks"),
+    ("get", "/api/v1/admin/webhooks"),
+    ("get", "/api/v1/admin/webhooks/{id}"),
+    ("patch", "/api/v1/admin/webhooks/{id}"),
+    ("delete", "/api/v1/admin/webhooks/{id}"),
+    ("post", "/api/v1/admin/webhooks/{id}/pause"),
+    ("post", "/api/v1/admin/webhooks/{id}/resume"),
+    ("get", "/api/v1/admin/webhooks/{id}/deliveries"),
+    (
+        "post",
+        "/api/v1/admin/webhooks/{id}/deliveries/{event_id}/redeliver",
+    ),
     ("get", "/images/generated/{file}"),
     ("get", "/api/v1/flash-sales"),
     ("get", "/api/v1/flash-sales/{id}"),
@@ -103,6 +116,9 @@ const BODILESS: &[&str] = &[
     "/sandbox/pay/{reference}/fail",
     "/checkout",
     "/purchase",
+    "/api/v1/admin/webhooks/{id}/pause",
+    "/api/v1/admin/webhooks/{id}/resume",
+    "/api/v1/admin/webhooks/{id}/deliveries/{event_id}/redeliver",
 ];
 
 /// Only with `compat.contest = true`.

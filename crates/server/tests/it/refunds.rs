@@ -12,11 +12,11 @@ use crate::catalog::{operator, product_id};
 use crate::commerce::{address, app, pay, put_in_cart};
 use crate::support::TestApp;
 
-struct PaidOrder {
-    id: String,
-    customer: String,
-    provider_ref: String,
-    admin: String,
+pub struct PaidOrder {
+    pub id: String,
+    pub customer: String,
+    pub provider_ref: String,
+    pub admin: String,
 }
 
 /// An order of 50.00 in `pending_payment` with its payment started, and an admin.
@@ -40,7 +40,8 @@ async fn unpaid_order(app: &TestApp) -> (String, String, Value) {
     (order["id"].as_str().unwrap().to_owned(), customer, order)
 }
 
-async fn paid_order(app: &TestApp) -> PaidOrder {
+/// A paid order of 50.00 (its product made by `catalog::operator`), and an admin.
+pub async fn paid_order(app: &TestApp) -> PaidOrder {
     let (id, customer, _) = unpaid_order(app).await;
     let payment = pay(app, &customer, &id, 0).await;
     let admin = app
@@ -68,7 +69,11 @@ fn reference(payment: &Value) -> String {
         .to_owned()
 }
 
-async fn refund(app: &TestApp, order: &PaidOrder, amount: Value) -> crate::support::TestResponse {
+pub async fn refund(
+    app: &TestApp,
+    order: &PaidOrder,
+    amount: Value,
+) -> crate::support::TestResponse {
     app.post(&format!("/api/v1/admin/orders/{}/refund", order.id))
         .bearer(&order.admin)
         .json(&json!({"amount_cents": amount}))

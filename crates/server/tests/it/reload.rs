@@ -1,5 +1,6 @@
-//! SIGHUP re-reads the configuration: live keys (log level, rate limits) are applied and logged
-//! by name, keys that need a restart are named, and a broken file changes nothing.
+//! SIGHUP re-reads the configuration: live keys (log level, rate limits, webhook settings) are
+//! applied and logged by name, keys that need a restart are named, and a broken file changes
+//! nothing.
 
 use std::process::Command;
 
@@ -39,6 +40,9 @@ request_timeout_secs = 31
 enabled = true
 [rate_limit.public]
 per_ip_per_minute = 2
+[webhooks]
+allow_private = true
+timeout_secs = 5
 "#;
 
 async fn status(client: &reqwest::Client, url: &str) -> u16 {
@@ -61,11 +65,13 @@ async fn sighup_applies_live_keys_names_the_rest_and_survives_a_broken_file() {
     hangup(&server);
     server.wait_for(|v| message(v) == "log.level: info -> debug");
     server.wait_for(|v| message(v) == "rate_limit.public.per_ip_per_minute: 1000 -> 2");
+    server.wait_for(|v| message(v) == "webhooks.allow_private: false -> true");
+    server.wait_for(|v| message(v) == "webhooks.timeout_secs: 10 -> 5");
     let pending = server.wait_for(|v| message(v).starts_with("changed in the configuration"));
     assert_eq!(pending["level"], "WARN");
     assert_eq!(pending["keys"], "http.request_timeout_secs");
     let done = server.wait_for(|v| message(v) == "configuration reloaded");
-    assert_eq!(done["applied"], 2);
+    assert_eq!(done["applied"], 4);
     // The new limit is in force: 2 a minute from this address.
     assert_eq!(status(&client, &products).await, 200);
     assert_eq!(status(&client, &products).await, 200);

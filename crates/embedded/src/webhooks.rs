@@ -1,0 +1,454 @@
+//! Webhook endpoints, the event outbox and deliveries in SQLite. `emit` is how the other store
+//! methods write an event inside their own transaction.
+
+use async_trait::async_trait;
+use flashmart_app::audit::AuditEntry;
+use flashmart_app::ports::WebhookStore;
+use flashmart_app::webhooks::{
+    AttemptOutcome, AttemptRecord, Delivery, DueDelivery, Endpoint, EventType, WebhookEvent,
+};
+use flashmart_app::{Page, PageRequest, StoreError};
+use flashmart_domain::{EventId, OrderId, WebhookId};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row as _, SqliteConnection};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::SqliteStore;
+use crate::audit::record;
+use crate::db::{corrupt, from_micros, map_err, micros};
+
+/// The active endpoints subscribed to `kind`: looked up once for a batch of events of one type.
+pub(crate) async fn subscribers(
+    conn: &mut SqliteConnection,
+    kind: EventType,
+) -> Result<Vec<Uuid>, StoreError> {
+    sqlx::query_scalar(
+        "SELECT id FROM webhook_endpoints WHERE active = 1 \
+         AND EXISTS (SELECT 1 FROM json_each(events) WHERE value = ?)",
+    )
+    .bind(kind.as_str())
+    .fetch_all(conn)
+    .await
+    .map_err(map_err)
+}
+
+/// Writes `event` with a delivery to every active endpoint subscribed to it, on `conn` (inside
+/// the transaction of the change it reports). Nothing when no endpoint wants it.
+pub(crate) async fn emit(
+    conn: &mut SqliteConnection,
+    event: &WebhookEvent,
+) -> Result<(), StoreError> {
+    let endpoints = subscribers(conn, event.kind).await?;
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    write_event(conn, event, &endpoints).await
+}
+
+/// Writes `event` with a delivery to each of `endpoints` (from [`subscribers`]).
+pub(crate) async fn write_event(
+    conn: &mut SqliteConnection,
+    event: &WebhookEvent,
+    endpoints: &[Uuid],
+) -> Result<(), StoreError> {
+    let at = micros(event.created_at);
+    sqlx::query("INSERT INTO webhook_events (id, type, created_at, body) VALUES (?, ?, ?, ?)")
+        .bind(event.id.as_uuid())
+        .bind(event.kind.as_str())
+        .bind(at)
+        .bind(event.body())
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    for endpoint in endpoints {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, status, next_attempt_at, \
+             created_at) VALUES (?, ?, 'pending', ?, ?)",
+        )
+        .bind(endpoint)
+        .bind(event.id.as_uuid())
+        .bind(at)
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// `kind` about the order `id` as it is now (on `conn`, after the change): its id, buyer,
+/// status and amounts.
+pub(crate) async fn emit_order(
+    conn: &mut SqliteConnection,
+    kind: EventType,
+    id: OrderId,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let endpoints = subscribers(conn, kind).await?;
+    order_event_to(conn, kind, id, now, &endpoints).await
+}
+
+/// [`emit_order`] to endpoints already looked up.
+pub(crate) async fn order_event_to(
+    conn: &mut SqliteConnection,
+    kind: EventType,
+    id: OrderId,
+    now: OffsetDateTime,
+    endpoints: &[Uuid],
+) -> Result<(), StoreError> {
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    let row = sqlx::query(
+        "SELECT user_id, status, currency, total_cents, refunded_cents, reservation_id \
+         FROM orders WHERE id = ?",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let data = serde_json::json!({
+        "order_id": id,
+        "user_id": row.try_get::<Uuid, _>("user_id").map_err(map_err)?,
+        "status": row.try_get::<String, _>("status").map_err(map_err)?,
+        "currency": row.try_get::<String, _>("currency").map_err(map_err)?,
+        "total_cents": row.try_get::<i64, _>("total_cents").map_err(map_err)?,
+        "refunded_cents": row.try_get::<i64, _>("refunded_cents").map_err(map_err)?,
+        "reservation_id": row.try_get::<Option<Uuid>, _>("reservation_id").map_err(map_err)?,
+    });
+    write_event(conn, &WebhookEvent::new(kind, now, data), endpoints).await
+}
+
+fn endpoint_from_row(row: &SqliteRow) -> Result<Endpoint, StoreError> {
+    let names: String = row.try_get("events").map_err(map_err)?;
+    let names: Vec<String> =
+        serde_json::from_str(&names).map_err(|e| corrupt("webhook_endpoints.events", e))?;
+    Ok(Endpoint {
+        id: WebhookId::from_uuid(row.try_get("id").map_err(map_err)?),
+        url: row.try_get("url").map_err(map_err)?,
+        events: names
+            .iter()
+            .map(|n| {
+                n.parse()
+                    .map_err(|e| corrupt("webhook_endpoints.events", e))
+            })
+            .collect::<Result<_, _>>()?,
+        description: row.try_get("description").map_err(map_err)?,
+        secret: row.try_get("secret").map_err(map_err)?,
+        active: row.try_get::<i64, _>("active").map_err(map_err)? != 0,
+        created_at: from_micros(row.try_get("created_at").map_err(map_err)?)?,
+        updated_at: from_micros(row.try_get("updated_at").map_err(map_err)?)?,
+    })
+}
+
+fn optional_time(row: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+    row.try_get::<Option<i64>, _>(column)
+        .map_err(map_err)?
+        .map(from_micros)
+        .transpose()
+}
+
+fn delivery_from_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
+    let status: String = row.try_get("status").map_err(map_err)?;
+    Ok(Delivery {
+        endpoint_id: WebhookId::from_uuid(row.try_get("endpoint_id").map_err(map_err)?),
+        event_id: EventId::from_uuid(row.try_get("event_id").map_err(map_err)?),
+        event_type: row.try_get("type").map_err(map_err)?,
+        status: status
+            .parse()
+            .map_err(|e| corrupt("webhook_deliveries.status", e))?,
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts").map_err(map_err)?)
+            .map_err(|e| corrupt("webhook_deliveries.attempts", e))?,
+        next_attempt_at: optional_time(row, "next_attempt_at")?,
+        last_status: row
+            .try_get::<Option<i64>, _>("last_status")
+            .map_err(map_err)?
+            .and_then(|s| u16::try_from(s).ok()),
+        last_error: row.try_get("last_error").map_err(map_err)?,
+        created_at: from_micros(row.try_get("created_at").map_err(map_err)?)?,
+        delivered_at: optional_time(row, "delivered_at")?,
+    })
+}
+
+macro_rules! select_deliveries {
+    ($rest:literal) => {
+        concat!(
+            "SELECT d.endpoint_id, d.event_id, e.type, d.status, d.attempts, d.next_attempt_at, \
+             d.last_status, d.last_error, d.created_at, d.delivered_at \
+             FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id ",
+            $rest
+        )
+    };
+}
+
+fn events_json(endpoint: &Endpoint) -> Result<String, StoreError> {
+    serde_json::to_string(&endpoint.event_names()).map_err(StoreError::other)
+}
+
+#[async_trait]
+impl WebhookStore for SqliteStore {
+    async fn insert_endpoint(
+        &self,
+        e: &Endpoint,
+        max: u64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_endpoints")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if u64::try_from(count).unwrap_or(u64::MAX) >= max {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, url, events, description, secret, active, \
+             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.id.as_uuid())
+        .bind(&e.url)
+        .bind(events_json(e)?)
+        .bind(&e.description)
+        .bind(&e.secret)
+        .bind(i64::from(e.active))
+        .bind(micros(e.created_at))
+        .bind(micros(e.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        record(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn endpoint(&self, id: WebhookId) -> Result<Option<Endpoint>, StoreError> {
+        sqlx::query("SELECT * FROM webhook_endpoints WHERE id = ?")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(endpoint_from_row)
+            .transpose()
+    }
+
+    async fn endpoints(&self, page: PageRequest) -> Result<Page<Endpoint>, StoreError> {
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_endpoints")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(map_err)?;
+        let items =
+            sqlx::query("SELECT * FROM webhook_endpoints ORDER BY id DESC LIMIT ? OFFSET ?")
+                .bind(i64::from(page.per_page()))
+                .bind(i64::try_from(page.offset()).unwrap_or(i64::MAX))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(map_err)?
+                .iter()
+                .map(endpoint_from_row)
+                .collect::<Result<_, _>>()?;
+        Ok(Page::new(page, items, u64::try_from(total).unwrap_or(0)))
+    }
+
+    async fn update_endpoint(
+        &self,
+        e: &Endpoint,
+        read: &Endpoint,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let done = sqlx::query(
+            "UPDATE webhook_endpoints SET url = ?, events = ?, description = ?, active = ?, \
+             updated_at = ? WHERE id = ? AND updated_at = ?",
+        )
+        .bind(&e.url)
+        .bind(events_json(e)?)
+        .bind(&e.description)
+        .bind(i64::from(e.active))
+        .bind(micros(e.updated_at))
+        .bind(e.id.as_uuid())
+        .bind(micros(read.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        record(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn delete_endpoint(&self, id: WebhookId, audit: &AuditEntry) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = ?")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = ?")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        record(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint: WebhookId,
+        page: PageRequest,
+    ) -> Result<Page<Delivery>, StoreError> {
+        let total: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = ?")
+                .bind(endpoint.as_uuid())
+                .fetch_one(&self.reader)
+                .await
+                .map_err(map_err)?;
+        let items = sqlx::query(select_deliveries!(
+            "WHERE d.endpoint_id = ? ORDER BY d.event_id DESC LIMIT ? OFFSET ?"
+        ))
+        .bind(endpoint.as_uuid())
+        .bind(i64::from(page.per_page()))
+        .bind(i64::try_from(page.offset()).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?
+        .iter()
+        .map(delivery_from_row)
+        .collect::<Result<_, _>>()?;
+        Ok(Page::new(page, items, u64::try_from(total).unwrap_or(0)))
+    }
+
+    async fn redeliver(
+        &self,
+        endpoint: WebhookId,
+        event: EventId,
+        now: OffsetDateTime,
+        audit: &AuditEntry,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, \
+             next_attempt_at = ? WHERE endpoint_id = ? AND event_id = ?",
+        )
+        .bind(micros(now))
+        .bind(endpoint.as_uuid())
+        .bind(event.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        record(&mut tx, audit).await?;
+        let row = sqlx::query(select_deliveries!(
+            "WHERE d.endpoint_id = ? AND d.event_id = ?"
+        ))
+        .bind(endpoint.as_uuid())
+        .bind(event.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        delivery_from_row(&row).map(Some)
+    }
+
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let rows = sqlx::query(
+            "SELECT d.endpoint_id, d.event_id, d.attempts, p.url, p.secret, e.body \
+             FROM webhook_deliveries d \
+             JOIN webhook_endpoints p ON p.id = d.endpoint_id \
+             JOIN webhook_events e ON e.id = d.event_id \
+             WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND p.active = 1 \
+             ORDER BY d.next_attempt_at LIMIT ?",
+        )
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut due = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let endpoint: Uuid = row.try_get("endpoint_id").map_err(map_err)?;
+            let event: Uuid = row.try_get("event_id").map_err(map_err)?;
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = ? \
+                 WHERE endpoint_id = ? AND event_id = ?",
+            )
+            .bind(micros(until))
+            .bind(endpoint)
+            .bind(event)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            due.push(DueDelivery {
+                endpoint_id: WebhookId::from_uuid(endpoint),
+                event_id: EventId::from_uuid(event),
+                url: row.try_get("url").map_err(map_err)?,
+                secret: row.try_get("secret").map_err(map_err)?,
+                body: row.try_get("body").map_err(map_err)?,
+                attempts: u32::try_from(row.try_get::<i64, _>("attempts").map_err(map_err)?)
+                    .unwrap_or(u32::MAX),
+            });
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(due)
+    }
+
+    async fn record_attempt(&self, a: &AttemptRecord) -> Result<(), StoreError> {
+        let (status, next, delivered) = match a.outcome {
+            AttemptOutcome::Delivered => ("delivered", None, Some(micros(a.at))),
+            AttemptOutcome::RetryAt(t) => ("pending", Some(micros(t)), None),
+            AttemptOutcome::Dead => ("dead", None, None),
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, \
+             last_status = ?, last_error = ?, delivered_at = coalesce(?, delivered_at) \
+             WHERE endpoint_id = ? AND event_id = ?",
+        )
+        .bind(status)
+        .bind(i64::from(a.attempts))
+        .bind(next)
+        .bind(a.status.map(i64::from))
+        .bind(a.error.as_deref())
+        .bind(delivered)
+        .bind(a.endpoint_id.as_uuid())
+        .bind(a.event_id.as_uuid())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn emit_once(&self, key: &str, event: &WebhookEvent) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let fresh = sqlx::query("INSERT INTO webhook_once (key) VALUES (?) ON CONFLICT DO NOTHING")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected()
+            == 1;
+        if fresh {
+            emit(&mut tx, event).await?;
+            tx.commit().await.map_err(map_err)?;
+        }
+        Ok(fresh)
+    }
+}

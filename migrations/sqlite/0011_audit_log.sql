@@ -1,0 +1,16 @@
+-- The audit log: every change an operator or admin made, written in the change's transaction.
+-- actor is a user id (as text) or command:<name>; before and after are JSON objects or NULL.
+CREATE TABLE audit_log (
+    id        BLOB PRIMARY KEY NOT NULL,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    entity    TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    before    TEXT,
+    after     TEXT
+);
+
+-- Ids are UUIDv7, so the primary key is also the time order; these serve the two filters.
+CREATE INDEX audit_log_actor ON audit_log (actor, id);
+CREATE INDEX audit_log_entity ON audit_log (entity, entity_id, id);
