@@ -363,7 +363,17 @@ impl Webhooks {
             .unwrap_or(time::Duration::MINUTE);
         let due = self.store.claim_due(now, now + claim, limit).await?;
         let attempted = due.len();
-        let attempts = due.into_iter().map(|d| self.attempt(d, settings));
+        let attempts = due.into_iter().map(|d| {
+            // A span of its own: with tracing on, the attempt is traced and its `traceparent`
+            // goes out with the request.
+            let span = tracing::info_span!(
+                "webhook.deliver",
+                endpoint = %d.endpoint_id,
+                event = %d.event_id,
+                attempt = d.attempts + 1
+            );
+            tracing::Instrument::instrument(self.attempt(d, settings), span)
+        });
         for result in futures_util::future::join_all(attempts).await {
             result?;
         }

@@ -170,6 +170,13 @@ async fn a_payment_notification_continues_the_trace_of_the_pay_button() {
         .output()
         .unwrap();
     assert!(made.status.success());
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["admin", "create-user", "--email", "admin@example.com"])
+        .args(["--password", "an admin password", "--role", "admin"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success());
     let server = Server::start(
         dir.path(),
         &["serve"],
@@ -177,6 +184,7 @@ async fn a_payment_notification_continues_the_trace_of_the_pay_button() {
             ("FLASHMART__OTEL__ENDPOINT", endpoint.as_str()),
             ("FLASHMART__OTEL__PROTOCOL", "http/protobuf"),
             ("FLASHMART__OTEL__BATCH_DELAY_MS", "50"),
+            ("FLASHMART__WEBHOOKS__ALLOW_PRIVATE", "true"),
         ],
     );
     let base = server.base.clone();
@@ -185,6 +193,19 @@ async fn a_payment_notification_continues_the_trace_of_the_pay_button() {
         req.send().await.unwrap().json().await.unwrap()
     };
     let token = |v: Value| v["data"]["access_token"].as_str().unwrap().to_owned();
+    // A webhook receiver for the payment, to see the trace go out with it too.
+    let admin = token(
+        crate::support::login_at(&client, &base, "admin@example.com", "an admin password").await,
+    );
+    let (receiver, hook_url) = crate::webhooks::Receiver::start(&[200]).await;
+    let hook = json(
+        client
+            .post(format!("{base}/api/v1/admin/webhooks"))
+            .bearer_auth(&admin)
+            .json(&json!({"url": hook_url, "events": ["order.paid"]})),
+    )
+    .await;
+    assert_eq!(hook["code"], 0, "{hook}");
     let ops = token(
         crate::support::login_at(&client, &base, "ops@example.com", "an operator password").await,
     );
@@ -286,5 +307,30 @@ async fn a_payment_notification_continues_the_trace_of_the_pay_button() {
         .expect("the notify span's parent was exported");
     assert_eq!(hex(&pay_request.parent_span_id), caller);
     assert_eq!(hex(&handled.trace_id), trace);
+
+    // The worker delivers the `order.paid` webhook within its own traced span, whose trace the
+    // request carries out in `traceparent`.
+    tokio::time::timeout(Duration::from_secs(30), receiver.arrived(1))
+        .await
+        .expect("the webhook was delivered");
+    let delivered = receiver.got().remove(0).0;
+    let sent = delivered["traceparent"].to_str().unwrap().to_owned();
+    let sent_trace = sent.split('-').nth(1).unwrap().to_owned();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if spans
+                .iter()
+                .any(|s| s.name == "webhook.deliver" && hex(&s.trace_id) == sent_trace)
+            {
+                return;
+            }
+            spans.extend(rx.recv().await.unwrap());
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "the webhook.deliver span of {sent} was exported"
+    );
     server.terminate();
 }

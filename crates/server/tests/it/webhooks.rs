@@ -16,23 +16,26 @@ use crate::support::TestApp;
 
 /// What the receiver got, and the statuses it answers with (the last one again when they run
 /// out).
-#[derive(Default)]
-struct Receiver {
+pub struct Receiver {
     got: Mutex<Vec<(HeaderMap, String)>>,
     answers: Mutex<Vec<u16>>,
+    /// How many requests arrived, for a test that waits on a server process's worker.
+    count: tokio::sync::watch::Sender<usize>,
 }
 
 impl Receiver {
-    async fn start(answers: &[u16]) -> (Arc<Self>, String) {
+    pub async fn start(answers: &[u16]) -> (Arc<Self>, String) {
         let receiver = Arc::new(Self {
             got: Mutex::default(),
             answers: Mutex::new(answers.iter().rev().copied().collect()),
+            count: tokio::sync::watch::Sender::new(0),
         });
         let shared = Arc::clone(&receiver);
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: String| {
             let shared = Arc::clone(&shared);
             async move {
                 shared.got.lock().unwrap().push((headers, body));
+                shared.count.send_modify(|n| *n += 1);
                 let mut answers = shared.answers.lock().unwrap();
                 let status = if answers.len() > 1 {
                     answers.pop().unwrap()
@@ -55,7 +58,13 @@ impl Receiver {
         (receiver, url)
     }
 
-    fn got(&self) -> Vec<(HeaderMap, String)> {
+    /// Waits until `n` requests have arrived.
+    pub async fn arrived(&self, n: usize) {
+        let mut count = self.count.subscribe();
+        count.wait_for(|got| *got >= n).await.unwrap();
+    }
+
+    pub fn got(&self) -> Vec<(HeaderMap, String)> {
         self.got.lock().unwrap().clone()
     }
 }
