@@ -23,7 +23,9 @@ use time::{Duration, OffsetDateTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use admin::{ItemDraft, ItemsDraft, SaleDraft, SaleStats, SaleView, ScheduleDraft};
+pub use admin::{
+    ItemDraft, ItemsDraft, SCHEDULE_LEAD, SaleDraft, SaleStats, SaleView, ScheduleDraft,
+};
 pub use compat::CONTEST_SCHEDULE;
 
 use crate::clock::Clock;
