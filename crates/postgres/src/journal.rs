@@ -184,11 +184,6 @@ async fn insert_reservations(
     let mut of = Vec::new();
     let mut at = Vec::new();
     let mut due = Vec::new();
-    let mut line_sales = Vec::new();
-    let mut line_items = Vec::new();
-    let mut names = Vec::new();
-    let mut prices = Vec::new();
-    let mut line_quantities = Vec::new();
     for r in &batch {
         let rec = &r.record;
         let (Some(order), Some(user)) = (rec.order_id, r.user_id) else {
@@ -207,11 +202,6 @@ async fn insert_reservations(
         of.push(*rec.id.as_uuid());
         at.push(rec.created_at);
         due.push(rec.expires_at);
-        line_sales.push(*rec.sale_id.as_uuid());
-        line_items.push(int(rec.item_no));
-        names.push(&*r.item_name);
-        prices.push(r.unit_price_cents);
-        line_quantities.push(int(rec.quantity));
     }
     if orders.is_empty() {
         return Ok(());
@@ -262,23 +252,8 @@ async fn insert_reservations(
             .collect();
         webhooks::write_events(conn, &events, &endpoints).await?;
     }
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO order_items (order_id, line, sale_id, item_no, name, unit_price_cents, \
-         quantity) SELECT order_id, 1, sale_id, item_no, name, price, quantity \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::integer[], $4::text[], $5::bigint[], \
-           $6::integer[]) AS t(order_id, sale_id, item_no, name, price, quantity) \
-         ORDER BY order_id{}",
-        conflicts.clause()
-    )))
-    .bind(&orders)
-    .bind(&line_sales)
-    .bind(&line_items)
-    .bind(&names)
-    .bind(&prices)
-    .bind(&line_quantities)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?;
+    // The order's one line is not written: it is its reservation's item, whose name and price
+    // never change once the sale exists (shop.rs reads it from there).
     Ok(())
 }
 

@@ -465,9 +465,17 @@ async fn with_lines(
         .collect::<Result<_, _>>()?;
     let mut lines: std::collections::HashMap<OrderId, Vec<OrderLine>> =
         std::collections::HashMap::new();
+    // A flash-sale order's one line is not stored: it is its reservation's item, whose name and
+    // price never change once the sale exists.
     let found = sqlx::query(
         "SELECT order_id, line, product_id, sale_id, item_no, name, unit_price_cents, quantity \
-         FROM order_items WHERE order_id = ANY($1) ORDER BY order_id, line",
+         FROM order_items WHERE order_id = ANY($1) \
+         UNION ALL \
+         SELECT o.id, 1, NULL, r.sale_id, r.item_no, i.name, i.price_cents, r.quantity \
+         FROM orders o JOIN reservations r ON r.id = o.reservation_id \
+         JOIN flash_sale_items i ON i.sale_id = r.sale_id AND i.no = r.item_no \
+         WHERE o.id = ANY($1) \
+         ORDER BY 1, 2",
     )
     .bind(&ids)
     .fetch_all(&mut *conn)
