@@ -8,7 +8,6 @@ use flashmart_app::flash_sale::model::{
     ReservationRecord, SaleInsert, SaleRecord, Schedule, StoredIdempotency, StoredStats,
 };
 use flashmart_app::ports::FlashSaleStore;
-use flashmart_app::webhooks::{EventType, WebhookEvent};
 use flashmart_app::{Page, PageRequest, StoreError};
 use flashmart_domain::flash_sale::{SalePhase, SaleRules, SaleWindow};
 use flashmart_domain::{Currency, OrderId, OrderStatus, ReservationId, SaleId, ScheduleId};
@@ -686,45 +685,24 @@ impl FlashSaleStore for SqliteStore {
             qb.push(")");
             qb.build().execute(&mut *tx).await.map_err(map_err)?;
         }
-        let expired = webhooks::subscribers(&mut tx, EventType::ReservationExpired).await?;
-        let orders_expired = webhooks::subscribers(&mut tx, EventType::OrderExpired).await?;
-        for (order, sale, item_no, buyer, quantity, id) in &rows {
-            if !expired.is_empty() {
-                let data = serde_json::json!({
-                    "reservation_id": id,
-                    "sale_id": sale,
-                    "item_id": item_no,
-                    "quantity": quantity,
-                    "buyer_id": buyer,
-                    "order_id": order,
-                });
-                let event = WebhookEvent::new(EventType::ReservationExpired, now, data);
-                webhooks::write_event(&mut tx, &event, &expired).await?;
-            }
-            if let Some(order) = order {
-                let order = OrderId::from_uuid(*order);
-                webhooks::order_event_to(
-                    &mut tx,
-                    EventType::OrderExpired,
+        let released: Vec<(Option<Uuid>, Released)> = rows
+            .into_iter()
+            .map(|(order, sale, item_no, buyer, quantity, id)| {
+                Ok((
                     order,
-                    now,
-                    &orders_expired,
-                )
-                .await?;
-            }
-        }
-        tx.commit().await.map_err(map_err)?;
-        rows.into_iter()
-            .map(|(_, sale, item_no, buyer, quantity, id)| {
-                Ok(Released {
-                    reservation: ReservationId::from_uuid(id),
-                    sale_id: SaleId::from_uuid(sale),
-                    item_no: count(item_no, "reservations.item_no")?,
-                    buyer: BuyerId(buyer),
-                    quantity: count(quantity, "reservations.quantity")?,
-                })
+                    Released {
+                        reservation: ReservationId::from_uuid(id),
+                        sale_id: SaleId::from_uuid(sale),
+                        item_no: count(item_no, "reservations.item_no")?,
+                        buyer: BuyerId(buyer),
+                        quantity: count(quantity, "reservations.quantity")?,
+                    },
+                ))
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        webhooks::expired(&mut tx, now, &released).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(released.into_iter().map(|(_, r)| r).collect())
     }
 
     async fn insert_schedule(

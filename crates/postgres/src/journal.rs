@@ -11,7 +11,7 @@ use flashmart_app::flash_sale::model::{
     JournalOp, JournalOutcome, NewReservation, PurchaseOutcome,
 };
 use flashmart_app::ports::ReservationJournal;
-use flashmart_app::webhooks::{EventType, WebhookEvent};
+use flashmart_app::webhooks::{EventType, OrderFacts, WebhookEvent};
 use flashmart_domain::flash_sale::ReservationStatus;
 use flashmart_domain::{Currency, OrderStatus, ReservationId};
 use sqlx::{AssertSqlSafe, PgConnection};
@@ -238,16 +238,16 @@ async fn insert_reservations(
         let events: Vec<WebhookEvent> = (0..orders.len())
             .filter(|&n| made.contains(&orders[n]))
             .map(|n| {
-                let data = serde_json::json!({
-                    "order_id": orders[n],
-                    "user_id": users[n],
-                    "status": OrderStatus::PendingPayment.as_str(),
-                    "currency": currencies[n],
-                    "total_cents": totals[n],
-                    "refunded_cents": 0,
-                    "reservation_id": of[n],
-                });
-                WebhookEvent::new(EventType::OrderCreated, at[n], data)
+                OrderFacts {
+                    order_id: orders[n],
+                    user_id: users[n],
+                    status: OrderStatus::PendingPayment.as_str(),
+                    currency: currencies[n],
+                    total_cents: totals[n],
+                    refunded_cents: 0,
+                    reservation_id: Some(of[n]),
+                }
+                .event(EventType::OrderCreated, at[n])
             })
             .collect();
         webhooks::write_events(conn, &events, &endpoints).await?;

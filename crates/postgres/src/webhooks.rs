@@ -3,9 +3,11 @@
 
 use async_trait::async_trait;
 use flashmart_app::audit::AuditEntry;
+use flashmart_app::flash_sale::model::Released;
 use flashmart_app::ports::WebhookStore;
 use flashmart_app::webhooks::{
-    AttemptOutcome, AttemptRecord, Delivery, DueDelivery, Endpoint, EventType, WebhookEvent,
+    AttemptOutcome, AttemptRecord, Delivery, DueDelivery, Endpoint, EventType, OrderFacts,
+    WebhookEvent, reservation_expired,
 };
 use flashmart_app::{Page, PageRequest, StoreError};
 use flashmart_domain::{EventId, OrderId, WebhookId};
@@ -139,16 +141,45 @@ pub(crate) async fn order_event_to(
     let Some(row) = row else {
         return Ok(());
     };
-    let data = serde_json::json!({
-        "order_id": id,
-        "user_id": row.try_get::<Uuid, _>("user_id").map_err(map_err)?,
-        "status": row.try_get::<String, _>("status").map_err(map_err)?,
-        "currency": row.try_get::<String, _>("currency").map_err(map_err)?,
-        "total_cents": row.try_get::<i64, _>("total_cents").map_err(map_err)?,
-        "refunded_cents": row.try_get::<i64, _>("refunded_cents").map_err(map_err)?,
-        "reservation_id": row.try_get::<Option<Uuid>, _>("reservation_id").map_err(map_err)?,
-    });
-    write_event(conn, &WebhookEvent::new(kind, now, data), endpoints).await
+    let (status, currency): (String, String) = (
+        row.try_get("status").map_err(map_err)?,
+        row.try_get("currency").map_err(map_err)?,
+    );
+    let order = OrderFacts {
+        order_id: *id.as_uuid(),
+        user_id: row.try_get("user_id").map_err(map_err)?,
+        status: &status,
+        currency: &currency,
+        total_cents: row.try_get("total_cents").map_err(map_err)?,
+        refunded_cents: row.try_get("refunded_cents").map_err(map_err)?,
+        reservation_id: row.try_get("reservation_id").map_err(map_err)?,
+    };
+    write_event(conn, &order.event(kind, now), endpoints).await
+}
+
+/// `reservation.expired` for each reservation an expiry sweep released, and `order.expired` for
+/// its order if it has one, on `conn` (the sweep's transaction).
+pub(crate) async fn expired(
+    conn: &mut PgConnection,
+    now: OffsetDateTime,
+    released: &[(Option<Uuid>, Released)],
+) -> Result<(), StoreError> {
+    let reservations = subscribers(conn, EventType::ReservationExpired).await?;
+    let orders = subscribers(conn, EventType::OrderExpired).await?;
+    for (order, r) in released {
+        write_event(conn, &reservation_expired(now, r, *order), &reservations).await?;
+        if let Some(order) = order {
+            order_event_to(
+                conn,
+                EventType::OrderExpired,
+                OrderId::from_uuid(*order),
+                now,
+                &orders,
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 fn endpoint_from_row(row: &PgRow) -> Result<Endpoint, StoreError> {

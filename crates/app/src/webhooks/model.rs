@@ -93,6 +93,50 @@ impl WebhookEvent {
     }
 }
 
+/// An order as `order.*` events carry it: the order after the change.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderFacts<'a> {
+    pub order_id: uuid::Uuid,
+    pub user_id: uuid::Uuid,
+    pub status: &'a str,
+    pub currency: &'a str,
+    pub total_cents: i64,
+    pub refunded_cents: i64,
+    pub reservation_id: Option<uuid::Uuid>,
+}
+
+impl OrderFacts<'_> {
+    pub fn event(&self, kind: EventType, at: OffsetDateTime) -> WebhookEvent {
+        let data = serde_json::json!({
+            "order_id": self.order_id,
+            "user_id": self.user_id,
+            "status": self.status,
+            "currency": self.currency,
+            "total_cents": self.total_cents,
+            "refunded_cents": self.refunded_cents,
+            "reservation_id": self.reservation_id,
+        });
+        WebhookEvent::new(kind, at, data)
+    }
+}
+
+/// `reservation.expired` for a reservation an expiry sweep released.
+pub fn reservation_expired(
+    at: OffsetDateTime,
+    released: &crate::flash_sale::model::Released,
+    order: Option<uuid::Uuid>,
+) -> WebhookEvent {
+    let data = serde_json::json!({
+        "reservation_id": released.reservation,
+        "sale_id": released.sale_id,
+        "item_id": released.item_no,
+        "quantity": released.quantity,
+        "buyer_id": released.buyer.0,
+        "order_id": order,
+    });
+    WebhookEvent::new(EventType::ReservationExpired, at, data)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub id: WebhookId,

@@ -10,9 +10,9 @@ use std::fmt::Write as _;
 
 use flashmart_app::StoreError;
 use flashmart_app::flash_sale::model::PurchaseOutcome;
-use flashmart_app::webhooks::{EventType, WebhookEvent};
+use flashmart_app::webhooks::{EventType, OrderFacts};
 use flashmart_domain::flash_sale::ReservationStatus;
-use flashmart_domain::{Currency, ReservationId};
+use flashmart_domain::{Currency, OrderStatus, ReservationId};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Row as _, Sqlite};
 use time::OffsetDateTime;
@@ -180,16 +180,16 @@ pub(crate) fn order_events(
             continue;
         };
         let at = crate::db::from_micros(r.created_at)?;
-        let data = serde_json::json!({
-            "order_id": Uuid::from_bytes(order),
-            "user_id": Uuid::from_bytes(user),
-            "status": "pending_payment",
-            "currency": r.currency,
-            "total_cents": r.unit_price_cents.saturating_mul(i64::from(r.quantity)),
-            "refunded_cents": 0,
-            "reservation_id": Uuid::from_bytes(r.id),
-        });
-        let event = WebhookEvent::new(EventType::OrderCreated, at, data);
+        let event = OrderFacts {
+            order_id: Uuid::from_bytes(order),
+            user_id: Uuid::from_bytes(user),
+            status: OrderStatus::PendingPayment.as_str(),
+            currency: r.currency,
+            total_cents: r.unit_price_cents.saturating_mul(i64::from(r.quantity)),
+            refunded_cents: 0,
+            reservation_id: Some(Uuid::from_bytes(r.id)),
+        }
+        .event(EventType::OrderCreated, at);
         events.push((*event.id.as_uuid(), r.created_at, event.body()));
     }
     if events.is_empty() {
