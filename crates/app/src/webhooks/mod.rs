@@ -50,6 +50,9 @@ pub const RETRY_DELAYS: [Duration; 10] = [
 /// At most this many endpoints, so that fanning an event out stays a small write.
 pub const MAX_ENDPOINTS: u64 = 50;
 
+/// The longest endpoint URL taken.
+pub const MAX_URL: usize = 2048;
+
 /// The signature of `body` sent at unix time `t` with `secret`.
 pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
@@ -174,7 +177,9 @@ impl Webhooks {
         description: &str,
         errors: &mut Vec<FieldError>,
     ) -> Vec<EventType> {
-        if let Err(e) = Target::parse(url, self.settings().allow_private) {
+        if url.len() > MAX_URL {
+            errors.push(FieldError::new("url", format!("at most {MAX_URL} bytes")));
+        } else if let Err(e) = Target::parse(url, self.settings().allow_private) {
             errors.push(FieldError::new("url", e.to_string()));
         }
         let mut types = Vec::new();

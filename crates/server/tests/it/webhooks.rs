@@ -319,6 +319,12 @@ async fn only_public_http_urls_unless_private_ones_are_allowed() {
             .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
         assert_eq!(body["details"][0]["field"], "url", "{url}: {body}");
     }
+    let long = format!("https://hooks.example.com/{}", "a".repeat(2048));
+    let body = create(&long, json!(["order.paid"]))
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+    assert_eq!(body["details"][0]["field"], "url", "{body}");
     let body = create("https://hooks.example.com/in", json!(["order.shipped"]))
         .send()
         .await
