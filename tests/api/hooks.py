@@ -3,11 +3,13 @@
 The OpenAPI document states every rule JSON Schema (and OpenAPI's multipart encoding, for the
 image types an upload takes) can state. Some rules are beyond it, and a request the schema allows
 can break them: a flash sale's `ends_at` must come after its `starts_at` and be in the future, a
-coupon's `ends_at` must come after its `starts_at`, and an upload's bytes must be an image of the
-declared types (schemathesis sends such an image in some phases, random bytes in fuzzing). The
-document says these rules in the fields' descriptions; here the generator is taught them: only a
-well-formed `ends_at` is moved, to another well-formed time, and only bytes are replaced, by an
-image's bytes, so a body that breaks the schema still breaks it the same way. Every check runs
+coupon's `ends_at` must come after its `starts_at`, an upload's bytes must be an image of the
+declared types (schemathesis sends such an image in some phases, random bytes in fuzzing), and a
+webhook's URL must parse and name a public host. The document says these rules in the fields'
+descriptions; here the generator is taught them: only a well-formed `ends_at` is moved, to
+another well-formed time, only bytes are replaced, by an image's bytes, and only a URL the
+schema allows is replaced, by a public one, so a body that breaks the schema still breaks it the
+same way. Every check runs
 with its default settings.
 """
 
@@ -19,6 +21,9 @@ import schemathesis
 SALES = "POST /api/v1/admin/flash-sales"
 COUPONS = "POST /api/v1/admin/coupons"
 UPLOAD = "POST /api/v1/admin/uploads"
+WEBHOOKS = ("POST /api/v1/admin/webhooks", "PATCH /api/v1/admin/webhooks/{id}")
+WEBHOOK_URL = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://")
+PUBLIC_URL = "https://hooks.example.com/flashmart"
 
 # The smallest well-formed PNG: a 1x1 transparent pixel.
 PNG = bytes.fromhex(
@@ -66,6 +71,11 @@ def keep_rules(label, body):
             return body
         image = _image(body["file"])
         return body if image is body["file"] else {**body, "file": image}
+    if label in WEBHOOKS:
+        url = body.get("url")
+        if not isinstance(url, str) or not WEBHOOK_URL.match(url) or len(url) > 2048:
+            return body
+        return body if url == PUBLIC_URL else {**body, "url": PUBLIC_URL}
     if label not in (SALES, COUPONS):
         return body
     ends = _parse(body.get("ends_at"))

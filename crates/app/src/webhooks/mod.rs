@@ -50,7 +50,7 @@ pub const RETRY_DELAYS: [Duration; 10] = [
 /// At most this many endpoints, so that fanning an event out stays a small write.
 pub const MAX_ENDPOINTS: u64 = 50;
 
-/// The longest endpoint URL taken.
+/// The longest endpoint URL taken, in characters.
 pub const MAX_URL: usize = 2048;
 
 /// The signature of `body` sent at unix time `t` with `secret`.
@@ -177,8 +177,11 @@ impl Webhooks {
         description: &str,
         errors: &mut Vec<FieldError>,
     ) -> Vec<EventType> {
-        if url.len() > MAX_URL {
-            errors.push(FieldError::new("url", format!("at most {MAX_URL} bytes")));
+        if url.chars().count() > MAX_URL {
+            errors.push(FieldError::new(
+                "url",
+                format!("at most {MAX_URL} characters"),
+            ));
         } else if let Err(e) = Target::parse(url, self.settings().allow_private) {
             errors.push(FieldError::new("url", e.to_string()));
         }

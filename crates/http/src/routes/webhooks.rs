@@ -49,24 +49,54 @@ impl From<WebhookError> for ApiError {
     }
 }
 
+/// An event type a webhook endpoint can subscribe to (the schema's names; the server reads them
+/// as text, so that an unknown one is a 422 naming the field).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub enum EventName {
+    #[schema(rename = "order.created")]
+    OrderCreated,
+    #[schema(rename = "order.paid")]
+    OrderPaid,
+    #[schema(rename = "order.cancelled")]
+    OrderCancelled,
+    #[schema(rename = "order.expired")]
+    OrderExpired,
+    #[schema(rename = "order.refunded")]
+    OrderRefunded,
+    #[schema(rename = "flash_sale.started")]
+    FlashSaleStarted,
+    #[schema(rename = "flash_sale.sold_out")]
+    FlashSaleSoldOut,
+    #[schema(rename = "flash_sale.ended")]
+    FlashSaleEnded,
+    #[schema(rename = "reservation.expired")]
+    ReservationExpired,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookIn {
-    /// Where events are POSTed: an http or https URL. Loopback and private addresses are
-    /// refused unless the server runs with `webhooks.allow_private = true`.
+    /// Where events are POSTed: an http or https URL of at most 2,048 characters, without a user name
+    /// or password. Loopback, private, link-local and other non-public addresses are refused
+    /// (422) unless the server runs with `webhooks.allow_private = true`.
+    #[schema(max_length = 2048, pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: String,
-    /// Event types: `order.created`, `order.paid`, `order.cancelled`, `order.expired`,
-    /// `order.refunded`, `flash_sale.started`, `flash_sale.sold_out`, `flash_sale.ended`,
-    /// `reservation.expired`.
+    #[schema(value_type = Vec<EventName>, min_items = 1)]
     pub events: Vec<String>,
+    #[schema(max_length = 500)]
     pub description: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPatch {
+    /// As at registration.
+    #[schema(max_length = 2048, pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: Option<String>,
+    #[schema(value_type = Option<Vec<EventName>>, min_items = 1)]
     pub events: Option<Vec<String>>,
+    #[schema(max_length = 500)]
     pub description: Option<String>,
     /// `false` pauses the endpoint (it gets no new events; what it has waits), `true` resumes.
     pub active: Option<bool>,
