@@ -170,20 +170,24 @@ impl Webhooks {
         self.settings.store(Arc::new(settings));
     }
 
+    /// Checks the fields; `url` only when given (an unchanged URL is not judged again by
+    /// today's `webhooks.allow_private`, so an endpoint can always be paused or renamed).
     fn check(
         &self,
-        url: &str,
+        url: Option<&str>,
         events: &[String],
         description: &str,
         errors: &mut Vec<FieldError>,
     ) -> Vec<EventType> {
-        if url.chars().count() > MAX_URL {
-            errors.push(FieldError::new(
-                "url",
-                format!("at most {MAX_URL} characters"),
-            ));
-        } else if let Err(e) = Target::parse(url, self.settings().allow_private) {
-            errors.push(FieldError::new("url", e.to_string()));
+        if let Some(url) = url {
+            if url.chars().count() > MAX_URL {
+                errors.push(FieldError::new(
+                    "url",
+                    format!("at most {MAX_URL} characters"),
+                ));
+            } else if let Err(e) = Target::parse(url, self.settings().allow_private) {
+                errors.push(FieldError::new("url", e.to_string()));
+            }
         }
         let mut types = Vec::new();
         if events.is_empty() {
@@ -206,7 +210,7 @@ impl Webhooks {
     pub async fn create(&self, by: Actor, draft: EndpointDraft) -> Result<Endpoint, WebhookError> {
         let mut errors = Vec::new();
         let description = draft.description.unwrap_or_default().trim().to_owned();
-        let events = self.check(&draft.url, &draft.events, &description, &mut errors);
+        let events = self.check(Some(&draft.url), &draft.events, &description, &mut errors);
         if !errors.is_empty() {
             return Err(WebhookError::Invalid(errors));
         }
@@ -279,7 +283,8 @@ impl Webhooks {
                 .trim()
                 .to_owned();
             let mut errors = Vec::new();
-            next.events = self.check(&url, &names, &description, &mut errors);
+            let changed = (url != current.url).then_some(url.as_str());
+            next.events = self.check(changed, &names, &description, &mut errors);
             if !errors.is_empty() {
                 return Err(WebhookError::Invalid(errors));
             }

@@ -353,6 +353,25 @@ async fn only_public_http_urls_unless_private_ones_are_allowed() {
         .send()
         .await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    let local = res.data()["id"].as_str().unwrap().to_owned();
+
+    // Disallowed again, the endpoint can still be paused; only a new URL is judged.
+    settings.allow_private = false;
+    app.services.state.webhooks.set_settings(settings);
+    let res = app
+        .post(&format!("/api/v1/admin/webhooks/{local}/pause"))
+        .bearer(&admin)
+        .send()
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let body = app
+        .req(Method::PATCH, &format!("/api/v1/admin/webhooks/{local}"))
+        .bearer(&admin)
+        .json(&json!({"url": "http://127.0.0.2:9/hook"}))
+        .send()
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, 422);
+    assert_eq!(body["details"][0]["field"], "url", "{body}");
 
     // Operators cannot see or change endpoints.
     let (op, _) = app
