@@ -15,6 +15,7 @@ pub mod payments;
 pub mod ports;
 pub mod rate_limit;
 pub mod shop;
+pub mod signature;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod uploads;

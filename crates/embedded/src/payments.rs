@@ -11,7 +11,7 @@ use flashmart_app::payments::{
     RefundRecord, RefundSettlement, RefundStart, RefundStatus,
 };
 use flashmart_app::ports::PaymentStore;
-use flashmart_app::webhooks::EventType;
+use flashmart_app::webhooks::{EventType, OrderFacts};
 use flashmart_domain::{Currency, Money, OrderId, OrderStatus, PaymentId, RefundId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row as _, Sqlite};
@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::SqliteStore;
 use crate::db::{corrupt, from_micros, map_err, micros, order_may_become};
-use crate::webhooks::emit_order;
+use crate::webhooks::{emit, emit_order};
 
 /// An order paid, guarded by the state machine: built once, since every payment needs it.
 static MARK_PAID: LazyLock<String> = LazyLock::new(|| {
@@ -242,7 +242,11 @@ impl PaymentStore for SqliteStore {
                 let order = crate::shop::load_order(&mut tx, payment.order_id)
                     .await?
                     .ok_or_else(|| corrupt("orders", "the order just paid is missing"))?;
-                emit_order(&mut tx, EventType::OrderPaid, order.id, now).await?;
+                emit(
+                    &mut tx,
+                    &OrderFacts::from(&order).event(EventType::OrderPaid, now),
+                )
+                .await?;
                 Applied::Paid(Box::new(order))
             }
         };

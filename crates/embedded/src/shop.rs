@@ -9,7 +9,7 @@ use flashmart_app::shop::model::{
     OrderRecord,
 };
 use flashmart_app::shop::pricing;
-use flashmart_app::webhooks::EventType;
+use flashmart_app::webhooks::{EventType, OrderFacts};
 use flashmart_app::{Page, PageRequest, StoreError};
 use flashmart_domain::address::{Address, AddressFields};
 use flashmart_domain::coupon::{CouponRules, Discount};
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::SqliteStore;
 use crate::catalog::product_from_row;
 use crate::db::{corrupt, from_micros, map_err, micros, order_may_become};
-use crate::webhooks::emit_order;
+use crate::webhooks::{emit, emit_order};
 
 fn get<'r, T>(row: &'r SqliteRow, col: &str) -> Result<T, StoreError>
 where
@@ -741,7 +741,11 @@ impl OrderStore for SqliteStore {
         let order = load_order(&mut tx, req.order_id)
             .await?
             .ok_or_else(|| corrupt("orders", "the order just written is missing"))?;
-        emit_order(&mut tx, EventType::OrderCreated, order.id, order.created_at).await?;
+        emit(
+            &mut tx,
+            &OrderFacts::from(&order).event(EventType::OrderCreated, order.created_at),
+        )
+        .await?;
         tx.commit().await.map_err(map_err)?;
         Ok(CheckoutOutcome::Placed(Box::new(order)))
     }
@@ -832,7 +836,11 @@ impl OrderStore for SqliteStore {
         let order = load_order(&mut tx, id)
             .await?
             .ok_or_else(|| corrupt("orders", "the order just cancelled is missing"))?;
-        emit_order(&mut tx, EventType::OrderCancelled, id, now).await?;
+        emit(
+            &mut tx,
+            &OrderFacts::from(&order).event(EventType::OrderCancelled, now),
+        )
+        .await?;
         tx.commit().await.map_err(map_err)?;
         Ok((CancelOutcome::Cancelled(Box::new(order)), released))
     }

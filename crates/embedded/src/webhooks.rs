@@ -121,7 +121,7 @@ pub(crate) async fn order_event_to(
         order_id: *id.as_uuid(),
         user_id: row.try_get("user_id").map_err(map_err)?,
         status: &status,
-        currency: &currency,
+        currency: currency.into(),
         total_cents: row.try_get("total_cents").map_err(map_err)?,
         refunded_cents: row.try_get("refunded_cents").map_err(map_err)?,
         reservation_id: row.try_get("reservation_id").map_err(map_err)?,
@@ -316,11 +316,7 @@ impl WebhookStore for SqliteStore {
 
     async fn delete_endpoint(&self, id: WebhookId, audit: &AuditEntry) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = ?")
-            .bind(id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        // Its deliveries go with it (ON DELETE CASCADE).
         let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = ?")
             .bind(id.as_uuid())
             .execute(&mut *tx)

@@ -207,7 +207,8 @@ async fn insert_reservations(
         return Ok(());
     }
     // No discount on a sale: the subtotal is the total. The same round trip reads the webhook
-    // endpoints that want an event for each order made.
+    // endpoints that want an event for each order made, and only when there are some the ids of
+    // the orders made (not those a replay found there).
     let (inserted, endpoints): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(format!(
         "WITH made AS (INSERT INTO orders (id, user_id, status, currency, subtotal_cents, total_cents, \
          reservation_id, created_at, updated_at, expires_at) \
@@ -215,10 +216,12 @@ async fn insert_reservations(
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::uuid[], \
            $6::timestamptz[], $7::timestamptz[]) \
            AS t(id, user_id, currency, total, reservation_id, at, due) ORDER BY id{} \
-         RETURNING id) \
-         SELECT (SELECT coalesce(array_agg(id), '{{}}') FROM made), \
-           (SELECT coalesce(array_agg(id), '{{}}') FROM webhook_endpoints \
-            WHERE active AND 'order.created' = ANY (events))",
+         RETURNING id), \
+         hooks AS (SELECT coalesce(array_agg(id), '{{}}') AS ids FROM webhook_endpoints \
+           WHERE active AND 'order.created' = ANY (events)) \
+         SELECT CASE WHEN cardinality(hooks.ids) > 0 \
+             THEN (SELECT coalesce(array_agg(id), '{{}}') FROM made) ELSE '{{}}' END, \
+           hooks.ids FROM hooks",
         OrderStatus::PendingPayment.as_str(),
         conflicts.clause()
     )))
@@ -232,7 +235,6 @@ async fn insert_reservations(
     .fetch_one(&mut *conn)
     .await
     .map_err(map_err)?;
-    // Webhooks: an event for each order this batch made (not one a replay found there).
     if !endpoints.is_empty() {
         let made: HashSet<Uuid> = inserted.into_iter().collect();
         let events: Vec<WebhookEvent> = (0..orders.len())
@@ -242,7 +244,7 @@ async fn insert_reservations(
                     order_id: orders[n],
                     user_id: users[n],
                     status: OrderStatus::PendingPayment.as_str(),
-                    currency: currencies[n],
+                    currency: currencies[n].into(),
                     total_cents: totals[n],
                     refunded_cents: 0,
                     reservation_id: Some(of[n]),

@@ -149,7 +149,7 @@ pub(crate) async fn order_event_to(
         order_id: *id.as_uuid(),
         user_id: row.try_get("user_id").map_err(map_err)?,
         status: &status,
-        currency: &currency,
+        currency: currency.into(),
         total_cents: row.try_get("total_cents").map_err(map_err)?,
         refunded_cents: row.try_get("refunded_cents").map_err(map_err)?,
         reservation_id: row.try_get("reservation_id").map_err(map_err)?,

@@ -28,8 +28,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 pub use delivery::RETRY_SCHEDULE_SECS;
+pub use flashmart_app::signature::{TOLERANCE_SECS, sign};
 pub use pages::pay_pages;
-pub use signature::{TOLERANCE_SECS, sign};
 pub use transport::{HttpTransport, Transport, traceparent};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sandbox");
@@ -478,7 +478,7 @@ impl PaymentProvider for Sandbox {
         body: &[u8],
         now: OffsetDateTime,
     ) -> Result<Notification, NotifyError> {
-        signature::verify(&self.secret, signature, body, now)?;
+        flashmart_app::signature::verify(&self.secret, signature, body, now)?;
         let n: NotificationBody =
             serde_json::from_slice(body).map_err(|e| NotifyError::Malformed(e.to_string()))?;
         let kind = match n.kind.as_str() {
@@ -577,7 +577,7 @@ mod tests {
             ),
             ("payment.succeeded", payment.provider_ref.as_str(), 1_500)
         );
-        signature::verify(
+        flashmart_app::signature::verify(
             b"k".repeat(32).as_slice(),
             &sent[0].0,
             &sent[0].1,

@@ -45,13 +45,12 @@ impl Resolve for GuardedResolver {
     }
 }
 
-fn client(allow_private: bool) -> reqwest::Client {
+fn client(allow_private: bool) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(Arc::new(GuardedResolver { allow_private }))
         .user_agent(concat!("flashmart-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
 }
 
 /// The production sender: one client for each `allow_private` setting, so a reload applies to
@@ -62,12 +61,14 @@ pub struct HttpWebhookSender {
     open: reqwest::Client,
 }
 
-impl Default for HttpWebhookSender {
-    fn default() -> Self {
-        Self {
-            strict: client(false),
-            open: client(true),
-        }
+impl HttpWebhookSender {
+    /// Fails only when the TLS backend cannot start: then no sender without these guards is
+    /// put in its place.
+    pub fn new() -> reqwest::Result<Self> {
+        Ok(Self {
+            strict: client(false)?,
+            open: client(true)?,
+        })
     }
 }
 

@@ -217,7 +217,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Ser
             audit: Arc::new(AuditLog::new(Arc::clone(&ports.audit))),
             webhooks: Arc::new(Webhooks::new(
                 Arc::clone(&ports.webhooks),
-                Arc::new(crate::HttpWebhookSender::default()),
+                Arc::new(crate::HttpWebhookSender::new().context("the webhook HTTP client")?),
                 Arc::clone(&clock),
                 config.webhooks.settings(),
             )),

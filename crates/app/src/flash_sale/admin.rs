@@ -326,6 +326,13 @@ impl FlashSales {
         Ok(self.view(record))
     }
 
+    /// `view` with its remaining units as the engine has them now (from a shared engine, where
+    /// another instance may hold the stock's truth), without reading the sale again.
+    pub async fn refreshed(&self, view: SaleView) -> Result<SaleView, SaleError> {
+        self.fresh(view.record.id).await?;
+        Ok(self.view(view.record))
+    }
+
     pub async fn list_sales(
         &self,
         phase: Option<SalePhase>,

@@ -15,9 +15,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use flashmart_domain::flash_sale::SalePhase;
 use flashmart_domain::{EventId, WebhookId};
-use hmac::{Hmac, Mac as _};
 use rand::RngCore as _;
-use sha2::Sha256;
 
 use crate::audit::{Actor, AuditEntry};
 use crate::clock::Clock;
@@ -26,6 +24,7 @@ use crate::flash_sale::FlashSales;
 use crate::flash_sale::model::SaleRecord;
 use crate::page::{Page, PageRequest};
 use crate::ports::WebhookStore;
+use crate::signature::{hex, sign};
 pub use model::*;
 pub use target::{Target, TargetError, check_address};
 
@@ -52,22 +51,6 @@ pub const MAX_ENDPOINTS: u64 = 50;
 
 /// The longest endpoint URL taken, in characters.
 pub const MAX_URL: usize = 2048;
-
-/// The signature of `body` sent at unix time `t` with `secret`.
-pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        unreachable!("HMAC takes keys of any length")
-    };
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut hex = String::with_capacity(digest.len() * 2);
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    format!("t={t},v1={hex}")
-}
 
 /// Settings that may change while the server runs (SIGHUP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,7 +380,11 @@ impl Webhooks {
         let started = self.clock.now();
         let result = match Target::parse(&due.url, settings.allow_private) {
             Ok(target) => {
-                let signed = signature(&due.secret, started.unix_timestamp(), due.body.as_bytes());
+                let signed = sign(
+                    due.secret.as_bytes(),
+                    started.unix_timestamp(),
+                    due.body.as_bytes(),
+                );
                 self.sender
                     .post(&target, &signed, due.body.as_bytes(), settings)
                     .await
@@ -467,8 +454,7 @@ impl Webhooks {
             .map_err(unavailable)?;
         let mut seen: Vec<(SaleRecord, u64)> = Vec::with_capacity(live.items.len());
         for view in live.items {
-            // Fresh from the engine, where another instance may hold the stock's truth.
-            let view = sales.sale(view.record.id).await.map_err(unavailable)?;
+            let view = sales.refreshed(view).await.map_err(unavailable)?;
             seen.push((view.record, view.remaining));
         }
         for (record, remaining) in sales.in_memory() {
@@ -523,25 +509,12 @@ impl Webhooks {
 fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let mut secret = String::from("whsec_");
-    for b in bytes {
-        secret.push_str(&format!("{b:02x}"));
-    }
-    secret
+    format!("whsec_{}", hex(&bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signatures_are_hmac_sha256_of_time_dot_body() {
-        // Python: hmac.new(b"key", b"1700000000.{}", hashlib.sha256).hexdigest()
-        assert_eq!(
-            signature("key", 1_700_000_000, b"{}"),
-            "t=1700000000,v1=9d713ed406bb7076d4123f0dc2c39d2df5c654ed4b0cd56b52c8b4c940bd63ae"
-        );
-    }
 
     #[test]
     fn the_first_retry_comes_within_ten_seconds_and_the_schedule_ends() {

@@ -94,12 +94,12 @@ impl WebhookEvent {
 }
 
 /// An order as `order.*` events carry it: the order after the change.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OrderFacts<'a> {
     pub order_id: uuid::Uuid,
     pub user_id: uuid::Uuid,
     pub status: &'a str,
-    pub currency: &'a str,
+    pub currency: std::borrow::Cow<'a, str>,
     pub total_cents: i64,
     pub refunded_cents: i64,
     pub reservation_id: Option<uuid::Uuid>,
@@ -117,6 +117,20 @@ impl OrderFacts<'_> {
             "reservation_id": self.reservation_id,
         });
         WebhookEvent::new(kind, at, data)
+    }
+}
+
+impl<'a> From<&'a crate::shop::model::OrderRecord> for OrderFacts<'a> {
+    fn from(o: &'a crate::shop::model::OrderRecord) -> Self {
+        Self {
+            order_id: *o.id.as_uuid(),
+            user_id: *o.user_id.as_uuid(),
+            status: o.status.as_str(),
+            currency: o.total.currency().as_str().to_owned().into(),
+            total_cents: o.total.cents(),
+            refunded_cents: o.refunded.cents(),
+            reservation_id: o.reservation_id.map(|r| *r.as_uuid()),
+        }
     }
 }
 
@@ -152,10 +166,6 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn subscribes(&self, kind: EventType) -> bool {
-        self.events.contains(&kind)
-    }
-
     /// The event types by name, as the stores keep them.
     pub fn event_names(&self) -> Vec<&'static str> {
         self.events.iter().map(|e| e.as_str()).collect()
@@ -212,6 +222,7 @@ pub struct Delivery {
     pub event_type: String,
     pub status: DeliveryStatus,
     pub attempts: u32,
+    /// When it is due, while it is pending (an attempt's outcome clears it otherwise).
     pub next_attempt_at: Option<OffsetDateTime>,
     /// The endpoint's last HTTP status, if it answered.
     pub last_status: Option<u16>,

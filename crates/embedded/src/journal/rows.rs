@@ -184,7 +184,7 @@ pub(crate) fn order_events(
             order_id: Uuid::from_bytes(order),
             user_id: Uuid::from_bytes(user),
             status: OrderStatus::PendingPayment.as_str(),
-            currency: r.currency,
+            currency: r.currency.into(),
             total_cents: r.unit_price_cents.saturating_mul(i64::from(r.quantity)),
             refunded_cents: 0,
             reservation_id: Some(Uuid::from_bytes(r.id)),

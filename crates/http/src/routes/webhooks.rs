@@ -166,7 +166,7 @@ impl From<Delivery> for DeliveryOut {
             event_type: d.event_type,
             status: d.status.as_str().to_owned(),
             attempts: d.attempts,
-            next_attempt_at: d.next_attempt_at.filter(|_| d.status.as_str() == "pending"),
+            next_attempt_at: d.next_attempt_at,
             last_status: d.last_status,
             last_error: d.last_error,
             created_at: d.created_at,
