@@ -2,6 +2,8 @@
 //! crate driven over one connection (a single Redis, or a Redis Cluster through the cluster
 //! client), which every request of the process shares.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use flashmart_app::StoreError;
 use flashmart_app::flash_sale::model::LiveSaleState;
@@ -15,7 +17,8 @@ use redis::aio::ConnectionLike;
 
 use time::OffsetDateTime;
 
-use crate::{Decision, LiveSale, Lost, RedisSales, ReserveRequest, Settle, Settled};
+use crate::batch::Batches;
+use crate::{Decision, LiveSale, Lost, RedisSales, Settle, Settled};
 
 /// `RedisSales` over a shared connection `C` (`redis::aio::ConnectionManager`, which reconnects
 /// by itself, or a cluster connection).
@@ -23,6 +26,8 @@ use crate::{Decision, LiveSale, Lost, RedisSales, ReserveRequest, Settle, Settle
 pub struct RedisEngine<C> {
     sales: RedisSales,
     conn: C,
+    /// Reservations waiting for their sale's next run of the script.
+    batches: Arc<Batches>,
 }
 
 impl<C> std::fmt::Debug for RedisEngine<C> {
@@ -35,7 +40,23 @@ impl<C> std::fmt::Debug for RedisEngine<C> {
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
     pub fn new(sales: RedisSales, conn: C) -> Self {
-        Self { sales, conn }
+        Self {
+            sales,
+            conn,
+            batches: Arc::default(),
+        }
+    }
+
+    pub(crate) fn batches(&self) -> &Batches {
+        &self.batches
+    }
+
+    pub(crate) fn sales(&self) -> &RedisSales {
+        &self.sales
+    }
+
+    pub(crate) fn connection(&self) -> C {
+        self.conn.clone()
     }
 
     /// The lease named `name`, on this engine's connection and under its key prefix.
@@ -138,26 +159,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
 
     #[tracing::instrument(level = "debug", name = "redis.reserve", skip_all)]
     async fn reserve(&self, request: &SharedReserve<'_>) -> Result<SharedDecision, StoreError> {
-        let mut buyer = uuid::Uuid::encode_buffer();
-        let buyer = &*request.buyer.0.hyphenated().encode_lower(&mut buyer);
-        let mut conn = self.conn.clone();
-        let decision = self
-            .sales
-            .reserve(
-                &mut conn,
-                &ReserveRequest {
-                    sale: request.sale,
-                    item: request.item_no,
-                    buyer,
-                    quantity: request.quantity,
-                    idempotency_key: request.idempotency_key,
-                    now: request.now,
-                    buyer_ref: request.buyer_ref,
-                    max_keys: request.max_keys,
-                },
-            )
-            .await
-            .map_err(unavailable)?;
+        let decision = self.batches.decide(self, request).await?;
         Ok(match decision {
             Decision::Reserved {
                 id,
@@ -265,6 +267,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
     }
 
     async fn retire(&self, sale: SaleId, at: time::OffsetDateTime) -> Result<(), StoreError> {
+        self.batches.forget(sale);
         let mut conn = self.conn.clone();
         self.sales
             .retire(&mut conn, sale, at)

@@ -1,13 +1,15 @@
 //! The scaled flash-sale engine's core: a sale's live state in Redis (its window, each item's
 //! remaining stock, what each buyer holds, the answers given for `Idempotency-Key`s, and a
 //! stream of the reservations made, each reservation's state), one Lua script that decides and
-//! records a reservation atomically (`reserve.lua`) and one that settles it once, returning its
-//! units unless it was paid for (`settle.lua`). Every key of a sale carries the hash tag
+//! records reservations atomically, a batch of one sale's at a time (`reserve.lua`, fed by the
+//! per-sale queues of `batch.rs`) and one that settles a reservation once, returning
+//! its units unless it was paid for (`settle.lua`). Every key of a sale carries the hash tag
 //! `{sale:ID}`, so a Redis Cluster keeps a sale on one shard and each script runs there whole.
 //!
 //! `RedisEngine` serves the use cases' shared engine port with them (`redis.url` or
 //! `redis.cluster_nodes`).
 
+mod batch;
 mod engine;
 mod lease;
 mod log;
@@ -440,52 +442,81 @@ impl RedisSales {
         Ok(Some(items))
     }
 
-    /// Runs the script for one reservation.
+    /// Decides one reservation: a batch of one.
     pub async fn reserve<C: ConnectionLike>(
         &self,
         conn: &mut C,
         request: &ReserveRequest<'_>,
     ) -> Result<Decision, RedisError> {
+        let mut decisions = self
+            .reserve_batch(conn, std::slice::from_ref(request))
+            .await?;
+        decisions
+            .pop()
+            .ok_or_else(|| protocol("no answer for the reservation"))
+    }
+
+    /// Decides `requests`, all for one sale and at most [`MAX_BATCH`] of them, in one run of
+    /// the script: each answered as if it had been sent alone after the ones before it.
+    pub async fn reserve_batch<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        requests: &[ReserveRequest<'_>],
+    ) -> Result<Vec<Decision>, RedisError> {
+        let Some(first) = requests.first() else {
+            return Ok(Vec::new());
+        };
+        if requests.len() > MAX_BATCH || requests.iter().any(|r| r.sale != first.sale) {
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a batch of reservations is of one sale, and at most MAX_BATCH of them",
+            )));
+        }
         // The scripts join fields with the unit separator (0x1f): a buyer or key holding one
         // would be read back as two fields. Keys are printable ASCII already; buyers are user
         // ids or the contest's caller-named users.
-        if request.buyer.is_empty()
-            || request.buyer.contains('\u{1f}')
-            || request
-                .idempotency_key
-                .is_some_and(|k| k.contains('\u{1f}'))
-        {
+        if requests.iter().any(|r| {
+            r.buyer.is_empty()
+                || r.buyer.contains('\u{1f}')
+                || r.idempotency_key.is_some_and(|k| k.contains('\u{1f}'))
+        }) {
             return Err(RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "a buyer or key the reservation script cannot store",
             )));
         }
-        let id = ReservationId::new();
         // The hot path's one command, written straight into one buffer: the script's
         // invocation builder would allocate a string per key and a vector per argument.
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.reserve.get_hash()).arg(RESERVE_KEYS.len());
         let mut text = String::with_capacity(self.prefix.len() + 64);
-        let _ = write!(text, "{}{{sale:{}}}:", self.prefix, request.sale.as_uuid());
+        let _ = write!(text, "{}{{sale:{}}}:", self.prefix, first.sale.as_uuid());
         let tag = text.len();
         for name in RESERVE_KEYS {
             text.truncate(tag);
             text.push_str(name);
             cmd.arg(text.as_str());
         }
-        text.clear();
-        let _ = write!(text, "{}:{}", request.item, request.quantity);
+        cmd.arg(first.max_keys);
         let mut uuid = uuid::Uuid::encode_buffer();
-        cmd.arg(micros(request.now))
-            .arg(request.item)
-            .arg(request.buyer)
-            .arg(request.quantity)
-            .arg(request.idempotency_key.unwrap_or(""))
-            .arg(text.as_str())
-            .arg(&*id.as_uuid().hyphenated().encode_lower(&mut uuid))
-            .arg(request.buyer_ref.unwrap_or(""))
-            .arg(request.max_keys);
-        let reply: Vec<String> = match cmd.query_async(conn).await {
+        for request in requests {
+            text.clear();
+            let _ = write!(text, "{}:{}", request.item, request.quantity);
+            cmd.arg(micros(request.now))
+                .arg(request.item)
+                .arg(request.buyer)
+                .arg(request.quantity)
+                .arg(request.idempotency_key.unwrap_or(""))
+                .arg(text.as_str())
+                .arg(
+                    &*ReservationId::new()
+                        .as_uuid()
+                        .hyphenated()
+                        .encode_lower(&mut uuid),
+                )
+                .arg(request.buyer_ref.unwrap_or(""));
+        }
+        let replies: Vec<Vec<String>> = match cmd.query_async(conn).await {
             // Not loaded on this server yet (a restart, a new shard): loaded, then run again.
             Err(err) if err.kind() == redis::ErrorKind::NoScriptError => {
                 self.reserve.load_async(conn).await?;
@@ -493,9 +524,19 @@ impl RedisSales {
             }
             other => other?,
         };
-        decide(&reply)
+        if replies.len() != requests.len() {
+            return Err(protocol(&format!(
+                "{} answers for {} reservations",
+                replies.len(),
+                requests.len()
+            )));
+        }
+        replies.iter().map(|reply| decide(reply)).collect()
     }
 }
+
+/// The most reservations one run of the reservation script decides.
+pub const MAX_BATCH: usize = 64;
 
 fn decide(reply: &[String]) -> Result<Decision, RedisError> {
     let (replayed, rest) = match reply.split_first() {

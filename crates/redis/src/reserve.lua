@@ -1,95 +1,181 @@
--- One reservation, decided and recorded atomically in the sale's own keys (one hash tag, so one
--- Redis Cluster shard): the Idempotency-Key, the window, the item's stock and the buyer's
--- limit are checked, the stock taken and the reservation appended to the sale's stream.
+-- Reservations of one sale, a batch at a time, each decided and recorded atomically in the sale's
+-- own keys (one hash tag, so one Redis Cluster shard): the Idempotency-Key, the window, the
+-- item's stock and the buyer's limit are checked, the stock taken and the reservation appended to
+-- the sale's stream. The requests are decided in their order, each seeing what the ones before
+-- it did: a batch answers exactly as the same requests sent one at a time would be answered.
+-- What several requests share is read once (the sale's window, an item's stock, a buyer's
+-- holding) and written once at the end, which is most of what a batch saves.
 --
 -- KEYS: 1 meta (hash: starts_at, ends_at, per_user_limit, ttl; microseconds)
 --       2 stock (hash: item -> remaining)   3 held (hash: buyer -> units)
 --       4 keys (hash: buyer \31 key -> fingerprint \31 answer)   5 log (stream)
 --       6 key counts (hash: buyer -> keys remembered for them in this sale)
 --       (A reservation's state is recorded when it is settled, by settle.lua, not here.)
--- ARGV: 1 now (us)  2 item  3 buyer  4 quantity  5 idempotency key ("" for none)
---       6 fingerprint of the request  7 reservation id
---       8 the name the caller gave the buyer ("" for a user; the contest API's), logged as "ref"
---       9 how many keys one buyer may have remembered in this sale (0: no cap); one more
+-- ARGV: 1 how many keys one buyer may have remembered in this sale (0: no cap); one more
 --         answers {"too_many_keys"}
--- Answers {"reserved", id, expires_at, log entry id} or {"refused", reason}, or {"key_reused"};
--- an answer given for a key is given again for it ("replayed" first, without the entry id). A
--- sale lost and not yet rebuilt answers {"refused", "rebuilding", rebuild_at}.
+--       then 8 per request: now (us), item, buyer, quantity, idempotency key ("" for none),
+--         fingerprint of the request, reservation id, the name the caller gave the buyer (""
+--         for a user; the contest API's), logged as "ref"
+-- Answers one reply per request, in their order: {"reserved", id, expires_at, log entry id} or
+-- {"refused", reason}, or {"key_reused"} or {"too_many_keys"}; an answer given for a key is
+-- given again for it ("replayed" first, without the entry id). A sale lost and not yet rebuilt
+-- answers {"refused", "rebuilding", rebuild_at}.
+--
+-- Writes come after every decision, stock and holdings first: should Redis fail a write half
+-- way, units may be missing from sale, never sold twice; a reservation is logged before the
+-- answer remembered for its key.
 
-local now = tonumber(ARGV[1])
-local item, buyer, quantity = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local key, fingerprint = ARGV[5], ARGV[6]
-local field = buyer .. "\31" .. key
-
-local max_keys = tonumber(ARGV[9])
-if key ~= "" then
-  local seen = redis.call("HGET", KEYS[4], field)
-  if seen then
-    local sep = string.find(seen, "\31", 1, true)
-    if string.sub(seen, 1, sep - 1) ~= fingerprint then
-      return {"key_reused"}
-    end
-    local answer = cjson.decode(string.sub(seen, sep + 1))
-    table.insert(answer, 1, "replayed")
-    return answer
-  end
-  if max_keys > 0 and tonumber(redis.call("HGET", KEYS[6], buyer) or "0") >= max_keys then
-    return {"too_many_keys"}
-  end
-end
-
--- Remembered for the key, except that a sale which does not exist is not (made-up sale ids
--- must not fill the table), nor an ended one (the answer cannot change, and an ended sale's
--- keys are on their way out).
-local function answer(reply)
-  if key ~= "" and reply[2] ~= "no_sale" and reply[2] ~= "ended" then
-    redis.call("HSET", KEYS[4], field, fingerprint .. "\31" .. cjson.encode(reply))
-    redis.call("HINCRBY", KEYS[6], buyer, 1)
-  end
-  return reply
-end
+local FIELDS = 8
+local max_keys = tonumber(ARGV[1])
+local count = (#ARGV - 1) / FIELDS
 
 local meta = redis.call("HMGET", KEYS[1], "starts_at", "ends_at", "per_user_limit", "ttl",
   "rebuild_at")
-if not meta[1] then
-  if meta[5] then
-    -- Lost and waiting to be rebuilt from the records (see lost.lua): never answered from
-    -- what is not there, and never remembered for the key.
-    return {"refused", "rebuilding", meta[5]}
+local starts_at, ends_at = tonumber(meta[1]), tonumber(meta[2])
+local limit, ttl = tonumber(meta[3]), tonumber(meta[4])
+
+-- Read at first use, then kept here and written back at the end.
+local stock, stock_changed = {}, {}  -- item -> remaining (false: no such item)
+local held, held_changed = {}, {}    -- buyer -> units
+local key_counts = {}                -- buyer -> keys remembered (read only under a cap)
+local remembered = {}                -- buyer \31 key -> what this batch remembers for it
+
+local replies = {}
+local logged = {}  -- request index -> the fields of its reservation's log entry
+local keyed = {}   -- {request index, field, value, buyer}, in order
+
+for r = 1, count do
+  local at = 1 + (r - 1) * FIELDS
+  local now_text, item, buyer = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local now, quantity = tonumber(now_text), tonumber(ARGV[at + 4])
+  local key, fingerprint = ARGV[at + 5], ARGV[at + 6]
+  local field = buyer .. "\31" .. key
+
+  -- Remembered for the key, except that a sale which does not exist is not (made-up sale ids
+  -- must not fill the table), nor an ended one (the answer cannot change, and an ended sale's
+  -- keys are on their way out).
+  local function answer(reply)
+    if key ~= "" and reply[2] ~= "no_sale" and reply[2] ~= "ended" then
+      local value = fingerprint .. "\31" .. cjson.encode(reply)
+      remembered[field] = value
+      if key_counts[buyer] then
+        key_counts[buyer] = key_counts[buyer] + 1
+      end
+      table.insert(keyed, {r, field, value, buyer})
+    end
+    return reply
   end
-  return answer({"refused", "no_sale"})
+
+  local function decide()
+    if key ~= "" then
+      local seen = remembered[field] or redis.call("HGET", KEYS[4], field)
+      if seen then
+        local sep = string.find(seen, "\31", 1, true)
+        if string.sub(seen, 1, sep - 1) ~= fingerprint then
+          return {"key_reused"}
+        end
+        local replay = cjson.decode(string.sub(seen, sep + 1))
+        table.insert(replay, 1, "replayed")
+        return replay
+      end
+      if max_keys > 0 then
+        if not key_counts[buyer] then
+          key_counts[buyer] = tonumber(redis.call("HGET", KEYS[6], buyer) or "0")
+        end
+        if key_counts[buyer] >= max_keys then
+          return {"too_many_keys"}
+        end
+      end
+    end
+    if not starts_at then
+      if meta[5] then
+        -- Lost and waiting to be rebuilt from the records (see lost.lua): never answered
+        -- from what is not there, and never remembered for the key.
+        return {"refused", "rebuilding", meta[5]}
+      end
+      return answer({"refused", "no_sale"})
+    end
+    if now < starts_at then
+      return answer({"refused", "not_started"})
+    end
+    if now >= ends_at then
+      return answer({"refused", "ended"})
+    end
+    local remaining = stock[item]
+    if remaining == nil then
+      local text = redis.call("HGET", KEYS[2], item)
+      remaining = text and tonumber(text) or false
+      stock[item] = remaining
+    end
+    if not remaining then
+      return answer({"refused", "no_item"})
+    end
+    if remaining < quantity then
+      return answer({"refused", "sold_out"})
+    end
+    local holding = held[buyer]
+    if holding == nil then
+      holding = tonumber(redis.call("HGET", KEYS[3], buyer) or "0")
+    end
+    if holding + quantity > limit then
+      held[buyer] = holding
+      return answer({"refused", "limit_reached"})
+    end
+    if not stock_changed[item] then
+      stock_changed[item] = true
+      table.insert(stock_changed, item)
+    end
+    stock[item] = remaining - quantity
+    if not held_changed[buyer] then
+      held_changed[buyer] = true
+      table.insert(held_changed, buyer)
+    end
+    held[buyer] = holding + quantity
+    -- Microseconds pass 2^31: written with %.0f, never in Lua's exponent notation.
+    local expires_at = string.format("%.0f", now + ttl)
+    local id = ARGV[at + 7]
+    local fields = {"id", id, "item", item, "buyer", buyer, "quantity", ARGV[at + 4],
+      "at", now_text, "expires_at", expires_at}
+    if ARGV[at + 8] ~= "" then
+      -- A buyer named by the caller (the contest API), not a user: stored without an order.
+      table.insert(fields, "ref")
+      table.insert(fields, ARGV[at + 8])
+    end
+    logged[r] = fields
+    return answer({"reserved", id, expires_at})
+  end
+
+  replies[r] = decide()
 end
-if now < tonumber(meta[1]) then
-  return answer({"refused", "not_started"})
+
+if #stock_changed > 0 then
+  local args = {}
+  for _, item in ipairs(stock_changed) do
+    table.insert(args, item)
+    table.insert(args, string.format("%.0f", stock[item]))
+  end
+  redis.call("HSET", KEYS[2], unpack(args))
 end
-if now >= tonumber(meta[2]) then
-  return answer({"refused", "ended"})
+if #held_changed > 0 then
+  local args = {}
+  for _, buyer in ipairs(held_changed) do
+    table.insert(args, buyer)
+    table.insert(args, string.format("%.0f", held[buyer]))
+  end
+  redis.call("HSET", KEYS[3], unpack(args))
 end
-local remaining = redis.call("HGET", KEYS[2], item)
-if not remaining then
-  return answer({"refused", "no_item"})
-end
-if tonumber(remaining) < quantity then
-  return answer({"refused", "sold_out"})
-end
-local held = tonumber(redis.call("HGET", KEYS[3], buyer) or "0")
-if held + quantity > tonumber(meta[3]) then
-  return answer({"refused", "limit_reached"})
-end
-redis.call("HINCRBY", KEYS[2], item, -quantity)
-redis.call("HINCRBY", KEYS[3], buyer, quantity)
--- Microseconds pass 2^31: written with %.0f, never in Lua's exponent notation.
-local expires_at = string.format("%.0f", now + tonumber(meta[4]))
-local fields = {"id", ARGV[7], "item", item, "buyer", buyer, "quantity", ARGV[4],
-  "at", ARGV[1], "expires_at", expires_at}
-if ARGV[8] ~= "" then
-  -- A buyer named by the caller (the contest API), not a user: stored without an order.
-  table.insert(fields, "ref")
-  table.insert(fields, ARGV[8])
-end
-local entry = redis.call("XADD", KEYS[5], "*", unpack(fields))
 -- The log entry's id follows the answer remembered for the key (a replay has no entry of its
 -- own): whoever stores the reservation may drop the entry from the log.
-local reply = answer({"reserved", ARGV[7], expires_at})
-table.insert(reply, entry)
-return reply
+local next_key = 1
+for r = 1, count do
+  if logged[r] then
+    table.insert(replies[r], redis.call("XADD", KEYS[5], "*", unpack(logged[r])))
+  end
+  while keyed[next_key] and keyed[next_key][1] == r do
+    local k = keyed[next_key]
+    redis.call("HSET", KEYS[4], k[2], k[3])
+    redis.call("HINCRBY", KEYS[6], k[4], 1)
+    next_key = next_key + 1
+  end
+end
+return replies

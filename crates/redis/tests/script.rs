@@ -804,3 +804,146 @@ async fn racing_loads_and_reservations_sell_the_stock_once() {
         Some(vec![(1, 0)])
     );
 }
+
+async fn sorted_hash(conn: &mut MultiplexedConnection, key: &str) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = conn.hgetall(key).await.unwrap();
+    fields.sort_unstable();
+    fields
+}
+
+/// A request of `a_batch_answers_as_its_requests_one_at_a_time`: item, buyer, quantity, key, time.
+type Asked = (u32, usize, u32, Option<&'static str>, OffsetDateTime);
+
+/// A decision with its reservation id named by the request that made it (two runs make
+/// different ids for the same reservation).
+fn normalized(
+    decision: &Decision,
+    made_by: &mut std::collections::HashMap<flashmart_domain::ReservationId, usize>,
+    request: usize,
+) -> String {
+    match decision {
+        Decision::Reserved {
+            id,
+            expires_at,
+            replayed,
+            entry,
+        } => {
+            let by = *made_by.entry(*id).or_insert(request);
+            format!(
+                "reserved by {by}, until {expires_at}, replayed {replayed}, logged {}",
+                entry.is_some()
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_answers_as_its_requests_one_at_a_time() {
+    let mut w = World::new().await;
+    let start = now();
+    // Two items of 10 and an item that does not exist; six buyers with a limit of 4 and at
+    // most 3 keys each; keys reused with the same and other requests; some requests before the
+    // window opens. A fixed pseudo-random sequence, so a failure repeats.
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let buyers: Vec<String> = (0..6).map(|b| format!("b{b}")).collect();
+    let keys = ["k1", "k2", "k3", "k4"];
+    let requests: Vec<Asked> = (0..300)
+        .map(|i| {
+            let item = [1, 1, 2, 3][usize::try_from(next(4)).unwrap()];
+            let buyer = usize::try_from(next(6)).unwrap();
+            let quantity = u32::try_from(next(3)).unwrap() + 1;
+            let key = (next(3) == 0).then(|| keys[usize::try_from(next(4)).unwrap()]);
+            let at = if next(20) == 0 {
+                start - Duration::hours(1)
+            } else {
+                start + Duration::milliseconds(i)
+            };
+            (item, buyer, quantity, key, at)
+        })
+        .collect();
+    let ask = |sale: SaleId, &(item, buyer, quantity, key, at): &Asked| ReserveRequest {
+        sale,
+        item,
+        buyer: &buyers[buyer],
+        quantity,
+        idempotency_key: key,
+        now: at,
+        buyer_ref: None,
+        max_keys: 3,
+    };
+
+    let alone = w.sale(4, &[(1, 10), (2, 10)]).await;
+    let mut made_by = std::collections::HashMap::new();
+    let mut one_at_a_time = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        let decision = w.sales.reserve(&mut w.conn, &ask(alone, r)).await.unwrap();
+        one_at_a_time.push(normalized(&decision, &mut made_by, i));
+    }
+
+    let batched = w.sale(4, &[(1, 10), (2, 10)]).await;
+    let mut made_by = std::collections::HashMap::new();
+    let mut in_batches = Vec::new();
+    let mut at = 0;
+    for size in [1, 7, 64, 2, 30, 64, 64, 64, 4] {
+        let end = (at + size).min(requests.len());
+        let batch: Vec<ReserveRequest<'_>> =
+            requests[at..end].iter().map(|r| ask(batched, r)).collect();
+        let decisions = w.sales.reserve_batch(&mut w.conn, &batch).await.unwrap();
+        assert_eq!(decisions.len(), batch.len());
+        for (j, decision) in decisions.iter().enumerate() {
+            in_batches.push(normalized(decision, &mut made_by, at + j));
+        }
+        at = end;
+    }
+    assert_eq!(at, requests.len(), "every request sent");
+    for (i, (a, b)) in one_at_a_time.iter().zip(&in_batches).enumerate() {
+        assert_eq!(a, b, "request {i}: {:?}", requests[i]);
+    }
+    // Each kind of answer came up, so the comparison covered them.
+    for kind in [
+        "reserved",
+        "SoldOut",
+        "LimitReached",
+        "NotStarted",
+        "ItemNotFound",
+        "KeyReused",
+        "TooManyKeys",
+        "replayed true",
+    ] {
+        assert!(
+            one_at_a_time.iter().any(|d| d.contains(kind)),
+            "no {kind} among {one_at_a_time:?}"
+        );
+    }
+
+    // And the two sales are left the same.
+    let (a, b) = (w.sales.keys(alone), w.sales.keys(batched));
+    for (what, key_a, key_b) in [
+        ("stock", &a.stock, &b.stock),
+        ("holdings", &a.held, &b.held),
+        ("keys remembered per buyer", &a.key_counts, &b.key_counts),
+    ] {
+        assert_eq!(
+            sorted_hash(&mut w.conn, key_a).await,
+            sorted_hash(&mut w.conn, key_b).await,
+            "{what}"
+        );
+    }
+    let answers: (usize, usize) = (
+        w.conn.hlen(&a.keys).await.unwrap(),
+        w.conn.hlen(&b.keys).await.unwrap(),
+    );
+    assert_eq!(answers.0, answers.1, "answers remembered");
+    assert_eq!(
+        w.logged(alone).await,
+        w.logged(batched).await,
+        "reservations logged"
+    );
+}

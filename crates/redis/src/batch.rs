@@ -1,0 +1,204 @@
+//! Reservations sent to Redis a batch at a time, per sale: a request joins its sale's queue, and
+//! the sale's runner (at most [`RUNNING_PER_SALE`] of them, each a task of its own) takes what
+//! has queued, up to [`MAX_BATCH`], into one run of the reservation script. Nothing waits for a
+//! batch to fill: a runner takes what is there, so a lone request goes out at once, and under
+//! load the requests that arrive while Redis works on one batch make the next. Redis then pays
+//! its per-command cost, and reads a sale's window, an item's stock and a buyer's holding, once
+//! per batch instead of once per reservation; the process sends one command instead of many.
+//!
+//! The runner is a task rather than one of the waiting requests, so that a request whose client
+//! goes away cannot take the others' answers with it. A batch is decided in order, each request
+//! as if it had been sent alone after the ones before it (see `reserve.lua`).
+
+use std::fmt::Write as _;
+
+use dashmap::DashMap;
+use flashmart_app::StoreError;
+use flashmart_app::ports::SharedReserve;
+use flashmart_domain::SaleId;
+use redis::aio::ConnectionLike;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tracing::Instrument as _;
+
+use crate::engine::RedisEngine;
+use crate::{Decision, MAX_BATCH, ReserveRequest};
+
+/// Batches of one sale in Redis at once: while one is decided, the next is on its way.
+pub(crate) const RUNNING_PER_SALE: usize = 2;
+
+/// A request waiting for its batch, with what it borrowed copied.
+struct Waiting {
+    item: u32,
+    buyer: uuid::Uuid,
+    quantity: u32,
+    idempotency_key: Option<Box<str>>,
+    now: OffsetDateTime,
+    buyer_ref: Option<Box<str>>,
+    max_keys: u32,
+    answer: oneshot::Sender<Result<Decision, String>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiting>,
+    running: usize,
+}
+
+/// Every sale's queue.
+#[derive(Default)]
+pub(crate) struct Batches {
+    queues: DashMap<SaleId, Queue>,
+}
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batches")
+            .field("sales", &self.queues.len())
+            .finish()
+    }
+}
+
+impl Batches {
+    /// `request` decided in its sale's next batch.
+    pub(crate) async fn decide<C>(
+        &self,
+        engine: &RedisEngine<C>,
+        request: &SharedReserve<'_>,
+    ) -> Result<Decision, StoreError>
+    where
+        C: ConnectionLike + Clone + Send + Sync + 'static,
+    {
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut queue = self.queues.entry(request.sale).or_default();
+            queue.waiting.push(Waiting {
+                item: request.item_no,
+                buyer: request.buyer.0,
+                quantity: request.quantity,
+                idempotency_key: request.idempotency_key.map(Into::into),
+                now: request.now,
+                buyer_ref: request.buyer_ref.map(Into::into),
+                max_keys: request.max_keys,
+                answer,
+            });
+            let start = queue.running < RUNNING_PER_SALE;
+            if start {
+                queue.running += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(engine.clone().run_batches(request.sale));
+        }
+        match answered.await {
+            Ok(Ok(decision)) => Ok(decision),
+            Ok(Err(err)) => Err(StoreError::Unavailable(err)),
+            Err(_) => Err(StoreError::Unavailable(
+                "redis: the reservation's batch was dropped".into(),
+            )),
+        }
+    }
+
+    /// The next batch of `sale`, or `None` (and one runner fewer) when nothing waits.
+    fn next(&self, sale: SaleId) -> Option<Vec<Waiting>> {
+        let mut queue = self.queues.get_mut(&sale)?;
+        if queue.waiting.is_empty() {
+            queue.running -= 1;
+            return None;
+        }
+        let take = queue.waiting.len().min(MAX_BATCH);
+        Some(queue.waiting.drain(..take).collect())
+    }
+
+    fn stopped(&self, sale: SaleId) {
+        if let Some(mut queue) = self.queues.get_mut(&sale) {
+            queue.running -= 1;
+        }
+    }
+
+    /// Forgets an ended sale's queue when nothing is in it.
+    pub(crate) fn forget(&self, sale: SaleId) {
+        self.queues
+            .remove_if(&sale, |_, q| q.waiting.is_empty() && q.running == 0);
+    }
+}
+
+/// A running runner: counted out if it stops other than by finding its queue empty (a panic),
+/// so that the next request starts another.
+struct Runner<'a> {
+    batches: &'a Batches,
+    sale: SaleId,
+    done: bool,
+}
+
+impl Drop for Runner<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.batches.stopped(self.sale);
+        }
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
+    /// Runs `sale`'s batches until its queue is empty.
+    async fn run_batches(self, sale: SaleId) {
+        let mut runner = Runner {
+            batches: self.batches(),
+            sale,
+            done: false,
+        };
+        loop {
+            let Some(batch) = runner.batches.next(sale) else {
+                runner.done = true;
+                return;
+            };
+            let span = tracing::debug_span!(
+                parent: None,
+                "redis.reserve_batch",
+                size = batch.len()
+            );
+            self.run_batch(sale, batch).instrument(span).await;
+        }
+    }
+
+    async fn run_batch(&self, sale: SaleId, batch: Vec<Waiting>) {
+        // Every buyer's id as text in one buffer, so the requests can borrow them.
+        let mut names = String::with_capacity(batch.len() * uuid::fmt::Hyphenated::LENGTH);
+        for waiting in &batch {
+            let _ = write!(names, "{}", waiting.buyer.hyphenated());
+        }
+        let requests: Vec<ReserveRequest<'_>> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, w)| ReserveRequest {
+                sale,
+                item: w.item,
+                buyer: &names[i * uuid::fmt::Hyphenated::LENGTH..][..uuid::fmt::Hyphenated::LENGTH],
+                quantity: w.quantity,
+                idempotency_key: w.idempotency_key.as_deref(),
+                now: w.now,
+                buyer_ref: w.buyer_ref.as_deref(),
+                max_keys: w.max_keys,
+            })
+            .collect();
+        let mut conn = self.connection();
+        let decided = self.sales().reserve_batch(&mut conn, &requests).await;
+        drop(requests);
+        match decided {
+            Ok(decisions) => {
+                for (waiting, decision) in batch.into_iter().zip(decisions) {
+                    // A request gone meanwhile: its reservation is in the sale's log, which the
+                    // log writers store.
+                    let _ = waiting.answer.send(Ok(decision));
+                }
+            }
+            Err(err) => {
+                let err = format!("redis: {err}");
+                for waiting in batch {
+                    let _ = waiting.answer.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
