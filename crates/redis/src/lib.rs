@@ -516,7 +516,7 @@ impl RedisSales {
                 )
                 .arg(request.buyer_ref.unwrap_or(""));
         }
-        let replies: Vec<Vec<String>> = match cmd.query_async(conn).await {
+        let replies: String = match cmd.query_async(conn).await {
             // Not loaded on this server yet (a restart, a new shard): loaded, then run again.
             Err(err) if err.kind() == redis::ErrorKind::NoScriptError => {
                 self.reserve.load_async(conn).await?;
@@ -524,39 +524,49 @@ impl RedisSales {
             }
             other => other?,
         };
-        if replies.len() != requests.len() {
+        let decisions: Vec<Decision> = replies
+            .split('\u{1e}')
+            .map(|reply| {
+                let mut fields = [""; 5];
+                let mut n = 0;
+                for field in reply.split('\u{1f}') {
+                    *fields.get_mut(n).ok_or_else(|| protocol(reply))? = field;
+                    n += 1;
+                }
+                decide(&fields[..n])
+            })
+            .collect::<Result<_, _>>()?;
+        if decisions.len() != requests.len() {
             return Err(protocol(&format!(
                 "{} answers for {} reservations",
-                replies.len(),
+                decisions.len(),
                 requests.len()
             )));
         }
-        replies.iter().map(|reply| decide(reply)).collect()
+        Ok(decisions)
     }
 }
 
 /// The most reservations one run of the reservation script decides.
 pub const MAX_BATCH: usize = 64;
 
-fn decide(reply: &[String]) -> Result<Decision, RedisError> {
+fn decide(reply: &[&str]) -> Result<Decision, RedisError> {
     let (replayed, rest) = match reply.split_first() {
-        Some((first, rest)) if first == "replayed" => (true, rest),
+        Some((first, rest)) if *first == "replayed" => (true, rest),
         _ => (false, reply),
     };
     match rest {
-        [kind] if kind == "key_reused" => Ok(Decision::KeyReused),
-        [kind] if kind == "too_many_keys" => Ok(Decision::TooManyKeys),
-        [kind, reason, at] if kind == "refused" && reason == "rebuilding" => {
-            Ok(Decision::Rebuilding {
-                at: at
-                    .parse()
-                    .ok()
-                    .and_then(from_micros)
-                    .ok_or_else(|| protocol(at))?,
-            })
-        }
-        [kind, reason] if kind == "refused" => Ok(Decision::Refused {
-            refusal: match reason.as_str() {
+        ["key_reused"] => Ok(Decision::KeyReused),
+        ["too_many_keys"] => Ok(Decision::TooManyKeys),
+        ["refused", "rebuilding", at] => Ok(Decision::Rebuilding {
+            at: at
+                .parse()
+                .ok()
+                .and_then(from_micros)
+                .ok_or_else(|| protocol(at))?,
+        }),
+        ["refused", reason] => Ok(Decision::Refused {
+            refusal: match *reason {
                 "no_sale" => Refusal::SaleNotFound,
                 "no_item" => Refusal::ItemNotFound,
                 "not_started" => Refusal::NotStarted,
@@ -567,21 +577,19 @@ fn decide(reply: &[String]) -> Result<Decision, RedisError> {
             },
             replayed,
         }),
-        [kind, id, expires_at, entry @ ..] if kind == "reserved" && entry.len() <= 1 => {
-            Ok(Decision::Reserved {
-                id: ReservationId::from_uuid(id.parse().map_err(|_| protocol(id))?),
-                expires_at: expires_at
-                    .parse()
-                    .ok()
-                    .and_then(from_micros)
-                    .ok_or_else(|| protocol(expires_at))?,
-                replayed,
-                entry: match entry.first() {
-                    Some(e) => Some(parse_entry(e).ok_or_else(|| protocol(e))?),
-                    None => None,
-                },
-            })
-        }
+        ["reserved", id, expires_at, entry @ ..] if entry.len() <= 1 => Ok(Decision::Reserved {
+            id: ReservationId::from_uuid(id.parse().map_err(|_| protocol(id))?),
+            expires_at: expires_at
+                .parse()
+                .ok()
+                .and_then(from_micros)
+                .ok_or_else(|| protocol(expires_at))?,
+            replayed,
+            entry: match entry.first() {
+                Some(e) => Some(parse_entry(e).ok_or_else(|| protocol(e))?),
+                None => None,
+            },
+        }),
         _ => Err(protocol(&format!("{reply:?}"))),
     }
 }
