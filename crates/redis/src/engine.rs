@@ -240,7 +240,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
         if taken.len() < max {
             taken.extend(
                 self.sales
-                    .read_new(&mut conn, sale, WRITERS, writer, max - taken.len())
+                    .read_new(
+                        &mut conn,
+                        sale,
+                        WRITERS,
+                        writer,
+                        max - taken.len(),
+                        (!stale_after.is_zero()).then_some(stale_after),
+                    )
                     .await
                     .map_err(unavailable)?,
             );

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use flashmart_domain::{ReservationId, SaleId};
 use redis::aio::ConnectionLike;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamRangeReply, StreamReadReply,
+};
 use redis::{RedisError, Value};
 use time::OffsetDateTime;
 
@@ -89,7 +91,10 @@ impl RedisSales {
     }
 
     /// Up to `count` entries no consumer of the group has been given yet, now `consumer`'s
-    /// (pending until acknowledged).
+    /// (pending until acknowledged). With `min_age`, none unless the first of them was logged
+    /// at least that long ago by Redis's clock (an entry's id is its time in milliseconds): an
+    /// instance drops from the log what it stored, a moment after storing it, so a young entry
+    /// is almost always one on its way to the records, not one to write again.
     pub async fn read_new<C: ConnectionLike>(
         &self,
         conn: &mut C,
@@ -97,7 +102,13 @@ impl RedisSales {
         group: &str,
         consumer: &str,
         count: usize,
+        min_age: Option<Duration>,
     ) -> Result<Vec<Logged>, RedisError> {
+        if let Some(min_age) = min_age
+            && !self.oldest_new_is_older(conn, sale, group, min_age).await?
+        {
+            return Ok(Vec::new());
+        }
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(group)
@@ -115,6 +126,46 @@ impl RedisSales {
             .flat_map(|k| k.ids)
             .map(|entry| logged(&entry))
             .collect()
+    }
+
+    /// Whether the oldest entry the group has not been given was logged at least `min_age`
+    /// ago by Redis's clock (and there is one).
+    async fn oldest_new_is_older<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+        group: &str,
+        min_age: Duration,
+    ) -> Result<bool, RedisError> {
+        let log = self.keys(sale).log;
+        let ((seconds, micros), info): ((u64, u64), StreamInfoGroupsReply) = redis::pipe()
+            .cmd("TIME")
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&log)
+            .query_async(conn)
+            .await?;
+        let Some(delivered) = info.groups.into_iter().find(|g| g.name == group) else {
+            return Err(protocol(&format!("no group {group}")));
+        };
+        let next: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&log)
+            .arg(format!("({}", delivered.last_delivered_id))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        let Some(first) = next.ids.first() else {
+            return Ok(false);
+        };
+        let logged_ms: u128 = first
+            .id
+            .split_once('-')
+            .and_then(|(ms, _)| ms.parse().ok())
+            .ok_or_else(|| protocol(&first.id))?;
+        let now_ms = u128::from(seconds) * 1_000 + u128::from(micros) / 1_000;
+        Ok(logged_ms + min_age.as_millis() <= now_ms)
     }
 
     /// Up to `count` entries given to some consumer at least `min_idle` ago and never

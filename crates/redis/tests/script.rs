@@ -469,12 +469,12 @@ async fn the_stream_gives_each_reservation_to_one_consumer_until_it_is_acknowled
     // Two consumers share the entries, each given to one of them.
     let first = w
         .sales
-        .read_new(&mut w.conn, sale, "writers", "worker-a", 4)
+        .read_new(&mut w.conn, sale, "writers", "worker-a", 4, None)
         .await
         .unwrap();
     let second = w
         .sales
-        .read_new(&mut w.conn, sale, "writers", "worker-b", 4)
+        .read_new(&mut w.conn, sale, "writers", "worker-b", 4, None)
         .await
         .unwrap();
     assert_eq!((first.len(), second.len()), (4, 2));
@@ -513,7 +513,7 @@ async fn the_stream_gives_each_reservation_to_one_consumer_until_it_is_acknowled
     assert_eq!(w.sales.lag(&mut w.conn, sale, "writers").await.unwrap(), 0);
     assert!(
         w.sales
-            .read_new(&mut w.conn, sale, "writers", "worker-a", 10)
+            .read_new(&mut w.conn, sale, "writers", "worker-a", 10, None)
             .await
             .unwrap()
             .is_empty()
@@ -539,7 +539,7 @@ async fn entries_stored_already_are_dropped_and_never_read() {
     );
     let read = w
         .sales
-        .read_new(&mut w.conn, sale, "writers", "worker-a", 10)
+        .read_new(&mut w.conn, sale, "writers", "worker-a", 10, None)
         .await
         .unwrap();
     let ids: Vec<_> = read.iter().map(|l| l.id).collect();
@@ -575,7 +575,7 @@ async fn the_stream_is_trimmed_behind_what_the_group_still_needs() {
     w.reserve_one_each(sale, 5).await;
     let read = w
         .sales
-        .read_new(&mut w.conn, sale, "writers", "worker", 5)
+        .read_new(&mut w.conn, sale, "writers", "worker", 5, None)
         .await
         .unwrap();
     // The first two are written; the third is not yet: it and what follows must stay.
@@ -610,7 +610,7 @@ async fn the_stream_is_trimmed_behind_what_the_group_still_needs() {
     assert!(reserved(&w.reserve(sale, "late", 1, None).await));
     let late = w
         .sales
-        .read_new(&mut w.conn, sale, "writers", "worker", 5)
+        .read_new(&mut w.conn, sale, "writers", "worker", 5, None)
         .await
         .unwrap();
     assert_eq!(late.len(), 1);
@@ -946,4 +946,64 @@ async fn a_batch_answers_as_its_requests_one_at_a_time() {
         w.logged(batched).await,
         "reservations logged"
     );
+}
+
+#[tokio::test]
+async fn a_writer_reads_new_entries_only_once_they_are_old_enough() {
+    let mut w = World::new().await;
+    let sale = w.sale(5, &[(1, 10)]).await;
+    w.sales
+        .ensure_group(&mut w.conn, sale, "writers")
+        .await
+        .unwrap();
+    let made = w.reserve_one_each(sale, 3).await;
+    // The first was stored by the instance that made it, and dropped from the log.
+    w.sales
+        .forget(&mut w.conn, sale, &[made[0].1])
+        .await
+        .unwrap();
+    // Younger than asked: left for the instance that logged them to store and drop.
+    let young = w
+        .sales
+        .read_new(
+            &mut w.conn,
+            sale,
+            "writers",
+            "worker",
+            10,
+            Some(std::time::Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert!(young.is_empty(), "{young:?}");
+    // Old enough (any age will do): both left, once.
+    let old = w
+        .sales
+        .read_new(
+            &mut w.conn,
+            sale,
+            "writers",
+            "worker",
+            10,
+            Some(std::time::Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        old.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![made[1].0, made[2].0]
+    );
+    let again = w
+        .sales
+        .read_new(
+            &mut w.conn,
+            sale,
+            "writers",
+            "worker",
+            10,
+            Some(std::time::Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "given once: {again:?}");
 }

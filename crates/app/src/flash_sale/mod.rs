@@ -301,8 +301,20 @@ impl FlashSales {
     /// Gives product-backed items of ended sales back to their products (what did not sell, and
     /// what reservations release after the end). Returns the units given back.
     pub async fn return_unsold_stock(&self) -> Result<u64, StoreError> {
-        // What is held counts only once it is stored: nothing answered may be left out.
-        self.catch_up().await?;
+        // What is held counts only once it is stored: nothing answered may be left out. Only an
+        // ended sale's units go back, so only then is there anything to catch up with (a
+        // catch-up while sales are live would read back every reservation still on its way to
+        // the records, at every sweep).
+        let now = self.core.clock.now();
+        if self
+            .core
+            .ledger
+            .all()
+            .iter()
+            .any(|sale| sale.record.rules.window().phase(now) == SalePhase::Ended)
+        {
+            self.catch_up().await?;
+        }
         let given = self.core.store.return_unsold(self.core.clock.now()).await?;
         if given > 0 {
             tracing::info!(

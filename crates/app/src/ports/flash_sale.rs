@@ -198,10 +198,13 @@ pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
     /// Each item's remaining stock, in item order; `None` when the engine does not hold the
     /// sale.
     async fn remaining(&self, sale: SaleId) -> Result<Option<Vec<(u32, u32)>>, StoreError>;
-    /// Up to `max` reservations of the sale's log for `writer` to store: entries no writer was
-    /// given yet, and entries given to a writer that has not acknowledged them for
-    /// `stale_after` (it died, or, with zero, it may still be writing them: writing one twice
-    /// changes nothing). Each stays the writer's until acknowledged.
+    /// Up to `max` reservations of the sale's log for `writer` to store: entries given to a
+    /// writer that has not acknowledged them for `stale_after`, and entries no writer was given
+    /// yet that were logged `stale_after` ago or earlier, by the engine's clock (by then the
+    /// instance that logged one has stored it and dropped it from the log, unless it died);
+    /// with zero, every entry, including those another writer or the instance that logged them
+    /// may still be writing (writing one twice changes nothing). Each stays the writer's until
+    /// acknowledged.
     async fn take_logged(
         &self,
         sale: SaleId,
