@@ -167,22 +167,21 @@ for r = 1, count do
   replies[r] = decide()
 end
 
-if #stock_changed > 0 then
-  local args = {}
-  for _, item in ipairs(stock_changed) do
-    table.insert(args, item)
-    table.insert(args, string.format("%.0f", stock[item]))
+-- The fields of `hash` named in `changed`, set to their values in `values`, in one HSET.
+local function write_back(hash, changed, values)
+  if #changed == 0 then
+    return
   end
-  redis.call("HSET", KEYS[2], unpack(args))
-end
-if #held_changed > 0 then
   local args = {}
-  for _, buyer in ipairs(held_changed) do
-    table.insert(args, buyer)
-    table.insert(args, string.format("%.0f", held[buyer]))
+  for _, field in ipairs(changed) do
+    table.insert(args, field)
+    table.insert(args, string.format("%.0f", values[field]))
   end
-  redis.call("HSET", KEYS[3], unpack(args))
+  redis.call("HSET", hash, unpack(args))
 end
+
+write_back(KEYS[2], stock_changed, stock)
+write_back(KEYS[3], held_changed, held)
 -- The log entry's id follows the answer remembered for the key (a replay has no entry of its
 -- own): whoever stores the reservation may drop the entry from the log.
 local next_key = 1

@@ -126,6 +126,19 @@ impl World {
         made
     }
 
+    /// Up to 10 new entries for the consumer `worker`, taken only when the oldest is `min_age`
+    /// old.
+    async fn read_new_aged(
+        &mut self,
+        sale: SaleId,
+        min_age: Option<std::time::Duration>,
+    ) -> Vec<Logged> {
+        self.sales
+            .read_new(&mut self.conn, sale, "writers", "worker", 10, min_age)
+            .await
+            .unwrap()
+    }
+
     async fn remaining(&mut self, sale: SaleId) -> i64 {
         self.conn
             .hget(self.sales.keys(sale).stock, 1)
@@ -964,46 +977,15 @@ async fn a_writer_reads_new_entries_only_once_they_are_old_enough() {
         .unwrap();
     // Younger than asked: left for the instance that logged them to store and drop.
     let young = w
-        .sales
-        .read_new(
-            &mut w.conn,
-            sale,
-            "writers",
-            "worker",
-            10,
-            Some(std::time::Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
+        .read_new_aged(sale, Some(std::time::Duration::from_secs(5)))
+        .await;
     assert!(young.is_empty(), "{young:?}");
     // Old enough (any age will do): both left, once.
-    let old = w
-        .sales
-        .read_new(
-            &mut w.conn,
-            sale,
-            "writers",
-            "worker",
-            10,
-            Some(std::time::Duration::ZERO),
-        )
-        .await
-        .unwrap();
+    let old = w.read_new_aged(sale, Some(std::time::Duration::ZERO)).await;
     assert_eq!(
         old.iter().map(|l| l.id).collect::<Vec<_>>(),
         vec![made[1].0, made[2].0]
     );
-    let again = w
-        .sales
-        .read_new(
-            &mut w.conn,
-            sale,
-            "writers",
-            "worker",
-            10,
-            Some(std::time::Duration::ZERO),
-        )
-        .await
-        .unwrap();
+    let again = w.read_new_aged(sale, Some(std::time::Duration::ZERO)).await;
     assert!(again.is_empty(), "given once: {again:?}");
 }
