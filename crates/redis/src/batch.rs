@@ -69,6 +69,12 @@ impl Batches {
     where
         C: ConnectionLike + Clone + Send + Sync + 'static,
     {
+        // Refused alone, before it can fail a batch of others (a buyer's id is always stored).
+        if !crate::storable_key(request.idempotency_key) {
+            return Err(StoreError::Unavailable(
+                "redis: a key the reservation script cannot store".into(),
+            ));
+        }
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut queue = self.queues.entry(request.sale).or_default();

@@ -472,14 +472,12 @@ impl RedisSales {
                 "a batch of reservations is of one sale, and at most MAX_BATCH of them",
             )));
         }
-        // The scripts join fields with the unit separator (0x1f): a buyer or key holding one
-        // would be read back as two fields. Keys are printable ASCII already; buyers are user
-        // ids or the contest's caller-named users.
-        if requests.iter().any(|r| {
-            r.buyer.is_empty()
-                || r.buyer.contains('\u{1f}')
-                || r.idempotency_key.is_some_and(|k| k.contains('\u{1f}'))
-        }) {
+        // Keys are printable ASCII already; buyers are user ids or the contest's caller-named
+        // users.
+        if !requests
+            .iter()
+            .all(|r| storable(r.buyer, r.idempotency_key))
+        {
             return Err(RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "a buyer or key the reservation script cannot store",
@@ -545,6 +543,17 @@ impl RedisSales {
         }
         Ok(decisions)
     }
+}
+
+/// Whether the scripts can store `buyer` and `key`: they join fields with the unit separator
+/// (0x1f), so a buyer or key holding one would be read back as two fields.
+pub(crate) fn storable(buyer: &str, key: Option<&str>) -> bool {
+    !buyer.is_empty() && !buyer.contains('\u{1f}') && storable_key(key)
+}
+
+/// Whether the scripts can store `key` (see [`storable`]).
+pub(crate) fn storable_key(key: Option<&str>) -> bool {
+    !key.is_some_and(|k| k.contains('\u{1f}'))
 }
 
 /// The most reservations one run of the reservation script decides.

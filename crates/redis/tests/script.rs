@@ -989,3 +989,95 @@ async fn a_writer_reads_new_entries_only_once_they_are_old_enough() {
     let again = w.read_new_aged(sale, Some(std::time::Duration::ZERO)).await;
     assert!(again.is_empty(), "given once: {again:?}");
 }
+
+/// Through the engine, concurrent requests go to Redis in batches: exactly the stock is sold,
+/// each buyer once, and a request the script cannot store is refused alone, never failing the
+/// batch it would have joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_requests_through_the_engine_batches_sell_exactly_the_stock() {
+    use flashmart_app::flash_sale::model::{BuyerId, LiveItemState, LiveSaleState, SaleRecord};
+    use flashmart_app::ports::{SharedDecision, SharedEngine, SharedReserve};
+    use flashmart_domain::Currency;
+    use flashmart_domain::flash_sale::{SaleRules, SaleWindow};
+
+    let mut w = World::new().await;
+    let engine = Arc::new(
+        flashmart_redis::RedisEngine::connect(&redis_url(), &w.prefix)
+            .await
+            .unwrap(),
+    );
+    let sale = SaleId::new();
+    let state = LiveSaleState {
+        sale: SaleRecord {
+            id: sale,
+            name: "batches".into(),
+            rules: SaleRules::new(
+                SaleWindow::new(now() - Duration::minutes(1), now() + Duration::hours(1)).unwrap(),
+                1,
+                600,
+            )
+            .unwrap(),
+            currency: Currency::EUR,
+            slot: None,
+            item_count: 1,
+            total_stock: 100,
+            created_at: now(),
+        },
+        items: vec![LiveItemState {
+            no: 1,
+            stock: 100,
+            price_cents: 100,
+            name: "Item".into(),
+            held: 0,
+        }],
+        buyers: Vec::new(),
+    };
+    assert!(engine.load(&state, now()).await.unwrap());
+    // 300 buyers, each asking twice (the second is over the limit of 1), and among them
+    // requests with a key the scripts cannot store.
+    let buyers: Vec<BuyerId> = (0..300).map(|_| BuyerId(uuid::Uuid::new_v4())).collect();
+    let mut tasks = Vec::new();
+    for round in 0..2 {
+        for (i, buyer) in buyers.iter().copied().enumerate() {
+            let engine = Arc::clone(&engine);
+            tasks.push(tokio::spawn(async move {
+                let bad = round == 0 && i % 50 == 0;
+                let key = bad.then_some("bad\u{1f}key");
+                let decision = engine
+                    .reserve(&SharedReserve {
+                        sale,
+                        item_no: 1,
+                        buyer,
+                        quantity: 1,
+                        idempotency_key: key,
+                        now: now(),
+                        buyer_ref: None,
+                        max_keys: 0,
+                    })
+                    .await;
+                (bad, buyer, decision)
+            }));
+        }
+    }
+    let mut reserved = std::collections::HashMap::new();
+    let mut refused = 0;
+    for task in tasks {
+        let (bad, buyer, decision) = task.await.unwrap();
+        match decision {
+            Err(err) => assert!(bad, "a good request failed: {err}"),
+            Ok(SharedDecision::Reserved { id, .. }) => {
+                assert!(!bad, "a request with a bad key was decided");
+                assert!(
+                    reserved.insert(buyer, id).is_none(),
+                    "a buyer reserved twice over a limit of 1"
+                );
+            }
+            Ok(SharedDecision::Refused { .. }) => refused += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reserved.len(), 100, "exactly the stock sold");
+    assert_eq!(refused, 600 - 6 - 100);
+    assert_eq!(w.remaining(sale).await, 0);
+    assert_eq!(w.logged(sale).await, 100);
+}
