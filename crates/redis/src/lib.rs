@@ -457,7 +457,8 @@ impl RedisSales {
     }
 
     /// Decides `requests`, all for one sale and at most [`MAX_BATCH`] of them, in one run of
-    /// the script: each answered as if it had been sent alone after the ones before it.
+    /// the script: each answered as if it had been sent alone after the ones before it. The
+    /// first request's `max_keys` (a setting, the same for all) applies to the batch.
     pub async fn reserve_batch<C: ConnectionLike>(
         &self,
         conn: &mut C,
