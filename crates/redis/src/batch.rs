@@ -60,52 +60,6 @@ impl std::fmt::Debug for Batches {
 }
 
 impl Batches {
-    /// `request` decided in its sale's next batch.
-    pub(crate) async fn decide<C>(
-        &self,
-        engine: &RedisEngine<C>,
-        request: &SharedReserve<'_>,
-    ) -> Result<Decision, StoreError>
-    where
-        C: ConnectionLike + Clone + Send + Sync + 'static,
-    {
-        // Refused alone, before it can fail a batch of others (a buyer's id is always stored).
-        if !crate::storable_key(request.idempotency_key) {
-            return Err(StoreError::Unavailable(
-                "redis: a key the reservation script cannot store".into(),
-            ));
-        }
-        let (answer, answered) = oneshot::channel();
-        let start = {
-            let mut queue = self.queues.entry(request.sale).or_default();
-            queue.waiting.push(Waiting {
-                item: request.item_no,
-                buyer: request.buyer.0,
-                quantity: request.quantity,
-                idempotency_key: request.idempotency_key.map(Into::into),
-                now: request.now,
-                buyer_ref: request.buyer_ref.map(Into::into),
-                max_keys: request.max_keys,
-                answer,
-            });
-            let start = queue.running < RUNNING_PER_SALE;
-            if start {
-                queue.running += 1;
-            }
-            start
-        };
-        if start {
-            tokio::spawn(engine.clone().run_batches(request.sale));
-        }
-        match answered.await {
-            Ok(Ok(decision)) => Ok(decision),
-            Ok(Err(err)) => Err(StoreError::Unavailable(err)),
-            Err(_) => Err(StoreError::Unavailable(
-                "redis: the reservation's batch was dropped".into(),
-            )),
-        }
-    }
-
     /// The next batch of `sale`, or `None` (and one runner fewer) when nothing waits.
     fn next(&self, sale: SaleId) -> Option<Vec<Waiting>> {
         let mut queue = self.queues.get_mut(&sale)?;
@@ -147,10 +101,52 @@ impl Drop for Runner<'_> {
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
+    /// `request` decided in its sale's next batch.
+    pub(crate) async fn decide_in_batch(
+        &self,
+        request: &SharedReserve<'_>,
+    ) -> Result<Decision, StoreError> {
+        // Refused alone, before it can fail a batch of others (a buyer's id is always stored).
+        if !crate::storable_key(request.idempotency_key) {
+            return Err(StoreError::Unavailable(
+                "redis: a key the reservation script cannot store".into(),
+            ));
+        }
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut queue = self.batches.queues.entry(request.sale).or_default();
+            queue.waiting.push(Waiting {
+                item: request.item_no,
+                buyer: request.buyer.0,
+                quantity: request.quantity,
+                idempotency_key: request.idempotency_key.map(Into::into),
+                now: request.now,
+                buyer_ref: request.buyer_ref.map(Into::into),
+                max_keys: request.max_keys,
+                answer,
+            });
+            let start = queue.running < RUNNING_PER_SALE;
+            if start {
+                queue.running += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(self.clone().run_batches(request.sale));
+        }
+        match answered.await {
+            Ok(Ok(decision)) => Ok(decision),
+            Ok(Err(err)) => Err(StoreError::Unavailable(err)),
+            Err(_) => Err(StoreError::Unavailable(
+                "redis: the reservation's batch was dropped".into(),
+            )),
+        }
+    }
+
     /// Runs `sale`'s batches until its queue is empty.
     async fn run_batches(self, sale: SaleId) {
         let mut runner = Runner {
-            batches: self.batches(),
+            batches: &self.batches,
             sale,
             done: false,
         };
@@ -188,8 +184,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
                 max_keys: w.max_keys,
             })
             .collect();
-        let mut conn = self.connection();
-        let decided = self.sales().reserve_batch(&mut conn, &requests).await;
+        let mut conn = self.conn.clone();
+        let decided = self.sales.reserve_batch(&mut conn, &requests).await;
         drop(requests);
         match decided {
             Ok(decisions) => {

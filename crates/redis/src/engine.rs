@@ -24,10 +24,10 @@ use crate::{Decision, LiveSale, Lost, RedisSales, Settle, Settled};
 /// by itself, or a cluster connection).
 #[derive(Clone)]
 pub struct RedisEngine<C> {
-    sales: RedisSales,
-    conn: C,
+    pub(crate) sales: RedisSales,
+    pub(crate) conn: C,
     /// Reservations waiting for their sale's next run of the script.
-    batches: Arc<Batches>,
+    pub(crate) batches: Arc<Batches>,
 }
 
 impl<C> std::fmt::Debug for RedisEngine<C> {
@@ -45,18 +45,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
             conn,
             batches: Arc::default(),
         }
-    }
-
-    pub(crate) fn batches(&self) -> &Batches {
-        &self.batches
-    }
-
-    pub(crate) fn sales(&self) -> &RedisSales {
-        &self.sales
-    }
-
-    pub(crate) fn connection(&self) -> C {
-        self.conn.clone()
     }
 
     /// The lease named `name`, on this engine's connection and under its key prefix.
@@ -159,7 +147,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
 
     #[tracing::instrument(level = "debug", name = "redis.reserve", skip_all)]
     async fn reserve(&self, request: &SharedReserve<'_>) -> Result<SharedDecision, StoreError> {
-        let decision = self.batches.decide(self, request).await?;
+        let decision = self.decide_in_batch(request).await?;
         Ok(match decision {
             Decision::Reserved {
                 id,

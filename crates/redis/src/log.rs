@@ -8,7 +8,8 @@ use std::time::Duration;
 use flashmart_domain::{ReservationId, SaleId};
 use redis::aio::ConnectionLike;
 use redis::streams::{
-    StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamRangeReply, StreamReadReply,
+    StreamAutoClaimReply, StreamId, StreamInfoGroup, StreamInfoGroupsReply, StreamRangeReply,
+    StreamReadReply,
 };
 use redis::{RedisError, Value};
 use time::OffsetDateTime;
@@ -145,9 +146,7 @@ impl RedisSales {
             .arg(&log)
             .query_async(conn)
             .await?;
-        let Some(delivered) = info.groups.into_iter().find(|g| g.name == group) else {
-            return Err(protocol(&format!("no group {group}")));
-        };
+        let delivered = find_group(info, group)?;
         let next: StreamRangeReply = redis::cmd("XRANGE")
             .arg(&log)
             .arg(format!("({}", delivered.last_delivered_id))
@@ -240,16 +239,7 @@ impl RedisSales {
         sale: SaleId,
         group: &str,
     ) -> Result<u64, RedisError> {
-        let info: StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(self.keys(sale).log)
-            .query_async(conn)
-            .await?;
-        let found = info
-            .groups
-            .iter()
-            .find(|g| g.name == group)
-            .ok_or_else(|| protocol(&format!("no group {group}")))?;
+        let found = group_info(conn, &self.keys(sale).log, group).await?;
         let waiting = match found.lag {
             Some(undelivered) => found.pending + undelivered,
             None => {
@@ -282,17 +272,7 @@ impl RedisSales {
         };
         let keep_from = match oldest_pending {
             Some(id) => id,
-            None => {
-                let info: StreamInfoGroupsReply = redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(&log)
-                    .query_async(conn)
-                    .await?;
-                match info.groups.into_iter().find(|g| g.name == group) {
-                    Some(g) => g.last_delivered_id,
-                    None => return Err(protocol(&format!("no group {group}"))),
-                }
-            }
+            None => group_info(conn, &log, group).await?.last_delivered_id,
         };
         redis::cmd("XTRIM")
             .arg(&log)
@@ -301,4 +281,26 @@ impl RedisSales {
             .query_async(conn)
             .await
     }
+}
+
+/// The consumer group `group` of the stream `log`, as `XINFO GROUPS` tells it.
+async fn group_info<C: ConnectionLike>(
+    conn: &mut C,
+    log: &str,
+    group: &str,
+) -> Result<StreamInfoGroup, RedisError> {
+    let info: StreamInfoGroupsReply = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(log)
+        .query_async(conn)
+        .await?;
+    find_group(info, group)
+}
+
+/// `group` among the groups `XINFO GROUPS` answered.
+fn find_group(info: StreamInfoGroupsReply, group: &str) -> Result<StreamInfoGroup, RedisError> {
+    info.groups
+        .into_iter()
+        .find(|g| g.name == group)
+        .ok_or_else(|| protocol(&format!("no group {group}")))
 }

@@ -1,7 +1,7 @@
 //! Redis servers of a test's own (`testing` feature), started from the `redis-server` binary on
 //! free loopback ports in a temporary directory, keeping nothing on disk, and killed when
 //! dropped: one server (that a test may `FLUSHALL` without touching anyone else's keys), or a
-//! Redis Cluster of three masters.
+//! Redis Cluster of three masters. And the live state of a sale to load into the engine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -161,5 +161,48 @@ impl LocalRedis {
             .iter()
             .map(|p| format!("redis://127.0.0.1:{p}"))
             .collect()
+    }
+}
+
+/// A sale of one item with `stock` units and a per-buyer `limit`, live from a minute ago to an
+/// hour from now, as the engine's `load` takes it.
+pub fn live_sale_state(
+    id: flashmart_domain::SaleId,
+    limit: u32,
+    stock: u32,
+) -> flashmart_app::flash_sale::model::LiveSaleState {
+    use flashmart_app::flash_sale::model::{LiveItemState, LiveSaleState, SaleRecord};
+    use flashmart_domain::Currency;
+    use flashmart_domain::flash_sale::{SaleRules, SaleWindow};
+
+    let now = time::OffsetDateTime::now_utc();
+    LiveSaleState {
+        sale: SaleRecord {
+            id,
+            name: "test sale".into(),
+            rules: SaleRules::new(
+                SaleWindow::new(
+                    now - time::Duration::minutes(1),
+                    now + time::Duration::hours(1),
+                )
+                .unwrap(),
+                i64::from(limit),
+                600,
+            )
+            .unwrap(),
+            currency: Currency::EUR,
+            slot: None,
+            item_count: 1,
+            total_stock: u64::from(stock),
+            created_at: now,
+        },
+        items: vec![LiveItemState {
+            no: 1,
+            stock,
+            price_cents: 100,
+            name: "Item".into(),
+            held: 0,
+        }],
+        buyers: Vec::new(),
     }
 }

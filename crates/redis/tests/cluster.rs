@@ -147,43 +147,15 @@ async fn keys_and_settlements_work_on_a_shard_as_on_one_redis() {
 /// marked and rebuilt there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_shared_engine_runs_on_the_cluster_client() {
-    use flashmart_app::flash_sale::model::{
-        BuyerId, LiveItemState, LiveSaleState, Released, SaleRecord,
-    };
+    use flashmart_app::flash_sale::model::{BuyerId, Released};
     use flashmart_app::ports::{SettleTo, SharedDecision, SharedEngine, SharedReserve};
-    use flashmart_domain::Currency;
-    use flashmart_domain::flash_sale::{SaleRules, SaleWindow};
 
     let cluster = LocalRedis::start_cluster();
     let engine = flashmart_redis::RedisEngine::connect_cluster(&cluster.urls(), "engine-test:")
         .await
         .unwrap();
     engine.ping().await.unwrap();
-    let state = |id: SaleId| LiveSaleState {
-        sale: SaleRecord {
-            id,
-            name: "cluster".into(),
-            rules: SaleRules::new(
-                SaleWindow::new(now() - Duration::minutes(1), now() + Duration::hours(1)).unwrap(),
-                1,
-                600,
-            )
-            .unwrap(),
-            currency: Currency::EUR,
-            slot: None,
-            item_count: 1,
-            total_stock: 3,
-            created_at: now(),
-        },
-        items: vec![LiveItemState {
-            no: 1,
-            stock: 3,
-            price_cents: 100,
-            name: "Item".into(),
-            held: 0,
-        }],
-        buyers: Vec::new(),
-    };
+    let state = |id: SaleId| flashmart_redis::testing::live_sale_state(id, 1, 3);
     // Sales until every shard holds some (9 at least; random ids leave a shard empty at times).
     let mut ids: Vec<SaleId> = Vec::new();
     let holding = |port: u16| -> u64 { redis_cli(port, &["dbsize"]).trim().parse().unwrap() };

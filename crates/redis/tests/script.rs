@@ -995,10 +995,8 @@ async fn a_writer_reads_new_entries_only_once_they_are_old_enough() {
 /// batch it would have joined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_requests_through_the_engine_batches_sell_exactly_the_stock() {
-    use flashmart_app::flash_sale::model::{BuyerId, LiveItemState, LiveSaleState, SaleRecord};
+    use flashmart_app::flash_sale::model::BuyerId;
     use flashmart_app::ports::{SharedDecision, SharedEngine, SharedReserve};
-    use flashmart_domain::Currency;
-    use flashmart_domain::flash_sale::{SaleRules, SaleWindow};
 
     let mut w = World::new().await;
     let engine = Arc::new(
@@ -1007,31 +1005,7 @@ async fn racing_requests_through_the_engine_batches_sell_exactly_the_stock() {
             .unwrap(),
     );
     let sale = SaleId::new();
-    let state = LiveSaleState {
-        sale: SaleRecord {
-            id: sale,
-            name: "batches".into(),
-            rules: SaleRules::new(
-                SaleWindow::new(now() - Duration::minutes(1), now() + Duration::hours(1)).unwrap(),
-                1,
-                600,
-            )
-            .unwrap(),
-            currency: Currency::EUR,
-            slot: None,
-            item_count: 1,
-            total_stock: 100,
-            created_at: now(),
-        },
-        items: vec![LiveItemState {
-            no: 1,
-            stock: 100,
-            price_cents: 100,
-            name: "Item".into(),
-            held: 0,
-        }],
-        buyers: Vec::new(),
-    };
+    let state = flashmart_redis::testing::live_sale_state(sale, 1, 100);
     assert!(engine.load(&state, now()).await.unwrap());
     // 300 buyers, each asking twice (the second is over the limit of 1), and among them
     // requests with a key the scripts cannot store.
