@@ -169,7 +169,7 @@ impl AccessTokens {
             session_id: SessionId::from_uuid(claims.sid),
             second_factor: claims.tfa,
         };
-        self.verified.insert(token, principal, now, claims.exp);
+        self.verified.verified(token, principal, now, claims.exp);
         Ok(principal)
     }
 

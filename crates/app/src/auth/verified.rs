@@ -4,15 +4,19 @@
 //! A hit needs the very same token text, compared in full, never by a hash alone. Entries are
 //! found by the token's signature (its last 43 characters, an HMAC and so already random): the
 //! map hashes 8 bytes of it instead of the whole token with SipHash, and keeps the rest of the
-//! token beside the entry to compare. A stampede's one-time tokens each cost an insert, so both
-//! halves count. A hit is good until the token's own expiry or for `FRESH_FOR` after it was
-//! verified, whichever is sooner. Revocation is not cached: the caller checks the session against
-//! the revocation list on every request. The map holds at most `capacity` tokens; when it is full
-//! it is emptied and fills again from the tokens in use (a burst of one-time tokens costs the
-//! cache its hits for a while, never memory).
+//! token beside the entry to compare. A hit is good until the token's own expiry or for
+//! `FRESH_FOR` after it was verified, whichever is sooner. Revocation is not cached: the caller
+//! checks the session against the revocation list on every request.
+//!
+//! A token enters the map the second time it is verified, not the first: a table of one word
+//! per slot remembers the signatures verified lately (a newer one takes an older one's slot).
+//! A stampede's buyers each send one request with a token of their own; those tokens cost one
+//! atomic swap each instead of an allocation and an insert under a shard's lock, and never push
+//! out the tokens in use. A token used again is verified twice before it hits. The map holds at
+//! most `capacity` tokens; when it is full it is emptied and fills again from the tokens in use.
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
@@ -47,11 +51,18 @@ fn split(token: &str) -> Option<(&str, Signature)> {
     Some((signed, Signature(signature.as_bytes().try_into().ok()?)))
 }
 
-impl Hash for Signature {
-    fn hash<H: Hasher>(&self, state: &mut H) {
+impl Signature {
+    /// Its first 8 bytes as a word: random, since the signature is an HMAC.
+    fn head(&self) -> u64 {
         let mut head = [0u8; 8];
         head.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(head));
+        u64::from_le_bytes(head)
+    }
+}
+
+impl Hash for Signature {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.head());
     }
 }
 
@@ -81,6 +92,8 @@ pub(super) struct VerifiedTokens {
     map: DashMap<Signature, Verified, BuildHasherDefault<SignatureHasher>>,
     len: AtomicUsize,
     capacity: usize,
+    /// The heads of signatures verified once lately, each in the slot its head names.
+    seen: Box<[AtomicU64]>,
 }
 
 impl VerifiedTokens {
@@ -89,6 +102,7 @@ impl VerifiedTokens {
             map: DashMap::default(),
             len: AtomicUsize::new(0),
             capacity: capacity.max(1),
+            seen: (0..capacity.max(1)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -99,8 +113,21 @@ impl VerifiedTokens {
         (*hit.signed == *signed && now < hit.until).then_some(hit.principal)
     }
 
+    /// Tells the cache that `token` was just verified: it is kept (good until `expires_at`, unix
+    /// seconds, at the latest) if it was verified lately before, and noted otherwise.
+    pub(super) fn verified(&self, token: &str, principal: Principal, now: i64, expires_at: i64) {
+        let Some((_, signature)) = split(token) else {
+            return;
+        };
+        let head = signature.head();
+        let slot = &self.seen[(head % self.seen.len() as u64) as usize];
+        if slot.swap(head, Ordering::Relaxed) == head {
+            self.insert(token, principal, now, expires_at);
+        }
+    }
+
     /// Remembers a token just verified, good until `expires_at` (unix seconds) at the latest.
-    pub(super) fn insert(&self, token: &str, principal: Principal, now: i64, expires_at: i64) {
+    fn insert(&self, token: &str, principal: Principal, now: i64, expires_at: i64) {
         let Some((signed, signature)) = split(token) else {
             return;
         };
@@ -170,6 +197,25 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_kept_the_second_time_it_is_verified() {
+        let cache = VerifiedTokens::new(8);
+        let p = principal();
+        let t = token("a", "b", "c");
+        cache.verified(&t, p, 1_000, 2_000);
+        assert_eq!(cache.get(&t, 1_001), None, "seen once: not kept");
+        assert_eq!(cache.map.len(), 0);
+        cache.verified(&t, p, 1_001, 2_000);
+        assert_eq!(cache.get(&t, 1_002), Some(p), "seen twice: kept");
+
+        // One-time tokens pass through without touching what is kept.
+        for i in 0..100 {
+            cache.verified(&token("once", "c", &format!("s{i}")), p, 1_002, 2_000);
+        }
+        assert_eq!(cache.map.len(), 1);
+        assert_eq!(cache.get(&t, 1_003), Some(p));
+    }
+
+    #[test]
     fn what_is_not_token_shaped_is_neither_kept_nor_found() {
         let cache = VerifiedTokens::new(8);
         for odd in [
@@ -179,6 +225,8 @@ mod tests {
             &format!("ab{}", "x".repeat(43)),
         ] {
             cache.insert(odd, principal(), 0, 100);
+            cache.verified(odd, principal(), 0, 100);
+            cache.verified(odd, principal(), 0, 100);
             assert_eq!(cache.get(odd, 1), None, "{odd:?}");
         }
         assert_eq!(cache.map.len(), 0);
