@@ -72,99 +72,99 @@ local replies = {}
 local logged = {}  -- request index -> the fields of its reservation's log entry
 local keyed = {}   -- {request index, field, value, buyer}, in order
 
-for r = 1, count do
-  local at = 1 + (r - 1) * FIELDS
+-- What a request was answered, remembered for its key, except that a sale which does not exist
+-- is not (made-up sale ids must not fill the table), nor an ended one (the answer cannot
+-- change, and an ended sale's keys are on their way out).
+local function answer(r, buyer, key, field, fingerprint, reply)
+  if key ~= "" and reply[2] ~= "no_sale" and reply[2] ~= "ended" then
+    local value = fingerprint .. "\31" .. cjson.encode(reply)
+    remembered[field] = value
+    if key_counts[buyer] then
+      key_counts[buyer] = key_counts[buyer] + 1
+    end
+    table.insert(keyed, {r, field, value, buyer})
+  end
+  return reply
+end
+
+-- Decides request `r`, whose fields start after ARGV[at].
+local function decide(r, at)
   local now_text, item, buyer = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local now, quantity = tonumber(now_text), tonumber(ARGV[at + 4])
   local key, fingerprint = ARGV[at + 5], ARGV[at + 6]
-  local field = buyer .. "\31" .. key
-
-  -- Remembered for the key, except that a sale which does not exist is not (made-up sale ids
-  -- must not fill the table), nor an ended one (the answer cannot change, and an ended sale's
-  -- keys are on their way out).
-  local function answer(reply)
-    if key ~= "" and reply[2] ~= "no_sale" and reply[2] ~= "ended" then
-      local value = fingerprint .. "\31" .. cjson.encode(reply)
-      remembered[field] = value
-      if key_counts[buyer] then
-        key_counts[buyer] = key_counts[buyer] + 1
+  local field
+  if key ~= "" then
+    field = buyer .. "\31" .. key
+    local seen = remembered[field] or redis.call("HGET", KEYS[4], field)
+    if seen then
+      local sep = string.find(seen, "\31", 1, true)
+      if string.sub(seen, 1, sep - 1) ~= fingerprint then
+        return {"key_reused"}
       end
-      table.insert(keyed, {r, field, value, buyer})
+      local replay = cjson.decode(string.sub(seen, sep + 1))
+      table.insert(replay, 1, "replayed")
+      return replay
     end
-    return reply
+    if max_keys > 0 then
+      if not key_counts[buyer] then
+        key_counts[buyer] = tonumber(redis.call("HGET", KEYS[6], buyer) or "0")
+      end
+      if key_counts[buyer] >= max_keys then
+        return {"too_many_keys"}
+      end
+    end
   end
-
-  local function decide()
-    if key ~= "" then
-      local seen = remembered[field] or redis.call("HGET", KEYS[4], field)
-      if seen then
-        local sep = string.find(seen, "\31", 1, true)
-        if string.sub(seen, 1, sep - 1) ~= fingerprint then
-          return {"key_reused"}
-        end
-        local replay = cjson.decode(string.sub(seen, sep + 1))
-        table.insert(replay, 1, "replayed")
-        return replay
-      end
-      if max_keys > 0 then
-        if not key_counts[buyer] then
-          key_counts[buyer] = tonumber(redis.call("HGET", KEYS[6], buyer) or "0")
-        end
-        if key_counts[buyer] >= max_keys then
-          return {"too_many_keys"}
-        end
-      end
+  if not starts_at then
+    if meta[5] then
+      -- Lost and waiting to be rebuilt from the records (see lost.lua): never answered
+      -- from what is not there, and never remembered for the key.
+      return {"refused", "rebuilding", meta[5]}
     end
-    if not starts_at then
-      if meta[5] then
-        -- Lost and waiting to be rebuilt from the records (see lost.lua): never answered
-        -- from what is not there, and never remembered for the key.
-        return {"refused", "rebuilding", meta[5]}
-      end
-      return answer({"refused", "no_sale"})
-    end
-    if now < starts_at then
-      return answer({"refused", "not_started"})
-    end
-    if now >= ends_at then
-      return answer({"refused", "ended"})
-    end
-    local remaining = stock[item]
-    if not remaining then
-      return answer({"refused", "no_item"})
-    end
-    if remaining < quantity then
-      return answer({"refused", "sold_out"})
-    end
-    local holding = held[buyer]
-    if holding + quantity > limit then
-      return answer({"refused", "limit_reached"})
-    end
-    if not stock_changed[item] then
-      stock_changed[item] = true
-      table.insert(stock_changed, item)
-    end
-    stock[item] = remaining - quantity
-    if not held_changed[buyer] then
-      held_changed[buyer] = true
-      table.insert(held_changed, buyer)
-    end
-    held[buyer] = holding + quantity
-    -- Microseconds pass 2^31: written with %.0f, never in Lua's exponent notation.
-    local expires_at = string.format("%.0f", now + ttl)
-    local id = ARGV[at + 7]
-    local fields = {"id", id, "item", item, "buyer", buyer, "quantity", ARGV[at + 4],
-      "at", now_text, "expires_at", expires_at}
-    if ARGV[at + 8] ~= "" then
-      -- A buyer named by the caller (the contest API), not a user: stored without an order.
-      table.insert(fields, "ref")
-      table.insert(fields, ARGV[at + 8])
-    end
-    logged[r] = fields
-    return answer({"reserved", id, expires_at})
+    return answer(r, buyer, key, field, fingerprint, {"refused", "no_sale"})
   end
+  if now < starts_at then
+    return answer(r, buyer, key, field, fingerprint, {"refused", "not_started"})
+  end
+  if now >= ends_at then
+    return answer(r, buyer, key, field, fingerprint, {"refused", "ended"})
+  end
+  local remaining = stock[item]
+  if not remaining then
+    return answer(r, buyer, key, field, fingerprint, {"refused", "no_item"})
+  end
+  if remaining < quantity then
+    return answer(r, buyer, key, field, fingerprint, {"refused", "sold_out"})
+  end
+  local holding = held[buyer]
+  if holding + quantity > limit then
+    return answer(r, buyer, key, field, fingerprint, {"refused", "limit_reached"})
+  end
+  if not stock_changed[item] then
+    stock_changed[item] = true
+    table.insert(stock_changed, item)
+  end
+  stock[item] = remaining - quantity
+  if not held_changed[buyer] then
+    held_changed[buyer] = true
+    table.insert(held_changed, buyer)
+  end
+  held[buyer] = holding + quantity
+  -- Microseconds pass 2^31: written with %.0f, never in Lua's exponent notation.
+  local expires_at = string.format("%.0f", now + ttl)
+  local id = ARGV[at + 7]
+  local fields = {"id", id, "item", item, "buyer", buyer, "quantity", ARGV[at + 4],
+    "at", now_text, "expires_at", expires_at}
+  if ARGV[at + 8] ~= "" then
+    -- A buyer named by the caller (the contest API), not a user: stored without an order.
+    table.insert(fields, "ref")
+    table.insert(fields, ARGV[at + 8])
+  end
+  logged[r] = fields
+  return answer(r, buyer, key, field, fingerprint, {"reserved", id, expires_at})
+end
 
-  replies[r] = decide()
+for r = 1, count do
+  replies[r] = decide(r, 1 + (r - 1) * FIELDS)
 end
 
 -- The fields of `hash` named in `changed`, set to their values in `values`, in one HSET.
