@@ -315,7 +315,9 @@ impl FlashSales {
         {
             self.catch_up().await?;
         }
-        let given = self.core.store.return_unsold(self.core.clock.now()).await?;
+        // The same moment as the check: a sale that ends during the catch-up is left for the
+        // next sweep, not returned without it.
+        let given = self.core.store.return_unsold(now).await?;
         if given > 0 {
             tracing::info!(
                 units = given,
