@@ -216,7 +216,7 @@ pub struct ReservationOut {
     #[serde(serialize_with = "rfc3339_inline")]
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
-    /// The `pending_payment` order made with the reservation.
+    /// The `pending_payment` order made with the reservation: its id is the reservation's.
     pub order_id: Option<Uuid>,
 }
 

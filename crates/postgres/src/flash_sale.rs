@@ -647,7 +647,9 @@ impl FlashSaleStore for PgStore {
         // SKIP LOCKED: two sweepers (two instances) share the due reservations. A payment or a
         // cancellation locks the order first and the reservation second; the sweep takes both
         // without waiting for either, so it never waits in the other order (a deadlock), and a
-        // reservation whose order is busy is left to the next sweep.
+        // reservation whose order is busy is left to the next sweep. An order still derived
+        // from its reservation has no row to lock: whoever writes its row holds the reservation
+        // meanwhile (`shop::write_derived_order`), so the sweep skips it then.
         let rows: Vec<(Option<Uuid>, Uuid, i32, Uuid, i32, Uuid)> = sqlx::query_as(
             "WITH due AS (SELECT id, order_id FROM reservations \
                           WHERE status = 'reserved' AND expires_at <= $1 \
@@ -656,7 +658,8 @@ impl FlashSaleStore for PgStore {
                            FOR UPDATE SKIP LOCKED) \
              UPDATE reservations SET status = 'expired', released_at = $1 \
              WHERE id IN (SELECT id FROM due \
-                          WHERE order_id IS NULL OR order_id IN (SELECT id FROM free)) \
+                          WHERE order_id IS NULL OR order_id IN (SELECT id FROM free) \
+                             OR NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = due.order_id)) \
                AND status = 'reserved' \
              RETURNING order_id, sale_id, item_no, buyer_id, quantity, id",
         )

@@ -1,5 +1,5 @@
-//! The group commit's journal on PostgreSQL: a batch of accepted reservations (with their
-//! orders and order lines), compatibility-API attempts and purchases, written in one
+//! The group commit's journal on PostgreSQL: a batch of accepted reservations (their orders are
+//! derived from them), compatibility-API attempts and purchases, written in one
 //! transaction with one statement per table (rows passed as arrays and `UNNEST`ed), so a batch
 //! costs a handful of round trips however many reservations it holds.
 
@@ -107,14 +107,17 @@ fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// The reservations, then the `pending_payment` order of each one made through the API and
-/// that order's one line (the reservation's item).
+/// The reservations. The `pending_payment` order of each one made through the API is not
+/// written: it has its reservation's id and is derived from the reservation
+/// (`migrations/postgres/0011_flash_sale_orders_derived.sql`) until a payment or a cancellation
+/// writes its row. Only its `order.created` webhook events are written here, for the
+/// reservations this statement inserted (not those a replay found there).
 ///
-/// Rows go in in the order of their ids, in every table: with a shared engine two writers (an
-/// instance's group commit and a log writer) may insert the same reservations at once, and two
-/// transactions taking the same index entries in different orders deadlock (PostgreSQL then
-/// aborts one after `deadlock_timeout`, and its batch is answered 503). In one order, one waits
-/// for the other and then finds the rows there.
+/// Rows go in in the order of their ids: with a shared engine two writers (an instance's group
+/// commit and a log writer) may insert the same reservations at once, and two transactions
+/// taking the same index entries in different orders deadlock (PostgreSQL then aborts one
+/// after `deadlock_timeout`, and its batch is answered 503). In one order, one waits for the
+/// other and then finds the rows there.
 async fn insert_reservations(
     conn: &mut PgConnection,
     batch: &[&NewReservation],
@@ -137,8 +140,29 @@ async fn insert_reservations(
     let mut order_ids = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
     let mut fingerprints = Vec::with_capacity(n);
+    // The orders made, for their webhook events: (reservation, user, total).
+    let mut orders = Vec::new();
     for r in &batch {
         let rec = &r.record;
+        if let Some(order) = rec.order_id {
+            // A derived order is found by its reservation's id; any other would be lost.
+            if order.as_uuid() != rec.id.as_uuid() {
+                return Err(corrupt(
+                    "reservation's order",
+                    "a flash-sale order's id must be its reservation's",
+                ));
+            }
+            if let Some(user) = r.user_id {
+                // The engine refuses a reservation whose total does not fit before it is
+                // queued; one that got here anyway is a bug, and fails its batch rather than
+                // announcing a wrong total.
+                let total = r
+                    .unit_price_cents
+                    .checked_mul(i64::from(rec.quantity))
+                    .ok_or_else(|| corrupt("reservation total", "does not fit in 64 bits"))?;
+                orders.push((&**r, user, total));
+            }
+        }
         ids.push(*rec.id.as_uuid());
         sales.push(*rec.sale_id.as_uuid());
         items.push(int(rec.item_no));
@@ -151,7 +175,7 @@ async fn insert_reservations(
         keys.push(r.idempotency.as_ref().map(|k| k.key.as_str()));
         fingerprints.push(r.idempotency.as_ref().map(|k| k.fingerprint.to_vec()));
     }
-    sqlx::query(AssertSqlSafe(format!(
+    let insert = format!(
         "INSERT INTO reservations (id, sale_id, item_no, buyer_id, buyer_ref, quantity, status, \
          created_at, expires_at, order_id, idempotency_key, idempotency_fingerprint) \
          SELECT id, sale_id, item_no, buyer_id, buyer_ref, quantity, 'reserved', created_at, \
@@ -161,6 +185,34 @@ async fn insert_reservations(
            $11::bytea[]) AS t(id, sale_id, item_no, buyer_id, buyer_ref, quantity, created_at, \
            expires_at, order_id, key, fingerprint) ORDER BY id{}",
         conflicts.clause()
+    );
+    if orders.is_empty() {
+        sqlx::query(AssertSqlSafe(insert))
+            .bind(&ids)
+            .bind(&sales)
+            .bind(&items)
+            .bind(&buyers)
+            .bind(&refs)
+            .bind(&quantities)
+            .bind(&created)
+            .bind(&expires)
+            .bind(&order_ids)
+            .bind(&keys)
+            .bind(&fingerprints)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        return Ok(());
+    }
+    // The same round trip reads the webhook endpoints that want an event for each order made,
+    // and only when there are some the ids of the reservations inserted.
+    let (inserted, endpoints): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(format!(
+        "WITH made AS ({insert} RETURNING id), \
+         hooks AS (SELECT coalesce(array_agg(id), '{{}}') AS ids FROM webhook_endpoints \
+           WHERE active AND 'order.created' = ANY (events)) \
+         SELECT CASE WHEN cardinality(hooks.ids) > 0 \
+             THEN (SELECT coalesce(array_agg(id), '{{}}') FROM made) ELSE '{{}}' END, \
+           hooks.ids FROM hooks"
     )))
     .bind(&ids)
     .bind(&sales)
@@ -173,89 +225,30 @@ async fn insert_reservations(
     .bind(&order_ids)
     .bind(&keys)
     .bind(&fingerprints)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?;
-
-    let mut orders = Vec::new();
-    let mut users = Vec::new();
-    let mut currencies = Vec::new();
-    let mut totals = Vec::new();
-    let mut of = Vec::new();
-    let mut at = Vec::new();
-    let mut due = Vec::new();
-    for r in &batch {
-        let rec = &r.record;
-        let (Some(order), Some(user)) = (rec.order_id, r.user_id) else {
-            continue;
-        };
-        // The engine refuses a reservation whose total does not fit before it is queued; one
-        // that got here anyway is a bug, and fails its batch rather than storing a wrong total.
-        let total = r
-            .unit_price_cents
-            .checked_mul(i64::from(rec.quantity))
-            .ok_or_else(|| corrupt("reservation total", "does not fit in 64 bits"))?;
-        orders.push(*order.as_uuid());
-        users.push(*user.as_uuid());
-        currencies.push(r.currency.as_str());
-        totals.push(total);
-        of.push(*rec.id.as_uuid());
-        at.push(rec.created_at);
-        due.push(rec.expires_at);
-    }
-    if orders.is_empty() {
-        return Ok(());
-    }
-    // No discount on a sale: the subtotal is the total. The same round trip reads the webhook
-    // endpoints that want an event for each order made, and only when there are some the ids of
-    // the orders made (not those a replay found there).
-    let (inserted, endpoints): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(format!(
-        "WITH made AS (INSERT INTO orders (id, user_id, status, currency, subtotal_cents, total_cents, \
-         reservation_id, created_at, updated_at, expires_at) \
-         SELECT id, user_id, '{}', currency, total, total, reservation_id, at, at, due \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::uuid[], \
-           $6::timestamptz[], $7::timestamptz[]) \
-           AS t(id, user_id, currency, total, reservation_id, at, due) ORDER BY id{} \
-         RETURNING id), \
-         hooks AS (SELECT coalesce(array_agg(id), '{{}}') AS ids FROM webhook_endpoints \
-           WHERE active AND 'order.created' = ANY (events)) \
-         SELECT CASE WHEN cardinality(hooks.ids) > 0 \
-             THEN (SELECT coalesce(array_agg(id), '{{}}') FROM made) ELSE '{{}}' END, \
-           hooks.ids FROM hooks",
-        OrderStatus::PendingPayment.as_str(),
-        conflicts.clause()
-    )))
-    .bind(&orders)
-    .bind(&users)
-    .bind(&currencies)
-    .bind(&totals)
-    .bind(&of)
-    .bind(&at)
-    .bind(&due)
     .fetch_one(&mut *conn)
     .await
     .map_err(map_err)?;
     if !endpoints.is_empty() {
         let made: HashSet<Uuid> = inserted.into_iter().collect();
-        let events: Vec<WebhookEvent> = (0..orders.len())
-            .filter(|&n| made.contains(&orders[n]))
-            .map(|n| {
+        let events: Vec<WebhookEvent> = orders
+            .iter()
+            .filter(|(r, _, _)| made.contains(r.record.id.as_uuid()))
+            .map(|&(r, user, total)| {
+                let id = *r.record.id.as_uuid();
                 OrderFacts {
-                    order_id: orders[n],
-                    user_id: users[n],
+                    order_id: id,
+                    user_id: *user.as_uuid(),
                     status: OrderStatus::PendingPayment.as_str(),
-                    currency: currencies[n].into(),
-                    total_cents: totals[n],
+                    currency: r.currency.as_str().into(),
+                    total_cents: total,
                     refunded_cents: 0,
-                    reservation_id: Some(of[n]),
+                    reservation_id: Some(id),
                 }
-                .event(EventType::OrderCreated, at[n])
+                .event(EventType::OrderCreated, r.record.created_at)
             })
             .collect();
         webhooks::write_events(conn, &events, &endpoints).await?;
     }
-    // The order's one line is not written: it is its reservation's item, whose name and price
-    // never change once the sale exists (shop.rs reads it from there).
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::PgStore;
 use crate::db::{corrupt, map_err, order_may_become};
-use crate::shop::load_order;
+use crate::shop::{load_order, write_derived_order};
 use crate::webhooks::{emit, emit_order};
 
 /// An order paid, guarded by the state machine: built once, since every payment needs it.
@@ -155,6 +155,8 @@ async fn insert_refund(conn: &mut PgConnection, r: &RefundRecord) -> Result<(), 
 impl PaymentStore for PgStore {
     async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // A payment needs the order's row (and references it).
+        write_derived_order(&mut tx, p.order_id).await?;
         // The order's row is the turn: two starts for one order cannot both find none open.
         sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
             .bind(p.order_id.as_uuid())

@@ -472,7 +472,7 @@ async fn with_lines(
          FROM order_items WHERE order_id = ANY($1) \
          UNION ALL \
          SELECT o.id, 1, NULL, r.sale_id, r.item_no, i.name, i.price_cents, r.quantity \
-         FROM orders o JOIN reservations r ON r.id = o.reservation_id \
+         FROM order_view o JOIN reservations r ON r.id = o.reservation_id \
          JOIN flash_sale_items i ON i.sale_id = r.sale_id AND i.no = r.item_no \
          WHERE o.id = ANY($1) \
          ORDER BY 1, 2",
@@ -498,13 +498,52 @@ pub(crate) async fn load_order(
     id: OrderId,
 ) -> Result<Option<OrderRecord>, StoreError> {
     let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"
+        "SELECT {ORDER_COLUMNS} FROM order_view WHERE id = $1"
     )))
     .bind(id.as_uuid())
     .fetch_optional(&mut *conn)
     .await
     .map_err(map_err)?;
     Ok(with_lines(conn, row.into_iter().collect()).await?.pop())
+}
+
+/// Writes the row of order `id` if it is a flash-sale order still derived from its reservation
+/// (`migrations/postgres/0011_flash_sale_orders_derived.sql`), before anything changes the
+/// order itself. The reservation is locked first, so that the row is written from what the
+/// reservation is once no sweep or other writer is changing it, and a sweep that comes later
+/// finds the row (and skips the reservation while this transaction holds it). An order that
+/// has its row already, or no reservation, is left alone: nothing is locked for it here, so
+/// this never takes the reservation before the order where a payment takes the order first.
+pub(crate) async fn write_derived_order(
+    conn: &mut PgConnection,
+    id: OrderId,
+) -> Result<(), StoreError> {
+    let stored: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE id = $1)")
+        .bind(id.as_uuid())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    if stored {
+        return Ok(());
+    }
+    let derived: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM reservations WHERE id = $1 AND order_id = id FOR UPDATE")
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    if derived.is_none() {
+        return Ok(());
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO orders ({ORDER_COLUMNS}) SELECT {ORDER_COLUMNS} FROM derived_orders \
+         WHERE id = $1 ON CONFLICT (id) DO NOTHING"
+    )))
+    .bind(id.as_uuid())
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
 }
 
 /// Locks, in id order (the order every writer takes them in), the products of `orders`.
@@ -579,14 +618,15 @@ async fn page_of_orders(
     page: PageRequest,
 ) -> Result<Page<OrderRecord>, StoreError> {
     let mut conn = store.pool.acquire().await.map_err(map_err)?;
-    let mut count_q = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM orders");
+    let mut count_q = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM order_view");
     push_orders_filter(&mut count_q, filter);
     let total: i64 = count_q
         .build_query_scalar()
         .fetch_one(&mut *conn)
         .await
         .map_err(map_err)?;
-    let mut rows_q = QueryBuilder::<Postgres>::new(format!("SELECT {ORDER_COLUMNS} FROM orders"));
+    let mut rows_q =
+        QueryBuilder::<Postgres>::new(format!("SELECT {ORDER_COLUMNS} FROM order_view"));
     push_orders_filter(&mut rows_q, filter);
     // Newest first by id: ids are UUID v7, ordered by their creation.
     rows_q
@@ -805,6 +845,7 @@ impl OrderStore for PgStore {
         now: OffsetDateTime,
     ) -> Result<(CancelOutcome, Option<Released>), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
+        write_derived_order(&mut tx, id).await?;
         let row: Option<(String, Option<Uuid>)> =
             sqlx::query_as("SELECT status, reservation_id FROM orders WHERE id = $1 FOR UPDATE")
                 .bind(id.as_uuid())

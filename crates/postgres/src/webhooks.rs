@@ -132,7 +132,7 @@ pub(crate) async fn order_event_to(
     }
     let row = sqlx::query(
         "SELECT user_id, status, currency, total_cents, refunded_cents, reservation_id \
-         FROM orders WHERE id = $1",
+         FROM order_view WHERE id = $1",
     )
     .bind(id.as_uuid())
     .fetch_optional(&mut *conn)

@@ -1,6 +1,7 @@
-//! What the PostgreSQL store does for the shared engine beyond the port contracts (which the
-//! SQLite store, serving only the in-process engine, does not take): a reservation the engine
-//! decided is stored once however often it is written.
+//! What the PostgreSQL store does beyond the port contracts: a reservation the shared engine
+//! decided is stored once however often it is written (the SQLite store, serving only the
+//! in-process engine, does not take such writes), and a flash-sale order is derived from its
+//! reservation, with no row of its own, until a payment or a cancellation writes one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,10 +11,15 @@ use flashmart_app::flash_sale::model::{
     BuyerId, IdempotencyRecord, JournalOp, NewItem, NewReservation, ReservationRecord, SaleRecord,
 };
 use flashmart_app::page::PageRequest;
-use flashmart_app::ports::{AccountStore, FlashSaleStore, OrderStore, ReservationJournal};
+use flashmart_app::payments::{PaymentRecord, PaymentStatus};
+use flashmart_app::ports::{
+    AccountStore, FlashSaleStore, OrderStore, PaymentStore, ReservationJournal,
+};
+use flashmart_app::shop::model::CancelOutcome;
 use flashmart_domain::flash_sale::{ReservationStatus, SaleRules, SaleWindow};
 use flashmart_domain::{
-    Currency, DisplayName, Email, OrderId, ReservationId, Role, SaleId, User, UserId,
+    Currency, DisplayName, Email, Money, OrderId, OrderStatus, PaymentId, ReservationId, Role,
+    SaleId, User, UserId,
 };
 use flashmart_postgres::PgStore;
 use flashmart_postgres::testing::TestSchema;
@@ -100,4 +106,213 @@ async fn a_decided_reservation_is_stored_once_however_often_it_is_written() {
     assert_eq!(orders.items[0].total.cents(), 600);
     let stats = store.stats(sale.id).await.unwrap();
     assert_eq!(stats.reserved, 2);
+}
+
+/// A sale of one item (5 units at 3.00 EUR) from `t0`, and a customer.
+async fn sale_and_buyer(store: &PgStore, t0: OffsetDateTime) -> (SaleRecord, User) {
+    let sale = SaleRecord {
+        id: SaleId::new(),
+        name: "Derived".into(),
+        rules: SaleRules::new(
+            SaleWindow::new(t0, t0 + Duration::hours(1)).unwrap(),
+            5,
+            600,
+        )
+        .unwrap(),
+        currency: Currency::EUR,
+        slot: None,
+        item_count: 1,
+        total_stock: 5,
+        created_at: t0,
+    };
+    let item = NewItem {
+        name: "Item".into(),
+        image_url: None,
+        product_id: None,
+        price_cents: 300,
+        stock: 5,
+    };
+    store.insert_sale(&sale, &[item], None).await.unwrap();
+    let user = User {
+        id: UserId::new(),
+        email: Email::parse("derived@example.com").unwrap(),
+        name: DisplayName::parse("Buyer").unwrap(),
+        role: Role::Customer,
+        created_at: t0,
+    };
+    store.insert_user(&user, "hash").await.unwrap();
+    (sale, user)
+}
+
+/// One unit reserved by `user` at `at`, through the in-process engine's journal operation.
+async fn reserved(
+    store: &PgStore,
+    sale: &SaleRecord,
+    user: &User,
+    at: OffsetDateTime,
+) -> ReservationRecord {
+    let id = ReservationId::new();
+    let record = ReservationRecord {
+        id,
+        sale_id: sale.id,
+        item_no: 1,
+        buyer: BuyerId::user(user.id),
+        buyer_ref: None,
+        quantity: 1,
+        status: ReservationStatus::Reserved,
+        created_at: at,
+        expires_at: at + Duration::minutes(10),
+        order_id: Some(OrderId::from_uuid(*id.as_uuid())),
+        purchased_at: None,
+    };
+    store
+        .commit(&[JournalOp::Reserve(Box::new(NewReservation {
+            record: Arc::new(record.clone()),
+            user_id: Some(user.id),
+            unit_price_cents: 300,
+            item_name: "Item".into(),
+            currency: Currency::EUR,
+            idempotency: None,
+        }))])
+        .await
+        .unwrap();
+    record
+}
+
+async fn order_rows(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_flash_sale_order_is_derived_until_it_changes() {
+    let schema = TestSchema::create().await;
+    let store = PgStore::connect(schema.options(), 4).await.unwrap();
+    let pool = sqlx::PgPool::connect_with(schema.options()).await.unwrap();
+    let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let (sale, user) = sale_and_buyer(&store, t0).await;
+    let to_pay = reserved(&store, &sale, &user, t0).await;
+    let to_cancel = reserved(&store, &sale, &user, t0 + Duration::seconds(1)).await;
+    let to_expire = reserved(&store, &sale, &user, t0 + Duration::seconds(2)).await;
+
+    // Three orders, none of them a row: read, listed and counted from their reservations.
+    assert_eq!(order_rows(&pool).await, 0);
+    let order = store
+        .order(to_pay.order_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(order.id.as_uuid(), to_pay.id.as_uuid());
+    assert_eq!(order.user_id, user.id);
+    assert_eq!(order.status, OrderStatus::PendingPayment);
+    assert_eq!(order.total.cents(), 300);
+    assert_eq!(order.total.currency(), Currency::EUR);
+    assert_eq!(order.reservation_id, Some(to_pay.id));
+    assert_eq!(order.expires_at, to_pay.expires_at);
+    assert_eq!(order.lines.len(), 1);
+    assert_eq!(order.lines[0].name, "Item");
+    let mine = store
+        .orders_of(user.id, None, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(mine.total, 3);
+    let newest_first: Vec<_> = mine.items.iter().map(|o| *o.id.as_uuid()).collect();
+    assert_eq!(
+        newest_first,
+        [to_expire.id, to_cancel.id, to_pay.id].map(|r| *r.as_uuid())
+    );
+    let pending = store
+        .all_orders(Some(OrderStatus::PendingPayment), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(pending.total, 3);
+
+    // Starting a payment writes the order's row; the order reads the same.
+    let payment = PaymentRecord {
+        id: PaymentId::new(),
+        order_id: order.id,
+        provider: "test".into(),
+        provider_ref: "derived-1".into(),
+        status: PaymentStatus::Pending,
+        amount: order.total,
+        refunded: Money::zero(Currency::EUR),
+        pay_url: "https://pay.example/derived-1".into(),
+        created_at: t0,
+        updated_at: t0,
+        expires_at: order.expires_at,
+    };
+    assert_eq!(store.insert_payment(&payment).await.unwrap(), None);
+    assert_eq!(order_rows(&pool).await, 1);
+    assert_eq!(store.order(order.id).await.unwrap().unwrap(), order);
+
+    // Cancelling writes the row too, and cancels the reservation with it.
+    let cancelled = match store
+        .cancel_order(to_cancel.order_id.unwrap(), t0 + Duration::seconds(5))
+        .await
+        .unwrap()
+    {
+        (CancelOutcome::Cancelled(order), Some(released)) => {
+            assert_eq!(released.reservation, to_cancel.id);
+            order
+        }
+        other => panic!("expected a cancellation, got {other:?}"),
+    };
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    assert_eq!(order_rows(&pool).await, 2);
+    assert_eq!(
+        store
+            .reservation(to_cancel.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        ReservationStatus::Cancelled
+    );
+
+    // Expiry changes only the reservation: the derived order follows it. The paid-for order's
+    // reservation (its payment still open) expires too, and its row with it.
+    let released = store
+        .expire_due(t0 + Duration::minutes(11), 100)
+        .await
+        .unwrap();
+    let mut expired: Vec<_> = released.iter().map(|r| r.reservation).collect();
+    expired.sort_unstable();
+    let mut want = vec![to_pay.id, to_expire.id];
+    want.sort_unstable();
+    assert_eq!(expired, want);
+    assert_eq!(order_rows(&pool).await, 2);
+    let derived = store
+        .order(to_expire.order_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(derived.status, OrderStatus::Expired);
+    assert_eq!(derived.updated_at, t0 + Duration::minutes(11));
+    assert_eq!(
+        store.order(order.id).await.unwrap().unwrap().status,
+        OrderStatus::Expired
+    );
+    let by_status = |status| {
+        let store = &store;
+        async move {
+            store
+                .all_orders(Some(status), PageRequest::default())
+                .await
+                .unwrap()
+                .total
+        }
+    };
+    assert_eq!(by_status(OrderStatus::Expired).await, 2);
+    assert_eq!(by_status(OrderStatus::Cancelled).await, 1);
+    assert_eq!(by_status(OrderStatus::PendingPayment).await, 0);
+    // A cancellation after expiry finds the derived order expired, and writes nothing.
+    assert!(matches!(
+        store
+            .cancel_order(to_expire.order_id.unwrap(), t0 + Duration::minutes(12))
+            .await
+            .unwrap(),
+        (CancelOutcome::NotPending(OrderStatus::Expired), None)
+    ));
 }

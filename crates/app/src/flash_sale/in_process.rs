@@ -97,8 +97,9 @@ impl InProcess {
                 "the reservation's total is too large",
             )]));
         }
+        let id = ReservationId::new();
         let record = Arc::new(ReservationRecord {
-            id: ReservationId::new(),
+            id,
             sale_id,
             item_no,
             buyer: who.buyer,
@@ -107,7 +108,9 @@ impl InProcess {
             status: ReservationStatus::Reserved,
             created_at: now,
             expires_at: sale.record.rules.expires_at(now),
-            order_id: who.user.map(|_| OrderId::new()),
+            // A flash-sale order has its reservation's id, whichever engine decided it (a
+            // shared engine's log writer derives it from the reservation alone).
+            order_id: who.user.map(|_| OrderId::from_uuid(*id.as_uuid())),
             purchased_at: None,
         });
         let op = JournalOp::Reserve(Box::new(NewReservation {

@@ -60,8 +60,9 @@ fn reservation(
     at: OffsetDateTime,
     with_order: bool,
 ) -> ReservationRecord {
+    let id = ReservationId::new();
     ReservationRecord {
-        id: ReservationId::new(),
+        id,
         sale_id: sale.id,
         item_no,
         buyer,
@@ -70,7 +71,7 @@ fn reservation(
         status: ReservationStatus::Reserved,
         created_at: at,
         expires_at: sale.rules.expires_at(at),
-        order_id: with_order.then(OrderId::new),
+        order_id: with_order.then(|| OrderId::from_uuid(*id.as_uuid())),
         purchased_at: None,
     }
 }
