@@ -42,6 +42,17 @@ pub struct SaleKeys {
     pub key_counts: String,
 }
 
+/// A field of a sale's `held` hash that no buyer can be (a buyer never holds the unit
+/// separator), with a value longer than Redis keeps in a small hash's compact encoding
+/// (`hash-max-listpack-value`, 64 bytes unless configured higher), written when the sale is
+/// loaded: it makes Redis keep the hash as a hash table from its first field. In the compact
+/// encoding (up to `hash-max-listpack-entries` fields, 128 or 512) every field read or written
+/// is a scan of the whole hash: with 400 buyers, about 2.7 µs per buyer a batch of
+/// `reserve.lua` names, in reads and again in writes (docs/BENCHMARKS.md). `load.lua` writes
+/// the same field.
+const TABLE_FIELD: &str = "\u{1f}table";
+const TABLE_VALUE_BYTES: usize = 1024;
+
 /// The names after a sale's tag of the keys `reserve.lua` takes, in its order.
 const RESERVE_KEYS: [&str; 6] = ["meta", "stock", "held", "keys", "log", "key_counts"];
 
@@ -285,6 +296,8 @@ impl RedisSales {
         if !sale.items.is_empty() {
             pipe.hset_multiple(&keys.stock, &sale.items).ignore();
         }
+        pipe.hset(&keys.held, TABLE_FIELD, "-".repeat(TABLE_VALUE_BYTES))
+            .ignore();
         pipe.query_async::<()>(conn).await
     }
 

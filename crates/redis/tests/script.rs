@@ -1055,3 +1055,44 @@ async fn racing_requests_through_the_engine_batches_sell_exactly_the_stock() {
     assert_eq!(w.remaining(sale).await, 0);
     assert_eq!(w.logged(sale).await, 100);
 }
+
+/// Both ways a sale is loaded leave what its buyers hold as a hash table, never Redis's compact
+/// encoding for small hashes (where each field read or written scans the whole hash), and the
+/// field that makes it one is never taken for a buyer.
+#[tokio::test]
+async fn holdings_are_a_hash_table_from_the_start() {
+    async fn encoding(w: &mut World, key: &str) -> String {
+        redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(key)
+            .query_async(&mut w.conn)
+            .await
+            .unwrap()
+    }
+    let mut w = World::new().await;
+    let made = w.sale(3, &[(1, 10)]).await;
+    assert!(reserved(&w.reserve(made, "ada", 1, None).await));
+    let held = w.sales.keys(made).held;
+    assert_eq!(encoding(&mut w, &held).await, "hashtable");
+    let units: u32 = w.conn.hget(&held, "ada").await.unwrap();
+    assert_eq!(units, 1);
+
+    let rebuilt = SaleId::new();
+    let buyers = [("bob".to_owned(), 2)];
+    assert!(
+        w.sales
+            .load_if_missing(&mut w.conn, &live(rebuilt, 3, &[(1, 5)]), &buyers, now())
+            .await
+            .unwrap()
+    );
+    let held = w.sales.keys(rebuilt).held;
+    assert_eq!(encoding(&mut w, &held).await, "hashtable");
+    assert_eq!(
+        w.reserve(rebuilt, "bob", 2, None).await,
+        Decision::Refused {
+            refusal: Refusal::LimitReached,
+            replayed: false
+        }
+    );
+    assert!(reserved(&w.reserve(rebuilt, "bob", 1, None).await));
+}
