@@ -186,24 +186,6 @@ async fn insert_reservations(
            expires_at, order_id, key, fingerprint) ORDER BY id{}",
         conflicts.clause()
     );
-    if orders.is_empty() {
-        sqlx::query(AssertSqlSafe(insert))
-            .bind(&ids)
-            .bind(&sales)
-            .bind(&items)
-            .bind(&buyers)
-            .bind(&refs)
-            .bind(&quantities)
-            .bind(&created)
-            .bind(&expires)
-            .bind(&order_ids)
-            .bind(&keys)
-            .bind(&fingerprints)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        return Ok(());
-    }
     // The same round trip reads the webhook endpoints that want an event for each order made,
     // and only when there are some the ids of the reservations inserted.
     let (inserted, endpoints): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(format!(
@@ -228,7 +210,7 @@ async fn insert_reservations(
     .fetch_one(&mut *conn)
     .await
     .map_err(map_err)?;
-    if !endpoints.is_empty() {
+    if !endpoints.is_empty() && !orders.is_empty() {
         let made: HashSet<Uuid> = inserted.into_iter().collect();
         let events: Vec<WebhookEvent> = orders
             .iter()

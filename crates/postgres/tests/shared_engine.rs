@@ -30,12 +30,47 @@ async fn a_decided_reservation_is_stored_once_however_often_it_is_written() {
     let schema = TestSchema::create().await;
     let store = PgStore::connect(schema.options(), 4).await.unwrap();
     let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let (sale, user) = sale_and_buyer(&store, t0).await;
+    let record = reservation(&sale, &user, 2, t0);
+    let id = record.id;
+    let op = || {
+        JournalOp::Record(Box::new(written(
+            &record,
+            &user,
+            Some(IdempotencyRecord {
+                key: "k".into(),
+                fingerprint: [1; 16],
+            }),
+        )))
+    };
+    // Twice in one batch, then in a later batch (a retry with the key, or a worker).
+    store.commit(&[op(), op()]).await.unwrap();
+    store.commit(&[op()]).await.unwrap();
+    assert_eq!(store.reservation(id).await.unwrap(), Some(record));
+    let listed = store
+        .reservations(sale.id, PageRequest::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 1);
+    let orders = store
+        .orders_of(user.id, None, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(orders.total, 1);
+    assert_eq!(orders.items[0].lines.len(), 1);
+    assert_eq!(orders.items[0].total.cents(), 600);
+    let stats = store.stats(sale.id).await.unwrap();
+    assert_eq!(stats.reserved, 2);
+}
+
+/// A sale of one item (5 units at 3.00 EUR, 5 a buyer) from `t0`, and a customer.
+async fn sale_and_buyer(store: &PgStore, t0: OffsetDateTime) -> (SaleRecord, User) {
     let sale = SaleRecord {
         id: SaleId::new(),
         name: "Shared".into(),
         rules: SaleRules::new(
             SaleWindow::new(t0, t0 + Duration::hours(1)).unwrap(),
-            2,
+            5,
             600,
         )
         .unwrap(),
@@ -61,87 +96,46 @@ async fn a_decided_reservation_is_stored_once_however_often_it_is_written() {
         created_at: t0,
     };
     store.insert_user(&user, "hash").await.unwrap();
+    (sale, user)
+}
+
+/// `quantity` of the sale's one item reserved by `user` at `at`, with its order.
+fn reservation(
+    sale: &SaleRecord,
+    user: &User,
+    quantity: u32,
+    at: OffsetDateTime,
+) -> ReservationRecord {
     let id = ReservationId::new();
-    let record = ReservationRecord {
+    ReservationRecord {
         id,
         sale_id: sale.id,
         item_no: 1,
         buyer: BuyerId::user(user.id),
         buyer_ref: None,
-        quantity: 2,
+        quantity,
         status: ReservationStatus::Reserved,
-        created_at: t0,
-        expires_at: t0 + Duration::minutes(10),
+        created_at: at,
+        expires_at: at + Duration::minutes(10),
         order_id: Some(OrderId::from_uuid(*id.as_uuid())),
         purchased_at: None,
-    };
-    let op = || {
-        JournalOp::Record(Box::new(NewReservation {
-            record: Arc::new(record.clone()),
-            user_id: Some(user.id),
-            unit_price_cents: 300,
-            item_name: "Item".into(),
-            currency: Currency::EUR,
-            idempotency: Some(IdempotencyRecord {
-                key: "k".into(),
-                fingerprint: [1; 16],
-            }),
-        }))
-    };
-    // Twice in one batch, then in a later batch (a retry with the key, or a worker).
-    store.commit(&[op(), op()]).await.unwrap();
-    store.commit(&[op()]).await.unwrap();
-    assert_eq!(store.reservation(id).await.unwrap(), Some(record));
-    let listed = store
-        .reservations(sale.id, PageRequest::default(), None)
-        .await
-        .unwrap();
-    assert_eq!(listed.total, 1);
-    let orders = store
-        .orders_of(user.id, None, PageRequest::default())
-        .await
-        .unwrap();
-    assert_eq!(orders.total, 1);
-    assert_eq!(orders.items[0].lines.len(), 1);
-    assert_eq!(orders.items[0].total.cents(), 600);
-    let stats = store.stats(sale.id).await.unwrap();
-    assert_eq!(stats.reserved, 2);
+    }
 }
 
-/// A sale of one item (5 units at 3.00 EUR) from `t0`, and a customer.
-async fn sale_and_buyer(store: &PgStore, t0: OffsetDateTime) -> (SaleRecord, User) {
-    let sale = SaleRecord {
-        id: SaleId::new(),
-        name: "Derived".into(),
-        rules: SaleRules::new(
-            SaleWindow::new(t0, t0 + Duration::hours(1)).unwrap(),
-            5,
-            600,
-        )
-        .unwrap(),
+/// `record` as the journal is given it.
+fn written(
+    record: &ReservationRecord,
+    user: &User,
+    idempotency: Option<IdempotencyRecord>,
+) -> NewReservation {
+    NewReservation {
+        record: Arc::new(record.clone()),
+        user_id: Some(user.id),
+        unit_price_cents: 300,
+        item_name: "Item".into(),
         currency: Currency::EUR,
-        slot: None,
-        item_count: 1,
-        total_stock: 5,
-        created_at: t0,
-    };
-    let item = NewItem {
-        name: "Item".into(),
-        image_url: None,
-        product_id: None,
-        price_cents: 300,
-        stock: 5,
-    };
-    store.insert_sale(&sale, &[item], None).await.unwrap();
-    let user = User {
-        id: UserId::new(),
-        email: Email::parse("derived@example.com").unwrap(),
-        name: DisplayName::parse("Buyer").unwrap(),
-        role: Role::Customer,
-        created_at: t0,
-    };
-    store.insert_user(&user, "hash").await.unwrap();
-    (sale, user)
+        idempotency,
+    }
 }
 
 /// One unit reserved by `user` at `at`, through the in-process engine's journal operation.
@@ -151,29 +145,9 @@ async fn reserved(
     user: &User,
     at: OffsetDateTime,
 ) -> ReservationRecord {
-    let id = ReservationId::new();
-    let record = ReservationRecord {
-        id,
-        sale_id: sale.id,
-        item_no: 1,
-        buyer: BuyerId::user(user.id),
-        buyer_ref: None,
-        quantity: 1,
-        status: ReservationStatus::Reserved,
-        created_at: at,
-        expires_at: at + Duration::minutes(10),
-        order_id: Some(OrderId::from_uuid(*id.as_uuid())),
-        purchased_at: None,
-    };
+    let record = reservation(sale, user, 1, at);
     store
-        .commit(&[JournalOp::Reserve(Box::new(NewReservation {
-            record: Arc::new(record.clone()),
-            user_id: Some(user.id),
-            unit_price_cents: 300,
-            item_name: "Item".into(),
-            currency: Currency::EUR,
-            idempotency: None,
-        }))])
+        .commit(&[JournalOp::Reserve(Box::new(written(&record, user, None)))])
         .await
         .unwrap();
     record
