@@ -42,14 +42,14 @@ pub struct SaleKeys {
     pub key_counts: String,
 }
 
-/// A field of a sale's `held` hash that no buyer can be (a buyer never holds the unit
-/// separator), with a value longer than Redis keeps in a small hash's compact encoding
-/// (`hash-max-listpack-value`, 64 bytes unless configured higher), written when the sale is
-/// loaded: it makes Redis keep the hash as a hash table from its first field. In the compact
-/// encoding (up to `hash-max-listpack-entries` fields, 128 or 512) every field read or written
-/// is a scan of the whole hash: with 400 buyers, about 2.7 µs per buyer a batch of
-/// `reserve.lua` names, in reads and again in writes (docs/BENCHMARKS.md). `load.lua` writes
-/// the same field.
+/// A field of a sale's `held` and `stock` hashes that no buyer or item can be (a buyer never
+/// holds the unit separator, an item is a number), with a value longer than Redis keeps in a
+/// small hash's compact encoding (`hash-max-listpack-value`, 64 bytes unless configured
+/// higher), written when the sale is loaded: it makes Redis keep each hash as a hash table from
+/// its first field. In the compact encoding (up to `hash-max-listpack-entries` fields, 128 or
+/// 512) every field read or written is a scan of the whole hash: with 400 buyers, about 2.7 µs
+/// per buyer a batch of `reserve.lua` names, in reads and again in writes
+/// (docs/BENCHMARKS.md). `load.lua` writes the same field.
 const TABLE_FIELD: &str = "\u{1f}table";
 const TABLE_VALUE_BYTES: usize = 1024;
 
@@ -296,7 +296,10 @@ impl RedisSales {
         if !sale.items.is_empty() {
             pipe.hset_multiple(&keys.stock, &sale.items).ignore();
         }
-        pipe.hset(&keys.held, TABLE_FIELD, "-".repeat(TABLE_VALUE_BYTES))
+        let table = "-".repeat(TABLE_VALUE_BYTES);
+        pipe.hset(&keys.stock, TABLE_FIELD, &table)
+            .ignore()
+            .hset(&keys.held, TABLE_FIELD, &table)
             .ignore();
         pipe.query_async::<()>(conn).await
     }
@@ -439,7 +442,7 @@ impl RedisSales {
         sale: SaleId,
     ) -> Result<Option<Vec<(u32, u32)>>, RedisError> {
         let keys = self.keys(sale);
-        let (there, stock): (bool, Vec<(u32, i64)>) = redis::pipe()
+        let (there, stock): (bool, Vec<(String, String)>) = redis::pipe()
             .hexists(&keys.meta, "starts_at")
             .hgetall(&keys.stock)
             .query_async(conn)
@@ -447,10 +450,16 @@ impl RedisSales {
         if !there {
             return Ok(None);
         }
-        let mut items: Vec<(u32, u32)> = stock
-            .into_iter()
-            .map(|(item, left)| (item, u32::try_from(left).unwrap_or(0)))
-            .collect();
+        let mut items = Vec::with_capacity(stock.len());
+        for (item, left) in stock {
+            if item == TABLE_FIELD {
+                continue;
+            }
+            let (Ok(item), Ok(left)) = (item.parse::<u32>(), left.parse::<i64>()) else {
+                return Err(protocol(&format!("stock {item}: {left}")));
+            };
+            items.push((item, u32::try_from(left).unwrap_or(0)));
+        }
         items.sort_unstable();
         Ok(Some(items))
     }

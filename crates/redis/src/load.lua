@@ -18,10 +18,12 @@ if rebuild_at and tonumber(ARGV[5]) < tonumber(rebuild_at) then
   return 0
 end
 redis.call("DEL", KEYS[2], KEYS[3])
--- A field no buyer can be, with a value too long for a small hash's compact encoding: the
--- holdings stay a hash table, whose fields reserve.lua reads without scanning them all (the
--- same as `TABLE_FIELD` in lib.rs).
-redis.call("HSET", KEYS[3], "\31table", string.rep("-", 1024))
+-- A field no item or buyer can be, with a value too long for a small hash's compact encoding:
+-- the stock and the holdings stay hash tables, whose fields reserve.lua reads without scanning
+-- them all (the same as `TABLE_FIELD` in lib.rs).
+local table_value = string.rep("-", 1024)
+redis.call("HSET", KEYS[2], "\31table", table_value)
+redis.call("HSET", KEYS[3], "\31table", table_value)
 local n = tonumber(ARGV[6])
 local at = 7
 for _ = 1, n do

@@ -8,8 +8,8 @@
 -- saves.
 --
 -- KEYS: 1 meta (hash: starts_at, ends_at, per_user_limit, ttl; microseconds)
---       2 stock (hash: item -> remaining)
---       3 held (hash: buyer -> units; and "\31table", never read here, see load.lua)
+--       2 stock (hash: item -> remaining)   3 held (hash: buyer -> units)
+--       (both also hold "\31table", which no item or buyer is, see load.lua)
 --       4 keys (hash: buyer \31 key -> fingerprint \31 answer)   5 log (stream)
 --       6 key counts (hash: buyer -> keys remembered for them in this sale)
 --       (A reservation's state is recorded when it is settled, by settle.lua, not here.)

@@ -1056,9 +1056,9 @@ async fn racing_requests_through_the_engine_batches_sell_exactly_the_stock() {
     assert_eq!(w.logged(sale).await, 100);
 }
 
-/// Both ways a sale is loaded leave what its buyers hold as a hash table, never Redis's compact
-/// encoding for small hashes (where each field read or written scans the whole hash), and the
-/// field that makes it one is never taken for a buyer.
+/// Both ways a sale is loaded leave its stock and what its buyers hold as hash tables, never
+/// Redis's compact encoding for small hashes (where each field read or written scans the whole
+/// hash), and the field that makes them so is never taken for an item or a buyer.
 #[tokio::test]
 async fn holdings_are_a_hash_table_from_the_start() {
     async fn encoding(w: &mut World, key: &str) -> String {
@@ -1072,10 +1072,15 @@ async fn holdings_are_a_hash_table_from_the_start() {
     let mut w = World::new().await;
     let made = w.sale(3, &[(1, 10)]).await;
     assert!(reserved(&w.reserve(made, "ada", 1, None).await));
-    let held = w.sales.keys(made).held;
-    assert_eq!(encoding(&mut w, &held).await, "hashtable");
-    let units: u32 = w.conn.hget(&held, "ada").await.unwrap();
+    let keys = w.sales.keys(made);
+    assert_eq!(encoding(&mut w, &keys.held).await, "hashtable");
+    assert_eq!(encoding(&mut w, &keys.stock).await, "hashtable");
+    let units: u32 = w.conn.hget(&keys.held, "ada").await.unwrap();
     assert_eq!(units, 1);
+    assert_eq!(
+        w.sales.remaining(&mut w.conn, made).await.unwrap(),
+        Some(vec![(1, 9)])
+    );
 
     let rebuilt = SaleId::new();
     let buyers = [("bob".to_owned(), 2)];
@@ -1085,8 +1090,13 @@ async fn holdings_are_a_hash_table_from_the_start() {
             .await
             .unwrap()
     );
-    let held = w.sales.keys(rebuilt).held;
-    assert_eq!(encoding(&mut w, &held).await, "hashtable");
+    let keys = w.sales.keys(rebuilt);
+    assert_eq!(encoding(&mut w, &keys.held).await, "hashtable");
+    assert_eq!(encoding(&mut w, &keys.stock).await, "hashtable");
+    assert_eq!(
+        w.sales.remaining(&mut w.conn, rebuilt).await.unwrap(),
+        Some(vec![(1, 5)])
+    );
     assert_eq!(
         w.reserve(rebuilt, "bob", 2, None).await,
         Decision::Refused {
