@@ -186,12 +186,17 @@ async fn insert_reservations(
            expires_at, order_id, key, fingerprint) ORDER BY id{}",
         conflicts.clause()
     );
-    // The same round trip reads the webhook endpoints that want an event for each order made,
-    // and only when there are some the ids of the reservations inserted.
+    // The same round trip reads the webhook endpoints that want an event for each order made
+    // (none are looked up for a batch without orders, the contest API's), and only when there
+    // are some the ids of the reservations inserted.
+    let hooks = if orders.is_empty() {
+        "SELECT '{}'::uuid[] AS ids"
+    } else {
+        "SELECT coalesce(array_agg(id), '{}') AS ids FROM webhook_endpoints \
+         WHERE active AND 'order.created' = ANY (events)"
+    };
     let (inserted, endpoints): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(format!(
-        "WITH made AS ({insert} RETURNING id), \
-         hooks AS (SELECT coalesce(array_agg(id), '{{}}') AS ids FROM webhook_endpoints \
-           WHERE active AND 'order.created' = ANY (events)) \
+        "WITH made AS ({insert} RETURNING id), hooks AS ({hooks}) \
          SELECT CASE WHEN cardinality(hooks.ids) > 0 \
              THEN (SELECT coalesce(array_agg(id), '{{}}') FROM made) ELSE '{{}}' END, \
            hooks.ids FROM hooks"
@@ -210,7 +215,7 @@ async fn insert_reservations(
     .fetch_one(&mut *conn)
     .await
     .map_err(map_err)?;
-    if !endpoints.is_empty() && !orders.is_empty() {
+    if !endpoints.is_empty() {
         let made: HashSet<Uuid> = inserted.into_iter().collect();
         let events: Vec<WebhookEvent> = orders
             .iter()

@@ -512,8 +512,13 @@ pub(crate) async fn load_order(
 /// order itself. The reservation is locked first, so that the row is written from what the
 /// reservation is once no sweep or other writer is changing it, and a sweep that comes later
 /// finds the row (and skips the reservation while this transaction holds it). An order that
-/// has its row already, or no reservation, is left alone: nothing is locked for it here, so
-/// this never takes the reservation before the order where a payment takes the order first.
+/// has its row already, or no reservation, is left alone: nothing is locked for it here, since
+/// a payment's notification takes the order first and the reservation second. One narrow race
+/// remains: a second start (or a cancellation) that found no row and then waited for the
+/// reservation while the first start wrote the row and its payment, if that payment's
+/// notification is applied at the same moment, waits in the other order; PostgreSQL then
+/// aborts one of the two (after `deadlock_timeout`), and either outcome leaves the order and
+/// its reservation agreeing.
 pub(crate) async fn write_derived_order(
     conn: &mut PgConnection,
     id: OrderId,
