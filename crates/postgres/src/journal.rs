@@ -1,9 +1,11 @@
 //! The group commit's journal on PostgreSQL: a batch of accepted reservations (their orders are
 //! derived from them), compatibility-API attempts and purchases, written in one
 //! transaction with one statement per table (rows passed as arrays and `UNNEST`ed), so a batch
-//! costs a handful of round trips however many reservations it holds.
+//! costs a handful of round trips however many reservations it holds. A batch of reservations
+//! alone, the common case, is one statement sent by itself: one round trip.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use flashmart_app::StoreError;
@@ -26,7 +28,6 @@ use crate::webhooks;
 #[async_trait]
 impl ReservationJournal for PgStore {
     async fn commit(&self, ops: &[JournalOp]) -> Result<Vec<JournalOutcome>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
         let reservations: Vec<&NewReservation> = ops
             .iter()
             .filter_map(|op| match op {
@@ -34,7 +35,6 @@ impl ReservationJournal for PgStore {
                 _ => None,
             })
             .collect();
-        insert_reservations(&mut tx, &reservations, Conflicts::Fail).await?;
         // Decided by a shared engine: written again identically by a retry or a worker, so a
         // row already there is the same row.
         let decided: Vec<&NewReservation> = ops
@@ -44,7 +44,35 @@ impl ReservationJournal for PgStore {
                 _ => None,
             })
             .collect();
-        insert_reservations(&mut tx, &decided, Conflicts::Skip).await?;
+        // A batch of one kind of reservation is one statement, atomic by itself: no BEGIN and
+        // COMMIT round trips around it. Unless its orders' webhook events are to be written
+        // too (another two statements), which the statement checks for itself.
+        let only = if reservations.len() == ops.len() {
+            Some((&reservations, Conflicts::Fail))
+        } else if decided.len() == ops.len() {
+            Some((&decided, Conflicts::Skip))
+        } else {
+            None
+        };
+        if let Some((batch, conflicts)) = only
+            && !(self.order_hooks.load(Ordering::Relaxed) && makes_orders(batch))
+        {
+            let mut conn = self.pool.acquire().await.map_err(map_err)?;
+            match insert_reservations(&mut conn, batch, conflicts, Hooks::Refuse).await? {
+                // Endpoints appeared: nothing was written, and the transaction below writes
+                // the batch with its events.
+                Some(true) => self.order_hooks.store(true, Ordering::Relaxed),
+                Some(false) | None => {
+                    return Ok(ops.iter().map(|_| JournalOutcome::Done).collect());
+                }
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let made =
+            insert_reservations(&mut tx, &reservations, Conflicts::Fail, Hooks::Write).await?;
+        let recorded =
+            insert_reservations(&mut tx, &decided, Conflicts::Skip, Hooks::Write).await?;
+        let hooks = made.or(recorded);
         insert_attempts(&mut tx, ops).await?;
         // Purchases after the inserts (a purchase's reservation may be in this batch). The
         // first purchase of a reservation in the batch is the one applied.
@@ -74,6 +102,9 @@ impl ReservationJournal for PgStore {
             }
         }
         tx.commit().await.map_err(map_err)?;
+        if let Some(found) = hooks {
+            self.order_hooks.store(found, Ordering::Relaxed);
+        }
         Ok(ops
             .iter()
             .map(|op| match op {
@@ -103,6 +134,22 @@ impl Conflicts {
     }
 }
 
+/// What the reservations' statement does about webhook endpoints that want `order.created`:
+/// writes an event for each order it makes (in a transaction, with the two statements that
+/// takes), or, run by itself, inserts nothing at all when there are any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hooks {
+    Write,
+    Refuse,
+}
+
+/// Whether any of `batch` gets an order (and so an `order.created` event).
+fn makes_orders(batch: &[&NewReservation]) -> bool {
+    batch
+        .iter()
+        .any(|r| r.record.order_id.is_some() && r.user_id.is_some())
+}
+
 fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -118,13 +165,18 @@ fn int(n: u32) -> i32 {
 /// taking the same index entries in different orders deadlock (PostgreSQL then aborts one
 /// after `deadlock_timeout`, and its batch is answered 503). In one order, one waits for the
 /// other and then finds the rows there.
+///
+/// Returns whether endpoints that want `order.created` were found, when the batch makes orders
+/// (`None` when it makes none: nobody looked). With [`Hooks::Refuse`], `Some(true)` means
+/// nothing was inserted.
 async fn insert_reservations(
     conn: &mut PgConnection,
     batch: &[&NewReservation],
     conflicts: Conflicts,
-) -> Result<(), StoreError> {
+    hooks: Hooks,
+) -> Result<Option<bool>, StoreError> {
     if batch.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut batch = batch.to_vec();
     batch.sort_unstable_by_key(|r| *r.record.id.as_uuid());
@@ -175,6 +227,9 @@ async fn insert_reservations(
         keys.push(r.idempotency.as_ref().map(|k| k.key.as_str()));
         fingerprints.push(r.idempotency.as_ref().map(|k| k.fingerprint.to_vec()));
     }
+    // Refusing, the insert takes no row when an endpoint wants the orders' events: it reads
+    // the endpoints in the statement's snapshot, as the `hooks` below does, so the two agree.
+    let refuse = hooks == Hooks::Refuse && !orders.is_empty();
     let insert = format!(
         "INSERT INTO reservations (id, sale_id, item_no, buyer_id, buyer_ref, quantity, status, \
          created_at, expires_at, order_id, idempotency_key, idempotency_fingerprint) \
@@ -183,20 +238,26 @@ async fn insert_reservations(
          FROM UNNEST($1::uuid[], $2::uuid[], $3::integer[], $4::uuid[], $5::text[], \
            $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], \
            $11::bytea[]) AS t(id, sale_id, item_no, buyer_id, buyer_ref, quantity, created_at, \
-           expires_at, order_id, key, fingerprint) ORDER BY id{}",
+           expires_at, order_id, key, fingerprint){} ORDER BY id{}",
+        if refuse {
+            " WHERE NOT EXISTS (SELECT 1 FROM webhook_endpoints \
+               WHERE active AND 'order.created' = ANY (events))"
+        } else {
+            ""
+        },
         conflicts.clause()
     );
     // The same round trip reads the webhook endpoints that want an event for each order made
     // (none are looked up for a batch without orders, the contest API's), and only when there
     // are some the ids of the reservations inserted.
-    let hooks = if orders.is_empty() {
+    let hooks_query = if orders.is_empty() {
         "SELECT '{}'::uuid[] AS ids"
     } else {
         "SELECT coalesce(array_agg(id), '{}') AS ids FROM webhook_endpoints \
          WHERE active AND 'order.created' = ANY (events)"
     };
     let (inserted, endpoints): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(format!(
-        "WITH made AS ({insert} RETURNING id), hooks AS ({hooks}) \
+        "WITH made AS ({insert} RETURNING id), hooks AS ({hooks_query}) \
          SELECT CASE WHEN cardinality(hooks.ids) > 0 \
              THEN (SELECT coalesce(array_agg(id), '{{}}') FROM made) ELSE '{{}}' END, \
            hooks.ids FROM hooks"
@@ -215,28 +276,32 @@ async fn insert_reservations(
     .fetch_one(&mut *conn)
     .await
     .map_err(map_err)?;
-    if !endpoints.is_empty() {
-        let made: HashSet<Uuid> = inserted.into_iter().collect();
-        let events: Vec<WebhookEvent> = orders
-            .iter()
-            .filter(|(r, _, _)| made.contains(r.record.id.as_uuid()))
-            .map(|&(r, user, total)| {
-                let id = *r.record.id.as_uuid();
-                OrderFacts {
-                    order_id: id,
-                    user_id: *user.as_uuid(),
-                    status: OrderStatus::PendingPayment.as_str(),
-                    currency: r.currency.as_str().into(),
-                    total_cents: total,
-                    refunded_cents: 0,
-                    reservation_id: Some(id),
-                }
-                .event(EventType::OrderCreated, r.record.created_at)
-            })
-            .collect();
-        webhooks::write_events(conn, &events, &endpoints).await?;
+    if orders.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    if refuse || endpoints.is_empty() {
+        return Ok(Some(!endpoints.is_empty()));
+    }
+    let made: HashSet<Uuid> = inserted.into_iter().collect();
+    let events: Vec<WebhookEvent> = orders
+        .iter()
+        .filter(|(r, _, _)| made.contains(r.record.id.as_uuid()))
+        .map(|&(r, user, total)| {
+            let id = *r.record.id.as_uuid();
+            OrderFacts {
+                order_id: id,
+                user_id: *user.as_uuid(),
+                status: OrderStatus::PendingPayment.as_str(),
+                currency: r.currency.as_str().into(),
+                total_cents: total,
+                refunded_cents: 0,
+                reservation_id: Some(id),
+            }
+            .event(EventType::OrderCreated, r.record.created_at)
+        })
+        .collect();
+    webhooks::write_events(conn, &events, &endpoints).await?;
+    Ok(Some(true))
 }
 
 async fn insert_attempts(conn: &mut PgConnection, ops: &[JournalOp]) -> Result<(), StoreError> {

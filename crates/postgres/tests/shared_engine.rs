@@ -290,3 +290,98 @@ async fn a_flash_sale_order_is_derived_until_it_changes() {
         (CancelOutcome::NotPending(OrderStatus::Expired), None)
     ));
 }
+
+/// `order.created` events and their deliveries written so far.
+async fn order_events(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM webhook_events WHERE type = 'order.created'), \
+           (SELECT COUNT(*) FROM webhook_deliveries)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A batch of reservations is one statement without a transaction while no webhook endpoint
+/// wants `order.created`; one that appears after the last batch looked is still found by the
+/// next one, which then writes every order's event in a transaction.
+#[tokio::test]
+async fn order_events_are_written_once_an_endpoint_wants_them() {
+    let schema = TestSchema::create().await;
+    let store = PgStore::connect(schema.options(), 4).await.unwrap();
+    let pool = sqlx::PgPool::connect_with(schema.options()).await.unwrap();
+    let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let (sale, user) = sale_and_buyer(&store, t0).await;
+    let record = |n: i64| reservation(&sale, &user, 1, t0 + Duration::seconds(n));
+
+    // No endpoint: the first batch (in a transaction) finds none, the second is one statement.
+    let first = record(0);
+    let second = record(1);
+    store
+        .commit(&[JournalOp::Record(Box::new(written(&first, &user, None)))])
+        .await
+        .unwrap();
+    store
+        .commit(&[JournalOp::Reserve(Box::new(written(&second, &user, None)))])
+        .await
+        .unwrap();
+    assert_eq!(order_events(&pool).await, (0, 0));
+
+    // An endpoint appears (made elsewhere, as another instance would).
+    let endpoint = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, url, events, secret, created_at, updated_at) \
+         VALUES ($1, 'https://hooks.example/orders', '{order.created}', 's', now(), now())",
+    )
+    .bind(endpoint)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Both kinds of batch write their reservations and their orders' events.
+    let third = record(2);
+    let fourth = record(3);
+    store
+        .commit(&[JournalOp::Reserve(Box::new(written(&third, &user, None)))])
+        .await
+        .unwrap();
+    assert_eq!(order_events(&pool).await, (1, 1));
+    store
+        .commit(&[JournalOp::Record(Box::new(written(&fourth, &user, None)))])
+        .await
+        .unwrap();
+    assert_eq!(order_events(&pool).await, (2, 2));
+    for r in [&first, &second, &third, &fourth] {
+        assert_eq!(store.reservation(r.id).await.unwrap().as_ref(), Some(r));
+    }
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM webhook_events ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for (body, r) in bodies.iter().zip([&third, &fourth]) {
+        let event: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(event["type"], "order.created");
+        assert_eq!(event["data"]["order_id"], r.id.as_uuid().to_string());
+    }
+
+    // Switched off: no more events, and a reservation written again changes nothing.
+    sqlx::query("UPDATE webhook_endpoints SET active = false")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let fifth = record(4);
+    store
+        .commit(&[JournalOp::Record(Box::new(written(&fifth, &user, None)))])
+        .await
+        .unwrap();
+    store
+        .commit(&[
+            JournalOp::Record(Box::new(written(&fourth, &user, None))),
+            JournalOp::Record(Box::new(written(&fifth, &user, None))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(order_events(&pool).await, (2, 2));
+    assert_eq!(store.reservation(fifth.id).await.unwrap(), Some(fifth));
+    let stats = store.stats(sale.id).await.unwrap();
+    assert_eq!(stats.reserved, 5);
+}
