@@ -39,7 +39,7 @@ impl PgStore {
             // A connection that died while idle (PostgreSQL restarted, a proxy timed it out) is
             // found by the ping and replaced; one used within the last second is taken as alive,
             // and should it have died all the same, the statement on it fails as one in flight
-            // would have.
+            // would have (and sqlx's own ping when a connection is returned closes it).
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
