@@ -27,10 +27,14 @@ use time::{Duration, OffsetDateTime};
 
 #[tokio::test]
 async fn a_decided_reservation_is_stored_once_however_often_it_is_written() {
-    let schema = TestSchema::create().await;
-    let store = PgStore::connect(schema.options(), 4).await.unwrap();
-    let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-    let (sale, user) = sale_and_buyer(&store, t0).await;
+    let World {
+        _schema,
+        store,
+        t0,
+        sale,
+        user,
+        ..
+    } = World::new().await;
     let record = reservation(&sale, &user, 2, t0);
     let id = record.id;
     let op = || {
@@ -61,6 +65,35 @@ async fn a_decided_reservation_is_stored_once_however_often_it_is_written() {
     assert_eq!(orders.items[0].total.cents(), 600);
     let stats = store.stats(sale.id).await.unwrap();
     assert_eq!(stats.reserved, 2);
+}
+
+/// A schema of its own, the store on it and a pool for looking behind the store's back, with
+/// the sale and buyer of `sale_and_buyer`.
+struct World {
+    _schema: TestSchema,
+    store: PgStore,
+    pool: sqlx::PgPool,
+    t0: OffsetDateTime,
+    sale: SaleRecord,
+    user: User,
+}
+
+impl World {
+    async fn new() -> Self {
+        let schema = TestSchema::create().await;
+        let store = PgStore::connect(schema.options(), 4).await.unwrap();
+        let pool = sqlx::PgPool::connect_with(schema.options()).await.unwrap();
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let (sale, user) = sale_and_buyer(&store, t0).await;
+        Self {
+            _schema: schema,
+            store,
+            pool,
+            t0,
+            sale,
+            user,
+        }
+    }
 }
 
 /// A sale of one item (5 units at 3.00 EUR, 5 a buyer) from `t0`, and a customer.
@@ -153,20 +186,28 @@ async fn reserved(
     record
 }
 
-async fn order_rows(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+/// The rows of `from` (a table, and a condition if any).
+async fn count(pool: &sqlx::PgPool, from: &'static str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {from}")))
         .fetch_one(pool)
         .await
         .unwrap()
 }
 
+async fn order_rows(pool: &sqlx::PgPool) -> i64 {
+    count(pool, "orders").await
+}
+
 #[tokio::test]
 async fn a_flash_sale_order_is_derived_until_it_changes() {
-    let schema = TestSchema::create().await;
-    let store = PgStore::connect(schema.options(), 4).await.unwrap();
-    let pool = sqlx::PgPool::connect_with(schema.options()).await.unwrap();
-    let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-    let (sale, user) = sale_and_buyer(&store, t0).await;
+    let World {
+        _schema,
+        store,
+        pool,
+        t0,
+        sale,
+        user,
+    } = World::new().await;
     let to_pay = reserved(&store, &sale, &user, t0).await;
     let to_cancel = reserved(&store, &sale, &user, t0 + Duration::seconds(1)).await;
     let to_expire = reserved(&store, &sale, &user, t0 + Duration::seconds(2)).await;
@@ -293,13 +334,10 @@ async fn a_flash_sale_order_is_derived_until_it_changes() {
 
 /// `order.created` events and their deliveries written so far.
 async fn order_events(pool: &sqlx::PgPool) -> (i64, i64) {
-    sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM webhook_events WHERE type = 'order.created'), \
-           (SELECT COUNT(*) FROM webhook_deliveries)",
+    (
+        count(pool, "webhook_events WHERE type = 'order.created'").await,
+        count(pool, "webhook_deliveries").await,
     )
-    .fetch_one(pool)
-    .await
-    .unwrap()
 }
 
 /// A batch of reservations is one statement without a transaction while no webhook endpoint
@@ -307,11 +345,14 @@ async fn order_events(pool: &sqlx::PgPool) -> (i64, i64) {
 /// next one, which then writes every order's event in a transaction.
 #[tokio::test]
 async fn order_events_are_written_once_an_endpoint_wants_them() {
-    let schema = TestSchema::create().await;
-    let store = PgStore::connect(schema.options(), 4).await.unwrap();
-    let pool = sqlx::PgPool::connect_with(schema.options()).await.unwrap();
-    let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-    let (sale, user) = sale_and_buyer(&store, t0).await;
+    let World {
+        _schema,
+        store,
+        pool,
+        t0,
+        sale,
+        user,
+    } = World::new().await;
     let record = |n: i64| reservation(&sale, &user, 1, t0 + Duration::seconds(n));
 
     // No endpoint: the first batch (in a transaction) finds none, the second is one statement.
