@@ -143,6 +143,14 @@ enum Hooks {
     Refuse,
 }
 
+/// The webhook endpoints that want `order.created`, as a `FROM` clause (a macro, so that the
+/// statements built from it are literals).
+macro_rules! order_hooks {
+    () => {
+        "webhook_endpoints WHERE active AND 'order.created' = ANY (events)"
+    };
+}
+
 /// Whether any of `batch` gets an order (and so an `order.created` event).
 fn makes_orders(batch: &[&NewReservation]) -> bool {
     batch
@@ -240,8 +248,7 @@ async fn insert_reservations(
            $11::bytea[]) AS t(id, sale_id, item_no, buyer_id, buyer_ref, quantity, created_at, \
            expires_at, order_id, key, fingerprint){} ORDER BY id{}",
         if refuse {
-            " WHERE NOT EXISTS (SELECT 1 FROM webhook_endpoints \
-               WHERE active AND 'order.created' = ANY (events))"
+            concat!(" WHERE NOT EXISTS (SELECT 1 FROM ", order_hooks!(), ")")
         } else {
             ""
         },
@@ -253,8 +260,10 @@ async fn insert_reservations(
     let hooks_query = if orders.is_empty() {
         "SELECT '{}'::uuid[] AS ids"
     } else {
-        "SELECT coalesce(array_agg(id), '{}') AS ids FROM webhook_endpoints \
-         WHERE active AND 'order.created' = ANY (events)"
+        concat!(
+            "SELECT coalesce(array_agg(id), '{}') AS ids FROM ",
+            order_hooks!()
+        )
     };
     let (inserted, endpoints): (Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(AssertSqlSafe(format!(
         "WITH made AS ({insert} RETURNING id), hooks AS ({hooks_query}) \

@@ -27,20 +27,14 @@ use time::{Duration, OffsetDateTime};
 
 #[tokio::test]
 async fn a_decided_reservation_is_stored_once_however_often_it_is_written() {
-    let World {
-        _schema,
-        store,
-        t0,
-        sale,
-        user,
-        ..
-    } = World::new().await;
-    let record = reservation(&sale, &user, 2, t0);
+    let w = World::new().await;
+    let (store, t0, sale, user) = (&w.store, w.t0, &w.sale, &w.user);
+    let record = reservation(sale, user, 2, t0);
     let id = record.id;
     let op = || {
         JournalOp::Record(Box::new(written(
             &record,
-            &user,
+            user,
             Some(IdempotencyRecord {
                 key: "k".into(),
                 fingerprint: [1; 16],
@@ -200,20 +194,14 @@ async fn order_rows(pool: &sqlx::PgPool) -> i64 {
 
 #[tokio::test]
 async fn a_flash_sale_order_is_derived_until_it_changes() {
-    let World {
-        _schema,
-        store,
-        pool,
-        t0,
-        sale,
-        user,
-    } = World::new().await;
-    let to_pay = reserved(&store, &sale, &user, t0).await;
-    let to_cancel = reserved(&store, &sale, &user, t0 + Duration::seconds(1)).await;
-    let to_expire = reserved(&store, &sale, &user, t0 + Duration::seconds(2)).await;
+    let w = World::new().await;
+    let (store, pool, t0, sale, user) = (&w.store, &w.pool, w.t0, &w.sale, &w.user);
+    let to_pay = reserved(store, sale, user, t0).await;
+    let to_cancel = reserved(store, sale, user, t0 + Duration::seconds(1)).await;
+    let to_expire = reserved(store, sale, user, t0 + Duration::seconds(2)).await;
 
     // Three orders, none of them a row: read, listed and counted from their reservations.
-    assert_eq!(order_rows(&pool).await, 0);
+    assert_eq!(order_rows(pool).await, 0);
     let order = store
         .order(to_pay.order_id.unwrap())
         .await
@@ -259,7 +247,7 @@ async fn a_flash_sale_order_is_derived_until_it_changes() {
         expires_at: order.expires_at,
     };
     assert_eq!(store.insert_payment(&payment).await.unwrap(), None);
-    assert_eq!(order_rows(&pool).await, 1);
+    assert_eq!(order_rows(pool).await, 1);
     assert_eq!(store.order(order.id).await.unwrap().unwrap(), order);
 
     // Cancelling writes the row too, and cancels the reservation with it.
@@ -275,7 +263,7 @@ async fn a_flash_sale_order_is_derived_until_it_changes() {
         other => panic!("expected a cancellation, got {other:?}"),
     };
     assert_eq!(cancelled.status, OrderStatus::Cancelled);
-    assert_eq!(order_rows(&pool).await, 2);
+    assert_eq!(order_rows(pool).await, 2);
     assert_eq!(
         store
             .reservation(to_cancel.id)
@@ -297,7 +285,7 @@ async fn a_flash_sale_order_is_derived_until_it_changes() {
     let mut want = vec![to_pay.id, to_expire.id];
     want.sort_unstable();
     assert_eq!(expired, want);
-    assert_eq!(order_rows(&pool).await, 2);
+    assert_eq!(order_rows(pool).await, 2);
     let derived = store
         .order(to_expire.order_id.unwrap())
         .await
@@ -345,28 +333,19 @@ async fn order_events(pool: &sqlx::PgPool) -> (i64, i64) {
 /// next one, which then writes every order's event in a transaction.
 #[tokio::test]
 async fn order_events_are_written_once_an_endpoint_wants_them() {
-    let World {
-        _schema,
-        store,
-        pool,
-        t0,
-        sale,
-        user,
-    } = World::new().await;
-    let record = |n: i64| reservation(&sale, &user, 1, t0 + Duration::seconds(n));
+    let w = World::new().await;
+    let (store, pool, t0, sale, user) = (&w.store, &w.pool, w.t0, &w.sale, &w.user);
+    let record = |n: i64| reservation(sale, user, 1, t0 + Duration::seconds(n));
+    // As the in-process engine and as a shared engine queue them.
+    let reserve = |r: &ReservationRecord| JournalOp::Reserve(Box::new(written(r, user, None)));
+    let decided = |r: &ReservationRecord| JournalOp::Record(Box::new(written(r, user, None)));
 
     // No endpoint: the first batch (in a transaction) finds none, the second is one statement.
     let first = record(0);
     let second = record(1);
-    store
-        .commit(&[JournalOp::Record(Box::new(written(&first, &user, None)))])
-        .await
-        .unwrap();
-    store
-        .commit(&[JournalOp::Reserve(Box::new(written(&second, &user, None)))])
-        .await
-        .unwrap();
-    assert_eq!(order_events(&pool).await, (0, 0));
+    store.commit(&[decided(&first)]).await.unwrap();
+    store.commit(&[reserve(&second)]).await.unwrap();
+    assert_eq!(order_events(pool).await, (0, 0));
 
     // An endpoint appears (made elsewhere, as another instance would).
     let endpoint = uuid::Uuid::now_v7();
@@ -375,27 +354,21 @@ async fn order_events_are_written_once_an_endpoint_wants_them() {
          VALUES ($1, 'https://hooks.example/orders', '{order.created}', 's', now(), now())",
     )
     .bind(endpoint)
-    .execute(&pool)
+    .execute(pool)
     .await
     .unwrap();
     // Both kinds of batch write their reservations and their orders' events.
     let third = record(2);
     let fourth = record(3);
-    store
-        .commit(&[JournalOp::Reserve(Box::new(written(&third, &user, None)))])
-        .await
-        .unwrap();
-    assert_eq!(order_events(&pool).await, (1, 1));
-    store
-        .commit(&[JournalOp::Record(Box::new(written(&fourth, &user, None)))])
-        .await
-        .unwrap();
-    assert_eq!(order_events(&pool).await, (2, 2));
+    store.commit(&[reserve(&third)]).await.unwrap();
+    assert_eq!(order_events(pool).await, (1, 1));
+    store.commit(&[decided(&fourth)]).await.unwrap();
+    assert_eq!(order_events(pool).await, (2, 2));
     for r in [&first, &second, &third, &fourth] {
         assert_eq!(store.reservation(r.id).await.unwrap().as_ref(), Some(r));
     }
     let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM webhook_events ORDER BY id")
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .unwrap();
     for (body, r) in bodies.iter().zip([&third, &fourth]) {
@@ -406,22 +379,16 @@ async fn order_events_are_written_once_an_endpoint_wants_them() {
 
     // Switched off: no more events, and a reservation written again changes nothing.
     sqlx::query("UPDATE webhook_endpoints SET active = false")
-        .execute(&pool)
+        .execute(pool)
         .await
         .unwrap();
     let fifth = record(4);
+    store.commit(&[decided(&fifth)]).await.unwrap();
     store
-        .commit(&[JournalOp::Record(Box::new(written(&fifth, &user, None)))])
+        .commit(&[decided(&fourth), decided(&fifth)])
         .await
         .unwrap();
-    store
-        .commit(&[
-            JournalOp::Record(Box::new(written(&fourth, &user, None))),
-            JournalOp::Record(Box::new(written(&fifth, &user, None))),
-        ])
-        .await
-        .unwrap();
-    assert_eq!(order_events(&pool).await, (2, 2));
+    assert_eq!(order_events(pool).await, (2, 2));
     assert_eq!(store.reservation(fifth.id).await.unwrap(), Some(fifth));
     let stats = store.stats(sale.id).await.unwrap();
     assert_eq!(stats.reserved, 5);

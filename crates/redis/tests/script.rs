@@ -174,6 +174,14 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// The first answer (not a replay) refusing for `refusal`.
+fn refused(refusal: Refusal) -> Decision {
+    Decision::Refused {
+        refusal,
+        replayed: false,
+    }
+}
+
 fn reserved(d: &Decision) -> bool {
     matches!(
         d,
@@ -212,10 +220,7 @@ async fn a_buyer_gets_at_most_the_limit() {
     assert!(reserved(&w.reserve(sale, "ada", 1, None).await));
     assert_eq!(
         w.reserve(sale, "ada", 1, None).await,
-        Decision::Refused {
-            refusal: Refusal::LimitReached,
-            replayed: false
-        }
+        refused(Refusal::LimitReached)
     );
     assert!(reserved(&w.reserve(sale, "bob", 2, None).await));
     assert_eq!(w.remaining(sale).await, 96);
@@ -234,10 +239,6 @@ async fn the_window_the_sale_and_the_item_are_checked() {
         now: at,
         buyer_ref: None,
         max_keys: 0,
-    };
-    let refused = |refusal| Decision::Refused {
-        refusal,
-        replayed: false,
     };
     let early = w
         .sales
@@ -292,10 +293,7 @@ async fn an_idempotency_key_gets_its_first_answer_again() {
     );
     assert_eq!(
         w.reserve(sale, "bob", 1, Some("k1")).await,
-        Decision::Refused {
-            refusal: Refusal::SoldOut,
-            replayed: false
-        }
+        refused(Refusal::SoldOut)
     );
     // A refusal is an answer too.
     assert_eq!(
@@ -396,10 +394,7 @@ async fn a_reservation_is_settled_once_and_its_units_come_back_once() {
     assert!(reserved(&w.reserve(sale, "ada", 2, None).await));
     assert_eq!(
         w.reserve(sale, "ada", 1, None).await,
-        Decision::Refused {
-            refusal: Refusal::LimitReached,
-            replayed: false
-        }
+        refused(Refusal::LimitReached)
     );
 }
 
@@ -668,10 +663,7 @@ async fn a_sale_is_loaded_once_and_never_reset() {
     );
     assert_eq!(
         w.reserve(id, "ada", 1, None).await,
-        Decision::Refused {
-            refusal: Refusal::LimitReached,
-            replayed: false
-        }
+        refused(Refusal::LimitReached)
     );
 }
 
@@ -700,10 +692,7 @@ async fn a_sale_lost_by_redis_is_rebuilt_with_its_buyers() {
         .unwrap();
     assert_eq!(
         w.reserve(id, "cy", 1, None).await,
-        Decision::Refused {
-            refusal: Refusal::SaleNotFound,
-            replayed: false
-        },
+        refused(Refusal::SaleNotFound),
         "a lost sale is never answered from nothing"
     );
     // Marked lost: refused as rebuilding (never answered from nothing) until its time, and a
@@ -751,10 +740,7 @@ async fn a_sale_lost_by_redis_is_rebuilt_with_its_buyers() {
     );
     assert_eq!(
         w.reserve(id, "ada", 1, None).await,
-        Decision::Refused {
-            refusal: Refusal::LimitReached,
-            replayed: false
-        }
+        refused(Refusal::LimitReached)
     );
     let mut sold = 0;
     for n in 0..20 {
@@ -1099,10 +1085,7 @@ async fn holdings_are_a_hash_table_from_the_start() {
     );
     assert_eq!(
         w.reserve(rebuilt, "bob", 2, None).await,
-        Decision::Refused {
-            refusal: Refusal::LimitReached,
-            replayed: false
-        }
+        refused(Refusal::LimitReached)
     );
     assert!(reserved(&w.reserve(rebuilt, "bob", 1, None).await));
 }
