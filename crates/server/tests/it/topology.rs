@@ -83,6 +83,28 @@ impl Cluster {
             .unwrap()
     }
 
+    /// The last lines of every process's log, for a failed test's output (the directory goes
+    /// with the cluster).
+    fn print_log_tails(&self) {
+        let dirs = [self.dir.path().to_owned(), self.dir.path().join("nginx")];
+        let mut logs: Vec<PathBuf> = dirs
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- the last lines of {}:", log.display());
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+
     /// The address one process (`api1`, `worker`, ...) listens on.
     pub fn addr(&self, process: &str) -> String {
         let addr = std::fs::read_to_string(self.dir.path().join(format!("{process}.addr")));
@@ -92,6 +114,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
         let out = self.run(&["down"]);
         if !out.status.success() {
             eprintln!("scripts/cluster down: {}", describe(&out));
@@ -476,7 +501,10 @@ impl Race {
             "demo-admin-pass",
         )
         .await;
-        let admin = login["data"]["access_token"].as_str().unwrap().to_owned();
+        let admin = login["data"]["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the admin's login answered {login}"))
+            .to_owned();
         let (status, minted) = post(
             &client,
             &format!("{base}/api/v1/admin/loadtest/buyers"),
