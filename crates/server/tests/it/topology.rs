@@ -83,9 +83,9 @@ impl Cluster {
             .unwrap()
     }
 
-    /// The last lines of every process's log, for a failed test's output (the directory goes
-    /// with the cluster).
-    fn print_log_tails(&self) {
+    /// Every process's log (each failed request's line counted, not shown) and the cluster's
+    /// Redis keys, for a failed test's output: the directory and the keys go with the cluster.
+    fn print_what_happened(&self) {
         let dirs = [self.dir.path().to_owned(), self.dir.path().join("nginx")];
         let mut logs: Vec<PathBuf> = dirs
             .iter()
@@ -97,11 +97,35 @@ impl Cluster {
         logs.sort();
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("--- the last lines of {}:", log.display());
-            for line in &lines[lines.len().saturating_sub(20)..] {
+            // Each failed request logs a line: those are counted, the rest shown.
+            let (failed, rest): (Vec<&str>, Vec<&str>) = text
+                .lines()
+                .partition(|l| l.contains(r#""message":"request failed""#));
+            eprintln!(
+                "--- {} ({} failed requests logged), its other lines:",
+                log.display(),
+                failed.len()
+            );
+            for line in &rest[rest.len().saturating_sub(40)..] {
                 eprintln!("{line}");
             }
+            if let Some(first) = failed.first() {
+                eprintln!("the first failed request: {first}");
+            }
+        }
+        let url = self
+            .redis_url
+            .as_deref()
+            .unwrap_or("redis://127.0.0.1:6379");
+        let pattern = format!("{}:*", self.name);
+        if let Ok(out) = Command::new("redis-cli")
+            .args(["-u", url, "--scan", "--pattern", &pattern])
+            .output()
+        {
+            eprintln!(
+                "--- the cluster's Redis keys:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
     }
 
@@ -115,7 +139,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.print_log_tails();
+            self.print_what_happened();
         }
         let out = self.run(&["down"]);
         if !out.status.success() {
