@@ -13,7 +13,7 @@ use super::{FlashSales, SaleError};
 use crate::audit::{Actor, AuditEntry, time_field};
 use crate::error::FieldError;
 use crate::flash_sale::model::{
-    ItemRecord, NewItem, ReservationRecord, SaleInsert, SaleRecord, Schedule,
+    ItemRecord, LiveSaleState, NewItem, ReservationRecord, SaleInsert, SaleRecord, Schedule,
 };
 use crate::page::{Page, PageRequest};
 
@@ -247,12 +247,10 @@ impl FlashSales {
             None,
             Some(sale_fields(&record, &items)),
         );
-        match self
-            .core
-            .store
-            .insert_sale(&record, &items, Some(&audit))
-            .await?
-        {
+        let inserted = self
+            .stored_after_loading(&record, &items, Some(&audit))
+            .await?;
+        match inserted {
             SaleInsert::Stored => self.load(record.id).await,
             SaleInsert::ProductShort {
                 product_id,
@@ -265,6 +263,27 @@ impl FlashSales {
                 "a sale without a schedule met a slot conflict".into(),
             )),
         }
+    }
+
+    /// Stores a new sale, made known to the engine first. Another instance learns of a sale
+    /// from the records (its log writer's look at live sales, a buyer's request, a live-events
+    /// subscriber) and then asks a shared engine for it: were it in the records but not yet in
+    /// the engine, it would be taken for a sale the engine lost and kept off sale until the
+    /// rebuild grace had passed. Not stored, it is dropped from the engine again.
+    async fn stored_after_loading(
+        &self,
+        record: &SaleRecord,
+        items: &[NewItem],
+        audit: Option<&AuditEntry>,
+    ) -> Result<SaleInsert, SaleError> {
+        self.engine
+            .load(&LiveSaleState::unsold(record, items))
+            .await?;
+        let inserted = self.core.store.insert_sale(record, items, audit).await;
+        if !matches!(inserted, Ok(SaleInsert::Stored)) {
+            self.engine.unload(record.id).await;
+        }
+        Ok(inserted?)
     }
 
     /// Puts a stored sale into the ledger and answers its view.
@@ -575,7 +594,7 @@ impl FlashSales {
             created_at: now,
         };
         let inserted =
-            self.core.store.insert_sale(&record, &items, None).await? == SaleInsert::Stored;
+            self.stored_after_loading(&record, &items, None).await? == SaleInsert::Stored;
         let stored = self
             .core
             .store

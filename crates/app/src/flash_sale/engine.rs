@@ -90,8 +90,13 @@ pub(super) trait Engine: Send + Sync + std::fmt::Debug {
         idempotency_key: Option<&str>,
     ) -> Result<Arc<ReservationRecord>, SaleError>;
 
-    /// A sale just stored: made known to the engine (the ledger installs it after).
+    /// A sale made known to the engine: a new one before it is stored (see `create_sale`),
+    /// a stored one again when it may be missing (the ledger installs it after).
     async fn load(&self, state: &LiveSaleState) -> Result<(), SaleError>;
+
+    /// A new sale loaded whose storing failed: dropped from the engine. Nothing of it can have
+    /// been reserved, as no instance could find it in the records. A failure is logged.
+    async fn unload(&self, sale: SaleId);
 
     /// Brings the ledger's numbers for a sale up to the engine's (views, live events); a sale
     /// the engine lost is found here and rebuilt.
@@ -170,6 +175,13 @@ impl Engine for Engines {
         match self {
             Self::InProcess(e) => e.load(state).await,
             Self::Shared(e) => e.load(state).await,
+        }
+    }
+
+    async fn unload(&self, sale: SaleId) {
+        match self {
+            Self::InProcess(e) => e.unload(sale).await,
+            Self::Shared(e) => e.unload(sale).await,
         }
     }
 

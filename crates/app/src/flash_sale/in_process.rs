@@ -206,6 +206,10 @@ impl Engine for InProcess {
         Ok(())
     }
 
+    async fn unload(&self, _sale: SaleId) {
+        // Installed in the ledger only once stored: nothing to drop.
+    }
+
     async fn refresh(&self, _sale: &LiveSale) -> Result<(), SaleError> {
         // The ledger is the truth.
         Ok(())

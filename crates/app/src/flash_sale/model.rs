@@ -228,6 +228,27 @@ pub struct LiveSaleState {
     pub buyers: Vec<(BuyerId, u32)>,
 }
 
+impl LiveSaleState {
+    /// A sale about to be stored, as the records will read it back: its items numbered from 1
+    /// in order, nothing held.
+    pub fn unsold(sale: &SaleRecord, items: &[NewItem]) -> Self {
+        Self {
+            sale: sale.clone(),
+            items: (1..)
+                .zip(items)
+                .map(|(no, item)| LiveItemState {
+                    no,
+                    stock: item.stock,
+                    price_cents: item.price_cents,
+                    name: item.name.as_str().into(),
+                    held: 0,
+                })
+                .collect(),
+            buyers: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveItemState {
     pub no: u32,

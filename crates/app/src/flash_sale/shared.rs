@@ -448,6 +448,13 @@ impl Engine for Shared {
         Ok(())
     }
 
+    async fn unload(&self, sale: SaleId) {
+        // An expiry already past removes its keys at once.
+        if let Err(err) = self.engine.retire(sale, self.core.clock.now()).await {
+            tracing::warn!(%err, %sale, "a sale that was not stored could not be dropped from the reservation engine");
+        }
+    }
+
     async fn refresh(&self, sale: &LiveSale) -> Result<(), SaleError> {
         self.mirror(sale).await
     }

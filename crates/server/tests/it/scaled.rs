@@ -716,3 +716,113 @@ async fn a_lost_sale_is_rebuilt_without_waiting_for_a_buyer() {
     let admin = admin(&a).await;
     assert_eq!(stats(&a, &admin, &sale).await["remaining"], 1);
 }
+
+/// Every sale key in the test's own Redis on `port`.
+fn sale_keys(port: u16) -> Vec<String> {
+    let listed = flashmart_redis::testing::redis_cli(port, &["--scan", "--pattern", "*{sale:*"]);
+    let mut keys: Vec<String> = listed.lines().map(str::to_owned).collect();
+    keys.sort();
+    keys
+}
+
+/// A new sale is in Redis before the records show it. The other way round, an instance that
+/// found it in the records first (its log writer's look at live sales, a buyer's request, a
+/// live-events subscriber) took it for a sale Redis had lost and kept it off sale for the
+/// rebuild grace: every reservation answered 503 for ten seconds. Here the records' table of
+/// sales is held by another session while the sale is made, and Redis is looked at while the
+/// creation waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sale_is_in_redis_before_the_records_show_it() {
+    use sqlx::Connection as _;
+    let redis = flashmart_redis::testing::LocalRedis::start();
+    let port = redis.ports()[0];
+    let (a, b) = two_instances_on(&redis).await;
+    let op = operator(&a).await;
+    let url = a.config.database.url.as_ref().unwrap().expose().to_owned();
+    // The instances' connections carry the test schema's name.
+    let app_name = url
+        .split("application_name=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .unwrap()
+        .to_owned();
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE flash_sales IN EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert_eq!(sale_keys(port), Vec::<String>::new());
+
+    let look = async {
+        let mut watcher = sqlx::PgConnection::connect(&url).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO flash_sales %'",
+            )
+            .bind(&app_name)
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sale's INSERT never waited for the table"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The creation waits for the records: Redis has the sale already, window and all.
+        let keys = sale_keys(port);
+        let meta = keys
+            .iter()
+            .find(|k| k.ends_with(":meta"))
+            .unwrap_or_else(|| panic!("no sale in Redis while its INSERT waits: {keys:?}"))
+            .clone();
+        let starts = flashmart_redis::testing::redis_cli(port, &["hexists", &meta, "starts_at"]);
+        assert_eq!(starts.trim(), "1", "{meta}");
+        sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+        meta
+    };
+    let (sale, meta) = tokio::join!(live_sale(&a, &op, &[5], 2), look);
+    assert!(meta.contains(&sale), "{meta} is not the key of sale {sale}");
+    // The other instance sells it at once.
+    let (buyer, _) = b.customer("buyer@example.com", "buyer password").await;
+    assert_eq!(
+        reserve(&b, &buyer, &sale, 1, 2).await.status,
+        StatusCode::CREATED
+    );
+}
+
+/// A sale the records refuse (an item takes more of its product's stock than there is) leaves
+/// nothing in Redis, where it was loaded first.
+#[tokio::test]
+async fn a_sale_the_records_refuse_leaves_nothing_in_redis() {
+    let redis = flashmart_redis::testing::LocalRedis::start();
+    let port = redis.ports()[0];
+    let (a, _b) = two_instances_on(&redis).await;
+    let op = operator(&a).await;
+    let product = crate::catalog::product_id(
+        &a,
+        &op,
+        serde_json::json!({"name": "Drop sneaker", "price_cents": 20000, "stock": 10}),
+    )
+    .await;
+    let now = flashmart_app::Clock::now(&a.clock);
+    a.post("/api/v1/admin/flash-sales")
+        .bearer(&op)
+        .json(&serde_json::json!({
+            "name": "Product drop",
+            "starts_at": crate::flash_sales::at(now - Duration::minutes(1)),
+            "ends_at": crate::flash_sales::at(now + Duration::minutes(5)),
+            "per_user_limit": 2,
+            "items": [{"name": "Drop sneaker", "product_id": product, "price_cents": 9900, "stock": 11}],
+        }))
+        .send()
+        .await
+        .assert_error(StatusCode::CONFLICT, 60010);
+    assert_eq!(sale_keys(port), Vec::<String>::new());
+}
