@@ -152,8 +152,8 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
         if answer.status != StatusCode::CREATED {
             return None;
         }
-        // Only the two fields kept, read in place: a whole `Value` of every accepted answer cost
-        // the load generator more than a microsecond of the machine the server is measured on.
+        // Only the two fields kept, read in place rather than into a whole `Value`: what the
+        // load generator spends comes out of the machine the server is measured on.
         #[derive(Deserialize)]
         struct Reserved<'a> {
             code: i64,
