@@ -251,7 +251,7 @@ impl FlashSales {
             .stored_after_loading(&record, &items, Some(&audit))
             .await?;
         match inserted {
-            SaleInsert::Stored => self.load(record.id).await,
+            SaleInsert::Stored => Ok(self.install(self.stored_state(record.id).await?)),
             SaleInsert::ProductShort {
                 product_id,
                 available,
@@ -286,17 +286,19 @@ impl FlashSales {
         Ok(inserted?)
     }
 
-    /// Puts a stored sale into the ledger and answers its view.
-    async fn load(&self, id: SaleId) -> Result<SaleView, SaleError> {
-        let state = self
-            .core
+    /// A stored sale as the ledger takes it.
+    async fn stored_state(&self, id: SaleId) -> Result<LiveSaleState, SaleError> {
+        self.core
             .store
             .live_sale(id)
             .await?
-            .ok_or(SaleError::SaleNotFound)?;
-        self.engine.load(&state).await?;
+            .ok_or(SaleError::SaleNotFound)
+    }
+
+    /// Puts a sale into the ledger and answers its view.
+    fn install(&self, state: LiveSaleState) -> SaleView {
         let sale = self.core.ledger.install(state, self.core.clock.now());
-        Ok(self.view(sale.record.clone()))
+        self.view(sale.record.clone())
     }
 
     /// With a shared engine, brings the ledger's copy of a sale's stock up to date first
@@ -601,7 +603,13 @@ impl FlashSales {
             .sale_for_slot(schedule.id, slot)
             .await?
             .ok_or(SaleError::SaleNotFound)?;
-        self.load(stored.id).await?;
+        let state = self.stored_state(stored.id).await?;
+        if !inserted {
+            // Another scheduler's, loaded by it before it was stored: this changes nothing
+            // unless the engine has lost it since (or a server older than that stored it).
+            self.engine.load(&state).await?;
+        }
+        self.install(state);
         if inserted {
             tracing::info!(schedule = %schedule.name, sale = %stored.id, %slot, "scheduled sale created");
             Ok(Some(stored))
