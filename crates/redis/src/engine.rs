@@ -270,6 +270,15 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
             .map_err(unavailable)
     }
 
+    async fn remove(&self, sale: SaleId) -> Result<(), StoreError> {
+        self.batches.forget(sale);
+        let mut conn = self.conn.clone();
+        self.sales
+            .remove(&mut conn, sale)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn forget_logged(&self, sale: SaleId, entries: &[LogEntry]) -> Result<u64, StoreError> {
         let entries: Vec<(u64, u64)> = entries.iter().map(|e| (e.0, e.1)).collect();
         let mut conn = self.conn.clone();

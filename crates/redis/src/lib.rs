@@ -330,6 +330,26 @@ impl RedisSales {
             .await
     }
 
+    /// Deletes every key of the sale at once and takes it off `unretired`: for a sale that
+    /// was loaded but never stored. Unlike `retire`, it does not depend on the caller's clock
+    /// agreeing with Redis's.
+    pub async fn remove<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        sale: SaleId,
+    ) -> Result<(), RedisError> {
+        let keys = self.keys(sale);
+        redis::cmd("DEL")
+            .arg(&keys.all()[..])
+            .query_async::<()>(conn)
+            .await?;
+        redis::cmd("SREM")
+            .arg(self.unretired_key())
+            .arg(sale.as_uuid().to_string())
+            .query_async::<()>(conn)
+            .await
+    }
+
     /// The sales that may hold keys without an expiry (made before they were given one by
     /// `retire`): what a log writer looks through for a sale that ended while no instance had
     /// it in memory.

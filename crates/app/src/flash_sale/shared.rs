@@ -449,8 +449,7 @@ impl Engine for Shared {
     }
 
     async fn unload(&self, sale: SaleId) {
-        // An expiry already past removes its keys at once.
-        if let Err(err) = self.engine.retire(sale, self.core.clock.now()).await {
+        if let Err(err) = self.engine.remove(sale).await {
             tracing::warn!(%err, %sale, "a sale that was not stored could not be dropped from the reservation engine");
         }
     }

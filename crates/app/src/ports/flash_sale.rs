@@ -218,6 +218,9 @@ pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
     /// Gives everything the engine holds of an ended sale an expiry at `at` (after the last
     /// settlement and idempotent replay it can see): the engine does not keep sales for ever.
     async fn retire(&self, sale: SaleId, at: OffsetDateTime) -> Result<(), StoreError>;
+    /// Deletes everything the engine holds of a sale at once, whatever any clock says: for a
+    /// sale that was loaded but never stored (no instance can have reserved from it).
+    async fn remove(&self, sale: SaleId) -> Result<(), StoreError>;
     /// The sales whose keys may have no expiry yet (loaded or marked lost, not retired): a
     /// sale among them that ended while no instance held it in memory is retired late.
     async fn unretired(&self) -> Result<Vec<SaleId>, StoreError>;
