@@ -206,12 +206,13 @@ struct CompatDoc;
 fn with_middleware(routes: Router<AppState>, state: AppState, settings: &HttpSettings) -> Router {
     let layers = ServiceBuilder::new()
         .layer(observe::ObserveLayer)
-        .layer(limits::LimitLayer::new(state.clone()))
-        .layer(CatchPanicLayer::custom(observe::panic_response))
+        // Around the rate limits too: with shared limits their check is a call to Redis.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             settings.request_timeout,
         ))
+        .layer(limits::LimitLayer::new(state.clone()))
+        .layer(CatchPanicLayer::custom(observe::panic_response))
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
     routes.layer(layers).with_state(state)
 }

@@ -3,6 +3,7 @@
 //! client), which every request of the process shares.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use flashmart_app::StoreError;
@@ -73,12 +74,33 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
     }
 }
 
+/// How long one attempt to connect to a Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a command waits for its answer. Far above any script's run (a batch of
+/// reservations takes well under a millisecond, a sale's rebuild milliseconds); a Redis that
+/// has not answered by then is taken as away.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts to reconnect after the first fails, before the commands waiting for the
+/// connection are answered with an error (each later command starts another round).
+const RECONNECT_RETRIES: usize = 2;
+/// The longest wait between two attempts, in ms.
+const RECONNECT_MAX_DELAY_MS: u64 = 1_000;
+
 impl RedisEngine<redis::aio::ConnectionManager> {
     /// One Redis at `url` (`redis://host:port/db`), over a connection that reconnects by itself
-    /// when Redis goes away and comes back.
+    /// when Redis goes away and comes back. With Redis away, a command fails within a few
+    /// seconds (the connection's own defaults would retry for minutes, and every request
+    /// needing Redis, a rate-limit check included, would wait that long).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let conn = redis::aio::ConnectionManager::new(client)
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_exponent_base(2)
+            .set_factor(2)
+            .set_max_delay(RECONNECT_MAX_DELAY_MS);
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config)
             .await
             .map_err(unavailable)?;
         Ok(Self::new(RedisSales::new(prefix), conn))
@@ -87,9 +109,18 @@ impl RedisEngine<redis::aio::ConnectionManager> {
 
 impl RedisEngine<redis::cluster_async::ClusterConnection> {
     /// A Redis Cluster reached through any of `nodes`: each sale's keys are on the shard its
-    /// hash tag picks, and each script runs there.
+    /// hash tag picks, and each script runs there. Timeouts and retries as for one Redis (the
+    /// cluster client's own defaults retry 16 times, for minutes).
     pub async fn connect_cluster(nodes: &[String], prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::cluster::ClusterClient::new(nodes.to_vec()).map_err(unavailable)?;
+        let retries = u32::try_from(RECONNECT_RETRIES).unwrap_or(u32::MAX);
+        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(retries)
+            .min_retry_wait(100)
+            .max_retry_wait(RECONNECT_MAX_DELAY_MS)
+            .build()
+            .map_err(unavailable)?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
         Ok(Self::new(RedisSales::new(prefix), conn))
     }

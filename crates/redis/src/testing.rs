@@ -151,6 +151,26 @@ impl LocalRedis {
         }
     }
 
+    /// Kills every server: from then on nothing answers on their ports.
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+
+    /// Stops every server without killing it (SIGSTOP): connections stay open and nothing is
+    /// answered on them, as with a Redis that hangs.
+    pub fn freeze(&self) {
+        for node in &self.nodes {
+            let stopped = Command::new("kill")
+                .args(["-STOP", &node.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(stopped.success(), "redis {} was not stopped", node.id());
+        }
+    }
+
     pub fn ports(&self) -> &[u16] {
         &self.ports
     }

@@ -10,6 +10,7 @@ use time::Duration;
 
 use crate::flash_sales::{live_sale, operator, reserve};
 use crate::support::TestApp;
+use flashmart_redis::testing::LocalRedis;
 
 /// A configuration on `schema` and the local Redis under a prefix of the schema's name, with
 /// one token key for every instance.
@@ -825,4 +826,82 @@ async fn a_sale_the_records_refuse_leaves_nothing_in_redis() {
         .await
         .assert_error(StatusCode::CONFLICT, 60010);
     assert_eq!(sale_keys(port), Vec::<String>::new());
+}
+
+/// With Redis away a sale cannot be made: it would go into the records with nothing to sell it
+/// from. The answer is 503 and the records keep nothing of it. Nor does a request wait for
+/// Redis for long: the connection gives up within seconds (its library's defaults retried for
+/// minutes, and every rate-limited request waited as long). The instances' request timeout is
+/// raised far above the test's bound, so that no answer here is the timeout's.
+#[tokio::test]
+async fn a_sale_made_while_redis_is_away_is_refused_and_not_stored() {
+    made_while_away(
+        flashmart_redis::testing::LocalRedis::start(),
+        LocalRedis::stop,
+    )
+    .await;
+}
+
+/// The same with a Redis that hangs: connected, answering nothing.
+#[tokio::test]
+async fn a_sale_made_while_redis_hangs_is_refused_and_not_stored() {
+    made_while_away(flashmart_redis::testing::LocalRedis::start(), |r| {
+        r.freeze()
+    })
+    .await;
+}
+
+/// The same with a Redis Cluster, whose client has retries of its own.
+#[tokio::test]
+async fn a_sale_made_while_the_redis_cluster_is_away_is_refused_and_not_stored() {
+    made_while_away(
+        flashmart_redis::testing::LocalRedis::start_cluster(),
+        LocalRedis::stop,
+    )
+    .await;
+}
+
+async fn made_while_away(mut redis: LocalRedis, away: impl FnOnce(&mut LocalRedis)) {
+    let urls = redis.urls();
+    let (a, b) = two_instances_with(|c| {
+        if urls.len() == 1 {
+            c.redis.url = Some(Secret::new(urls[0].clone()));
+        } else {
+            c.redis.url = None;
+            c.redis.cluster_nodes = urls.clone();
+        }
+        c.http.request_timeout_secs = 600;
+    })
+    .await;
+    let op = operator(&a).await;
+    away(&mut redis);
+    let bound = std::time::Duration::from_secs(60);
+    let now = flashmart_app::Clock::now(&a.clock);
+    let made = a
+        .post("/api/v1/admin/flash-sales")
+        .bearer(&op)
+        .json(&serde_json::json!({
+            "name": "Made in the dark",
+            "starts_at": crate::flash_sales::at(now - Duration::minutes(1)),
+            "ends_at": crate::flash_sales::at(now + Duration::minutes(5)),
+            "per_user_limit": 2,
+            "items": [{"name": "Lamp", "price_cents": 1500, "stock": 3}],
+        }))
+        .send();
+    tokio::time::timeout(bound, made)
+        .await
+        .expect("a sale made with Redis away is answered within a minute")
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
+    // Neither instance finds it (the list is read from the records; its rate-limit check
+    // cannot reach Redis and lets the request through).
+    for on in [&a, &b] {
+        let listed = on.get("/api/v1/admin/flash-sales").bearer(&op).send();
+        let sales = tokio::time::timeout(bound, listed)
+            .await
+            .expect("a list with Redis away is answered within a minute")
+            .data();
+        assert_eq!(sales["total"], 0, "{sales}");
+    }
+    // Gone for good, so that the instances' teardown is not kept waiting by a hanging one.
+    redis.stop();
 }

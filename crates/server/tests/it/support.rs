@@ -64,7 +64,11 @@ impl Drop for RedisKeys {
             for url in urls {
                 // Each node's own keys, one at a time (a Cluster node refuses keys of several
                 // slots in one command).
-                let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+                // Bounded: a test may leave its Redis hanging (stopped, not killed).
+                let bound = std::time::Duration::from_secs(5);
+                let mut conn =
+                    redis::Client::open(url.as_str())?.get_connection_with_timeout(bound)?;
+                conn.set_read_timeout(Some(bound))?;
                 let keys: Vec<String> = redis::cmd("KEYS")
                     .arg(format!("{prefix}*"))
                     .query(&mut conn)?;
