@@ -835,30 +835,19 @@ async fn a_sale_the_records_refuse_leaves_nothing_in_redis() {
 /// raised far above the test's bound, so that no answer here is the timeout's.
 #[tokio::test]
 async fn a_sale_made_while_redis_is_away_is_refused_and_not_stored() {
-    made_while_away(
-        flashmart_redis::testing::LocalRedis::start(),
-        LocalRedis::stop,
-    )
-    .await;
+    made_while_away(LocalRedis::start(), LocalRedis::stop).await;
 }
 
 /// The same with a Redis that hangs: connected, answering nothing.
 #[tokio::test]
 async fn a_sale_made_while_redis_hangs_is_refused_and_not_stored() {
-    made_while_away(flashmart_redis::testing::LocalRedis::start(), |r| {
-        r.freeze()
-    })
-    .await;
+    made_while_away(LocalRedis::start(), |r| r.freeze()).await;
 }
 
 /// The same with a Redis Cluster, whose client has retries of its own.
 #[tokio::test]
 async fn a_sale_made_while_the_redis_cluster_is_away_is_refused_and_not_stored() {
-    made_while_away(
-        flashmart_redis::testing::LocalRedis::start_cluster(),
-        LocalRedis::stop,
-    )
-    .await;
+    made_while_away(LocalRedis::start_cluster(), LocalRedis::stop).await;
 }
 
 async fn made_while_away(mut redis: LocalRedis, away: impl FnOnce(&mut LocalRedis)) {
