@@ -83,8 +83,12 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts to reconnect after the first fails, before the commands waiting for the
 /// connection are answered with an error (each later command starts another round).
 const RECONNECT_RETRIES: usize = 2;
-/// The longest wait between two attempts, in ms.
+/// The longest wait between two attempts, in ms: the cluster client picks one up to this, the
+/// connection manager waits this long (its first wait is never shorter) plus a random share
+/// of it.
 const RECONNECT_MAX_DELAY_MS: u64 = 1_000;
+/// The cluster client's shortest wait between two attempts, in ms.
+const RECONNECT_MIN_DELAY_MS: u64 = 100;
 
 impl RedisEngine<redis::aio::ConnectionManager> {
     /// One Redis at `url` (`redis://host:port/db`), over a connection that reconnects by itself
@@ -117,7 +121,7 @@ impl RedisEngine<redis::cluster_async::ClusterConnection> {
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
             .retries(retries)
-            .min_retry_wait(100)
+            .min_retry_wait(RECONNECT_MIN_DELAY_MS)
             .max_retry_wait(RECONNECT_MAX_DELAY_MS)
             .build()
             .map_err(unavailable)?;

@@ -269,7 +269,9 @@ impl FlashSales {
     /// from the records (its log writer's look at live sales, a buyer's request, a live-events
     /// subscriber) and then asks a shared engine for it: were it in the records but not yet in
     /// the engine, it would be taken for a sale the engine lost and kept off sale until the
-    /// rebuild grace had passed. Not stored, it is dropped from the engine again.
+    /// rebuild grace had passed. Not stored (or not known to be: the store failed), it is
+    /// dropped from the engine again; one stored all the same is then found missing there and
+    /// rebuilt from the records after that grace.
     async fn stored_after_loading(
         &self,
         record: &SaleRecord,

@@ -91,8 +91,8 @@ pub(super) trait Engine: Send + Sync + std::fmt::Debug {
     ) -> Result<Arc<ReservationRecord>, SaleError>;
 
     /// A sale made known to the engine: a new one before it is stored (see
-    /// `FlashSales::stored_after_loading`),
-    /// a stored one again when it may be missing (the ledger installs it after).
+    /// `FlashSales::stored_after_loading`), a stored one again when it may be missing (the
+    /// ledger installs it after).
     async fn load(&self, state: &LiveSaleState) -> Result<(), SaleError>;
 
     /// A new sale loaded whose storing failed: dropped from the engine. Nothing of it can have

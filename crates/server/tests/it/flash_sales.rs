@@ -27,14 +27,25 @@ pub async fn operator(app: &TestApp) -> String {
 
 /// Creates a sale live now; returns its id.
 pub async fn live_sale(app: &TestApp, token: &str, stock: &[i64], limit: i64) -> String {
-    let now = flashmart_app::Clock::now(&app.clock);
     let items: Vec<Value> = stock
         .iter()
         .enumerate()
         .map(|(i, s)| json!({"name": format!("Sneaker {i}"), "price_cents": 12900, "stock": s}))
         .collect();
-    let res = app
-        .post("/api/v1/admin/flash-sales")
+    let res = post_live_sale(app, token, limit, &items).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    res.data()["id"].as_str().unwrap().to_owned()
+}
+
+/// Asks for a sale of `items` live from a minute ago to an hour from now; the answer as given.
+pub async fn post_live_sale(
+    app: &TestApp,
+    token: &str,
+    limit: i64,
+    items: &[Value],
+) -> crate::support::TestResponse {
+    let now = flashmart_app::Clock::now(&app.clock);
+    app.post("/api/v1/admin/flash-sales")
         .bearer(token)
         .json(&json!({
             "name": "Midnight drop",
@@ -45,9 +56,7 @@ pub async fn live_sale(app: &TestApp, token: &str, stock: &[i64], limit: i64) ->
             "items": items,
         }))
         .send()
-        .await;
-    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
-    res.data()["id"].as_str().unwrap().to_owned()
+        .await
 }
 
 pub async fn reserve(

@@ -8,7 +8,7 @@ use flashmart_server::Config;
 use flashmart_server::config::Secret;
 use time::Duration;
 
-use crate::flash_sales::{live_sale, operator, reserve};
+use crate::flash_sales::{live_sale, operator, post_live_sale, reserve};
 use crate::support::TestApp;
 use flashmart_redis::testing::LocalRedis;
 
@@ -812,17 +812,10 @@ async fn a_sale_the_records_refuse_leaves_nothing_in_redis() {
         serde_json::json!({"name": "Drop sneaker", "price_cents": 20000, "stock": 10}),
     )
     .await;
-    let now = flashmart_app::Clock::now(&a.clock);
-    a.post("/api/v1/admin/flash-sales")
-        .bearer(&op)
-        .json(&serde_json::json!({
-            "name": "Product drop",
-            "starts_at": crate::flash_sales::at(now - Duration::minutes(1)),
-            "ends_at": crate::flash_sales::at(now + Duration::minutes(5)),
-            "per_user_limit": 2,
-            "items": [{"name": "Drop sneaker", "product_id": product, "price_cents": 9900, "stock": 11}],
-        }))
-        .send()
+    let item = serde_json::json!(
+        {"name": "Drop sneaker", "product_id": product, "price_cents": 9900, "stock": 11}
+    );
+    post_live_sale(&a, &op, 2, &[item])
         .await
         .assert_error(StatusCode::CONFLICT, 60010);
     assert_eq!(sale_keys(port), Vec::<String>::new());
@@ -865,18 +858,9 @@ async fn made_while_away(mut redis: LocalRedis, away: impl FnOnce(&mut LocalRedi
     let op = operator(&a).await;
     away(&mut redis);
     let bound = std::time::Duration::from_secs(60);
-    let now = flashmart_app::Clock::now(&a.clock);
-    let made = a
-        .post("/api/v1/admin/flash-sales")
-        .bearer(&op)
-        .json(&serde_json::json!({
-            "name": "Made in the dark",
-            "starts_at": crate::flash_sales::at(now - Duration::minutes(1)),
-            "ends_at": crate::flash_sales::at(now + Duration::minutes(5)),
-            "per_user_limit": 2,
-            "items": [{"name": "Lamp", "price_cents": 1500, "stock": 3}],
-        }))
-        .send();
+    let item = serde_json::json!({"name": "Lamp", "price_cents": 1500, "stock": 3});
+    let items = [item];
+    let made = post_live_sale(&a, &op, 2, &items);
     tokio::time::timeout(bound, made)
         .await
         .expect("a sale made with Redis away is answered within a minute")
