@@ -158,14 +158,26 @@ impl Admin {
 
     /// The server's resident memory, from its own `/metrics`.
     pub async fn resident_memory(&mut self) -> anyhow::Result<Option<u64>> {
+        Ok(self
+            .metric("process_resident_memory_bytes")
+            .await?
+            .map(|v| v as u64))
+    }
+
+    /// The CPU time the server has used so far, in seconds, from its own `/metrics` (`None`
+    /// when it does not say, on another listener or another system).
+    pub async fn cpu_seconds(&mut self) -> anyhow::Result<Option<f64>> {
+        self.metric("process_cpu_seconds_total").await
+    }
+
+    /// The value of an unlabelled series on the server's `/metrics`.
+    async fn metric(&mut self, name: &str) -> anyhow::Result<Option<f64>> {
         let answer = self.conn.get("/metrics", None).await?;
         let text = String::from_utf8_lossy(&answer.body);
         Ok(text
             .lines()
-            .find(|l| l.starts_with("process_resident_memory_bytes"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v as u64))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok()))
     }
 }
 

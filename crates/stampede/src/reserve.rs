@@ -36,6 +36,29 @@ pub struct Outcome {
     pub report: Vec<String>,
 }
 
+/// The server's CPU time per request in each phase, from its CPU time at the phases' edges,
+/// and their ratio: the share of the throughput ratio that is the server's own, since the load
+/// generator shares the machine and spends more on some requests than on others.
+fn cpu_per_request(
+    [start, between, end]: [Option<f64>; 3],
+    baseline: Option<&Summary>,
+    load: &Summary,
+) -> Option<String> {
+    let micros = |seconds: f64, phase: &Summary| seconds * 1e6 / phase.requests.max(1) as f64;
+    let reservation = micros(end? - between?, load);
+    Some(match baseline {
+        Some(base) => {
+            let healthz = micros(between? - start?, base);
+            format!(
+                "server CPU per request: healthz {healthz:.1} us, reservation {reservation:.1} us; \
+                 healthz / reservation = {:.2}",
+                healthz / reservation.max(f64::MIN_POSITIVE)
+            )
+        }
+        None => format!("server CPU per request: reservation {reservation:.1} us"),
+    })
+}
+
 fn rfc3339(t: OffsetDateTime) -> anyhow::Result<String> {
     Ok(t.format(&Rfc3339)?)
 }
@@ -97,6 +120,9 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
         }
     ));
 
+    // The server's CPU time at each phase's edges: what it spent per request, whatever the load
+    // generator beside it on the same machine spent.
+    let cpu_at_start = admin.cpu_seconds().await?;
     let baseline = if args.no_baseline {
         None
     } else {
@@ -120,6 +146,8 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
         .await?;
         Some(summary)
     };
+
+    let cpu_after_baseline = admin.cpu_seconds().await?;
 
     let path: Arc<str> = Arc::from(format!("/api/v1/flash-sales/{sale_id}/reservations"));
     let bodies: Arc<Vec<Bytes>> = Arc::new(
@@ -191,6 +219,14 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
             base.throughput(),
             load.throughput() / base.throughput().max(1.0)
         ));
+    }
+    let cpu_at_end = admin.cpu_seconds().await?;
+    if let Some(line) = cpu_per_request(
+        [cpu_at_start, cpu_after_baseline, cpu_at_end],
+        baseline.as_ref(),
+        &load,
+    ) {
+        report.push(line);
     }
     let rss_after = admin.resident_memory().await?;
     if let (Some(before), Some(after)) = (rss_before, rss_after) {

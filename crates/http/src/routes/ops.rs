@@ -147,6 +147,7 @@ pub async fn get_metrics(
 ) -> Response {
     crate::metrics::record_process();
     let mut body = handle.render();
+    body.push_str(&crate::metrics::process_counters());
     body.push_str(&crate::metrics::live_gauges(&workers, &sales).await);
     (
         [(

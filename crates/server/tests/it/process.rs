@@ -212,6 +212,19 @@ fn stampede_reserve_passes_its_checks() {
     assert!(stdout.contains("result: all invariants hold"), "{stdout}");
     assert!(stdout.contains("[PASS] exact sell-out"), "{stdout}");
     assert!(stdout.contains("reservation throughput / healthz throughput"));
+    // The server's own CPU per request in each phase, read from its `/metrics`.
+    let cpu = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("server CPU per request: healthz "))
+        .unwrap_or_else(|| panic!("no CPU line: {stdout}"));
+    let figures: Vec<f64> = cpu
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    assert!(
+        figures.len() == 3 && figures[..2].iter().all(|f| *f > 0.0),
+        "{cpu}"
+    );
 }
 
 /// The contest scenario sells exactly the 10,000 items of a fresh hourly sale.
