@@ -215,6 +215,43 @@ fn config_print(dir: &Path, envs: impl IntoIterator<Item = (String, String)>) ->
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The address `up` reports is nginx's own. Here another process holds the port and answers
+/// every request 200: `up` must fail and say why, not take that process's answers for nginx's
+/// (it once checked only that something answered `/healthz` on the port it had picked free).
+#[test]
+fn up_fails_when_another_process_holds_nginxs_port() {
+    use std::io::{Read as _, Write as _};
+    let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stranger.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in stranger.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("fmc_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let out = Command::new(script())
+        .arg("up")
+        .env("FLASHMART_BIN", env!("CARGO_BIN_EXE_flashmart"))
+        .env("FLASHMART_CLUSTER_DIR", dir.path())
+        .env("FLASHMART_CLUSTER_NAME", &name)
+        .env("FLASHMART_CLUSTER_PORT", port.to_string())
+        .output()
+        .unwrap();
+    let told = describe(&out);
+    assert!(!out.status.success(), "{told}");
+    assert!(
+        told.contains(&format!("nginx did not start on port {port}"))
+            && told.contains("Address already in use"),
+        "{told}"
+    );
+    assert!(!dir.path().join("url").exists(), "{told}");
+}
+
 /// `deploy/compose.embedded.yaml`: one container, its data directory on a volume.
 #[test]
 fn the_embedded_compose_file_runs_one_server_on_a_volume() {
