@@ -69,33 +69,53 @@ fn spawn(dir: &Path, port: u16, cluster: bool) -> Child {
         .expect("redis-server runs (scripts/setup installs Redis)")
 }
 
+/// Whether the server answering on `port` is `node` (by the process id it reports).
+fn answered_by(port: u16, node: &Child) -> bool {
+    let id = format!("process_id:{}", node.id());
+    redis_cli(port, &["info", "server"])
+        .lines()
+        .any(|l| l.trim() == id)
+}
+
+/// Waits until `node` answers on `port`: true, or false if it stopped first (its port was
+/// taken). A port found free can be taken by another process before redis-server binds it; then
+/// another server (another test's Redis) may answer there, which is why the answer's process id
+/// is checked, not just that something answers.
+fn wait_until_serving(port: u16, node: &mut Child, deadline: Instant) -> bool {
+    loop {
+        if answered_by(port, node) {
+            return true;
+        }
+        if node.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "redis on {port} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl LocalRedis {
     fn start_nodes(count: usize, cluster: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
         let mut ports: Vec<u16> = Vec::new();
+        let mut nodes = Vec::new();
         while ports.len() < count {
             let port = free_port();
-            if !ports.contains(&port) {
+            if ports.contains(&port) {
+                continue;
+            }
+            let mut node = spawn(dir.path(), port, cluster);
+            if wait_until_serving(port, &mut node, deadline) {
                 ports.push(port);
+                nodes.push(node);
             }
         }
-        let nodes = ports
-            .iter()
-            .map(|port| spawn(dir.path(), *port, cluster))
-            .collect();
-        let redis = Self {
+        Self {
             nodes,
             ports,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for port in &redis.ports {
-            while redis_cli(*port, &["ping"]).trim() != "PONG" {
-                assert!(Instant::now() < deadline, "node {port} did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
         }
-        redis
     }
 
     /// One Redis server.
@@ -140,13 +160,10 @@ impl LocalRedis {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             self.nodes[0] = spawn(self._dir.path(), port, false);
-            std::thread::sleep(Duration::from_millis(100));
-            if redis_cli(port, &["ping"]).trim() == "PONG" {
+            if wait_until_serving(port, &mut self.nodes[0], deadline) {
                 return;
             }
-            // The port may not be free yet: try again.
-            let _ = self.nodes[0].kill();
-            let _ = self.nodes[0].wait();
+            // The port was not free yet: try again.
             assert!(Instant::now() < deadline, "redis on {port} did not restart");
         }
     }
@@ -224,5 +241,24 @@ pub fn live_sale_state(
             held: 0,
         }],
         buyers: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server started on a port another one holds stops, and the one answering there is not
+    /// taken for it.
+    #[test]
+    fn a_node_whose_port_is_taken_is_not_taken_for_the_server_answering_there() {
+        let first = LocalRedis::start();
+        let port = first.ports()[0];
+        let dir = tempfile::tempdir().unwrap();
+        let mut second = spawn(dir.path(), port, false);
+        assert_eq!(redis_cli(port, &["ping"]).trim(), "PONG");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        assert!(!wait_until_serving(port, &mut second, deadline));
+        assert!(answered_by(port, &first.nodes[0]));
     }
 }
