@@ -8,8 +8,10 @@
 cluster_start() {
   cluster_dir=$(mktemp -d)
   cluster_ports=()
-  local port addrs=() i
-  for i in 1 2 3; do
+  local port addrs=() pid attempts=0
+  while [ "${#cluster_ports[@]}" -lt 3 ]; do
+    attempts=$((attempts + 1))
+    [ "$attempts" -le 10 ] || { echo "no Redis Cluster node could start" >&2; return 1; }
     # A free port whose cluster bus port (port + 10000) is free and a port too.
     port=$(python3 -c 'import socket
 while True:
@@ -24,17 +26,15 @@ while True:
     mkdir -p "$cluster_dir/$port"
     redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
       --cluster-config-file nodes.conf --save "" --appendonly no --dir "$cluster_dir/$port" \
-      --daemonize yes --logfile "$cluster_dir/$port/redis.log" --pidfile "$cluster_dir/$port/redis.pid"
-    cluster_ports+=("$port")
-    addrs+=("127.0.0.1:$port")
-  done
-  for port in "${cluster_ports[@]}"; do
-    for _ in $(seq 1 200); do
-      [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ] && break
-      sleep 0.1
-    done
-    [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ] ||
-      { echo "a Redis Cluster node did not start: $(tail -3 "$cluster_dir/$port/redis.log")" >&2; return 1; }
+      --logfile "$cluster_dir/$port/redis.log" >/dev/null 2>&1 &
+    pid=$!
+    if cluster_node_up "$port" "$pid"; then
+      cluster_ports+=("$port")
+      addrs+=("127.0.0.1:$port")
+    else
+      echo "a Redis Cluster node did not start on $port: $(tail -1 "$cluster_dir/$port/redis.log")" >&2
+      kill "$pid" 2>/dev/null || true
+    fi
   done
   redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
   for port in "${cluster_ports[@]}"; do
@@ -47,6 +47,20 @@ while True:
   done
   cluster_nodes=$(printf 'redis://%s,' "${addrs[@]}")
   cluster_nodes=${cluster_nodes%,}
+}
+
+# Whether the node started as process PID serves PORT: the server answering there reports that
+# process id. A port found free can be taken by another process before redis-server binds it; the
+# node then stops, and another server (another Redis) may be the one answering.
+cluster_node_up() {
+  local port=$1 pid=$2
+  for _ in $(seq 1 200); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    redis-cli -h 127.0.0.1 -p "$port" info server 2>/dev/null | tr -d '\r' |
+      grep -qx "process_id:$pid" && return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 cluster_stop() {
