@@ -164,21 +164,46 @@ impl Admin {
             .map(|v| v as u64))
     }
 
-    /// The CPU time the server has used so far, in seconds, from its own `/metrics` (`None`
-    /// when it does not say, on another listener or another system).
-    pub async fn cpu_seconds(&mut self) -> anyhow::Result<Option<f64>> {
-        self.metric("process_cpu_seconds_total").await
+    /// The CPU time the server has used so far and the requests it has served, from one read
+    /// of its own `/metrics` (`None` when it does not say: on another listener, or on a system
+    /// without the counter).
+    pub async fn usage(&mut self) -> anyhow::Result<Option<Usage>> {
+        let answer = self.conn.get("/metrics", None).await?;
+        let text = String::from_utf8_lossy(&answer.body);
+        let Some(cpu_seconds) = series(&text, "process_cpu_seconds_total").next() else {
+            return Ok(None);
+        };
+        Ok(Some(Usage {
+            cpu_seconds,
+            requests: series(&text, "http_requests_total").sum(),
+        }))
     }
 
     /// The value of an unlabelled series on the server's `/metrics`.
     async fn metric(&mut self, name: &str) -> anyhow::Result<Option<f64>> {
         let answer = self.conn.get("/metrics", None).await?;
         let text = String::from_utf8_lossy(&answer.body);
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok()))
+        Ok(series(&text, name).next())
     }
+}
+
+/// What a server has spent and served so far.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub requests: f64,
+}
+
+/// The values of every series of the family `name` in a Prometheus text exposition.
+fn series<'t>(text: &'t str, name: &'t str) -> impl Iterator<Item = f64> + 't {
+    text.lines().filter_map(move |l| {
+        let rest = l.strip_prefix(name)?;
+        let value = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.rsplit_once('}')?.1,
+            None => rest.strip_prefix(' ')?,
+        };
+        value.trim().parse().ok()
+    })
 }
 
 /// Sums quantities per key.
@@ -190,4 +215,25 @@ pub fn totals<K: std::hash::Hash + Eq>(
         *map.entry(k).or_default() += u64::from(q);
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_is_read_with_and_without_labels() {
+        let text = "# HELP http_requests_total x\n\
+                    # TYPE http_requests_total counter\n\
+                    http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 100\n\
+                    http_requests_total{method=\"POST\",route=\"/a{b}\",status=\"409\"} 23\n\
+                    http_requests_total_other 5\n\
+                    process_cpu_seconds_total 1.25\n";
+        assert_eq!(series(text, "http_requests_total").sum::<f64>(), 123.0);
+        assert_eq!(
+            series(text, "process_cpu_seconds_total").collect::<Vec<_>>(),
+            [1.25]
+        );
+        assert_eq!(series(text, "process_resident_memory_bytes").count(), 0);
+    }
 }

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::ReserveArgs;
-use crate::api::{Admin, totals};
+use crate::api::{Admin, Usage, totals};
 use crate::http::{Answer, Target};
 use crate::load::{KeepAnswer, MakeRequest, Spec, hammer};
 use crate::stats::{Checks, Summary};
@@ -38,23 +38,39 @@ pub struct Outcome {
 
 /// The server's CPU time per request in each phase, from its CPU time at the phases' edges,
 /// and their ratio: the share of the throughput ratio that is the server's own, since the load
-/// generator shares the machine and spends more on some requests than on others.
+/// generator shares the machine and spends more on some requests than on others. Only when the
+/// server that answered `/metrics` served every request of the phases: behind a load balancer it
+/// is one of several, and its CPU is not the requests'.
 fn cpu_per_request(
-    [start, between, end]: [Option<f64>; 3],
+    [start, between, end]: [Option<Usage>; 3],
     baseline: Option<&Summary>,
     load: &Summary,
 ) -> Option<String> {
-    let micros = |seconds: f64, phase: &Summary| seconds * 1e6 / phase.requests.max(1) as f64;
-    let reservation = micros(end? - between?, load);
+    let (between, end) = (between?, end?);
+    let spent = |from: Usage, to: Usage, phase: &Summary| {
+        let sent = phase.requests.max(1) as f64;
+        if to.requests - from.requests < sent {
+            return Err(format!(
+                "server CPU per request: not shown, the server that answered /metrics served \
+                 {:.0} of the phase's {sent:.0} requests",
+                to.requests - from.requests
+            ));
+        }
+        Ok((to.cpu_seconds - from.cpu_seconds) * 1e6 / sent)
+    };
+    let reservation = match spent(between, end, load) {
+        Ok(micros) => micros,
+        Err(line) => return Some(line),
+    };
     Some(match baseline {
-        Some(base) => {
-            let healthz = micros(between? - start?, base);
-            format!(
+        Some(base) => match spent(start?, between, base) {
+            Ok(healthz) => format!(
                 "server CPU per request: healthz {healthz:.1} us, reservation {reservation:.1} us; \
                  healthz / reservation = {:.2}",
                 healthz / reservation.max(f64::MIN_POSITIVE)
-            )
-        }
+            ),
+            Err(line) => line,
+        },
         None => format!("server CPU per request: reservation {reservation:.1} us"),
     })
 }
@@ -122,7 +138,7 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
 
     // The server's CPU time at each phase's edges: what it spent per request, whatever the load
     // generator beside it on the same machine spent.
-    let cpu_at_start = admin.cpu_seconds().await?;
+    let cpu_at_start = admin.usage().await?;
     let baseline = if args.no_baseline {
         None
     } else {
@@ -147,7 +163,7 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
         Some(summary)
     };
 
-    let cpu_after_baseline = admin.cpu_seconds().await?;
+    let cpu_after_baseline = admin.usage().await?;
 
     let path: Arc<str> = Arc::from(format!("/api/v1/flash-sales/{sale_id}/reservations"));
     let bodies: Arc<Vec<Bytes>> = Arc::new(
@@ -220,7 +236,7 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
             load.throughput() / base.throughput().max(1.0)
         ));
     }
-    let cpu_at_end = admin.cpu_seconds().await?;
+    let cpu_at_end = admin.usage().await?;
     if let Some(line) = cpu_per_request(
         [cpu_at_start, cpu_after_baseline, cpu_at_end],
         baseline.as_ref(),
@@ -387,4 +403,66 @@ async fn check(
         ),
     );
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(requests: u64) -> Summary {
+        Summary {
+            name: "phase".into(),
+            requests,
+            errors: 0,
+            elapsed: Duration::from_secs(1),
+            p50: Duration::ZERO,
+            p90: Duration::ZERO,
+            p99: Duration::ZERO,
+            max: Duration::ZERO,
+            answers: Default::default(),
+        }
+    }
+
+    fn at(cpu_seconds: f64, requests: f64) -> Option<Usage> {
+        Some(Usage {
+            cpu_seconds,
+            requests,
+        })
+    }
+
+    #[test]
+    fn cpu_per_request_is_the_phases_cpu_over_its_requests() {
+        let (base, load) = (phase(1000), phase(500));
+        let line = cpu_per_request(
+            [at(1.0, 10.0), at(1.012, 1011.0), at(1.021, 1512.0)],
+            Some(&base),
+            &load,
+        );
+        assert_eq!(
+            line.as_deref(),
+            Some(
+                "server CPU per request: healthz 12.0 us, reservation 18.0 us; \
+                 healthz / reservation = 0.67"
+            )
+        );
+    }
+
+    #[test]
+    fn nothing_is_claimed_for_a_server_that_served_part_of_the_requests() {
+        // Behind a balancer: the instance answering /metrics served a third of each phase.
+        let (base, load) = (phase(900), phase(900));
+        let line = cpu_per_request(
+            [at(1.0, 0.0), at(1.004, 300.0), at(1.008, 600.0)],
+            Some(&base),
+            &load,
+        )
+        .unwrap();
+        assert!(line.contains("not shown"), "{line}");
+        assert!(line.contains("served 300 of the phase's 900"), "{line}");
+        // A server that does not export its CPU time: no line at all.
+        assert_eq!(
+            cpu_per_request([None, None, None], Some(&base), &load),
+            None
+        );
+    }
 }
