@@ -80,16 +80,17 @@ fn answered_by(port: u16, node: &Child) -> bool {
 /// Waits until `node` answers on `port`: true, or false if it stopped first (its port was
 /// taken). A port found free can be taken by another process before redis-server binds it; then
 /// another server (another test's Redis) may answer there, which is why the answer's process id
-/// is checked, not just that something answers.
+/// is checked, not just that something answers. Past `deadline` it panics, so that the callers'
+/// tries with another port (or the same one again) are bounded too.
 fn wait_until_serving(port: u16, node: &mut Child, deadline: Instant) -> bool {
     loop {
+        assert!(Instant::now() < deadline, "redis on {port} did not start");
         if answered_by(port, node) {
             return true;
         }
         if node.try_wait().ok().flatten().is_some() {
             return false;
         }
-        assert!(Instant::now() < deadline, "redis on {port} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -164,7 +165,6 @@ impl LocalRedis {
                 return;
             }
             // The port was not free yet: try again.
-            assert!(Instant::now() < deadline, "redis on {port} did not restart");
         }
     }
 

@@ -168,8 +168,7 @@ impl Admin {
     /// of its own `/metrics` (`None` when it does not say: on another listener, or on a system
     /// without the counter).
     pub async fn usage(&mut self) -> anyhow::Result<Option<Usage>> {
-        let answer = self.conn.get("/metrics", None).await?;
-        let text = String::from_utf8_lossy(&answer.body);
+        let text = self.scrape().await?;
         let Some(cpu_seconds) = series(&text, "process_cpu_seconds_total").next() else {
             return Ok(None);
         };
@@ -181,9 +180,13 @@ impl Admin {
 
     /// The value of an unlabelled series on the server's `/metrics`.
     async fn metric(&mut self, name: &str) -> anyhow::Result<Option<f64>> {
+        Ok(series(&self.scrape().await?, name).next())
+    }
+
+    /// The server's `/metrics`, as text.
+    async fn scrape(&mut self) -> anyhow::Result<String> {
         let answer = self.conn.get("/metrics", None).await?;
-        let text = String::from_utf8_lossy(&answer.body);
-        Ok(series(&text, name).next())
+        Ok(String::from_utf8_lossy(&answer.body).into_owned())
     }
 }
 
