@@ -25,40 +25,67 @@ use flashmart_postgres::PgStore;
 use flashmart_postgres::testing::TestSchema;
 use time::{Duration, OffsetDateTime};
 
+/// Written with `replayed` or without (a batch of new decisions is inserted without `ON
+/// CONFLICT`, and written again keeping what is there when some were there after all), twice in
+/// one batch and again in later batches beside a new one, each reservation is stored once.
 #[tokio::test]
 async fn a_decided_reservation_is_stored_once_however_often_it_is_written() {
     let w = World::new().await;
     let (store, t0, sale, user) = (&w.store, w.t0, &w.sale, &w.user);
     let record = reservation(sale, user, 2, t0);
+    let later = reservation(sale, user, 1, t0 + Duration::seconds(1));
+    let last = reservation(sale, user, 1, t0 + Duration::seconds(2));
     let id = record.id;
-    let op = || {
-        JournalOp::Record(Box::new(written(
-            &record,
+    let op = |r: &ReservationRecord, replayed| JournalOp::Record {
+        reservation: Box::new(written(
+            r,
             user,
             Some(IdempotencyRecord {
-                key: "k".into(),
+                key: format!("k{}", r.id),
                 fingerprint: [1; 16],
             }),
-        )))
+        )),
+        replayed,
     };
-    // Twice in one batch, then in a later batch (a retry with the key, or a worker).
-    store.commit(&[op(), op()]).await.unwrap();
-    store.commit(&[op()]).await.unwrap();
-    assert_eq!(store.reservation(id).await.unwrap(), Some(record));
+    // Twice in one batch, as new decisions both (a worker and the instance at once).
+    store
+        .commit(&[op(&record, false), op(&record, false)])
+        .await
+        .unwrap();
+    // A retry with the key, replayed by the engine.
+    store.commit(&[op(&record, true)]).await.unwrap();
+    // A new decision beside one already stored (a worker was quicker), and the other way
+    // round with the stored one marked replayed.
+    store
+        .commit(&[op(&later, false), op(&record, false)])
+        .await
+        .unwrap();
+    store
+        .commit(&[op(&record, true), op(&last, false)])
+        .await
+        .unwrap();
+    for r in [&record, &later, &last] {
+        assert_eq!(store.reservation(r.id).await.unwrap().as_ref(), Some(r));
+    }
     let listed = store
         .reservations(sale.id, PageRequest::default(), None)
         .await
         .unwrap();
-    assert_eq!(listed.total, 1);
+    assert_eq!(listed.total, 3);
     let orders = store
         .orders_of(user.id, None, PageRequest::default())
         .await
         .unwrap();
-    assert_eq!(orders.total, 1);
-    assert_eq!(orders.items[0].lines.len(), 1);
-    assert_eq!(orders.items[0].total.cents(), 600);
+    assert_eq!(orders.total, 3);
+    let first = orders
+        .items
+        .iter()
+        .find(|o| *o.id.as_uuid() == *id.as_uuid())
+        .unwrap();
+    assert_eq!(first.lines.len(), 1);
+    assert_eq!(first.total.cents(), 600);
     let stats = store.stats(sale.id).await.unwrap();
-    assert_eq!(stats.reserved, 2);
+    assert_eq!(stats.reserved, 4);
 }
 
 /// A schema of its own, the store on it and a pool for looking behind the store's back, with
@@ -338,7 +365,10 @@ async fn order_events_are_written_once_an_endpoint_wants_them() {
     let record = |n: i64| reservation(sale, user, 1, t0 + Duration::seconds(n));
     // As the in-process engine and as a shared engine queue them.
     let reserve = |r: &ReservationRecord| JournalOp::Reserve(Box::new(written(r, user, None)));
-    let decided = |r: &ReservationRecord| JournalOp::Record(Box::new(written(r, user, None)));
+    let decided = |r: &ReservationRecord| JournalOp::Record {
+        reservation: Box::new(written(r, user, None)),
+        replayed: false,
+    };
 
     // No endpoint: the first batch (in a transaction) finds none, the second is one statement.
     let first = record(0);

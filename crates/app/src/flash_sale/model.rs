@@ -195,7 +195,14 @@ pub enum JournalOp {
     /// already (a retry of the same `Idempotency-Key`, or a worker catching up from the
     /// engine's log write the same reservation again, identically). Only stores that serve a
     /// shared engine take it.
-    Record(Box<NewReservation>),
+    Record {
+        reservation: Box<NewReservation>,
+        /// The engine's answer was replayed for its `Idempotency-Key`: the reservation is most
+        /// likely stored already (by the request that first used the key), and is written again
+        /// only in case that write failed. A store may take a cheaper way for a batch in which
+        /// no reservation is expected to be there.
+        replayed: bool,
+    },
 }
 
 #[derive(Debug, Clone)]

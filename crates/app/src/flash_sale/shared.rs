@@ -176,7 +176,10 @@ impl Shared {
         )
         .ok_or(SaleError::ItemNotFound)?;
         let record = Arc::clone(&decided.record);
-        let op = JournalOp::Record(Box::new(decided));
+        let op = JournalOp::Record {
+            reservation: Box::new(decided),
+            replayed,
+        };
         // Once stored, its log entry can go: no writer needs to read it.
         let logged = logged.map(|entry| (sale_id, entry));
         let Some(committed) = slot.send_logged(op, logged, self.core.settings.ack == Ack::Database)
@@ -404,11 +407,11 @@ impl Shared {
                             .into(),
                         )
                     })?;
-                    writes.push(
-                        self.core
-                            .commit
-                            .submit(JournalOp::Record(Box::new(decided))),
-                    );
+                    // Not stored when looked up just now: expected not to be there.
+                    writes.push(self.core.commit.submit(JournalOp::Record {
+                        reservation: Box::new(decided),
+                        replayed: false,
+                    }));
                 }
                 written += writes.len();
                 for done in futures_util::future::join_all(writes).await {

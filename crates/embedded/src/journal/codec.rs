@@ -75,7 +75,7 @@ pub(crate) fn encode(ops: &[JournalOp]) -> Result<Encoded, StoreError> {
                 body.extend_from_slice(&micros(*at).to_le_bytes());
             }
             JournalOp::Purchase { .. } => {}
-            JournalOp::Record(_) => {
+            JournalOp::Record { .. } => {
                 // The embedded store serves only the in-process engine (configuration refuses
                 // a shared engine without PostgreSQL).
                 return Err(StoreError::Other(
