@@ -79,6 +79,10 @@ impl ReservationJournal for PgStore {
             {
                 // Some were there after all (a log writer was quicker): nothing of the failed
                 // statement stays, and the batch is written again keeping what is there.
+                tracing::debug!(
+                    reservations = batch.len(),
+                    "a batch of decided reservations met some already stored; written again"
+                );
                 written =
                     insert_reservations(&mut conn, batch, Conflicts::Skip, Hooks::Refuse).await;
             }
