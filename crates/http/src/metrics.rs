@@ -10,15 +10,29 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Batch size buckets (reservations or writes a batch): powers of two up to the applier's
+/// largest transaction (8,192).
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            // Histograms with buckets, never summaries: a summary's quantiles cannot be added
+            // up across instances, and keep a sketch per series that costs every record.
             let builder = || {
                 PrometheusBuilder::new()
                     .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(
+                            Matcher::Suffix("_batch_size".to_owned()),
+                            BATCH_SIZE_BUCKETS,
+                        )
+                    })
                     .unwrap_or_else(|_| PrometheusBuilder::new())
             };
             let handle = builder().install_recorder().unwrap_or_else(|err| {
@@ -174,6 +188,29 @@ fn describe() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every histogram the server records is exported with buckets (a summary's quantiles
+    /// cannot be added up across instances).
+    #[test]
+    fn durations_and_batch_sizes_are_histograms_with_buckets() {
+        let handle = prometheus();
+        metrics::histogram!("metrics_test_wait_seconds").record(0.003);
+        metrics::histogram!("metrics_test_batch_size").record(24.0);
+        let text = handle.render();
+        for (family, bucket) in [
+            ("metrics_test_wait_seconds", "le=\"0.005\"} 1"),
+            ("metrics_test_batch_size", "le=\"32\"} 1"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} histogram\n")),
+                "{family} in:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("{family}_bucket{{{bucket}")),
+                "{family} in:\n{text}"
+            );
+        }
+    }
 
     #[cfg(unix)]
     #[test]
