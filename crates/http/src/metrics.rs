@@ -23,10 +23,11 @@ pub fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             // Histograms with buckets, never summaries: a summary's quantiles cannot be added
-            // up across instances, and keep a sketch per series that costs every record.
+            // up across instances, and keep a sketch per series that costs every record. Any
+            // histogram gets the duration buckets unless its name says otherwise.
             let builder = || {
                 PrometheusBuilder::new()
-                    .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                    .set_buckets(LATENCY_BUCKETS)
                     .and_then(|b| {
                         b.set_buckets_for_metric(
                             Matcher::Suffix("_batch_size".to_owned()),
@@ -190,16 +191,19 @@ mod tests {
     use super::*;
 
     /// Every histogram the server records is exported with buckets (a summary's quantiles
-    /// cannot be added up across instances).
+    /// cannot be added up across instances): durations' and batch sizes' of their own, any
+    /// other the durations'.
     #[test]
-    fn durations_and_batch_sizes_are_histograms_with_buckets() {
+    fn every_histogram_has_buckets() {
         let handle = prometheus();
         metrics::histogram!("metrics_test_wait_seconds").record(0.003);
         metrics::histogram!("metrics_test_batch_size").record(24.0);
+        metrics::histogram!("metrics_test_other").record(0.2);
         let text = handle.render();
         for (family, bucket) in [
             ("metrics_test_wait_seconds", "le=\"0.005\"} 1"),
             ("metrics_test_batch_size", "le=\"32\"} 1"),
+            ("metrics_test_other", "le=\"0.25\"} 1"),
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} histogram\n")),
