@@ -144,6 +144,12 @@ impl Conn {
         })
     }
 
+    /// Replaces the connection with a new one to the same server (after a request on it failed).
+    pub async fn reconnect(&mut self) -> anyhow::Result<()> {
+        *self = Self::open(&self.target).await?;
+        Ok(())
+    }
+
     /// Sends one request; a closed connection is reopened once.
     pub async fn send(
         &mut self,

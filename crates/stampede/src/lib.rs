@@ -61,6 +61,12 @@ pub struct ReserveArgs {
     /// Skip the /healthz baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// The phases in turns: the requests are split into this many rounds, each its share of
+    /// /healthz requests and then its share of the reservations, on the same connections, so
+    /// that both kinds of request meet the same moments of a shared, noisy machine. The figures
+    /// are those of all rounds together; 1 sends every /healthz request first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
 }
 
 #[derive(Debug, Clone, Args)]

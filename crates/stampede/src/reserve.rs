@@ -18,8 +18,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::ReserveArgs;
 use crate::api::{Admin, Usage, totals};
 use crate::http::{Answer, Target};
-use crate::load::{KeepAnswer, MakeRequest, Spec, hammer};
-use crate::stats::{Checks, Summary};
+use crate::load::{KeepAnswer, MakeRequest, Phase, Spec, connect, hammer};
+use crate::stats::{Checks, Recorder, Summary};
 
 /// An accepted reservation as the client saw it.
 #[derive(Debug, Clone)]
@@ -36,34 +36,51 @@ pub struct Outcome {
     pub report: Vec<String>,
 }
 
-/// The server's CPU time per request in each phase, from its CPU time at the phases' edges,
-/// and their ratio: the share of the throughput ratio that is the server's own, since the load
-/// generator shares the machine and spends more on some requests than on others. Only when the
-/// server that answered `/metrics` served every request of the phases: behind a load balancer it
-/// is one of several, and its CPU is not the requests'.
+/// What the server spent and served over the phases of one kind, summed from its counters at
+/// each phase's edges; `None` once any edge could not be read (a server without
+/// `process_cpu_seconds_total`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    cpu_seconds: f64,
+    served: f64,
+}
+
+impl Spent {
+    fn add(total: Option<Self>, from: Option<Usage>, to: Option<Usage>) -> Option<Self> {
+        let (total, from, to) = (total?, from?, to?);
+        Some(Self {
+            cpu_seconds: total.cpu_seconds + (to.cpu_seconds - from.cpu_seconds),
+            served: total.served + (to.requests - from.requests),
+        })
+    }
+}
+
+/// The server's CPU time per request of each kind, and their ratio: the share of the throughput
+/// ratio that is the server's own, since the load generator shares the machine and spends more
+/// on some requests than on others. Only when the server that answered `/metrics` served every
+/// request of the phases: behind a load balancer it is one of several, and its CPU is not the
+/// requests'.
 fn cpu_per_request(
-    [start, between, end]: [Option<Usage>; 3],
-    baseline: Option<&Summary>,
-    load: &Summary,
+    healthz: Option<(Spent, &Summary)>,
+    reservation: (Option<Spent>, &Summary),
 ) -> Option<String> {
-    let (between, end) = (between?, end?);
-    let spent = |from: Usage, to: Usage, phase: &Summary| {
+    let per_request = |spent: Spent, phase: &Summary| {
         let sent = phase.requests.max(1) as f64;
-        if to.requests - from.requests < sent {
+        if spent.served < sent {
             return Err(format!(
                 "server CPU per request: not shown, the server that answered /metrics served \
                  {:.0} of the phase's {sent:.0} requests",
-                to.requests - from.requests
+                spent.served
             ));
         }
-        Ok((to.cpu_seconds - from.cpu_seconds) * 1e6 / sent)
+        Ok(spent.cpu_seconds * 1e6 / sent)
     };
-    let reservation = match spent(between, end, load) {
+    let reservation = match per_request(reservation.0?, reservation.1) {
         Ok(micros) => micros,
         Err(line) => return Some(line),
     };
-    Some(match baseline {
-        Some(base) => match spent(start?, between, base) {
+    Some(match healthz {
+        Some((spent, base)) => match per_request(spent, base) {
             Ok(healthz) => format!(
                 "server CPU per request: healthz {healthz:.1} us, reservation {reservation:.1} us; \
                  healthz / reservation = {:.2}",
@@ -73,6 +90,16 @@ fn cpu_per_request(
         },
         None => format!("server CPU per request: reservation {reservation:.1} us"),
     })
+}
+
+/// Answers a second in one phase.
+fn rate<T>(phase: &Phase<T>) -> f64 {
+    let secs = phase.elapsed.as_secs_f64();
+    if secs > 0.0 {
+        phase.recorder.answered() as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 fn rfc3339(t: OffsetDateTime) -> anyhow::Result<String> {
@@ -136,35 +163,6 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
         }
     ));
 
-    // The server's CPU time at each phase's edges: what it spent per request, whatever the load
-    // generator beside it on the same machine spent.
-    let cpu_at_start = admin.usage().await?;
-    let baseline = if args.no_baseline {
-        None
-    } else {
-        let make: MakeRequest = Arc::new(|_| Spec {
-            method: Method::GET,
-            path: Arc::from("/healthz"),
-            token: None,
-            body: None,
-            idempotency_key: None,
-        });
-        let keep: KeepAnswer<()> = Arc::new(|_, _| None);
-        let (summary, _) = hammer(
-            "healthz",
-            &target,
-            requests,
-            args.concurrency,
-            deadline,
-            make,
-            keep,
-        )
-        .await?;
-        Some(summary)
-    };
-
-    let cpu_after_baseline = admin.usage().await?;
-
     let path: Arc<str> = Arc::from(format!("/api/v1/flash-sales/{sale_id}/reservations"));
     let bodies: Arc<Vec<Bytes>> = Arc::new(
         (1..=args.items)
@@ -176,7 +174,7 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
     let n = args.buyers as u64;
     let items = u64::from(args.items);
     let with_keys = args.idempotency_keys;
-    let make: MakeRequest = {
+    let reserve: MakeRequest = {
         let (buyers, bodies, path) = (Arc::clone(&buyers), Arc::clone(&bodies), Arc::clone(&path));
         Arc::new(move |i| {
             let buyer = (i % n) as usize;
@@ -217,16 +215,73 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
             quantity: reserved.data.quantity,
         })
     });
-    let (load, accepted) = hammer(
-        "reserve",
-        &target,
-        requests,
-        args.concurrency,
-        deadline,
-        make,
-        keep,
-    )
-    .await?;
+    let healthz: MakeRequest = Arc::new(|_| Spec {
+        method: Method::GET,
+        path: Arc::from("/healthz"),
+        token: None,
+        body: None,
+        idempotency_key: None,
+    });
+    let ignore: KeepAnswer<()> = Arc::new(|_, _| None);
+
+    // Round by round, a share of the `/healthz` requests and then the same share of the
+    // reservations, on the same connections; the server's CPU time read at each phase's edges,
+    // so that what it spent per request is known whatever the load generator beside it spent.
+    let rounds = u64::from(args.rounds).clamp(1, requests.max(1));
+    let mut conns = connect(&target, args.concurrency).await?;
+    let (mut base_recorder, mut base_elapsed) = (Recorder::default(), Duration::ZERO);
+    let (mut load_recorder, mut load_elapsed) = (Recorder::default(), Duration::ZERO);
+    let mut accepted = Vec::new();
+    let (mut base_spent, mut load_spent) = (Some(Spent::default()), Some(Spent::default()));
+    let mut each_round = Vec::new();
+    for round in 0..rounds {
+        let range = requests * round / rounds..requests * (round + 1) / rounds;
+        let mut edge = admin.usage().await?;
+        let mut base_rate = None;
+        if !args.no_baseline {
+            let phase = hammer(
+                "healthz",
+                &mut conns,
+                range.clone(),
+                deadline,
+                Arc::clone(&healthz),
+                Arc::clone(&ignore),
+            )
+            .await?;
+            let after = admin.usage().await?;
+            base_spent = Spent::add(base_spent, edge, after);
+            edge = after;
+            base_rate = Some(rate(&phase));
+            base_elapsed += phase.elapsed;
+            base_recorder.merge(phase.recorder);
+        }
+        let phase = hammer(
+            "reserve",
+            &mut conns,
+            range,
+            deadline,
+            Arc::clone(&reserve),
+            Arc::clone(&keep),
+        )
+        .await?;
+        load_spent = Spent::add(load_spent, edge, admin.usage().await?);
+        if let Some(base_rate) = base_rate {
+            each_round.push(format!("{:.0} / {base_rate:.0}", rate(&phase)));
+        }
+        load_elapsed += phase.elapsed;
+        load_recorder.merge(phase.recorder);
+        accepted.extend(phase.kept);
+        if round + 1 < rounds {
+            // What the server does after answering (an embedded server writes the answered
+            // reservations from its outbox into the tables) finishes before the next round, as
+            // after the last round: the sale's figures are read once it has (every read waits
+            // for it), so that the next `/healthz` share does not pay for it.
+            admin.stats(&sale_id).await?;
+        }
+    }
+    drop(conns);
+    let baseline = (!args.no_baseline).then(|| base_recorder.finish("healthz", base_elapsed));
+    let load = load_recorder.finish("reserve", load_elapsed);
 
     if let Some(base) = &baseline {
         report.push(format!(
@@ -235,12 +290,16 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
             base.throughput(),
             load.throughput() / base.throughput().max(1.0)
         ));
+        if rounds > 1 {
+            report.push(format!(
+                "  in {rounds} rounds, each /healthz then reservations (req/s): {}",
+                each_round.join(", ")
+            ));
+        }
     }
-    let cpu_at_end = admin.usage().await?;
     if let Some(line) = cpu_per_request(
-        [cpu_at_start, cpu_after_baseline, cpu_at_end],
-        baseline.as_ref(),
-        &load,
+        baseline.as_ref().and_then(|b| Some((base_spent?, b))),
+        (load_spent, &load),
     ) {
         report.push(line);
     }
@@ -423,20 +482,35 @@ mod tests {
         }
     }
 
-    fn at(cpu_seconds: f64, requests: f64) -> Option<Usage> {
-        Some(Usage {
+    fn spent(cpu_seconds: f64, served: f64) -> Spent {
+        Spent {
             cpu_seconds,
-            requests,
-        })
+            served,
+        }
+    }
+
+    #[test]
+    fn spends_add_up_over_the_rounds_until_an_edge_is_missing() {
+        let at = |cpu_seconds, requests| {
+            Some(Usage {
+                cpu_seconds,
+                requests,
+            })
+        };
+        let total = Spent::add(Some(Spent::default()), at(1.0, 10.0), at(1.5, 110.0));
+        let total = Spent::add(total, at(2.0, 200.0), at(2.25, 300.0)).unwrap();
+        assert!((total.cpu_seconds - 0.75).abs() < 1e-9, "{total:?}");
+        assert!((total.served - 200.0).abs() < 1e-9, "{total:?}");
+        assert!(Spent::add(Some(total), None, at(3.0, 400.0)).is_none());
+        assert!(Spent::add(None, at(3.0, 400.0), at(4.0, 500.0)).is_none());
     }
 
     #[test]
     fn cpu_per_request_is_the_phases_cpu_over_its_requests() {
         let (base, load) = (phase(1000), phase(500));
         let line = cpu_per_request(
-            [at(1.0, 10.0), at(1.012, 1011.0), at(1.021, 1512.0)],
-            Some(&base),
-            &load,
+            Some((spent(0.012, 1001.0), &base)),
+            (Some(spent(0.009, 501.0)), &load),
         );
         assert_eq!(
             line.as_deref(),
@@ -452,17 +526,13 @@ mod tests {
         // Behind a balancer: the instance answering /metrics served a third of each phase.
         let (base, load) = (phase(900), phase(900));
         let line = cpu_per_request(
-            [at(1.0, 0.0), at(1.004, 300.0), at(1.008, 600.0)],
-            Some(&base),
-            &load,
+            Some((spent(0.004, 300.0), &base)),
+            (Some(spent(0.004, 300.0)), &load),
         )
         .unwrap();
         assert!(line.contains("not shown"), "{line}");
         assert!(line.contains("served 300 of the phase's 900"), "{line}");
         // A server that does not export its CPU time: no line at all.
-        assert_eq!(
-            cpu_per_request([None, None, None], Some(&base), &load),
-            None
-        );
+        assert_eq!(cpu_per_request(None, (None, &load)), None);
     }
 }

@@ -22,6 +22,11 @@ impl Recorder {
         *self.answers.entry((status, code)).or_default() += 1;
     }
 
+    /// Requests answered so far.
+    pub fn answered(&self) -> u64 {
+        self.latencies_us.len() as u64
+    }
+
     /// A request that got no HTTP answer (connection refused or reset).
     pub fn error(&mut self) {
         self.errors += 1;

@@ -212,6 +212,11 @@ fn stampede_reserve_passes_its_checks() {
     assert!(stdout.contains("result: all invariants hold"), "{stdout}");
     assert!(stdout.contains("[PASS] exact sell-out"), "{stdout}");
     assert!(stdout.contains("reservation throughput / healthz throughput"));
+    // The two kinds of request in turns, five rounds of each by default.
+    assert!(
+        stdout.contains("  in 5 rounds, each /healthz then reservations (req/s): "),
+        "{stdout}"
+    );
     // The server's own CPU per request in each phase, read from its `/metrics`.
     let cpu = stdout
         .lines()
