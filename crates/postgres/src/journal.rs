@@ -37,17 +37,10 @@ impl ReservationJournal for PgStore {
             .collect();
         // Decided by a shared engine: written again identically by a retry or a worker, so a
         // row already there is the same row.
-        let mut replays = false;
         let decided: Vec<&NewReservation> = ops
             .iter()
             .filter_map(|op| match op {
-                JournalOp::Record {
-                    reservation,
-                    replayed,
-                } => {
-                    replays |= replayed;
-                    Some(&**reservation)
-                }
+                JournalOp::Record { reservation, .. } => Some(&**reservation),
                 _ => None,
             })
             .collect();
@@ -57,6 +50,10 @@ impl ReservationJournal for PgStore {
         let only = if reservations.len() == ops.len() {
             Some((&reservations, Conflicts::Fail))
         } else if decided.len() == ops.len() {
+            // A replayed answer's reservation is most likely there already.
+            let replays = ops
+                .iter()
+                .any(|op| matches!(op, JournalOp::Record { replayed: true, .. }));
             Some((
                 &decided,
                 if replays {

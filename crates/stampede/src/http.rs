@@ -160,7 +160,7 @@ impl Conn {
         extra: Option<(&'static str, &HeaderValue)>,
     ) -> anyhow::Result<Answer> {
         if self.sender.is_closed() {
-            *self = Self::open(&self.target).await?;
+            self.reconnect().await?;
         }
         let mut builder = Request::builder()
             .method(method.clone())

@@ -13,7 +13,7 @@ use hyper::Method;
 use hyper::header::HeaderValue;
 
 use crate::http::{Answer, Conn, Target};
-use crate::stats::{Progress, Recorder};
+use crate::stats::{Progress, Recorder, per_second};
 
 /// One request to send.
 #[derive(Debug, Clone)]
@@ -34,6 +34,13 @@ pub struct Phase<T> {
     pub recorder: Recorder,
     pub elapsed: Duration,
     pub kept: Vec<T>,
+}
+
+impl<T> Phase<T> {
+    /// Answers a second.
+    pub fn throughput(&self) -> f64 {
+        per_second(self.recorder.answered(), self.elapsed)
+    }
 }
 
 /// `concurrency` connections to `target`, opened before any phase starts.

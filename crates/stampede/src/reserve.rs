@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::ReserveArgs;
 use crate::api::{Admin, Usage, totals};
 use crate::http::{Answer, Target};
-use crate::load::{KeepAnswer, MakeRequest, Phase, Spec, connect, hammer};
+use crate::load::{KeepAnswer, MakeRequest, Spec, connect, hammer};
 use crate::stats::{Checks, Recorder, Summary};
 
 /// An accepted reservation as the client saw it.
@@ -90,16 +90,6 @@ fn cpu_per_request(
         },
         None => format!("server CPU per request: reservation {reservation:.1} us"),
     })
-}
-
-/// Answers a second in one phase.
-fn rate<T>(phase: &Phase<T>) -> f64 {
-    let secs = phase.elapsed.as_secs_f64();
-    if secs > 0.0 {
-        phase.recorder.answered() as f64 / secs
-    } else {
-        0.0
-    }
 }
 
 fn rfc3339(t: OffsetDateTime) -> anyhow::Result<String> {
@@ -251,7 +241,7 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
             let after = admin.usage().await?;
             base_spent = Spent::add(base_spent, edge, after);
             edge = after;
-            base_rate = Some(rate(&phase));
+            base_rate = Some(phase.throughput());
             base_elapsed += phase.elapsed;
             base_recorder.merge(phase.recorder);
         }
@@ -266,7 +256,7 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
         .await?;
         load_spent = Spent::add(load_spent, edge, admin.usage().await?);
         if let Some(base_rate) = base_rate {
-            each_round.push(format!("{:.0} / {base_rate:.0}", rate(&phase)));
+            each_round.push(format!("{:.0} / {base_rate:.0}", phase.throughput()));
         }
         load_elapsed += phase.elapsed;
         load_recorder.merge(phase.recorder);

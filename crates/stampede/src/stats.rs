@@ -80,13 +80,14 @@ pub struct Summary {
 
 impl Summary {
     pub fn throughput(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.requests as f64 / secs
-        } else {
-            0.0
-        }
+        per_second(self.requests, self.elapsed)
     }
+}
+
+/// `count` over `elapsed`, or 0 when no time passed.
+pub fn per_second(count: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
 fn ms(d: Duration) -> String {
