@@ -48,9 +48,7 @@ impl TraceId {
 
     /// The trace id of the request being served, or a fresh one outside of any request.
     pub fn current() -> Self {
-        CURRENT_TRACE_ID
-            .try_with(Clone::clone)
-            .unwrap_or_else(|_| Self::random())
+        crate::observe::CurrentRequest::with(|r| r.trace_id().clone()).unwrap_or_else(Self::random)
     }
 
     pub fn as_str(&self) -> &str {
@@ -111,10 +109,6 @@ impl fmt::Debug for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TraceId({})", self.0)
     }
-}
-
-tokio::task_local! {
-    pub(crate) static CURRENT_TRACE_ID: TraceId;
 }
 
 /// A successful answer: the envelope's schema in the OpenAPI document.

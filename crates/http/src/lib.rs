@@ -28,6 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
 pub use error::ApiError;
+pub use observe::CurrentRequest;
 pub use state::{AppServices, AppState, HttpSettings, Probes};
 
 #[derive(OpenApi)]

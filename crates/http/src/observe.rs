@@ -1,7 +1,7 @@
 //! The one middleware every request passes through: it gives the request its trace id (in a
-//! task-local, a tracing span and the `x-request-id` header), counts and times it by route
-//! template, logs server errors once, and puts any error response a framework layer produced on
-//! its own (405, 413, …) into the envelope.
+//! task-local, the `x-request-id` header and, at `debug` or when spans are exported, a tracing
+//! span), counts and times it by route template, logs server errors once, and puts any error
+//! response a framework layer produced on its own (405, 413, …) into the envelope.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 
-use crate::envelope::{CURRENT_TRACE_ID, TraceId};
+use crate::envelope::TraceId;
 use crate::error::{ApiError, ErrorCause};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,6 +35,38 @@ fn remote_parent(p: &crate::envelope::TraceParent<'_>) -> Option<opentelemetry::
         TraceState::default(),
     );
     Some(opentelemetry::Context::new().with_remote_span_context(context))
+}
+
+/// The request being served, as its log lines name it: its trace id, method and route template.
+#[derive(Debug, Clone)]
+pub struct CurrentRequest {
+    trace_id: TraceId,
+    method: Method,
+    route: Option<MatchedPath>,
+}
+
+impl CurrentRequest {
+    /// The request served by the calling task, if it is serving one.
+    pub fn with<R>(f: impl FnOnce(&Self) -> R) -> Option<R> {
+        CURRENT_REQUEST.try_with(f).ok()
+    }
+
+    pub fn trace_id(&self) -> &TraceId {
+        &self.trace_id
+    }
+
+    pub fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    /// The route's template (`/api/v1/products/{id}`), or `unmatched`.
+    pub fn route(&self) -> &str {
+        self.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str)
+    }
+}
+
+tokio::task_local! {
+    pub(crate) static CURRENT_REQUEST: CurrentRequest;
 }
 
 /// W3C Trace Context: the caller's trace, which the request joins.
@@ -90,13 +122,19 @@ where
             .or_else(|| headers.get(REQUEST_ID).and_then(TraceId::from_header))
             .unwrap_or_else(TraceId::random);
         let remote_parent = caller.and_then(|p| remote_parent(&p));
-        let method = req.method().clone();
-        let route = req.extensions().get::<MatchedPath>().cloned();
-        let span = tracing::info_span!(
+        let current = CurrentRequest {
+            trace_id,
+            method: req.method().clone(),
+            route: req.extensions().get::<MatchedPath>().cloned(),
+        };
+        // At `debug` only: at `info` a span would cost every request a few microseconds to
+        // make, enter and close, for log lines that are rare; those take the request's trace id,
+        // method and route from the task-local instead (the server's log formatter).
+        let span = tracing::debug_span!(
             "request",
-            trace_id = %trace_id,
-            method = %method,
-            route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
+            trace_id = %current.trace_id,
+            method = %current.method,
+            route = current.route(),
         );
         if let Some(parent) = remote_parent {
             // Joins the caller's trace (in OpenTelemetry, when it exports; a no-op otherwise).
@@ -104,11 +142,11 @@ where
         }
         tracing::trace!(parent: &span, "request started");
         // The inner layers' own work (the rate limits' refusal, say) and the envelope put on the
-        // answer run inside the trace id's scope and the span, as the handler does: an error
-        // answer carries the request's id.
+        // answer run inside the request's scope and span, as the handler does: an error answer
+        // carries the request's id.
         let inner = &mut self.inner;
-        let enveloped: Enveloped<S::Future> = CURRENT_TRACE_ID
-            .sync_scope(trace_id.clone(), || {
+        let enveloped: Enveloped<S::Future> = CURRENT_REQUEST
+            .sync_scope(current.clone(), || {
                 let _entered = span.enter();
                 inner.call(req)
             })
@@ -117,12 +155,10 @@ where
                 Ok(into_envelope(response))
             });
         ObserveFuture {
-            inner: CURRENT_TRACE_ID.scope(trace_id.clone(), enveloped.instrument(span.clone())),
+            inner: CURRENT_REQUEST.scope(current.clone(), enveloped.instrument(span.clone())),
             request: Some(Observed {
                 started,
-                trace_id,
-                method,
-                route,
+                current,
                 span,
             }),
         }
@@ -132,16 +168,14 @@ where
 /// What the answer is logged and counted with.
 struct Observed {
     started: Instant,
-    trace_id: TraceId,
-    method: Method,
-    route: Option<MatchedPath>,
+    current: CurrentRequest,
     span: tracing::Span,
 }
 
 pin_project_lite::pin_project! {
     pub struct ObserveFuture<F> {
         #[pin]
-        inner: TaskLocalFuture<TraceId, Instrumented<Enveloped<F>>>,
+        inner: TaskLocalFuture<CurrentRequest, Instrumented<Enveloped<F>>>,
         request: Option<Observed>,
     }
 }
@@ -169,7 +203,11 @@ impl Observed {
         let status = response.status();
         let elapsed = self.started.elapsed();
         if let Some(ErrorCause(cause)) = response.extensions_mut().remove::<ErrorCause>() {
-            tracing::error!(parent: &self.span, status = status.as_u16(), %cause, "request failed");
+            // Outside the handler's scope by now: logged in one of its own, so that the line
+            // names the request.
+            CURRENT_REQUEST.sync_scope(self.current.clone(), || {
+                tracing::error!(parent: &self.span, status = status.as_u16(), %cause, "request failed");
+            });
         } else {
             tracing::debug!(
                 parent: &self.span,
@@ -180,14 +218,10 @@ impl Observed {
         }
         response
             .headers_mut()
-            .insert(REQUEST_ID, self.trace_id.header_value());
-        let route = self
-            .route
-            .as_ref()
-            .map_or(UNMATCHED, MatchedPath::as_str)
-            .to_owned();
+            .insert(REQUEST_ID, self.current.trace_id.header_value());
+        let route = self.current.route().to_owned();
         let labels = [
-            ("method", method_label(&self.method).to_owned()),
+            ("method", method_label(&self.current.method).to_owned()),
             ("route", route),
             ("status", status.as_u16().to_string()),
         ];

@@ -79,6 +79,42 @@ async fn the_readme_run_command_serves_healthz_from_a_fresh_directory() {
     assert!(server.terminate().success(), "SIGTERM is a clean exit");
 }
 
+/// At the default level the request's span is not made (it costs every request), yet a line
+/// written while serving a request still names it: trace id, method and route, where the span
+/// would have put them.
+#[tokio::test]
+async fn a_line_logged_while_serving_a_request_names_it_at_the_default_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["demo"], &[]);
+    let client = reqwest::Client::new();
+    let login = server
+        .login(&client, "admin@demo.flashmart.dev", "demo-admin-pass")
+        .await;
+    let first = login["data"]["refresh_token"].as_str().unwrap().to_owned();
+    let refresh = |token: String| {
+        client
+            .post(format!("{}/api/v1/auth/refresh", server.base))
+            .json(&serde_json::json!({ "refresh_token": token }))
+            .send()
+    };
+    assert_eq!(refresh(first.clone()).await.unwrap().status(), 200);
+    // The same refresh token again: the session is revoked, with a warning in the log.
+    let reused = refresh(first).await.unwrap();
+    assert_eq!(reused.status(), 401);
+    let trace_id = reused.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let line = server.wait_for(|v| v["message"] == "refresh token reused; session revoked");
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["span"]["trace_id"], trace_id.as_str(), "{line}");
+    assert_eq!(line["span"]["method"], "POST", "{line}");
+    assert_eq!(line["span"]["route"], "/api/v1/auth/refresh", "{line}");
+    assert_eq!(line["span"]["name"], "request", "{line}");
+    assert!(server.terminate().success());
+}
+
 #[test]
 fn bad_config_fails_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
