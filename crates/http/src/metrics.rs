@@ -18,6 +18,11 @@ const BATCH_SIZE_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Whether `prometheus` has installed the recorder (or found another one installed).
+pub(crate) fn installed() -> bool {
+    HANDLE.get().is_some()
+}
+
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn prometheus() -> PrometheusHandle {
     HANDLE

@@ -308,6 +308,45 @@ async fn metrics_label_requests_by_route_template() {
     assert!(text.contains("http_request_duration_seconds_bucket{"));
 }
 
+/// Every answer counts once in its series, the first and every one after it (each worker thread
+/// keeps the series it has found).
+#[tokio::test]
+async fn every_answer_counts_in_its_series() {
+    let app = TestApp::start().await;
+    // The request counter's and the duration histogram's count for one series.
+    let counts = |text: &str| -> [u64; 2] {
+        [
+            "http_requests_total{",
+            "http_request_duration_seconds_count{",
+        ]
+        .map(|name| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(name)
+                        && l.contains("method=\"GET\"")
+                        && l.contains("route=\"/api/v1/products/{id}\"")
+                        && l.contains("status=\"404\"")
+                })
+                .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        })
+    };
+    let before = counts(&app.get("/metrics").send().await.text());
+    let product = "01930000-0000-7000-8000-00000000beef";
+    for _ in 0..7 {
+        app.get(&format!("/api/v1/products/{product}"))
+            .send()
+            .await
+            .assert_error(StatusCode::NOT_FOUND, 20001);
+    }
+    let text = app.get("/metrics").send().await.text();
+    let after = counts(&text);
+    assert_eq!(
+        [after[0] - before[0], after[1] - before[1]],
+        [7, 7],
+        "{text}"
+    );
+}
+
 /// Made-up methods share one label: no client can grow the label set.
 #[tokio::test]
 async fn metric_labels_stay_bounded_whatever_clients_send() {
