@@ -14,7 +14,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use flashmart_http::CurrentRequest;
-
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracerProvider};
