@@ -270,6 +270,10 @@ pub struct HttpConfig {
     pub request_timeout_secs: u64,
     /// How long a stopping server waits for requests in flight before it closes them.
     pub shutdown_grace_secs: u64,
+    /// Connections the kernel queues for each listener until the server accepts them; a
+    /// connection beyond them is refused for now and its client tries again a second or more
+    /// later. Linux takes at most `net.core.somaxconn` (4096 by default).
+    pub listen_backlog: u32,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client. Empty:
     /// the connection's own address is the client, whatever the header says.
     pub trusted_proxies: Vec<String>,
@@ -445,6 +449,7 @@ impl Default for HttpConfig {
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             shutdown_grace_secs: 10,
+            listen_backlog: 4096,
             trusted_proxies: Vec::new(),
         }
     }
@@ -588,6 +593,9 @@ impl Config {
         };
         if self.http.body_limit_bytes < 1024 {
             return invalid("http.body_limit_bytes", "must be at least 1024");
+        }
+        if !(1..=65_535).contains(&self.http.listen_backlog) {
+            return invalid("http.listen_backlog", "must be between 1 and 65535");
         }
         if self.http.request_timeout_secs == 0 {
             return invalid("http.request_timeout_secs", "must be at least 1");
@@ -842,6 +850,8 @@ mod tests {
                 "auth.access_ttl_secs",
             ),
             ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[http]\nlisten_backlog = 0\n", "http.listen_backlog"),
+            ("[http]\nlisten_backlog = 70000\n", "http.listen_backlog"),
             ("[http]\nadr = \"127.0.0.1:1\"\n", "adr"),
             ("[auth]\njwt_secret = \"short\"\n", "auth.jwt_secret"),
             ("[rate_limit]\nenabled = \"maybe\"\n", "rate_limit.enabled"),

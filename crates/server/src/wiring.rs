@@ -23,7 +23,7 @@ use flashmart_http::state::LoadTest;
 use flashmart_http::streams::{EventStreams, Shutdown, StreamLimits};
 use flashmart_http::{AppServices, AppState, HttpSettings, Probes};
 use flashmart_sandbox::Sandbox;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{Config, GroupLimitConfig, ProviderChoice};
@@ -330,7 +330,8 @@ pub async fn serve(
     } else {
         services.records.claim_sole_engine().await?
     };
-    let public = bind(config.http.addr, "http.addr").await?;
+    let backlog = config.http.listen_backlog;
+    let public = bind(config.http.addr, backlog, "http.addr")?;
     let addr = public.local_addr()?;
     if let Some(sandbox) = &services.sandbox {
         if config.payments.notify_url.is_none() {
@@ -358,12 +359,12 @@ pub async fn serve(
     let mut listeners = vec![("http", public, main_router)];
     let (mut ops_addr, mut compat_addr) = (None, None);
     if let Some(wanted) = config.ops.addr {
-        let ops = bind(wanted, "ops.addr").await?;
+        let ops = bind(wanted, backlog, "ops.addr")?;
         ops_addr = Some(ops.local_addr()?.to_string());
         listeners.push(("ops", ops, services.ops_router()));
     }
     if config.compat.contest && roles.api {
-        let compat = bind(config.compat.addr, "compat.addr").await?;
+        let compat = bind(config.compat.addr, backlog, "compat.addr")?;
         compat_addr = Some(compat.local_addr()?.to_string());
         listeners.push(("compat", compat, services.compat_router()));
     }
@@ -452,10 +453,24 @@ pub async fn serve(
     Ok(())
 }
 
-async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {key} {addr}"))
+/// A listener on `addr` whose kernel queue holds `backlog` connections not yet accepted (std's
+/// and tokio's `bind` ask for 128, which the opening second of a sale overflows: each connection
+/// the queue cannot take waits a second or more for its client to try again).
+pub(crate) fn bind(addr: SocketAddr, backlog: u32, key: &str) -> anyhow::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = socket?;
+        // As std's `bind` does on Unix: a restarted server gets its port back at once.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    listen().with_context(|| format!("binding {key} {addr}"))
 }
 
 /// SIGTERM and SIGINT, listened for from the moment this is made: made before the server says
@@ -494,5 +509,50 @@ impl StopSignals {
             std::future::pending::<()>().await;
         }
         tracing::info!("shutdown signal received; draining");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A sale's opening burst of new connections all wait in the kernel's queue until the server
+    /// gets to them: none is dropped for the client to send again a second later. The listener
+    /// accepts nothing here, so every connection must fit in its queue (the kernel lets it hold
+    /// one more than asked). With the 128 that `bind` asks for by default, the 129th connection
+    /// would never be answered.
+    #[tokio::test]
+    async fn a_listener_queues_an_opening_burst_of_connections() {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(4096);
+        let burst = somaxconn.min(1000);
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 4096, "http.addr").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connections = Vec::with_capacity(burst);
+        let connected = tokio::time::timeout(Duration::from_secs(20), async {
+            for _ in 0..burst {
+                connections.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+        })
+        .await;
+        assert!(
+            connected.is_ok(),
+            "{} of {burst} connections made without being accepted",
+            connections.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_names_its_key() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind(taken.local_addr().unwrap(), 16, "compat.addr").unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("binding compat.addr 127.0.0.1:"),
+            "{err:#}"
+        );
     }
 }
