@@ -92,6 +92,34 @@ fn cpu_per_request(
     })
 }
 
+/// The CPU time this process (the load generator) has used so far, user and system together,
+/// in seconds; `None` where `getrusage` is not there.
+fn own_cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        Some(seconds(usage.user_time()) + seconds(usage.system_time()))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// The load generator's own CPU time per request of each kind: with the server's, what the
+/// throughput ratio is made of on a machine both share.
+fn own_cpu_per_request(healthz: Option<(f64, &Summary)>, reservation: (f64, &Summary)) -> String {
+    let per_request = |seconds: f64, phase: &Summary| seconds * 1e6 / phase.requests.max(1) as f64;
+    let reservation = per_request(reservation.0, reservation.1);
+    match healthz {
+        Some((seconds, base)) => format!(
+            "load generator CPU per request: healthz {:.1} us, reservation {reservation:.1} us",
+            per_request(seconds, base)
+        ),
+        None => format!("load generator CPU per request: reservation {reservation:.1} us"),
+    }
+}
+
 fn rfc3339(t: OffsetDateTime) -> anyhow::Result<String> {
     Ok(t.format(&Rfc3339)?)
 }
@@ -223,10 +251,14 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
     let (mut load_recorder, mut load_elapsed) = (Recorder::default(), Duration::ZERO);
     let mut accepted = Vec::new();
     let (mut base_spent, mut load_spent) = (Some(Spent::default()), Some(Spent::default()));
+    let (mut base_own, mut load_own) = (Some(0.0), Some(0.0));
+    let add_own =
+        |total: Option<f64>, from: Option<f64>, to: Option<f64>| Some(total? + to? - from?);
     let mut each_round = Vec::new();
     for round in 0..rounds {
         let range = requests * round / rounds..requests * (round + 1) / rounds;
         let mut edge = admin.usage().await?;
+        let mut own_edge = own_cpu_seconds();
         let mut base_rate = None;
         if !args.no_baseline {
             let phase = hammer(
@@ -238,9 +270,12 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
                 Arc::clone(&ignore),
             )
             .await?;
+            let own_after = own_cpu_seconds();
             let after = admin.usage().await?;
             base_spent = Spent::add(base_spent, edge, after);
+            base_own = add_own(base_own, own_edge, own_after);
             edge = after;
+            own_edge = own_cpu_seconds();
             base_rate = Some(phase.throughput());
             base_elapsed += phase.elapsed;
             base_recorder.merge(phase.recorder);
@@ -254,6 +289,7 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
             Arc::clone(&keep),
         )
         .await?;
+        load_own = add_own(load_own, own_edge, own_cpu_seconds());
         load_spent = Spent::add(load_spent, edge, admin.usage().await?);
         if let Some(base_rate) = base_rate {
             each_round.push(format!("{:.0} / {base_rate:.0}", phase.throughput()));
@@ -292,6 +328,10 @@ pub async fn run(args: &ReserveArgs) -> anyhow::Result<Outcome> {
         (load_spent, &load),
     ) {
         report.push(line);
+    }
+    if let Some(load_own) = load_own {
+        let base_own = baseline.as_ref().and_then(|b| Some((base_own?, b)));
+        report.push(own_cpu_per_request(base_own, (load_own, &load)));
     }
     let rss_after = admin.resident_memory().await?;
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
@@ -509,6 +549,21 @@ mod tests {
                  healthz / reservation = 0.67"
             )
         );
+    }
+
+    #[test]
+    fn the_load_generators_cpu_is_per_request_of_each_phase() {
+        let (base, load) = (phase(1000), phase(500));
+        assert_eq!(
+            own_cpu_per_request(Some((0.0064, &base)), (0.0041, &load)),
+            "load generator CPU per request: healthz 6.4 us, reservation 8.2 us"
+        );
+        assert_eq!(
+            own_cpu_per_request(None, (0.0041, &load)),
+            "load generator CPU per request: reservation 8.2 us"
+        );
+        // Its own clock is there wherever the stampede runs.
+        assert!(own_cpu_seconds().is_some_and(|s| s > 0.0));
     }
 
     #[test]
