@@ -92,15 +92,14 @@ fn cpu_per_request(
     })
 }
 
-/// The CPU time this process (the load generator) has used so far, user and system together,
-/// in seconds; `None` where `getrusage` is not there.
+/// The CPU time this process (the load generator) has used so far, every thread's, in seconds;
+/// `None` where the system has no such clock.
 fn own_cpu_seconds() -> Option<f64> {
     #[cfg(unix)]
     {
-        use nix::sys::resource::{UsageWho, getrusage};
-        let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
-        let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-        Some(seconds(usage.user_time()) + seconds(usage.system_time()))
+        use nix::time::{ClockId, clock_gettime};
+        let spent = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).ok()?;
+        Some(spent.tv_sec() as f64 + spent.tv_nsec() as f64 / 1e9)
     }
     #[cfg(not(unix))]
     None
