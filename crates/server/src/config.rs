@@ -270,9 +270,9 @@ pub struct HttpConfig {
     pub request_timeout_secs: u64,
     /// How long a stopping server waits for requests in flight before it closes them.
     pub shutdown_grace_secs: u64,
-    /// Connections the kernel queues for each listener until the server accepts them; a
-    /// connection beyond them is refused for now and its client tries again a second or more
-    /// later. Linux takes at most `net.core.somaxconn` (4096 by default).
+    /// Connections the kernel queues for each listener until the server accepts them; the
+    /// opening packet of a connection beyond them is dropped, and its client sends it again a
+    /// second or more later. Linux takes at most `net.core.somaxconn` (4096 by default).
     pub listen_backlog: u32,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client. Empty:
     /// the connection's own address is the client, whatever the header says.

@@ -456,7 +456,7 @@ pub async fn serve(
 /// A listener on `addr` whose kernel queue holds `backlog` connections not yet accepted (std's
 /// and tokio's `bind` ask for 128, which the opening second of a sale overflows: each connection
 /// the queue cannot take waits a second or more for its client to try again).
-pub(crate) fn bind(addr: SocketAddr, backlog: u32, key: &str) -> anyhow::Result<TcpListener> {
+fn bind(addr: SocketAddr, backlog: u32, key: &str) -> anyhow::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
