@@ -331,6 +331,17 @@ pub async fn serve(
         services.records.claim_sole_engine().await?
     };
     let backlog = config.http.listen_backlog;
+    if let Some(cap) = std::fs::read_to_string(SOMAXCONN)
+        .ok()
+        .and_then(|text| kernel_cap(backlog, &text))
+    {
+        tracing::warn!(
+            wanted = backlog,
+            cap,
+            "the kernel holds at most {cap} connections not yet accepted per listener \
+             (net.core.somaxconn), fewer than http.listen_backlog"
+        );
+    }
     let public = bind(config.http.addr, backlog, "http.addr")?;
     let addr = public.local_addr()?;
     if let Some(sandbox) = &services.sandbox {
@@ -453,6 +464,15 @@ pub async fn serve(
     Ok(())
 }
 
+/// Where Linux keeps the most connections a listener's queue may hold.
+const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+
+/// The kernel's cap on a listen queue, read from `somaxconn`'s text, when it is below `wanted`.
+fn kernel_cap(wanted: u32, somaxconn: &str) -> Option<u32> {
+    let cap = somaxconn.trim().parse::<u32>().ok()?;
+    (cap < wanted).then_some(cap)
+}
+
 /// A listener on `addr` whose kernel queue holds `backlog` connections not yet accepted (std's
 /// and tokio's `bind` ask for 128, which the opening second of a sale overflows: each connection
 /// the queue cannot take waits a second or more for its client to try again).
@@ -525,7 +545,7 @@ mod tests {
     /// would never be answered.
     #[tokio::test]
     async fn a_listener_queues_an_opening_burst_of_connections() {
-        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        let somaxconn = std::fs::read_to_string(SOMAXCONN)
             .ok()
             .and_then(|text| text.trim().parse::<usize>().ok())
             .unwrap_or(4096);
@@ -544,6 +564,14 @@ mod tests {
             "{} of {burst} connections made without being accepted",
             connections.len()
         );
+    }
+
+    #[test]
+    fn a_kernel_cap_below_the_backlog_is_told() {
+        assert_eq!(kernel_cap(4096, "128\n"), Some(128));
+        assert_eq!(kernel_cap(4096, "4096\n"), None);
+        assert_eq!(kernel_cap(1024, "4096"), None);
+        assert_eq!(kernel_cap(4096, "not a number"), None);
     }
 
     #[tokio::test]
