@@ -541,8 +541,8 @@ mod tests {
     /// A sale's opening burst of new connections all wait in the kernel's queue until the server
     /// gets to them: none is dropped for the client to send again a second later. The listener
     /// accepts nothing here, so every connection must fit in its queue (the kernel lets it hold
-    /// one more than asked). With the 128 that `bind` asks for by default, the 129th connection
-    /// would never be answered.
+    /// one more than asked). With the 128 that std's and tokio's own `bind` ask for, the 129th
+    /// connection would never be answered.
     #[tokio::test]
     async fn a_listener_queues_an_opening_burst_of_connections() {
         let somaxconn = std::fs::read_to_string(SOMAXCONN)
