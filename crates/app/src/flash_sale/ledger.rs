@@ -22,6 +22,11 @@ use tokio::sync::watch;
 
 use crate::flash_sale::model::{BuyerId, LiveSaleState, Released, SaleRecord};
 
+/// How long a shared engine's sold-out answer for an item is given again by this instance
+/// without asking the engine (see [`LiveSale::sold_out_lately`]). Stock that comes back through
+/// another instance (an expiry or a cancellation there) is on sale here at most this much later.
+pub const SOLD_OUT_MEMO_MS: u64 = 20;
+
 /// What subscribers of a sale's events see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaleSnapshot {
@@ -35,6 +40,40 @@ struct LiveItem {
     price_cents: i64,
     /// For the order line's name snapshot, so the journal needs no lookup per reservation.
     name: Arc<str>,
+    /// With a shared engine: the engine answered this item sold out lately (see
+    /// [`LiveSale::sold_out_lately`]); 0 when it did not.
+    sold_out: AtomicU64,
+}
+
+/// A memo of a shared engine's sold-out answer in one `u64`: until when it holds (Unix
+/// milliseconds, the high 44 bits, good for five centuries) and the smallest quantity that was
+/// refused (the low 20 bits; a larger quantity is not remembered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SoldOutMemo {
+    until_ms: u64,
+    quantity: u32,
+}
+
+impl SoldOutMemo {
+    const QUANTITY_BITS: u32 = 20;
+    const QUANTITY_MASK: u64 = (1 << Self::QUANTITY_BITS) - 1;
+
+    fn pack(self) -> Option<u64> {
+        let quantity = u64::from(self.quantity);
+        (quantity <= Self::QUANTITY_MASK && self.until_ms < 1 << (64 - Self::QUANTITY_BITS))
+            .then_some((self.until_ms << Self::QUANTITY_BITS) | quantity)
+    }
+
+    fn unpack(packed: u64) -> Self {
+        Self {
+            until_ms: packed >> Self::QUANTITY_BITS,
+            quantity: u32::try_from(packed & Self::QUANTITY_MASK).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+fn unix_ms(at: OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 /// One sale as the ledger holds it.
@@ -47,6 +86,9 @@ pub struct LiveSale {
     remaining: AtomicU64,
     buyers: DashMap<BuyerId, u32>,
     snapshots: watch::Sender<SaleSnapshot>,
+    /// With a shared engine: how often stock came back through this instance (a settlement),
+    /// so that a sold-out answer decided before the stock came back is not remembered after.
+    returns: AtomicU64,
 }
 
 /// Stock taken for one reservation, not yet durable. `give_back` returns it.
@@ -92,6 +134,7 @@ impl LiveSale {
                     remaining: AtomicU32::new(remaining),
                     price_cents: item.price_cents,
                     name: Arc::clone(&item.name),
+                    sold_out: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -112,6 +155,7 @@ impl LiveSale {
             remaining: AtomicU64::new(remaining_total),
             buyers,
             snapshots,
+            returns: AtomicU64::new(0),
         }
     }
 
@@ -213,6 +257,65 @@ impl LiveSale {
             .map(|i| i.remaining.load(Ordering::Acquire))
     }
 
+    /// With a shared engine: whether it answered item `no` sold out for `quantity` (or less)
+    /// less than [`SOLD_OUT_MEMO_MS`] milliseconds before `now`, and no stock came back through this instance
+    /// since. Such a request is answered sold out without asking the engine again: once an
+    /// item is gone, the rush that follows costs the engine one request per item per instance
+    /// every [`SOLD_OUT_MEMO_MS`] milliseconds, not one per buyer.
+    pub fn sold_out_lately(&self, no: u32, quantity: u32, now: OffsetDateTime) -> bool {
+        let Some(item) = self.item_at(no) else {
+            return false;
+        };
+        let memo = SoldOutMemo::unpack(item.sold_out.load(Ordering::SeqCst));
+        memo.quantity <= quantity && unix_ms(now) < memo.until_ms
+    }
+
+    /// Where stock comes back through this instance now, for [`Self::remember_sold_out`].
+    pub fn returns_seen(&self) -> u64 {
+        self.returns.load(Ordering::SeqCst)
+    }
+
+    /// Remembers the engine's sold-out answer for `quantity` of item `no`, decided at `now`,
+    /// unless stock came back through this instance since `returns_seen` was read (before the
+    /// engine was asked).
+    pub fn remember_sold_out(
+        &self,
+        no: u32,
+        quantity: u32,
+        now: OffsetDateTime,
+        returns_seen: u64,
+    ) {
+        let Some(item) = self.item_at(no) else {
+            return;
+        };
+        let until_ms = unix_ms(now).saturating_add(SOLD_OUT_MEMO_MS);
+        let Some(packed) = (SoldOutMemo { until_ms, quantity }).pack() else {
+            return;
+        };
+        item.sold_out.store(packed, Ordering::SeqCst);
+        // Stored, then checked: a settlement that came meanwhile either sees the memo and
+        // clears it, or counted its return before this check, which then clears the memo.
+        if self.returns.load(Ordering::SeqCst) != returns_seen {
+            let _ = item
+                .sold_out
+                .compare_exchange(packed, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    /// Stock came back (or may have) through this instance: every sold-out memo of the sale is
+    /// dropped, and answers decided before now are not remembered.
+    pub fn stock_returned(&self) {
+        self.returns.fetch_add(1, Ordering::SeqCst);
+        for item in &self.items {
+            item.sold_out.store(0, Ordering::SeqCst);
+        }
+    }
+
+    fn item_at(&self, no: u32) -> Option<&LiveItem> {
+        let index = usize::try_from(no).ok()?.checked_sub(1)?;
+        self.items.get(index)
+    }
+
     pub fn held_by(&self, buyer: &BuyerId) -> u32 {
         self.buyers.get(buyer).map_or(0, |h| *h)
     }
@@ -241,6 +344,10 @@ impl LiveSale {
             let index = usize::try_from(*no).ok().and_then(|n| n.checked_sub(1));
             if let Some(item) = index.and_then(|i| self.items.get(i)) {
                 item.remaining.store(*left, Ordering::Release);
+                if *left > 0 {
+                    // On sale in the engine after all (a sold-out answer may be older).
+                    item.sold_out.store(0, Ordering::SeqCst);
+                }
             }
         }
         let total = self
@@ -535,5 +642,63 @@ mod tests {
         }
         // 100 buyers x limit 3 = 300 < 500: demand is capped by limits, not stock.
         assert_eq!(held, 300);
+    }
+
+    #[test]
+    fn a_sold_out_answer_is_remembered_for_a_moment_and_for_larger_quantities() {
+        let now = OffsetDateTime::now_utc();
+        let sale = Ledger::default().install(state(&[5, 5], 5, now), now);
+        assert!(!sale.sold_out_lately(1, 1, now), "nothing remembered yet");
+        sale.remember_sold_out(1, 2, now, sale.returns_seen());
+        assert!(sale.sold_out_lately(1, 2, now));
+        assert!(
+            sale.sold_out_lately(1, 3, now),
+            "more than what was refused"
+        );
+        assert!(!sale.sold_out_lately(1, 1, now), "less may still be there");
+        assert!(!sale.sold_out_lately(2, 2, now), "another item");
+        assert!(!sale.sold_out_lately(3, 2, now), "no such item");
+        let memo = Duration::milliseconds(i64::try_from(SOLD_OUT_MEMO_MS).unwrap());
+        assert!(sale.sold_out_lately(1, 2, now + memo - Duration::milliseconds(1)));
+        assert!(
+            !sale.sold_out_lately(1, 2, now + memo),
+            "the moment has passed"
+        );
+    }
+
+    #[test]
+    fn stock_coming_back_forgets_sold_out_answers_and_those_decided_before_it() {
+        let now = OffsetDateTime::now_utc();
+        let sale = Ledger::default().install(state(&[5], 5, now), now);
+        sale.remember_sold_out(1, 1, now, sale.returns_seen());
+        sale.stock_returned();
+        assert!(
+            !sale.sold_out_lately(1, 1, now),
+            "forgotten when stock came back"
+        );
+        // Asked before the stock came back, answered after: not remembered.
+        let asked = sale.returns_seen();
+        sale.stock_returned();
+        sale.remember_sold_out(1, 1, now, asked);
+        assert!(!sale.sold_out_lately(1, 1, now));
+        // The engine shows the item on sale: forgotten too.
+        sale.remember_sold_out(1, 1, now, sale.returns_seen());
+        sale.mirror(&[(1, 0)]);
+        assert!(sale.sold_out_lately(1, 1, now), "still none left");
+        sale.mirror(&[(1, 2)]);
+        assert!(!sale.sold_out_lately(1, 1, now));
+    }
+
+    #[test]
+    fn a_quantity_too_large_to_pack_is_not_remembered() {
+        let now = OffsetDateTime::now_utc();
+        let sale = Ledger::default().install(state(&[5], 5, now), now);
+        sale.remember_sold_out(1, 1 << 20, now, sale.returns_seen());
+        assert!(!sale.sold_out_lately(1, u32::MAX, now));
+        let memo = SoldOutMemo {
+            until_ms: 1_800_000_000_000,
+            quantity: 3,
+        };
+        assert_eq!(SoldOutMemo::unpack(memo.pack().unwrap()), memo);
     }
 }

@@ -95,6 +95,14 @@ impl Shared {
             self.core.counters.count(Counted::Refused(Refusal::Ended));
             return Err(Refusal::Ended.into());
         }
+        let now = self.core.clock.now();
+        // Sold out a moment ago by the engine's own answer: said again without asking it,
+        // except to a key, whose answer the engine remembers.
+        if idempotency_key.is_none() && sale.sold_out_lately(item_no, quantity, now) {
+            self.core.counters.count(Counted::Refused(Refusal::SoldOut));
+            return Err(Refusal::SoldOut.into());
+        }
+        let returns_seen = sale.returns_seen();
         // Room in the commit queue before the engine decides: a reservation decided is then
         // written at the next batch, never held back behind a full queue (the grace before a
         // lost sale is rebuilt counts on its write landing soon).
@@ -105,7 +113,7 @@ impl Shared {
             buyer,
             quantity,
             idempotency_key,
-            now: self.core.clock.now(),
+            now,
             buyer_ref: who.buyer_ref.as_deref(),
             max_keys: self.core.settings.max_idempotency_keys_per_user,
         };
@@ -144,6 +152,9 @@ impl Shared {
                 logged,
             } => (id, expires_at, replayed, logged),
             SharedDecision::Refused { refusal, replayed } => {
+                if refusal == Refusal::SoldOut && !replayed {
+                    sale.remember_sold_out(item_no, quantity, now, returns_seen);
+                }
                 self.core.counters.count(if replayed {
                     Counted::Replayed
                 } else {
@@ -462,7 +473,13 @@ impl Engine for Shared {
     }
 
     async fn settle(&self, released: &Released, to: SettleTo) -> Result<(), StoreError> {
-        self.engine.settle(released, to).await.map(|_| ())
+        let settled = self.engine.settle(released, to).await.map(|_| ());
+        // Units may be back on sale: this instance asks the engine again at once (whether
+        // the engine took them back or failed half way).
+        if let Some(sale) = self.core.ledger.get(&released.sale_id) {
+            sale.stock_returned();
+        }
+        settled
     }
 
     fn checked_out(&self, _record: &Arc<ReservationRecord>) {

@@ -187,6 +187,70 @@ async fn an_expired_reservation_frees_its_unit_for_every_instance() {
     );
 }
 
+/// Told "sold out" by Redis, an instance says it again for a moment (20 ms) without asking:
+/// a unit that comes back through another instance is on sale there once the moment has
+/// passed, or at once to a request with an `Idempotency-Key` (which Redis always answers); one
+/// that comes back through the instance itself is on sale there at once.
+#[tokio::test]
+async fn a_sold_out_answer_is_given_again_for_a_moment_without_asking_redis() {
+    let (a, b) = two_instances().await;
+    let op = operator(&a).await;
+    let sale = live_sale(&a, &op, &[1], 1).await;
+    let (first, _) = a.customer("first@example.com", "first password").await;
+    let (second, _) = b.customer("second@example.com", "second password").await;
+    let (third, _) = b.customer("third@example.com", "third password").await;
+    async fn cancel(app: &TestApp, token: &str, reserved: &crate::support::TestResponse) {
+        let order = reserved.data()["order_id"].as_str().unwrap().to_owned();
+        app.post(&format!("/api/v1/orders/{order}/cancel"))
+            .bearer(token)
+            .send()
+            .await
+            .data();
+    }
+    let keyed = |token: &str, key: &str| {
+        b.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
+            .bearer(token)
+            .header("idempotency-key", key)
+            .json(&serde_json::json!({"item_id": 1}))
+            .send()
+    };
+
+    let firsts = reserve(&a, &first, &sale, 1, 1).await;
+    assert_eq!(firsts.status, StatusCode::CREATED, "{}", firsts.text());
+    reserve(&b, &second, &sale, 1, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60004);
+    // Back in Redis through the other instance: still sold out here for the moment...
+    cancel(&a, &first, &firsts).await;
+    reserve(&b, &second, &sale, 1, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60004);
+    // ...but not to a key, which Redis answers.
+    let seconds = keyed(&second, "second-try").await;
+    assert_eq!(seconds.status, StatusCode::CREATED, "{}", seconds.text());
+    // Sold out again (by Redis's answer), then back through this instance: on sale at once.
+    reserve(&b, &third, &sale, 1, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60004);
+    cancel(&b, &second, &seconds).await;
+    let thirds = reserve(&b, &third, &sale, 1, 1).await;
+    assert_eq!(thirds.status, StatusCode::CREATED, "{}", thirds.text());
+    // Sold out on the other instance by Redis's answer, back through this one: on sale there
+    // once the moment has passed.
+    reserve(&a, &first, &sale, 1, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60004);
+    cancel(&b, &third, &thirds).await;
+    reserve(&a, &first, &sale, 1, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60004);
+    a.clock.advance(Duration::milliseconds(20));
+    assert_eq!(
+        reserve(&a, &first, &sale, 1, 1).await.status,
+        StatusCode::CREATED
+    );
+}
+
 /// Redis loses everything mid-sale (`FLUSHALL`, on a Redis of the test's own): the sale answers
 /// 503 for the grace, is then rebuilt from the records (what remains, what each buyer holds),
 /// and sells exactly its stock.
