@@ -258,10 +258,10 @@ impl LiveSale {
     }
 
     /// With a shared engine: whether it answered item `no` sold out for `quantity` (or less)
-    /// less than [`SOLD_OUT_MEMO_MS`] milliseconds before `now`, and no stock came back through this instance
-    /// since. Such a request is answered sold out without asking the engine again: once an
-    /// item is gone, the rush that follows costs the engine one request per item per instance
-    /// every [`SOLD_OUT_MEMO_MS`] milliseconds, not one per buyer.
+    /// less than [`SOLD_OUT_MEMO_MS`] milliseconds before `now`, and no stock came back
+    /// through this instance since. Such a request is answered sold out without asking the
+    /// engine again: once an item is gone, the rush that follows costs the engine one request
+    /// per item and instance every [`SOLD_OUT_MEMO_MS`] milliseconds, not one per buyer.
     pub fn sold_out_lately(&self, no: u32, quantity: u32, now: OffsetDateTime) -> bool {
         let Some(item) = self.item_at(no) else {
             return false;

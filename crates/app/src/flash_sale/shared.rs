@@ -88,14 +88,25 @@ impl Shared {
             },
         };
         let buyer = who.buyer;
-        // Ended is answered here (the engine's copy of an ended sale expires, see `retire`),
-        // except to a key, which may replay an answer given before the end.
-        let ended = sale.record.rules.window().phase(self.core.clock.now()) == SalePhase::Ended;
-        if ended && idempotency_key.is_none() {
-            self.core.counters.count(Counted::Refused(Refusal::Ended));
-            return Err(Refusal::Ended.into());
-        }
         let now = self.core.clock.now();
+        // Not started and ended are answered here, from the sale's window (which never
+        // changes, and which the engine compares with this same clock's `now`): the rush
+        // before a drop opens costs the engine nothing, and its copy of an ended sale expires
+        // (see `retire`). Except to a key, whose answer the engine remembers (or may replay
+        // from before the end).
+        let phase = sale.record.rules.window().phase(now);
+        let ended = phase == SalePhase::Ended;
+        if idempotency_key.is_none() {
+            let refusal = match phase {
+                SalePhase::Upcoming => Some(Refusal::NotStarted),
+                SalePhase::Ended => Some(Refusal::Ended),
+                SalePhase::Live => None,
+            };
+            if let Some(refusal) = refusal {
+                self.core.counters.count(Counted::Refused(refusal));
+                return Err(refusal.into());
+            }
+        }
         // Sold out a moment ago by the engine's own answer: said again without asking it,
         // except to a key, whose answer the engine remembers.
         if idempotency_key.is_none() && sale.sold_out_lately(item_no, quantity, now) {

@@ -251,6 +251,61 @@ async fn a_sold_out_answer_is_given_again_for_a_moment_without_asking_redis() {
     );
 }
 
+/// Before a sale opens the instance answers "not started" itself, from the sale's window, which
+/// the Redis script would compare with the instance's own clock all the same: the rush before a
+/// drop costs Redis nothing (shown with Redis stopped). A keyed request still goes to Redis,
+/// which remembers its answer.
+#[tokio::test]
+async fn not_started_is_answered_without_redis() {
+    let mut redis = LocalRedis::start();
+    let url = redis.urls()[0].clone();
+    let (a, b) = two_instances_with(|c| {
+        c.redis.url = Some(Secret::new(url));
+        c.rate_limit.enabled = false;
+    })
+    .await;
+    let op = operator(&a).await;
+    let now = flashmart_app::Clock::now(&a.clock);
+    let upcoming = a
+        .post("/api/v1/admin/flash-sales")
+        .bearer(&op)
+        .json(&serde_json::json!({
+            "name": "At the top of the hour",
+            "starts_at": crate::flash_sales::at(now + Duration::minutes(1)),
+            "ends_at": crate::flash_sales::at(now + Duration::hours(1)),
+            "per_user_limit": 1,
+            "items": [{"name": "Sneaker", "price_cents": 12900, "stock": 5}],
+        }))
+        .send()
+        .await;
+    assert_eq!(upcoming.status, StatusCode::CREATED, "{}", upcoming.text());
+    let upcoming = upcoming.data()["id"].as_str().unwrap().to_owned();
+    let live = live_sale(&a, &op, &[5], 1).await;
+    let (buyer, _) = b.customer("early@example.com", "early bird").await;
+    // Each instance holds both sales once it has read them.
+    for sale in [&upcoming, &live] {
+        let _ = reserve(&b, &buyer, sale, 1, 1).await;
+    }
+    let early = reserve(&b, &buyer, &upcoming, 1, 1).await;
+    early.assert_error(StatusCode::CONFLICT, 60002);
+
+    redis.stop();
+    reserve(&b, &buyer, &upcoming, 1, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, 60002);
+    // A live sale's reservation needs Redis, and so does a keyed request.
+    reserve(&b, &buyer, &live, 1, 1)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
+    b.post(&format!("/api/v1/flash-sales/{upcoming}/reservations"))
+        .bearer(&buyer)
+        .header("idempotency-key", "early")
+        .json(&serde_json::json!({"item_id": 1}))
+        .send()
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
+}
+
 /// Redis loses everything mid-sale (`FLUSHALL`, on a Redis of the test's own): the sale answers
 /// 503 for the grace, is then rebuilt from the records (what remains, what each buyer holds),
 /// and sells exactly its stock.
