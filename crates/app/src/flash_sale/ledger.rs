@@ -7,6 +7,9 @@
 //!
 //! Sales are found through a copy-on-write map (`ArcSwap`): reads take no lock, and writes (a new
 //! sale, an ended one dropped) are rare.
+//!
+//! With a shared engine (Redis) the ledger takes no stock: it mirrors the engine's, and remembers
+//! for a moment which items the engine answered sold out (`LiveSale::sold_out_lately`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
