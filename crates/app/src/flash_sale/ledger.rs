@@ -168,11 +168,7 @@ impl LiveSale {
     /// window, sold out. Taking stock checks them again; this only spares a refused request the
     /// rest of the way (a place in the commit queue).
     pub fn precheck(&self, no: u32, quantity: u32, now: OffsetDateTime) -> Result<(), HoldError> {
-        let item = usize::try_from(no)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .and_then(|i| self.items.get(i))
-            .ok_or(HoldError::NoSuchItem)?;
+        let item = self.item_at(no).ok_or(HoldError::NoSuchItem)?;
         self.record
             .rules
             .admit(now, quantity, 0)
@@ -245,7 +241,7 @@ impl LiveSale {
 
     /// Item `no`'s name and price.
     pub fn item(&self, no: u32) -> Option<(Arc<str>, i64)> {
-        let item = self.items.get(usize::try_from(no).ok()?.checked_sub(1)?)?;
+        let item = self.item_at(no)?;
         Some((Arc::clone(&item.name), item.price_cents))
     }
 
@@ -254,9 +250,7 @@ impl LiveSale {
     }
 
     pub fn item_remaining(&self, no: u32) -> Option<u32> {
-        let index = usize::try_from(no).ok()?.checked_sub(1)?;
-        self.items
-            .get(index)
+        self.item_at(no)
             .map(|i| i.remaining.load(Ordering::Acquire))
     }
 
@@ -314,6 +308,7 @@ impl LiveSale {
         }
     }
 
+    /// Item `no` (numbered from 1).
     fn item_at(&self, no: u32) -> Option<&LiveItem> {
         let index = usize::try_from(no).ok()?.checked_sub(1)?;
         self.items.get(index)
@@ -344,8 +339,7 @@ impl LiveSale {
     /// it never takes any.
     pub fn mirror(&self, remaining: &[(u32, u32)]) {
         for (no, left) in remaining {
-            let index = usize::try_from(*no).ok().and_then(|n| n.checked_sub(1));
-            if let Some(item) = index.and_then(|i| self.items.get(i)) {
+            if let Some(item) = self.item_at(*no) {
                 item.remaining.store(*left, Ordering::Release);
                 if *left > 0 {
                     // On sale in the engine after all (a sold-out answer may be older).

@@ -100,18 +100,16 @@ impl Shared {
             let refusal = match phase {
                 SalePhase::Upcoming => Some(Refusal::NotStarted),
                 SalePhase::Ended => Some(Refusal::Ended),
-                SalePhase::Live => None,
+                // Sold out a moment ago by the engine's own answer: said again without
+                // asking it.
+                SalePhase::Live => sale
+                    .sold_out_lately(item_no, quantity, now)
+                    .then_some(Refusal::SoldOut),
             };
             if let Some(refusal) = refusal {
                 self.core.counters.count(Counted::Refused(refusal));
                 return Err(refusal.into());
             }
-        }
-        // Sold out a moment ago by the engine's own answer: said again without asking it,
-        // except to a key, whose answer the engine remembers.
-        if idempotency_key.is_none() && sale.sold_out_lately(item_no, quantity, now) {
-            self.core.counters.count(Counted::Refused(Refusal::SoldOut));
-            return Err(Refusal::SoldOut.into());
         }
         let returns_seen = sale.returns_seen();
         // Room in the commit queue before the engine decides: a reservation decided is then

@@ -56,6 +56,21 @@ async fn two_instances_with(tweak: impl FnOnce(&mut Config)) -> (TestApp, TestAp
     (a, b)
 }
 
+/// One unit of item 1 of `sale`, asked for with `Idempotency-Key: key`.
+async fn reserve_keyed(
+    app: &TestApp,
+    token: &str,
+    sale: &str,
+    key: &str,
+) -> crate::support::TestResponse {
+    app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
+        .bearer(token)
+        .header("idempotency-key", key)
+        .json(&serde_json::json!({"item_id": 1, "quantity": 1}))
+        .send()
+        .await
+}
+
 /// An admin's access token.
 async fn admin(app: &TestApp) -> String {
     app.staff(
@@ -207,14 +222,6 @@ async fn a_sold_out_answer_is_given_again_for_a_moment_without_asking_redis() {
             .await
             .data();
     }
-    let keyed = |token: &str, key: &str| {
-        b.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
-            .bearer(token)
-            .header("idempotency-key", key)
-            .json(&serde_json::json!({"item_id": 1}))
-            .send()
-    };
-
     let sold_out = async |app: &TestApp, token: &str| {
         reserve(app, token, &sale, 1, 1)
             .await
@@ -228,7 +235,7 @@ async fn a_sold_out_answer_is_given_again_for_a_moment_without_asking_redis() {
     cancel(&a, &first, &firsts).await;
     sold_out(&b, &second).await;
     // ...but not to a key, which Redis answers.
-    let seconds = keyed(&second, "second-try").await;
+    let seconds = reserve_keyed(&b, &second, &sale, "second-try").await;
     assert_eq!(seconds.status, StatusCode::CREATED, "{}", seconds.text());
     // Sold out again (by Redis's answer), then back through this instance: on sale at once.
     sold_out(&b, &third).await;
@@ -292,11 +299,7 @@ async fn not_started_is_answered_without_redis() {
     reserve(&b, &buyer, &live, 1, 1)
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
-    b.post(&format!("/api/v1/flash-sales/{upcoming}/reservations"))
-        .bearer(&buyer)
-        .header("idempotency-key", "early")
-        .json(&serde_json::json!({"item_id": 1}))
-        .send()
+    reserve_keyed(&b, &buyer, &upcoming, "early")
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, 503);
 }
@@ -643,27 +646,20 @@ async fn an_ended_sale_leaves_redis_in_its_own_time() {
     let op = operator(&a).await;
     let sale = live_sale(&a, &op, &[5], 2).await;
     let (buyer, _) = a.customer("buyer@example.com", "buyer password").await;
-    let keyed = |app: &TestApp, token: &str, key: &str| {
-        app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
-            .bearer(token)
-            .header("idempotency-key", key)
-            .json(&serde_json::json!({"item_id": 1, "quantity": 1}))
-            .send()
-    };
-    let first = keyed(&a, &buyer, "before-the-end").await;
+    let first = reserve_keyed(&a, &buyer, &sale, "before-the-end").await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
     let ends_at = ends_at(&a, &sale).await;
 
     a.clock.advance(Duration::minutes(61));
     b.clock.advance(Duration::minutes(61));
     let (buyer, _) = b.login("buyer@example.com", "buyer password").await;
-    let again = keyed(&b, &buyer, "before-the-end").await;
+    let again = reserve_keyed(&b, &buyer, &sale, "before-the-end").await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
     assert_eq!(again.data(), first.data());
     reserve(&b, &buyer, &sale, 1, 1)
         .await
         .assert_error(StatusCode::CONFLICT, 60003);
-    keyed(&b, &buyer, "after-the-end")
+    reserve_keyed(&b, &buyer, &sale, "after-the-end")
         .await
         .assert_error(StatusCode::CONFLICT, 60003);
 
