@@ -65,8 +65,12 @@ pub async fn run(args: &ContestArgs) -> anyhow::Result<Outcome> {
     })?;
     let health = probe.get("/health", None).await?;
     if health.status != StatusCode::OK {
+        // Most likely the API's own address (`http.addr`), where the contest API is never
+        // served.
         bail!(
-            "GET {}/health answered {}: start the server with FLASHMART__COMPAT__CONTEST=true",
+            "{} is not the contest API (GET /health answered {}): the contest API is served \
+             only on compat.addr (127.0.0.1:8081 unless set) of a server started with \
+             FLASHMART__COMPAT__CONTEST=true, never on http.addr; pass that address as --compat",
             args.compat,
             health.status
         );

@@ -280,6 +280,24 @@ fn stampede_contest_sells_exactly_10000() {
             ("FLASHMART__RATE_LIMIT__ENABLED", "false"),
         ],
     );
+    // The API's own address given as the contest API's: refused before anything is sent,
+    // naming the address to give instead.
+    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args([
+            "stampede",
+            "contest",
+            &server.base,
+            "--compat",
+            &server.base,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is not the contest API") && stderr.contains("compat.addr"),
+        "{stderr}"
+    );
     contest_stampede(&server);
 }
 
