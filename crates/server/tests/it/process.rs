@@ -282,16 +282,7 @@ fn stampede_contest_sells_exactly_10000() {
     );
     // The API's own address given as the contest API's: refused before anything is sent,
     // naming the address to give instead.
-    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
-        .args([
-            "stampede",
-            "contest",
-            &server.base,
-            "--compat",
-            &server.base,
-        ])
-        .output()
-        .unwrap();
+    let out = run_contest(&server.base, &server.base, &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -339,20 +330,11 @@ fn contest_stampede(server: &Server) {
         eprintln!("the hour ends in under 3 minutes: the contest race waits {wait:?} for the next");
         std::thread::sleep(wait);
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_flashmart"))
-        .args([
-            "stampede",
-            "contest",
-            &server.base,
-            "--compat",
-            server.compat_base.as_deref().unwrap(),
-            "--users",
-            "1100",
-            "-c",
-            "32",
-        ])
-        .output()
-        .unwrap();
+    let out = run_contest(
+        &server.base,
+        server.compat_base.as_deref().unwrap(),
+        &["--users", "1100", "-c", "32"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -367,6 +349,15 @@ fn contest_stampede(server: &Server) {
         stdout.contains("all 10000 items checked out and purchased"),
         "{stdout}"
     );
+}
+
+/// `flashmart stampede contest API --compat COMPAT ARGS...`, run to its end.
+fn run_contest(api: &str, compat: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flashmart"))
+        .args(["stampede", "contest", api, "--compat", compat])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// A failed invariant, or a server that cannot be reached, is a non-zero exit.
