@@ -483,9 +483,12 @@ impl Engine for Shared {
 
     async fn settle(&self, released: &Released, to: SettleTo) -> Result<(), StoreError> {
         let settled = self.engine.settle(released, to).await.map(|_| ());
-        // Units may be back on sale: this instance asks the engine again at once (whether
-        // the engine took them back or failed half way).
-        if let Some(sale) = self.core.ledger.get(&released.sale_id) {
+        // Expired or cancelled, its units may be back on sale: this instance asks the engine
+        // again at once (whether the engine took them back or failed half way). A purchase
+        // gives nothing back, and keeps what this instance remembers.
+        if to != SettleTo::Purchased
+            && let Some(sale) = self.core.ledger.get(&released.sale_id)
+        {
             sale.stock_returned();
         }
         settled
