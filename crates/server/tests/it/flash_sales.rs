@@ -73,6 +73,21 @@ pub async fn reserve(
         .await
 }
 
+/// One unit of item 1 of `sale`, asked for with `Idempotency-Key: key`.
+pub async fn reserve_keyed(
+    app: &TestApp,
+    token: &str,
+    sale: &str,
+    key: &str,
+) -> crate::support::TestResponse {
+    app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
+        .bearer(token)
+        .header("idempotency-key", key)
+        .json(&json!({"item_id": 1, "quantity": 1}))
+        .send()
+        .await
+}
+
 #[tokio::test]
 async fn creating_sales_is_for_operators_and_validated() {
     let app = TestApp::start().await;
@@ -289,39 +304,26 @@ async fn idempotency_keys_are_bounded_per_buyer() {
     let op = operator(&app).await;
     let (alice, _) = app.customer("alice@example.com", "alice password").await;
     let sale = live_sale(&app, &op, &[10], 5).await;
-    let send = |sale: String, key: String| {
-        app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
-            .bearer(&alice)
-            .header("idempotency-key", &key)
-            .json(&json!({"item_id": 1, "quantity": 1}))
-            .send()
-    };
     for i in 0..50 {
-        let nowhere = "01930000-0000-7000-8000-000000000000".to_owned();
-        send(nowhere, format!("made-up-{i}"))
+        let nowhere = "01930000-0000-7000-8000-000000000000";
+        reserve_keyed(&app, &alice, nowhere, &format!("made-up-{i}"))
             .await
             .assert_error(StatusCode::NOT_FOUND, 60001);
     }
     for i in 0..3 {
-        let res = send(sale.clone(), format!("real-{i}")).await;
+        let res = reserve_keyed(&app, &alice, &sale, &format!("real-{i}")).await;
         assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
     }
-    send(sale.clone(), "one-too-many".into())
+    reserve_keyed(&app, &alice, &sale, "one-too-many")
         .await
         .assert_error(StatusCode::TOO_MANY_REQUESTS, 60011);
     // A live key still replays, and so does anyone else's.
     assert_eq!(
-        send(sale.clone(), "real-0".into()).await.status,
+        reserve_keyed(&app, &alice, &sale, "real-0").await.status,
         StatusCode::CREATED
     );
     let (bob, _) = app.customer("bob@example.com", "bob's password").await;
-    let res = app
-        .post(&format!("/api/v1/flash-sales/{sale}/reservations"))
-        .bearer(&bob)
-        .header("idempotency-key", "one-too-many")
-        .json(&json!({"item_id": 1, "quantity": 1}))
-        .send()
-        .await;
+    let res = reserve_keyed(&app, &bob, &sale, "one-too-many").await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
 }
 

@@ -8,7 +8,7 @@ use flashmart_server::Config;
 use flashmart_server::config::Secret;
 use time::Duration;
 
-use crate::flash_sales::{live_sale, operator, post_live_sale, reserve};
+use crate::flash_sales::{live_sale, operator, post_live_sale, reserve, reserve_keyed};
 use crate::support::TestApp;
 use flashmart_redis::testing::LocalRedis;
 
@@ -54,21 +54,6 @@ async fn two_instances_with(tweak: impl FnOnce(&mut Config)) -> (TestApp, TestAp
     )
     .await;
     (a, b)
-}
-
-/// One unit of item 1 of `sale`, asked for with `Idempotency-Key: key`.
-async fn reserve_keyed(
-    app: &TestApp,
-    token: &str,
-    sale: &str,
-    key: &str,
-) -> crate::support::TestResponse {
-    app.post(&format!("/api/v1/flash-sales/{sale}/reservations"))
-        .bearer(token)
-        .header("idempotency-key", key)
-        .json(&serde_json::json!({"item_id": 1, "quantity": 1}))
-        .send()
-        .await
 }
 
 /// An admin's access token.
