@@ -7,8 +7,9 @@
 //! per batch instead of once per reservation; the process sends one command instead of many.
 //!
 //! The runner is a task rather than one of the waiting requests, so that a request whose client
-//! goes away cannot take the others' answers with it. A batch is decided in order, each request
-//! as if it had been sent alone after the ones before it (see `reserve.lua`).
+//! goes away cannot take the others' answers with it; one that went away while it waited is
+//! left out of its batch. A batch is decided in order, each request as if it had been sent
+//! alone after the ones before it (see `reserve.lua`).
 
 use std::fmt::Write as _;
 
@@ -75,6 +76,15 @@ impl Batches {
         if let Some(mut queue) = self.queues.get_mut(&sale) {
             queue.running -= 1;
         }
+    }
+
+    /// How many of `sale`'s runners are running and how many requests wait for one (for
+    /// tests that need a request to be waiting).
+    #[cfg(feature = "testing")]
+    pub(crate) fn state(&self, sale: SaleId) -> (usize, usize) {
+        self.queues
+            .get(&sale)
+            .map_or((0, 0), |q| (q.running, q.waiting.len()))
     }
 
     /// Forgets an ended sale's queue when nothing is in it.
@@ -164,7 +174,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
         }
     }
 
-    async fn run_batch(&self, sale: SaleId, batch: Vec<Waiting>) {
+    async fn run_batch(&self, sale: SaleId, mut batch: Vec<Waiting>) {
+        // A request whose client went away while it waited is not sent: nobody would be told
+        // its answer, and a reservation made for it would hold stock (and count against its
+        // buyer's limit) until it expired.
+        batch.retain(|waiting| !waiting.answer.is_closed());
+        if batch.is_empty() {
+            return;
+        }
         // Every buyer's id as text in one buffer, so the requests can borrow them.
         let mut names = String::with_capacity(batch.len() * uuid::fmt::Hyphenated::LENGTH);
         for waiting in &batch {
@@ -190,8 +207,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
         match decided {
             Ok(decisions) => {
                 for (waiting, decision) in batch.into_iter().zip(decisions) {
-                    // A request gone meanwhile: its reservation is in the sale's log, which the
-                    // log writers store.
+                    // A request gone while Redis decided it: its reservation is in the sale's
+                    // log, which the log writers store.
                     let _ = waiting.answer.send(Ok(decision));
                 }
             }

@@ -48,6 +48,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
         }
     }
 
+    /// How many of `sale`'s batch runners are running and how many requests wait for one.
+    #[cfg(feature = "testing")]
+    pub fn batch_queue(&self, sale: flashmart_domain::SaleId) -> (usize, usize) {
+        self.batches.state(sale)
+    }
+
     /// The lease named `name`, on this engine's connection and under its key prefix.
     pub fn lease(&self, name: &str) -> crate::RedisLease<C> {
         crate::RedisLease::new(self.sales.prefix(), name, self.conn.clone())

@@ -188,6 +188,18 @@ impl LocalRedis {
         }
     }
 
+    /// Lets every server stopped by `freeze` go on (SIGCONT): what was sent meanwhile is
+    /// answered.
+    pub fn thaw(&self) {
+        for node in &self.nodes {
+            let resumed = Command::new("kill")
+                .args(["-CONT", &node.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(resumed.success(), "redis {} was not resumed", node.id());
+        }
+    }
+
     pub fn ports(&self) -> &[u16] {
         &self.ports
     }

@@ -1089,3 +1089,84 @@ async fn holdings_are_a_hash_table_from_the_start() {
     );
     assert!(reserved(&w.reserve(rebuilt, "bob", 1, None).await));
 }
+
+/// A request whose client goes away while it waits for its sale's batch is left out of the
+/// batch: nothing is reserved or logged for it. The two ahead of it, already in Redis when it
+/// went, are decided as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_gone_before_its_batch_is_sent_is_not_decided() {
+    use flashmart_app::flash_sale::model::BuyerId;
+    use flashmart_app::ports::{SharedDecision, SharedEngine, SharedReserve};
+
+    /// Waits until `sale`'s runners and waiting requests are as given.
+    async fn until_queue(
+        engine: &flashmart_redis::RedisEngine<redis::aio::ConnectionManager>,
+        sale: SaleId,
+        running: usize,
+        waiting: usize,
+    ) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while engine.batch_queue(sale) != (running, waiting) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue stayed at {:?}, not ({running}, {waiting})",
+                engine.batch_queue(sale)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    // A Redis of the test's own: it is stopped for a moment.
+    let redis = flashmart_redis::testing::LocalRedis::start();
+    let engine = Arc::new(
+        flashmart_redis::RedisEngine::connect(&redis.urls()[0], "test:gone:")
+            .await
+            .unwrap(),
+    );
+    let sale = SaleId::new();
+    let state = flashmart_redis::testing::live_sale_state(sale, 1, 3);
+    assert!(engine.load(&state, now()).await.unwrap());
+    let reserve = |engine: Arc<flashmart_redis::RedisEngine<_>>| {
+        tokio::spawn(async move {
+            engine
+                .reserve(&SharedReserve {
+                    sale,
+                    item_no: 1,
+                    buyer: BuyerId(uuid::Uuid::new_v4()),
+                    quantity: 1,
+                    idempotency_key: None,
+                    now: now(),
+                    buyer_ref: None,
+                    max_keys: 0,
+                })
+                .await
+        })
+    };
+    // While Redis answers nothing, two requests take the sale's two runners and a third waits.
+    redis.freeze();
+    let first = reserve(Arc::clone(&engine));
+    until_queue(&engine, sale, 1, 0).await;
+    let second = reserve(Arc::clone(&engine));
+    until_queue(&engine, sale, 2, 0).await;
+    let gone = reserve(Arc::clone(&engine));
+    until_queue(&engine, sale, 2, 1).await;
+    assert!(!first.is_finished() && !second.is_finished());
+    // Its client goes away.
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    redis.thaw();
+    for request in [first, second] {
+        let decision = request.await.unwrap().unwrap();
+        assert!(
+            matches!(decision, SharedDecision::Reserved { .. }),
+            "{decision:?}"
+        );
+    }
+    until_queue(&engine, sale, 0, 0).await;
+    assert_eq!(engine.remaining(sale).await.unwrap(), Some(vec![(1, 1)]));
+    let logged = engine
+        .take_logged(sale, "test", 10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+}
