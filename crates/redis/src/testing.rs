@@ -179,24 +179,22 @@ impl LocalRedis {
     /// Stops every server without killing it (SIGSTOP): connections stay open and nothing is
     /// answered on them, as with a Redis that hangs.
     pub fn freeze(&self) {
-        for node in &self.nodes {
-            let stopped = Command::new("kill")
-                .args(["-STOP", &node.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(stopped.success(), "redis {} was not stopped", node.id());
-        }
+        self.signal("-STOP", "stopped");
     }
 
     /// Lets every server stopped by `freeze` go on (SIGCONT): what was sent meanwhile is
     /// answered.
     pub fn thaw(&self) {
+        self.signal("-CONT", "resumed");
+    }
+
+    fn signal(&self, signal: &str, done: &str) {
         for node in &self.nodes {
-            let resumed = Command::new("kill")
-                .args(["-CONT", &node.id().to_string()])
+            let sent = Command::new("kill")
+                .args([signal, &node.id().to_string()])
                 .status()
                 .unwrap();
-            assert!(resumed.success(), "redis {} was not resumed", node.id());
+            assert!(sent.success(), "redis {} was not {done}", node.id());
         }
     }
 
