@@ -976,13 +976,31 @@ async fn a_writer_reads_new_entries_only_once_they_are_old_enough() {
     assert!(again.is_empty(), "given once: {again:?}");
 }
 
+/// One unit of item 1 of `sale` for `buyer`, asked of the engine (which batches it).
+fn one_unit(
+    sale: SaleId,
+    buyer: flashmart_app::flash_sale::model::BuyerId,
+    idempotency_key: Option<&str>,
+) -> flashmart_app::ports::SharedReserve<'_> {
+    flashmart_app::ports::SharedReserve {
+        sale,
+        item_no: 1,
+        buyer,
+        quantity: 1,
+        idempotency_key,
+        now: now(),
+        buyer_ref: None,
+        max_keys: 0,
+    }
+}
+
 /// Through the engine, concurrent requests go to Redis in batches: exactly the stock is sold,
 /// each buyer once, and a request the script cannot store is refused alone, never failing the
 /// batch it would have joined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_requests_through_the_engine_batches_sell_exactly_the_stock() {
     use flashmart_app::flash_sale::model::BuyerId;
-    use flashmart_app::ports::{SharedDecision, SharedEngine, SharedReserve};
+    use flashmart_app::ports::{SharedDecision, SharedEngine};
 
     let mut w = World::new().await;
     let engine = Arc::new(
@@ -1003,18 +1021,7 @@ async fn racing_requests_through_the_engine_batches_sell_exactly_the_stock() {
             tasks.push(tokio::spawn(async move {
                 let bad = round == 0 && i % 50 == 0;
                 let key = bad.then_some("bad\u{1f}key");
-                let decision = engine
-                    .reserve(&SharedReserve {
-                        sale,
-                        item_no: 1,
-                        buyer,
-                        quantity: 1,
-                        idempotency_key: key,
-                        now: now(),
-                        buyer_ref: None,
-                        max_keys: 0,
-                    })
-                    .await;
+                let decision = engine.reserve(&one_unit(sale, buyer, key)).await;
                 (bad, buyer, decision)
             }));
         }
@@ -1096,7 +1103,7 @@ async fn holdings_are_a_hash_table_from_the_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_gone_before_its_batch_is_sent_is_not_decided() {
     use flashmart_app::flash_sale::model::BuyerId;
-    use flashmart_app::ports::{SharedDecision, SharedEngine, SharedReserve};
+    use flashmart_app::ports::{SharedDecision, SharedEngine};
 
     /// Waits until `sale`'s runners and waiting requests are as given.
     async fn until_queue(
@@ -1128,18 +1135,8 @@ async fn a_request_gone_before_its_batch_is_sent_is_not_decided() {
     assert!(engine.load(&state, now()).await.unwrap());
     let reserve = |engine: Arc<flashmart_redis::RedisEngine<_>>| {
         tokio::spawn(async move {
-            engine
-                .reserve(&SharedReserve {
-                    sale,
-                    item_no: 1,
-                    buyer: BuyerId(uuid::Uuid::new_v4()),
-                    quantity: 1,
-                    idempotency_key: None,
-                    now: now(),
-                    buyer_ref: None,
-                    max_keys: 0,
-                })
-                .await
+            let buyer = BuyerId(uuid::Uuid::new_v4());
+            engine.reserve(&one_unit(sale, buyer, None)).await
         })
     };
     // While Redis answers nothing, two requests take the sale's two runners and a third waits.
