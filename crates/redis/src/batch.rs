@@ -8,15 +8,19 @@
 //!
 //! The runner is a task rather than one of the waiting requests, so that a request whose client
 //! goes away cannot take the others' answers with it; one that went away while it waited is
-//! left out of its batch. A batch is decided in order, each request as if it had been sent
-//! alone after the ones before it (see `reserve.lua`).
+//! left out of its batch. One that went away while Redis decided it, or before it read its
+//! answer, leaves a reservation nobody heard of: it is kept here ([`Unheard`]) for this
+//! instance's next log writer pass (`take_logged`), which stores it at once instead of when its
+//! log entry is old enough for any writer to take. A batch is decided in order, each request
+//! as if it had been sent alone after the ones before it (see `reserve.lua`).
 
 use std::fmt::Write as _;
+use std::sync::Mutex;
 
 use dashmap::DashMap;
 use flashmart_app::StoreError;
 use flashmart_app::ports::SharedReserve;
-use flashmart_domain::SaleId;
+use flashmart_domain::{ReservationId, SaleId};
 use redis::aio::ConnectionLike;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -46,10 +50,59 @@ struct Queue {
     running: usize,
 }
 
-/// Every sale's queue.
+/// Reservations kept for the next writer pass at most; beyond them, a log entry waits until it
+/// is old enough for any writer (as when this instance dies).
+const MAX_UNHEARD: usize = 10_000;
+
+/// A reservation Redis made for a request whose client went away before it heard the answer:
+/// its log entry, and what the writer needs to store it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unheard {
+    pub(crate) sale: SaleId,
+    /// The entry in the sale's log (`ms`, `seq`).
+    pub(crate) entry: (u64, u64),
+    pub(crate) id: ReservationId,
+    pub(crate) item: u32,
+    pub(crate) buyer: uuid::Uuid,
+    pub(crate) quantity: u32,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) buyer_ref: Option<Box<str>>,
+}
+
+impl Unheard {
+    /// The reservation `decision` made for the request `(sale, item, buyer, quantity,
+    /// buyer_ref)`, if it made one that its log holds (a replay's entry is an earlier one).
+    fn of(
+        sale: SaleId,
+        (item, buyer, quantity, buyer_ref): (u32, uuid::Uuid, u32, Option<&str>),
+        decision: &Decision,
+    ) -> Option<Self> {
+        match *decision {
+            Decision::Reserved {
+                id,
+                expires_at,
+                entry: Some(entry),
+                ..
+            } => Some(Self {
+                sale,
+                entry,
+                id,
+                item,
+                buyer,
+                quantity,
+                expires_at,
+                buyer_ref: buyer_ref.map(Into::into),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Every sale's queue, and the reservations nobody heard of.
 #[derive(Default)]
 pub(crate) struct Batches {
     queues: DashMap<SaleId, Queue>,
+    unheard: Mutex<Vec<Unheard>>,
 }
 
 impl std::fmt::Debug for Batches {
@@ -87,10 +140,62 @@ impl Batches {
             .map_or((0, 0), |q| (q.running, q.waiting.len()))
     }
 
+    /// Keeps a reservation nobody heard of for the next writer pass (unless as many wait already).
+    fn unheard(&self, reservation: Unheard) {
+        let mut unheard = self.unheard.lock().unwrap_or_else(|e| e.into_inner());
+        if unheard.len() < MAX_UNHEARD {
+            unheard.push(reservation);
+        }
+    }
+
+    /// Up to `max` of `sale`'s reservations nobody heard of, no longer kept here.
+    pub(crate) fn take_unheard(&self, sale: SaleId, max: usize) -> Vec<Unheard> {
+        let mut unheard = self.unheard.lock().unwrap_or_else(|e| e.into_inner());
+        if unheard.is_empty() {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        unheard.retain(|u| {
+            let take = u.sale == sale && taken.len() < max;
+            if take {
+                taken.push(u.clone());
+            }
+            !take
+        });
+        taken
+    }
+
     /// Forgets an ended sale's queue when nothing is in it.
     pub(crate) fn forget(&self, sale: SaleId) {
         self.queues
             .remove_if(&sale, |_, q| q.waiting.is_empty() && q.running == 0);
+    }
+}
+
+/// A request's wait for its answer. Dropped unread (its client went away while Redis decided
+/// it, or before the request read the answer), a reservation made for it goes to the next
+/// writer pass; dropped before the answer came, the runner finds the channel closed.
+struct Awaited<'a, 'r> {
+    answered: oneshot::Receiver<Result<Decision, String>>,
+    batches: &'a Batches,
+    request: &'a SharedReserve<'r>,
+    read: bool,
+}
+
+impl Drop for Awaited<'_, '_> {
+    fn drop(&mut self) {
+        if self.read {
+            return;
+        }
+        // Closed first, so that an answer is either here now or never sent.
+        self.answered.close();
+        if let Ok(Ok(decision)) = self.answered.try_recv() {
+            let r = self.request;
+            let request = (r.item_no, r.buyer.0, r.quantity, r.buyer_ref);
+            if let Some(unheard) = Unheard::of(r.sale, request, &decision) {
+                self.batches.unheard(unheard);
+            }
+        }
     }
 }
 
@@ -144,7 +249,15 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
         if start {
             tokio::spawn(self.clone().run_batches(request.sale));
         }
-        match answered.await {
+        let mut answer = Awaited {
+            answered,
+            batches: &self.batches,
+            request,
+            read: false,
+        };
+        let answered = (&mut answer.answered).await;
+        answer.read = true;
+        match answered {
             Ok(Ok(decision)) => Ok(decision),
             Ok(Err(err)) => Err(StoreError::Unavailable(err)),
             Err(_) => Err(StoreError::Unavailable(
@@ -207,9 +320,19 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
         match decided {
             Ok(decisions) => {
                 for (waiting, decision) in batch.into_iter().zip(decisions) {
-                    // A request gone while Redis decided it: its reservation is in the sale's
-                    // log, which the log writers store.
-                    let _ = waiting.answer.send(Ok(decision));
+                    let request = (
+                        waiting.item,
+                        waiting.buyer,
+                        waiting.quantity,
+                        waiting.buyer_ref.as_deref(),
+                    );
+                    // A request gone while Redis decided it: its reservation, in the sale's
+                    // log, goes to the next writer pass.
+                    if let Err(Ok(decision)) = waiting.answer.send(Ok(decision))
+                        && let Some(unheard) = Unheard::of(sale, request, &decision)
+                    {
+                        self.batches.unheard(unheard);
+                    }
                 }
             }
             Err(err) => {

@@ -261,12 +261,31 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
             .ensure_group(&mut conn, sale, WRITERS)
             .await
             .map_err(unavailable)?;
-        let mut taken = self
-            .sales
-            .claim_stale(&mut conn, sale, WRITERS, writer, stale_after, max)
-            .await
-            .map_err(unavailable)?;
-        if taken.len() < max {
+        // Those this instance decided and nobody heard of first, whatever their entries' age.
+        let mut found: Vec<LoggedReservation> = self
+            .batches
+            .take_unheard(sale, max)
+            .into_iter()
+            .map(|u| LoggedReservation {
+                entry: format!("{UNHEARD}{}-{}", u.entry.0, u.entry.1),
+                id: u.id,
+                item_no: u.item,
+                buyer: BuyerId(u.buyer),
+                quantity: u.quantity,
+                expires_at: u.expires_at,
+                buyer_ref: u.buyer_ref.map(Into::into),
+            })
+            .collect();
+        let room = max - found.len();
+        let mut taken = if room > 0 {
+            self.sales
+                .claim_stale(&mut conn, sale, WRITERS, writer, stale_after, room)
+                .await
+                .map_err(unavailable)?
+        } else {
+            Vec::new()
+        };
+        if taken.len() < room {
             taken.extend(
                 self.sales
                     .read_new(
@@ -274,32 +293,28 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
                         sale,
                         WRITERS,
                         writer,
-                        max - taken.len(),
+                        room - taken.len(),
                         (!stale_after.is_zero()).then_some(stale_after),
                     )
                     .await
                     .map_err(unavailable)?,
             );
         }
-        taken
-            .into_iter()
-            .map(|logged| {
-                let buyer = logged.buyer.parse().map_err(|_| {
-                    StoreError::Other(
-                        format!("a logged buyer is not an id: {}", logged.buyer).into(),
-                    )
-                })?;
-                Ok(LoggedReservation {
-                    entry: logged.entry,
-                    id: logged.id,
-                    item_no: logged.item,
-                    buyer: BuyerId(buyer),
-                    quantity: logged.quantity,
-                    expires_at: logged.expires_at,
-                    buyer_ref: logged.buyer_ref,
-                })
-            })
-            .collect()
+        for logged in taken {
+            let buyer = logged.buyer.parse().map_err(|_| {
+                StoreError::Other(format!("a logged buyer is not an id: {}", logged.buyer).into())
+            })?;
+            found.push(LoggedReservation {
+                entry: logged.entry,
+                id: logged.id,
+                item_no: logged.item,
+                buyer: BuyerId(buyer),
+                quantity: logged.quantity,
+                expires_at: logged.expires_at,
+                buyer_ref: logged.buyer_ref,
+            });
+        }
+        Ok(found)
     }
 
     async fn retire(&self, sale: SaleId, at: time::OffsetDateTime) -> Result<(), StoreError> {
@@ -331,8 +346,24 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
 
     async fn ack_logged(&self, sale: SaleId, entries: &[String]) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
+        // An unheard reservation's entry was never given to a writer: it is dropped from the
+        // log, as the entries this instance's requests stored are.
+        let (unheard, given): (Vec<&String>, Vec<&String>) =
+            entries.iter().partition(|e| e.starts_with(UNHEARD));
+        let unheard: Vec<(u64, u64)> = unheard
+            .iter()
+            .filter_map(|e| {
+                let (ms, seq) = e.strip_prefix(UNHEARD)?.split_once('-')?;
+                Some((ms.parse().ok()?, seq.parse().ok()?))
+            })
+            .collect();
         self.sales
-            .ack(&mut conn, sale, WRITERS, entries)
+            .forget(&mut conn, sale, &unheard)
+            .await
+            .map_err(unavailable)?;
+        let given: Vec<String> = given.into_iter().cloned().collect();
+        self.sales
+            .ack(&mut conn, sale, WRITERS, &given)
             .await
             .map_err(unavailable)?;
         self.sales
@@ -348,6 +379,10 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
 
 /// The consumer group of every sale's log whose consumers store reservations in the records.
 const WRITERS: &str = "writers";
+
+/// How `take_logged` marks the entry of a reservation it found among those nobody heard of
+/// (rather than given by the consumer group), for `ack_logged` to drop from the log.
+const UNHEARD: &str = "unheard:";
 
 #[async_trait]
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> flashmart_app::ports::Probe

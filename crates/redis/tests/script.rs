@@ -1097,6 +1097,24 @@ async fn holdings_are_a_hash_table_from_the_start() {
     assert!(reserved(&w.reserve(rebuilt, "bob", 1, None).await));
 }
 
+/// Waits until `sale`'s batch runners and the requests waiting for one are as given.
+async fn until_queue(
+    engine: &flashmart_redis::RedisEngine<redis::aio::ConnectionManager>,
+    sale: SaleId,
+    running: usize,
+    waiting: usize,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.batch_queue(sale) != (running, waiting) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue stayed at {:?}, not ({running}, {waiting})",
+            engine.batch_queue(sale)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// A request whose client goes away while it waits for its sale's batch is left out of the
 /// batch: nothing is reserved or logged for it. The two ahead of it, already in Redis when it
 /// went, are decided as usual.
@@ -1104,24 +1122,6 @@ async fn holdings_are_a_hash_table_from_the_start() {
 async fn a_request_gone_before_its_batch_is_sent_is_not_decided() {
     use flashmart_app::flash_sale::model::BuyerId;
     use flashmart_app::ports::{SharedDecision, SharedEngine};
-
-    /// Waits until `sale`'s runners and waiting requests are as given.
-    async fn until_queue(
-        engine: &flashmart_redis::RedisEngine<redis::aio::ConnectionManager>,
-        sale: SaleId,
-        running: usize,
-        waiting: usize,
-    ) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while engine.batch_queue(sale) != (running, waiting) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the queue stayed at {:?}, not ({running}, {waiting})",
-                engine.batch_queue(sale)
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-    }
 
     // A Redis of the test's own: it is stopped for a moment.
     let redis = flashmart_redis::testing::LocalRedis::start();
@@ -1166,4 +1166,72 @@ async fn a_request_gone_before_its_batch_is_sent_is_not_decided() {
         .await
         .unwrap();
     assert_eq!(logged.len(), 2, "{logged:?}");
+}
+
+/// Polls `future` once: whether it is still pending.
+async fn pending_once<F: std::future::Future + Unpin>(future: &mut F) -> bool {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx).is_pending())
+    })
+    .await
+}
+
+/// A request whose client goes away once its batch is in Redis, or after its answer came but
+/// before it read it, leaves a reservation nobody heard of: this instance's next writer pass is
+/// given it at once, not when its log entry is old enough for any writer (`stale_after`), and
+/// acknowledging it drops the entry from the log, so no writer takes it again.
+#[tokio::test]
+async fn a_reservation_nobody_heard_of_goes_to_the_next_writer_pass() {
+    use flashmart_app::flash_sale::model::BuyerId;
+    use flashmart_app::ports::SharedEngine;
+    use std::time::Duration;
+
+    // A Redis of the test's own: it is stopped for a moment.
+    let redis = flashmart_redis::testing::LocalRedis::start();
+    let engine = flashmart_redis::RedisEngine::connect(&redis.urls()[0], "test:unheard:")
+        .await
+        .unwrap();
+    let sale = SaleId::new();
+    let state = flashmart_redis::testing::live_sale_state(sale, 1, 3);
+    assert!(engine.load(&state, now()).await.unwrap());
+    let (gone_in_redis, gone_unread) =
+        (BuyerId(uuid::Uuid::new_v4()), BuyerId(uuid::Uuid::new_v4()));
+
+    // Gone while Redis decided it: polled once (it joins the queue), taken into a batch that
+    // waits for the stopped Redis, dropped, and answered by Redis after that.
+    redis.freeze();
+    let request = one_unit(sale, gone_in_redis, None);
+    let mut reserving = engine.reserve(&request);
+    assert!(pending_once(&mut reserving).await);
+    until_queue(&engine, sale, 1, 0).await;
+    drop(reserving);
+    redis.thaw();
+    until_queue(&engine, sale, 0, 0).await;
+
+    // Gone with its answer come and not read.
+    let request = one_unit(sale, gone_unread, None);
+    let mut reserving = engine.reserve(&request);
+    assert!(pending_once(&mut reserving).await);
+    until_queue(&engine, sale, 0, 0).await;
+    drop(reserving);
+
+    assert_eq!(engine.remaining(sale).await.unwrap(), Some(vec![(1, 1)]));
+    // Both entries are younger than the 5 s after which any writer reads them.
+    let logged = engine
+        .take_logged(sale, "test", 10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut buyers: Vec<_> = logged.iter().map(|l| l.buyer.0).collect();
+    buyers.sort();
+    let mut expected = vec![gone_in_redis.0, gone_unread.0];
+    expected.sort();
+    assert_eq!(buyers, expected, "{logged:?}");
+    assert!(logged.iter().all(|l| l.quantity == 1 && l.item_no == 1));
+    let entries: Vec<String> = logged.iter().map(|l| l.entry.clone()).collect();
+    engine.ack_logged(sale, &entries).await.unwrap();
+    let again = engine
+        .take_logged(sale, "test", 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 }
