@@ -204,7 +204,8 @@ pub trait SharedEngine: Send + Sync + std::fmt::Debug + 'static {
     /// instance that logged one has stored it and dropped it from the log, unless it died);
     /// with zero, every entry, including those another writer or the instance that logged them
     /// may still be writing (writing one twice changes nothing). Each stays the writer's until
-    /// acknowledged.
+    /// acknowledged. First, whatever their entries' age, the reservations this engine made for
+    /// requests that went away before hearing the answer, which no request will store.
     async fn take_logged(
         &self,
         sale: SaleId,
