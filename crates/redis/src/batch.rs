@@ -56,7 +56,7 @@ const MAX_UNHEARD: usize = 10_000;
 
 /// A reservation Redis made for a request whose client went away before it heard the answer:
 /// its log entry, and what the writer needs to store it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Unheard {
     pub(crate) sale: SaleId,
     /// The entry in the sale's log (`ms`, `seq`).
@@ -151,18 +151,10 @@ impl Batches {
     /// Up to `max` of `sale`'s reservations nobody heard of, no longer kept here.
     pub(crate) fn take_unheard(&self, sale: SaleId, max: usize) -> Vec<Unheard> {
         let mut unheard = self.unheard.lock().unwrap_or_else(|e| e.into_inner());
-        if unheard.is_empty() {
-            return Vec::new();
-        }
-        let mut taken = Vec::new();
-        unheard.retain(|u| {
-            let take = u.sale == sale && taken.len() < max;
-            if take {
-                taken.push(u.clone());
-            }
-            !take
-        });
-        taken
+        unheard
+            .extract_if(.., |u| u.sale == sale)
+            .take(max)
+            .collect()
     }
 
     /// Forgets an ended sale's queue when nothing is in it.
@@ -174,19 +166,16 @@ impl Batches {
 
 /// A request's wait for its answer. Dropped unread (its client went away while Redis decided
 /// it, or before the request read the answer), a reservation made for it goes to the next
-/// writer pass; dropped before the answer came, the runner finds the channel closed.
+/// writer pass; dropped before the answer came, the runner finds the channel closed. (Once the
+/// answer is read, the channel has nothing more to give.)
 struct Awaited<'a, 'r> {
     answered: oneshot::Receiver<Result<Decision, String>>,
     batches: &'a Batches,
     request: &'a SharedReserve<'r>,
-    read: bool,
 }
 
 impl Drop for Awaited<'_, '_> {
     fn drop(&mut self) {
-        if self.read {
-            return;
-        }
         // Closed first, so that an answer is either here now or never sent.
         self.answered.close();
         if let Ok(Ok(decision)) = self.answered.try_recv() {
@@ -253,11 +242,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
             answered,
             batches: &self.batches,
             request,
-            read: false,
         };
-        let answered = (&mut answer.answered).await;
-        answer.read = true;
-        match answered {
+        match (&mut answer.answered).await {
             Ok(Ok(decision)) => Ok(decision),
             Ok(Err(err)) => Err(StoreError::Unavailable(err)),
             Err(_) => Err(StoreError::Unavailable(
@@ -320,16 +306,19 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisEngine<C> {
         match decided {
             Ok(decisions) => {
                 for (waiting, decision) in batch.into_iter().zip(decisions) {
-                    let request = (
-                        waiting.item,
-                        waiting.buyer,
-                        waiting.quantity,
-                        waiting.buyer_ref.as_deref(),
-                    );
                     // A request gone while Redis decided it: its reservation, in the sale's
                     // log, goes to the next writer pass.
                     if let Err(Ok(decision)) = waiting.answer.send(Ok(decision))
-                        && let Some(unheard) = Unheard::of(sale, request, &decision)
+                        && let Some(unheard) = Unheard::of(
+                            sale,
+                            (
+                                waiting.item,
+                                waiting.buyer,
+                                waiting.quantity,
+                                waiting.buyer_ref.as_deref(),
+                            ),
+                            &decision,
+                        )
                     {
                         self.batches.unheard(unheard);
                     }

@@ -361,7 +361,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> SharedEngine for RedisEn
             .forget(&mut conn, sale, &unheard)
             .await
             .map_err(unavailable)?;
-        let given: Vec<String> = given.into_iter().cloned().collect();
         self.sales
             .ack(&mut conn, sale, WRITERS, &given)
             .await

@@ -192,22 +192,22 @@ impl RedisSales {
     }
 
     /// Acknowledges entries (written where they belong); returns how many were pending.
-    pub async fn ack<C: ConnectionLike>(
+    pub async fn ack<C: ConnectionLike, E: AsRef<str>>(
         &self,
         conn: &mut C,
         sale: SaleId,
         group: &str,
-        entries: &[String],
+        entries: &[E],
     ) -> Result<u64, RedisError> {
         if entries.is_empty() {
             return Ok(0);
         }
-        redis::cmd("XACK")
-            .arg(self.keys(sale).log)
-            .arg(group)
-            .arg(entries)
-            .query_async(conn)
-            .await
+        let mut xack = redis::cmd("XACK");
+        xack.arg(self.keys(sale).log).arg(group);
+        for entry in entries {
+            xack.arg(entry.as_ref());
+        }
+        xack.query_async(conn).await
     }
 
     /// Drops entries whose reservations are stored (by the instance that decided them) from
